@@ -1,0 +1,71 @@
+"""Python client library (and ``movierec`` CLI) for the movierec gRPC services.
+
+Why a package of its own: applications should talk to the recommender in
+domain terms (``rc.recommend("42", k=10)``) with typed results and catchable
+exceptions, without importing grpc or the generated protobuf modules, and
+without pulling in the servers' TensorFlow dependencies.
+
+    from clients import RecommenderClient, TrainerClient, NotFound
+
+    with RecommenderClient("localhost:50052") as rc:
+        rc.wait_until_serving(timeout=60)
+        recs = rc.recommend("42", k=10)
+"""
+
+from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
+from .errors import (
+    Cancelled,
+    ConfigurationError,
+    DeadlineExceeded,
+    InvalidArgument,
+    MovieRecError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from .types import (
+    HYPERPARAMETERS,
+    JOB_STATES,
+    TERMINAL_STATES,
+    BatchRecommendations,
+    Item,
+    Job,
+    ModelStatus,
+    ModelVersionInfo,
+    Progress,
+    Recommendations,
+    SimilarItems,
+    UserRecommendations,
+)
+
+__all__ = [
+    "RecommenderClient",
+    "TrainerClient",
+    "DEFAULT_TIMEOUT",
+    # results
+    "Item",
+    "Recommendations",
+    "UserRecommendations",
+    "BatchRecommendations",
+    "SimilarItems",
+    "ModelStatus",
+    "ModelVersionInfo",
+    "Job",
+    "Progress",
+    "JOB_STATES",
+    "TERMINAL_STATES",
+    "HYPERPARAMETERS",
+    # errors
+    "MovieRecError",
+    "InvalidArgument",
+    "NotFound",
+    "Unavailable",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "PermissionDenied",
+    "DeadlineExceeded",
+    "Cancelled",
+    "ConfigurationError",
+]

@@ -1,0 +1,540 @@
+"""``movierec``: the command line for the trainer and recommender services.
+
+Why it is a thin layer over ``clients``: the CLI is the first thing an
+operator reaches for, so it must exercise exactly the code applications use
+(same retries, deadlines, credentials and error mapping), and only add
+presentation: tables for people, ``--json`` for scripts, a progress bar for
+training, and one-line errors with meaningful exit codes (0 ok, 1 the call
+failed, 2 bad usage, 130 interrupted) instead of tracebacks.
+
+Global options may come before or after the subcommand. Tokens are never
+taken on the command line (shell history, ``ps``): use ``--token-file``,
+``$MOVIEREC_TOKEN`` or ``$MOVIEREC_TOKEN_FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
+from .errors import ConfigurationError, InvalidArgument, MovieRecError
+from .types import Job, ModelStatus, Recommendations, SimilarItems
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr")  # the trainer may know more
+HOLDOUTS = ("random", "last_n_per_user", "ua", "ub", "u1", "u2", "u3", "u4", "u5")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    _tolerate_unencodable_output()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return args.handler(args)
+    except (ConfigurationError, InvalidArgument) as exc:
+        _print_error(exc)
+        return EXIT_USAGE
+    except MovieRecError as exc:
+        _print_error(exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `movierec jobs | head`
+        _silence_stdout()
+        return EXIT_OK
+
+
+def _print_error(exc: MovieRecError) -> None:
+    message = " ".join(str(exc).split())  # server details may span lines
+    if isinstance(exc, ConfigurationError):
+        print(f"error: {message}", file=sys.stderr)
+    else:
+        print(f"error: {message} ({exc.code.name})", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="movierec",
+        description="Train movie recommenders and ask them for recommendations.",
+        epilog="Tokens are read from --token-file, $MOVIEREC_TOKEN or $MOVIEREC_TOKEN_FILE.",
+    )
+    _add_global_options(parser, defaults=True)
+    # The same options on every subcommand, without defaults, so they may also
+    # follow the subcommand without overwriting values given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, defaults=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    train = command("train", cmd_train, "queue a training job")
+    _add_train_options(train)
+
+    jobs = command("jobs", cmd_jobs, "list training jobs, newest first")
+    jobs.add_argument("--limit", type=_positive_int, default=50, help="at most N jobs (default 50)")
+    command("job", cmd_job, "show one training job").add_argument("job_id", metavar="ID")
+    command("watch", cmd_watch, "follow a training job until it ends").add_argument("job_id", metavar="ID")
+    command("cancel", cmd_cancel, "cancel a queued or running job").add_argument("job_id", metavar="ID")
+
+    recommend = command("recommend", cmd_recommend, "top-k movies for a user")
+    recommend.add_argument("user_id", metavar="USER_ID")
+    recommend.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
+    recommend.add_argument(
+        "--include-seen", action="store_true", help="also recommend movies the user already rated"
+    )
+    similar = command("similar", cmd_similar, "movies similar to a movie")
+    similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
+    similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
+    command("status", cmd_status, "what the recommender is serving")
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    env = os.environ
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--trainer",
+        metavar="HOST:PORT",
+        default=default(env.get("MOVIEREC_TRAINER") or TrainerClient.DEFAULT_TARGET),
+        help="trainer address (env MOVIEREC_TRAINER, default %(default)s)" if defaults else argparse.SUPPRESS,
+    )
+    group.add_argument(
+        "--recommender",
+        metavar="HOST:PORT",
+        default=default(env.get("MOVIEREC_RECOMMENDER") or RecommenderClient.DEFAULT_TARGET),
+        help="recommender address (env MOVIEREC_RECOMMENDER, default %(default)s)"
+        if defaults
+        else argparse.SUPPRESS,
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        default=default(DEFAULT_TIMEOUT),
+        help="deadline of each call (default %(default)s)" if defaults else argparse.SUPPRESS,
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="machine-readable output" if defaults else argparse.SUPPRESS,
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS with the system's CA roots" if defaults else argparse.SUPPRESS,
+    )
+    for flag, what in (
+        ("--ca-cert", "CA certificate (PEM) to verify the server with; implies --tls"),
+        ("--client-cert", "client certificate (PEM) for mutual TLS"),
+        ("--client-key", "client private key (PEM) for mutual TLS"),
+        ("--token-file", "file holding the bearer token"),
+    ):
+        group.add_argument(flag, metavar="FILE", default=default(None), help=what if defaults else argparse.SUPPRESS)
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--model", required=True, help=f"model kind, e.g. {', '.join(MODEL_KINDS)}")
+    data = train.add_argument_group("data (paths relative to the trainer's data root; default MovieLens 100K)")
+    data.add_argument("--ratings", metavar="FILE", help="ratings in GroupLens u.data format")
+    data.add_argument("--items", metavar="FILE", help="movies in GroupLens u.item format")
+    hp = train.add_argument_group("training (unset = the model kind's default)")
+    hp.add_argument("--epochs", type=_positive_int, help="at most N epochs (early stopping may end sooner)")
+    hp.add_argument("--embedding-dim", type=_positive_int)
+    hp.add_argument("--batch-size", type=_positive_int)
+    hp.add_argument("--learning-rate", type=_positive_float)
+    hp.add_argument("--dropout-rate", type=float)
+    hp.add_argument("--num-negatives", type=_positive_int)
+    hp.add_argument("--weight-decay", type=float)
+    hp.add_argument("--temperature", type=_positive_float)
+    hp.add_argument("--patience", type=_positive_int, help="early-stopping patience in epochs")
+    hp.add_argument("--validation-size", type=_positive_int)
+    hp.add_argument("--seed", type=_positive_int)
+    ev = train.add_argument_group("evaluation and publishing")
+    ev.add_argument("--holdout", help=f"held-out split: {', '.join(HOLDOUTS)} (default random)")
+    ev.add_argument("--holdout-size", type=_positive_int, help="ratings held out per user (default 10)")
+    ev.add_argument("--min-recall", type=float, metavar="X", help="quality gate: minimum validation Recall@10")
+    ev.add_argument("--require-no-regression", action="store_true", help="refuse a model worse than the served one")
+    ev.add_argument("--no-quality-gate", action="store_true", help="publish regardless of the default floor")
+    train.add_argument("--idempotency-key", metavar="KEY", help="resubmitting the same key returns the same job")
+    train.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def _connection(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        timeout=args.timeout,
+        token_file=args.token_file,
+        tls=args.tls,
+        root_certificates=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
+
+
+def _trainer(args: argparse.Namespace) -> TrainerClient:
+    return TrainerClient(args.trainer, **_connection(args))
+
+
+def _recommender(args: argparse.Namespace) -> RecommenderClient:
+    return RecommenderClient(args.recommender, **_connection(args))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+_HYPERPARAMETER_FLAGS = (
+    "embedding_dim",
+    "batch_size",
+    "learning_rate",
+    "dropout_rate",
+    "num_negatives",
+    "weight_decay",
+    "temperature",
+    "patience",
+    "validation_size",
+)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    hyperparameters = {name: getattr(args, name) for name in _HYPERPARAMETER_FLAGS if getattr(args, name) is not None}
+    with _trainer(args) as tc:
+        job = tc.train(
+            args.model,
+            epochs=args.epochs,
+            ratings_path=args.ratings,
+            items_path=args.items,
+            hyperparameters=hyperparameters,
+            holdout=args.holdout,
+            holdout_size=args.holdout_size,
+            seed=args.seed,
+            idempotency_key=args.idempotency_key,
+            min_validation_recall_at_10=args.min_recall,
+            require_no_regression=args.require_no_regression,
+            quality_gate_disabled=args.no_quality_gate,
+        )
+        if args.watch:
+            return _watch(tc, job, args)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} {job.state}")
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        jobs = tc.list_jobs(limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+        return EXIT_OK
+    if not jobs:
+        print("no jobs")
+        return EXIT_OK
+    rows = [
+        [
+            job.id,
+            job.model,
+            job.state,
+            _or_dash(job.model_version),
+            _metric(job.metrics, "recall_at_10"),
+            _when(job.created_at),
+        ]
+        for job in jobs
+    ]
+    _print_table(["id", "model", "state", "version", "recall@10", "created"], rows, numeric={3, 4})
+    return EXIT_OK
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        job = tc.get_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        _print_job(job)
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        return _watch(tc, tc.get_job(args.job_id), args)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        job = tc.cancel_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} {job.state}")
+    return EXIT_OK
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    with _recommender(args) as rc:
+        recs = rc.recommend(args.user_id, k=args.k, exclude_seen=False if args.include_seen else None)
+    if args.json:
+        _print_json(recs)
+        return EXIT_OK
+    _print_items(recs.items)
+    print(f"model version {recs.model_version}, cold start: {_yes_no(recs.cold_start)}")
+    return EXIT_OK
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    with _recommender(args) as rc:
+        similar = rc.similar_items(args.movie_id, k=args.k)
+    if args.json:
+        _print_json(similar)
+        return EXIT_OK
+    print(f"movies similar to {similar.movie.movie_id} {similar.movie.title}:")
+    _print_items(similar.items)
+    print(f"model version {similar.model_version}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _recommender(args) as rc:
+        status = rc.model_status()
+    if args.json:
+        _print_json(status)
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- watching
+
+
+def _watch(tc: TrainerClient, job: Job, args: argparse.Namespace) -> int:
+    """Follow a job (progress bar on stderr), then print its outcome."""
+    final = job
+    try:
+        if not job.done:
+            with _progress_bar(job, disable=args.json) as bar:
+                for update in tc.watch_job(job.id):
+                    _advance(bar, update)
+                    final = update
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped watching; job {job.id} keeps running (movierec cancel {job.id} stops it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if args.json:
+        _print_json(final)
+    else:
+        _print_outcome(final)
+    return EXIT_OK if final.state == "SUCCEEDED" else EXIT_FAILED
+
+
+def _progress_bar(job: Job, *, disable: bool):
+    from tqdm import tqdm  # imported late: only `train --watch` / `watch` need it
+
+    return tqdm(
+        total=job.progress.total_epochs or None,
+        desc=f"{job.model or 'job'} {job.id}",
+        unit="epoch",
+        file=sys.stderr,
+        disable=disable,
+        dynamic_ncols=True,
+    )
+
+
+def _advance(bar, job: Job) -> None:
+    progress = job.progress
+    if progress.total_epochs and bar.total != progress.total_epochs:
+        bar.total = progress.total_epochs
+    if progress.epoch > bar.n:
+        bar.update(progress.epoch - bar.n)
+    postfix = {"phase": progress.phase or job.state.lower()}
+    if progress.epoch:
+        postfix["loss"] = f"{progress.loss:.4f}"
+    bar.set_postfix(postfix, refresh=True)
+
+
+def _print_outcome(job: Job) -> None:
+    if job.state == "SUCCEEDED":
+        print(f"job {job.id} SUCCEEDED: {_publication(job)}")
+        if job.metrics:
+            _print_metrics(job)
+    else:
+        reason = f": {job.error}" if job.error else ""
+        print(f"job {job.id} {job.state}{reason}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _print_job(job: Job) -> None:
+    p = job.progress
+    epochs = f"epoch {p.epoch}/{p.total_epochs}" if p.total_epochs else f"epoch {p.epoch}"
+    fields = [
+        ("id", job.id),
+        ("model", job.model),
+        ("state", job.state),
+        ("progress", f"{p.phase or '-'}, {epochs}, loss {p.loss:.4f}, {p.elapsed_seconds:.1f}s"),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+    ]
+    if job.done and job.state == "SUCCEEDED":
+        fields.append(("published", _publication(job)))
+    if job.evaluation_split:
+        fields.append(("evaluated on", job.evaluation_split))
+    if job.loss_history:
+        fields.append(("loss history", " ".join(f"{x:.4f}" for x in job.loss_history)))
+    if job.error:
+        fields.append(("error", job.error))
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name + ':':<{width + 1}} {value}")
+    if job.metrics:
+        print()
+        _print_metrics(job)
+
+
+def _publication(job: Job) -> str:
+    if job.published:
+        return f"published as version {job.model_version}"
+    reason = job.not_published_reason or "no reason given"
+    return f"not published ({reason})"
+
+
+def _print_metrics(job: Job) -> None:
+    names = list(job.metrics) + [n for n in job.baseline_metrics if n not in job.metrics]
+    rows = [[name, _metric(job.metrics, name), _metric(job.baseline_metrics, name)] for name in names]
+    _print_table(["metric", "model", "popularity"], rows, numeric={1, 2})
+
+
+def _print_items(items) -> None:
+    rows = [[rank, item.movie_id, item.title, f"{item.score:.4f}"] for rank, item in enumerate(items, 1)]
+    _print_table(["#", "movie", "title", "score"], rows, numeric={0, 1, 3})
+
+
+def _print_status(status: ModelStatus) -> None:
+    if status.served_version is None:
+        print("served version: none (no model loaded yet)")
+    else:
+        print(f"served version: {status.served_version} ({status.model_kind}), loaded {_when(status.loaded_at)}")
+    pinned = status.pinned_version if status.pinned_version is not None else "none (follows the newest valid version)"
+    print(f"pinned version: {pinned}")
+    print(f"model root:     {status.model_root or '-'}")
+    print(f"users / items:  {status.num_users} / {status.num_items}")
+    if status.metrics:
+        print("metrics:        " + ", ".join(f"{k}={v:.4f}" for k, v in status.metrics.items()))
+    if status.versions:
+        print()
+        rows = [
+            [v.version, v.state, v.model_kind or "-", _metric(v.metrics, "recall_at_10"), v.reason]
+            for v in status.versions
+        ]
+        _print_table(["version", "state", "kind", "recall@10", "reason"], rows, numeric={0, 3})
+
+
+def _print_table(headers: list[str], rows: list[list[Any]], *, numeric: set[int] = frozenset()) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        parts = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths))
+        ]
+        print("  ".join(parts).rstrip())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=_json_default, ensure_ascii=False, indent=2))
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, Job):
+            data["done"] = value.done
+        return data
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "-"
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+# --------------------------------------------------------------------------- terminal plumbing
+
+
+def _tolerate_unencodable_output() -> None:
+    # Titles are unicode ("Misérables, Les (1995)"); a non-UTF-8 terminal
+    # should get an escape, not a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":  # python -m clients.cli
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""``TrainerClient`` and ``RecommenderClient``: the movierec services as Python calls.
+
+Why a hand-written layer over the generated stubs: the stubs speak protobuf
+and raise ``grpc.RpcError``; callers want domain calls (``recommend("42")``),
+typed results, exceptions they can catch by meaning, and sane transport
+defaults they do not have to know about:
+
+* every unary call has a deadline (the constructor's ``timeout``, overridable
+  per call), so a hung server never hangs the caller;
+* idempotent calls are retried on UNAVAILABLE by gRPC's own retry machinery
+  (see ``credentials.RETRY_POLICY``). ``train`` is made idempotent by always
+  sending an idempotency key (a random one unless the caller gives one): a
+  retried attempt carries the same key, so it cannot queue a second job;
+* a token (argument, token file or environment) is attached to every call;
+* long waits (``wait_for_job``, ``wait_until_serving``) survive a broken
+  stream or a restarting server instead of surfacing the first hiccup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+import warnings
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+
+from . import credentials as creds
+from . import types as t
+from .errors import DeadlineExceeded, MovieRecError, from_rpc_error
+
+__all__ = ["TrainerClient", "RecommenderClient", "DEFAULT_TIMEOUT"]
+
+DEFAULT_TIMEOUT = 10.0  # seconds, for each unary call
+
+_T = TypeVar("_T")
+PathLike = str | os.PathLike
+
+# A broken watch stream or a failed check is worth another try on these codes;
+# anything else (NOT_FOUND, UNAUTHENTICATED, ...) will not get better by waiting.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class _Client:
+    """Channel, credentials, deadlines and error translation shared by both clients."""
+
+    SERVICE: str  # full gRPC service name, also the health-check service name
+    DEFAULT_TARGET: str
+    _RETRIED: tuple[str, ...]  # methods safe to retry on UNAVAILABLE
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        token_file: PathLike | None = None,
+        tls: bool = False,
+        root_certificates: PathLike | None = None,
+        client_cert: PathLike | None = None,
+        client_key: PathLike | None = None,
+        channel: grpc.Channel | None = None,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        self.target = target or (repr(channel) if channel is not None else self.DEFAULT_TARGET)
+        self.timeout = timeout
+        token = creds.resolve_token(token, token_file)
+        self._metadata = creds.auth_metadata(token)
+        self._owns_channel = channel is None
+        if channel is None:
+            channel_creds = creds.channel_credentials(
+                tls=tls, root_certificates=root_certificates, client_cert=client_cert, client_key=client_key
+            )
+            if token and channel_creds is None and not creds.is_loopback(self.target):
+                warnings.warn(
+                    f"sending a bearer token to {self.target} over a plaintext channel; use tls=True",
+                    stacklevel=3,
+                )
+            channel = creds.open_channel(
+                self.target,
+                credentials=channel_creds,
+                retried=[(self.SERVICE, method) for method in self._RETRIED],
+                options=options,
+            )
+        self._channel = channel
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel (a channel passed in by the caller is left open)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.target!r})"
+
+    # -- calls -------------------------------------------------------------
+
+    def _call(self, method: str, rpc: Callable, request, timeout: float | None):
+        """One unary call with deadline and token; RpcError becomes MovieRecError."""
+        try:
+            return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, target=self.target, method=method) from exc
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def wait_until_serving(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:
+        """Block until the server's health check reports this service SERVING.
+
+        Uses the standard ``grpc.health.v1.Health/Check``; an unreachable server
+        or a service not registered yet counts as "not yet". Raises
+        ``DeadlineExceeded`` after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        request = health_pb2.HealthCheckRequest(service=self.SERVICE)
+        last = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response = self._health.Check(
+                    request, timeout=max(0.01, min(self.timeout, remaining)), metadata=self._metadata
+                )
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, target=self.target, method="Health/Check")
+                if error.code not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise error from exc
+                last = f"{error.code.name}: {error.details}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(
+                    f"{self.SERVICE} not serving after {timeout:g}s (last: {last})",
+                    target=self.target,
+                    method="wait_until_serving",
+                )
+            time.sleep(min(poll_interval, remaining))
+
+
+class RecommenderClient(_Client):
+    """Top-k movies, similar movies and model status from a Recommender service.
+
+    >>> with RecommenderClient("localhost:50052") as rc:
+    ...     for item in rc.recommend("42", k=10):
+    ...         print(item.title, item.score)
+    """
+
+    SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+    DEFAULT_TARGET = "localhost:50052"
+    _RETRIED = ("Recommend", "RecommendBatch", "SimilarItems", "GetModelStatus")
+
+    def __init__(self, target: str | None = None, **kwargs) -> None:
+        super().__init__(target, **kwargs)
+        self._stub = recommender_pb2_grpc.RecommenderStub(self._channel)
+
+    def recommend(
+        self,
+        user_id: str | int,
+        k: int = 10,
+        *,
+        exclude_seen: bool | None = None,
+        timeout: float | None = None,
+    ) -> t.Recommendations:
+        """The top ``k`` movies for a user; an unknown user gets the popularity list
+        (``cold_start=True``). ``exclude_seen=None`` leaves the server default (True)."""
+        request = recommender_pb2.RecommendRequest(user_id=str(user_id), k=k)
+        if exclude_seen is not None:
+            request.exclude_seen = exclude_seen
+        response = self._call("Recommend", self._stub.Recommend, request, timeout)
+        return t.recommendations_from_proto(response)
+
+    def recommend_batch(
+        self,
+        user_ids: Iterable[str | int],
+        k: int = 10,
+        *,
+        exclude_seen: bool | None = None,
+        timeout: float | None = None,
+    ) -> t.BatchRecommendations:
+        """Recommendations for many users, all from the same model version."""
+        request = recommender_pb2.RecommendBatchRequest(user_ids=[str(u) for u in user_ids], k=k)
+        if exclude_seen is not None:
+            request.exclude_seen = exclude_seen
+        response = self._call("RecommendBatch", self._stub.RecommendBatch, request, timeout)
+        return t.batch_from_proto(response)
+
+    def similar_items(self, movie_id: int, k: int = 10, *, timeout: float | None = None) -> t.SimilarItems:
+        """The ``k`` movies nearest to ``movie_id``; ``NotFound`` if the model does not know it."""
+        request = recommender_pb2.SimilarItemsRequest(movie_id=int(movie_id), k=k)
+        response = self._call("SimilarItems", self._stub.SimilarItems, request, timeout)
+        return t.similar_from_proto(response)
+
+    def model_status(self, *, timeout: float | None = None) -> t.ModelStatus:
+        """What is served, and every model version the service has seen."""
+        request = recommender_pb2.GetModelStatusRequest()
+        response = self._call("GetModelStatus", self._stub.GetModelStatus, request, timeout)
+        return t.model_status_from_proto(response)
+
+
+class TrainerClient(_Client):
+    """Queue, follow and cancel training jobs on a Trainer service.
+
+    >>> with TrainerClient("localhost:50051") as tc:
+    ...     job = tc.train("two_tower", epochs=5)
+    ...     final = tc.wait_for_job(job.id)
+    """
+
+    SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+    DEFAULT_TARGET = "localhost:50051"
+    # Train is safe to retry because every request carries an idempotency key.
+    _RETRIED = ("Train", "GetJob", "ListJobs", "WatchJob", "CancelJob")
+
+    #: consecutive failed reconnects before ``watch_job``/``wait_for_job`` give up
+    max_reconnects = 8
+    #: seconds between GetJob polls when the server has no WatchJob
+    poll_interval = 1.0
+
+    def __init__(self, target: str | None = None, **kwargs) -> None:
+        super().__init__(target, **kwargs)
+        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
+
+    def train(
+        self,
+        model: str,
+        *,
+        epochs: int | None = None,
+        ratings_path: str | None = None,
+        items_path: str | None = None,
+        hyperparameters: Mapping[str, float] | None = None,
+        holdout: str | None = None,
+        holdout_size: int | None = None,
+        seed: int | None = None,
+        idempotency_key: str | None = None,
+        min_validation_recall_at_10: float | None = None,
+        require_no_regression: bool = False,
+        quality_gate_disabled: bool = False,
+        timeout: float | None = None,
+    ) -> t.Job:
+        """Queue a training job and return it at once (state ``QUEUED``).
+
+        ``None`` leaves a setting to the trainer's default. ``hyperparameters``
+        takes the names in ``clients.types.HYPERPARAMETERS``. Without an
+        ``idempotency_key`` a random one is sent, so gRPC's retries are safe;
+        pass your own to make retries across program runs safe too.
+        """
+        request = t.train_request(
+            model,
+            epochs=epochs,
+            ratings_path=ratings_path,
+            items_path=items_path,
+            hyperparameters=hyperparameters,
+            holdout=holdout,
+            holdout_size=holdout_size,
+            seed=seed,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            min_validation_recall_at_10=min_validation_recall_at_10,
+            require_no_regression=require_no_regression,
+            quality_gate_disabled=quality_gate_disabled,
+        )
+        return t.job_from_proto(self._call("Train", self._stub.Train, request, timeout))
+
+    def get_job(self, job_id: str, *, timeout: float | None = None) -> t.Job:
+        request = trainer_pb2.GetJobRequest(job_id=job_id)
+        return t.job_from_proto(self._call("GetJob", self._stub.GetJob, request, timeout))
+
+    def list_jobs(self, limit: int = 50, *, timeout: float | None = None) -> list[t.Job]:
+        """The newest ``limit`` jobs, newest first."""
+        request = trainer_pb2.ListJobsRequest(limit=limit)
+        response = self._call("ListJobs", self._stub.ListJobs, request, timeout)
+        return [t.job_from_proto(job) for job in response.jobs]
+
+    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> t.Job:
+        """Cancel a queued or running job; a finished job is returned unchanged."""
+        request = trainer_pb2.CancelJobRequest(job_id=job_id)
+        return t.job_from_proto(self._call("CancelJob", self._stub.CancelJob, request, timeout))
+
+    def watch_job(self, job_id: str, *, timeout: float | None = None, reconnect: bool = True) -> Iterator[t.Job]:
+        """Yield the job on every change until it ends; the last item is the final state.
+
+        No overall deadline unless ``timeout`` is given (then ``DeadlineExceeded``).
+        With ``reconnect`` a broken stream is re-opened (checking GetJob in
+        between); a server without WatchJob is polled instead.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._follow(job_id, deadline, timeout, reconnect)
+
+    def wait_for_job(self, job_id: str, *, timeout: float | None = 600.0) -> t.Job:
+        """Block until the job ends and return its final state."""
+        last = None
+        for last in self.watch_job(job_id, timeout=timeout):
+            pass
+        assert last is not None and last.done
+        return last
+
+    # -- following a job ----------------------------------------------------
+
+    def _follow(
+        self, job_id: str, deadline: float | None, timeout: float | None, reconnect: bool
+    ) -> Iterator[t.Job]:
+        # mode "stream": WatchJob; "check": one GetJob after the stream broke or
+        # ended early, then back to "stream"; "poll": the server has no WatchJob.
+        last: t.Job | None = None
+        failures = 0
+        mode = "stream"
+        while True:
+            try:
+                if mode == "stream":
+                    source = self._watch_once(job_id, deadline)
+                else:
+                    source = iter([self.get_job(job_id, timeout=self._bounded(deadline))])
+                with contextlib.closing(source):
+                    for job in source:
+                        failures = 0
+                        if job != last:  # a reconnect repeats the current state
+                            yield job
+                        last = job
+                        if job.done:
+                            return
+            except MovieRecError as exc:
+                if self._expired(deadline):
+                    raise self._timeout(job_id, timeout, last) from exc
+                if mode == "stream" and exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                    mode = "poll"
+                    continue
+                if not reconnect or exc.code not in _TRANSIENT or failures >= self.max_reconnects:
+                    raise
+                failures += 1
+            if mode == "stream":
+                mode = "check"  # find out at once whether the job ended meanwhile
+                continue
+            if mode == "check":
+                mode = "stream"
+            pause = self.poll_interval if mode == "poll" and not failures else self._backoff(max(1, failures))
+            self._sleep(pause, deadline)
+            if self._expired(deadline):
+                raise self._timeout(job_id, timeout, last)
+
+    def _watch_once(self, job_id: str, deadline: float | None) -> Iterator[t.Job]:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        call = self._stub.WatchJob(
+            trainer_pb2.GetJobRequest(job_id=job_id), timeout=remaining, metadata=self._metadata
+        )
+        try:
+            for message in call:
+                yield t.job_from_proto(message)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, target=self.target, method="WatchJob") from exc
+        finally:
+            call.cancel()  # no-op when finished; frees the stream if the caller stopped early
+
+    def _bounded(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.timeout
+        return max(0.0, min(self.timeout, deadline - time.monotonic()))
+
+    @staticmethod
+    def _expired(deadline: float | None) -> bool:
+        # a little slack: gRPC's own deadline may fire a hair before our clock agrees
+        return deadline is not None and time.monotonic() >= deadline - 0.01
+
+    @staticmethod
+    def _backoff(failures: int) -> float:
+        return min(5.0, 0.2 * 2 ** (failures - 1))
+
+    @staticmethod
+    def _sleep(delay: float, deadline: float | None) -> None:
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        if delay > 0:
+            time.sleep(delay)
+
+    def _timeout(self, job_id: str, timeout: float | None, last: t.Job | None) -> DeadlineExceeded:
+        state = last.state if last else "unknown"
+        return DeadlineExceeded(
+            f"job {job_id} did not finish within {timeout:g}s (last state {state})",
+            target=self.target,
+            method="WatchJob",
+        )
+

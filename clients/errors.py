@@ -1,0 +1,157 @@
+"""Exceptions raised by the movierec clients.
+
+Why a hierarchy of our own instead of letting ``grpc.RpcError`` through: an
+``RpcError`` is a transport object (its useful parts are *methods* that exist
+only on some subclasses), callers would have to import grpc to branch on
+status codes, and its message says nothing about which server was called.
+Here each status a caller can sensibly react to is a class
+(``except NotFound:``), every error keeps the raw ``code`` and ``details``,
+and ``str(error)`` names the RPC and the target so a log line or the CLI's
+one-line message is enough to act on.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "MovieRecError",
+    "InvalidArgument",
+    "NotFound",
+    "Unavailable",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "PermissionDenied",
+    "DeadlineExceeded",
+    "Cancelled",
+    "ConfigurationError",
+    "from_rpc_error",
+]
+
+
+class MovieRecError(Exception):
+    """A call to a movierec service failed.
+
+    ``code`` is the ``grpc.StatusCode``, ``details`` the server's own message,
+    ``target`` the address called and ``method`` the RPC (e.g. ``"Recommend"``).
+    """
+
+    default_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        details: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        target: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        self.code = code if code is not None else self.default_code
+        self.details = details
+        self.target = target
+        self.method = method
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = " ".join(part for part in (self.method, self.target and f"at {self.target}") if part)
+        return f"{where}: {self.details}" if where else self.details
+
+    def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
+        return (_rebuild, (type(self), self.details, self.code, self.target, self.method))
+
+
+def _rebuild(cls, details, code, target, method):
+    return cls(details, code=code, target=target, method=method)
+
+
+class InvalidArgument(MovieRecError, ValueError):
+    """The request was rejected as malformed (bad k, unknown model kind, ...)."""
+
+    default_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(MovieRecError, LookupError):
+    """An unknown job id, or a movie the served model does not know."""
+
+    default_code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(MovieRecError, ConnectionError):
+    """The server is unreachable, or (recommender) has no model loaded yet.
+
+    Idempotent reads were already retried with backoff before this is raised.
+    """
+
+    default_code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(MovieRecError):
+    """The trainer's queue is full (or another server-side limit was hit)."""
+
+    default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(MovieRecError):
+    """No token, or the token was not accepted."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(MovieRecError):
+    """The token is valid but not allowed to make this call."""
+
+    default_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DeadlineExceeded(MovieRecError, TimeoutError):
+    """The call's deadline passed, or a ``wait_*`` helper gave up waiting."""
+
+    default_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(MovieRecError):
+    """The call was cancelled (by the client or the server shutting down)."""
+
+    default_code = grpc.StatusCode.CANCELLED
+
+
+class ConfigurationError(MovieRecError, ValueError):
+    """The client itself is mis-configured (unreadable token file, cert without key...).
+
+    Raised before anything is sent, so there is no server status; ``code`` is
+    ``INVALID_ARGUMENT`` because the caller's input is what needs fixing.
+    """
+
+    default_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+_BY_CODE: dict[grpc.StatusCode, type[MovieRecError]] = {
+    cls.default_code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        Unavailable,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        DeadlineExceeded,
+        Cancelled,
+    )
+}
+
+
+def from_rpc_error(error: grpc.RpcError, *, target: str | None, method: str | None) -> MovieRecError:
+    """Translate a ``grpc.RpcError`` into the matching ``MovieRecError`` subclass."""
+    code = _call_attr(error, "code") or grpc.StatusCode.UNKNOWN
+    details = _call_attr(error, "details") or code.name.replace("_", " ").lower()
+    cls = _BY_CODE.get(code, MovieRecError)
+    return cls(details, code=code, target=target, method=method)
+
+
+def _call_attr(error: grpc.RpcError, name: str):
+    # Not every RpcError is also a grpc.Call (e.g. some channel-level failures).
+    getter = getattr(error, name, None)
+    try:
+        return getter() if callable(getter) else None
+    except Exception:  # a half-initialised call object must not hide the real error
+        return None

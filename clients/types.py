@@ -1,0 +1,339 @@
+"""Typed results of the movierec clients, and the only proto translation.
+
+Why dataclasses instead of handing out the protobuf messages: proto3 cannot
+tell "unset" from zero (``model_version == 0`` means "not published",
+an unset ``Timestamp`` reads as 1970), enums are bare ints, and maps are
+special containers. Callers should see ``None``, ``"SUCCEEDED"``, aware
+``datetime`` objects and plain dicts, and should not need to import generated
+code. Every proto <-> Python conversion is in this module (the ``*_from_proto``
+functions and ``train_request``), so the wire format is handled in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from google.protobuf import timestamp_pb2
+
+from movierec.v1 import recommender_pb2, trainer_pb2
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "Item",
+    "Recommendations",
+    "UserRecommendations",
+    "BatchRecommendations",
+    "SimilarItems",
+    "ModelVersionInfo",
+    "ModelStatus",
+    "Progress",
+    "Job",
+    "JOB_STATES",
+    "TERMINAL_STATES",
+    "HYPERPARAMETERS",
+]
+
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+# Names accepted in ``TrainerClient.train(hyperparameters=...)``.
+HYPERPARAMETERS = tuple(f.name for f in trainer_pb2.Hyperparameters.DESCRIPTOR.fields)
+
+
+# --------------------------------------------------------------------------- recommender
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A movie in a result list; ``score`` is the model's (unitless) affinity."""
+
+    movie_id: int
+    title: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendations:
+    items: list[Item]
+    model_version: int
+    cold_start: bool  # unknown user: the popularity list was returned
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecommendations:
+    user_id: str
+    items: list[Item]
+    cold_start: bool
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecommendations:
+    results: list[UserRecommendations]  # in request order
+    model_version: int
+
+    def __iter__(self) -> Iterator[UserRecommendations]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def for_user(self, user_id: str | int) -> UserRecommendations:
+        """The result for one user (``KeyError`` if it was not asked for)."""
+        for result in self.results:
+            if result.user_id == str(user_id):
+                return result
+        raise KeyError(str(user_id))
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarItems:
+    movie: Item  # the movie asked about
+    items: list[Item]  # most similar first, excluding the movie itself
+    model_version: int
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersionInfo:
+    version: int
+    state: str  # "SERVING", "AVAILABLE", "LOADING", "REJECTED", "RETIRED"
+    reason: str  # why it was rejected
+    model_kind: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    served_version: int | None  # None: no model loaded yet
+    model_kind: str
+    loaded_at: dt.datetime | None
+    versions: list[ModelVersionInfo]  # newest first
+    metrics: dict[str, float]  # held-out metrics of the served version
+    num_users: int
+    num_items: int
+    pinned_version: int | None  # None: follows the newest valid version
+    model_root: str
+
+    @property
+    def serving(self) -> bool:
+        return self.served_version is not None
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    phase: str  # "queued", "loading data", "training", "evaluating", "publishing", "done"
+    epoch: int  # epochs completed
+    total_epochs: int
+    step: int  # within the current epoch
+    steps_per_epoch: int
+    loss: float  # mean loss of the last completed epoch
+    elapsed_seconds: float
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    state: str  # one of JOB_STATES
+    model: str
+    progress: Progress
+    loss_history: list[float]
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    evaluation_split: str
+    model_version: int | None  # None until published
+    published: bool
+    not_published_reason: str
+    error: str
+    created_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @property
+    def done(self) -> bool:
+        """The job has ended (succeeded, failed or was cancelled)."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "SUCCEEDED"
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def _time(message, name: str) -> dt.datetime | None:
+    if not message.HasField(name):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    return stamp.ToDatetime(tzinfo=dt.timezone.utc)
+
+
+def _metrics(values: Mapping[str, float]) -> dict[str, float]:
+    return dict(sorted(values.items()))
+
+
+def _version(value: int) -> int | None:
+    return value or None
+
+
+def _enum_name(enum, value: int) -> str:
+    # A newer server may send a state this client does not know yet.
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return f"STATE_{value}"
+
+
+def item_from_proto(item: recommender_pb2.RecommendedItem) -> Item:
+    return Item(movie_id=item.movie_id, title=item.title, score=item.score)
+
+
+def recommendations_from_proto(response: recommender_pb2.RecommendResponse) -> Recommendations:
+    return Recommendations(
+        items=[item_from_proto(i) for i in response.items],
+        model_version=response.model_version,
+        cold_start=response.cold_start,
+    )
+
+
+def batch_from_proto(response: recommender_pb2.RecommendBatchResponse) -> BatchRecommendations:
+    return BatchRecommendations(
+        results=[
+            UserRecommendations(
+                user_id=r.user_id,
+                items=[item_from_proto(i) for i in r.items],
+                cold_start=r.cold_start,
+            )
+            for r in response.results
+        ],
+        model_version=response.model_version,
+    )
+
+
+def similar_from_proto(response: recommender_pb2.SimilarItemsResponse) -> SimilarItems:
+    return SimilarItems(
+        movie=item_from_proto(response.movie),
+        items=[item_from_proto(i) for i in response.items],
+        model_version=response.model_version,
+    )
+
+
+def model_status_from_proto(status: recommender_pb2.ModelStatus) -> ModelStatus:
+    return ModelStatus(
+        served_version=_version(status.served_version),
+        model_kind=status.model_kind,
+        loaded_at=_time(status, "loaded_at"),
+        versions=[
+            ModelVersionInfo(
+                version=v.version,
+                state=_enum_name(recommender_pb2.ModelVersion.State, v.state),
+                reason=v.reason,
+                model_kind=v.model_kind,
+                metrics=_metrics(v.metrics),
+            )
+            for v in status.versions
+        ],
+        metrics=_metrics(status.metrics),
+        num_users=status.num_users,
+        num_items=status.num_items,
+        pinned_version=_version(status.pinned_version),
+        model_root=status.model_root,
+    )
+
+
+def progress_from_proto(progress: trainer_pb2.Progress) -> Progress:
+    return Progress(
+        phase=progress.phase,
+        epoch=progress.epoch,
+        total_epochs=progress.total_epochs,
+        step=progress.step,
+        steps_per_epoch=progress.steps_per_epoch,
+        loss=progress.loss,
+        elapsed_seconds=progress.elapsed_seconds,
+        validation=_metrics(progress.validation),
+    )
+
+
+def job_from_proto(job: trainer_pb2.TrainJob) -> Job:
+    return Job(
+        id=job.id,
+        state=_enum_name(trainer_pb2.TrainJob.State, job.state),
+        model=job.request.model,
+        progress=progress_from_proto(job.progress),
+        loss_history=list(job.loss_history),
+        metrics=_metrics(job.metrics),
+        baseline_metrics=_metrics(job.baseline_metrics),
+        evaluation_split=job.evaluation_split,
+        model_version=_version(job.model_version),
+        published=job.published,
+        not_published_reason=job.not_published_reason,
+        error=job.error,
+        created_at=_time(job, "created_at"),
+        started_at=_time(job, "started_at"),
+        finished_at=_time(job, "finished_at"),
+    )
+
+
+def train_request(
+    model: str,
+    *,
+    epochs: int | None = None,
+    ratings_path: str | None = None,
+    items_path: str | None = None,
+    hyperparameters: Mapping[str, float] | None = None,
+    holdout: str | None = None,
+    holdout_size: int | None = None,
+    seed: int | None = None,
+    idempotency_key: str | None = None,
+    min_validation_recall_at_10: float | None = None,
+    require_no_regression: bool = False,
+    quality_gate_disabled: bool = False,
+) -> trainer_pb2.TrainRequest:
+    """Build a TrainRequest; ``None`` means "the server's default" (proto zero)."""
+    unknown = sorted(set(hyperparameters or {}) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETERS)}"
+        )
+    try:
+        return trainer_pb2.TrainRequest(
+            model=model,
+            dataset=trainer_pb2.DatasetSpec(ratings_path=ratings_path or "", items_path=items_path or ""),
+            epochs=epochs or 0,
+            hyperparameters=trainer_pb2.Hyperparameters(
+                **{k: v for k, v in (hyperparameters or {}).items() if v is not None}
+            ),
+            evaluation=trainer_pb2.EvaluationSpec(holdout=holdout or "", holdout_size=holdout_size or 0),
+            seed=seed or 0,
+            idempotency_key=idempotency_key or "",
+            quality_gate=trainer_pb2.QualityGate(
+                min_validation_recall_at_10=min_validation_recall_at_10 or 0.0,
+                require_no_regression=require_no_regression,
+                disabled=quality_gate_disabled,
+            ),
+        )
+    except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
+        raise ConfigurationError(f"invalid training request: {exc}") from exc

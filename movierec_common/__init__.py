@@ -1,0 +1,1 @@
+"""Code both services share: TensorFlow set-up, logging, the model-artifact format."""

@@ -1,0 +1,100 @@
+"""What both gRPC servers share: health, reflection, limits and a graceful stop.
+
+Kept in one place so the two servers cannot drift apart in how they start,
+report health and shut down (the grpc examples' ``health_checking`` and
+route_guide lifecycles, made explicit).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from movierec_common.logs import event
+
+log = logging.getLogger(__name__)
+
+# One request is small; nothing legitimate comes near these.
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+MAX_SEND_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class ServerHandle:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+    service_names: tuple[str, ...]
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.service_names:
+            self.health.set(name, status)
+        self.health.set("", status)
+
+
+def build_server(
+    address: str,
+    service_names: Iterable[str],
+    register: Callable[[grpc.Server], None],
+    *,
+    max_workers: int = 16,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+) -> ServerHandle:
+    """Creates and starts a server with the given servicers, health and reflection."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=max_workers * 16,
+    )
+    register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = tuple(service_names)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    handle = ServerHandle(server=server, health=health_servicer, port=port, service_names=names)
+    handle.set_serving(False)
+    return handle
+
+
+def wait_for_termination(handle: ServerHandle, on_stop: Callable[[], None] = lambda: None, grace: float = 10.0) -> None:
+    """Blocks until SIGTERM/SIGINT, then stops gracefully.
+
+    New calls are refused at once, in-flight calls get ``grace`` seconds, and
+    ``on_stop`` (cancelling a training job, stopping a watcher) runs first so
+    nothing is left half-done.
+    """
+    stop = threading.Event()
+
+    def _signal(signum, _frame):
+        event(log, "shutdown requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    stop.wait()
+    handle.set_serving(False)
+    done = handle.server.stop(grace)
+    on_stop()
+    done.wait(grace + 5)
+    event(log, "stopped")

@@ -1,0 +1,39 @@
+"""The one place that prepares the environment before TensorFlow is imported.
+
+TFRS 0.7.7 is written against Keras 2, which TensorFlow 2.16+ only provides as
+``tf_keras`` when ``TF_USE_LEGACY_KERAS=1`` is set *before* the first
+``import tensorflow``. TensorFlow's C++ start-up chatter (oneDNN notices, CUDA
+probing) is not the operator's problem, so it is silenced here too.
+
+Every module that needs TensorFlow imports it through :func:`tensorflow`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+_tf = None
+
+
+def tensorflow():
+    """Return the ``tensorflow`` module, imported with the environment above."""
+    global _tf
+    if _tf is None:
+        import tensorflow as tf  # noqa: PLC0415 - deliberately late
+
+        tf.get_logger().setLevel(logging.ERROR)
+        try:
+            from absl import logging as absl_logging  # noqa: PLC0415
+
+            absl_logging.set_verbosity(absl_logging.ERROR)
+        except ImportError:  # pragma: no cover - absl ships with TF
+            pass
+        _tf = tf
+    return _tf

@@ -1,0 +1,1 @@
+"""The movierec gRPC contract. Generated code lives in :mod:`movierec.v1`."""

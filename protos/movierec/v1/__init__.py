@@ -1,0 +1,1 @@
+"""movierec.v1: generated protobuf and gRPC modules (see ``python -m movierec_common.protogen``)."""

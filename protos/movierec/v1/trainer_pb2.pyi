@@ -1,0 +1,198 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DatasetSpec(_message.Message):
+    __slots__ = ("ratings_path", "items_path")
+    RATINGS_PATH_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_PATH_FIELD_NUMBER: _ClassVar[int]
+    ratings_path: str
+    items_path: str
+    def __init__(self, ratings_path: _Optional[str] = ..., items_path: _Optional[str] = ...) -> None: ...
+
+class Hyperparameters(_message.Message):
+    __slots__ = ("embedding_dim", "batch_size", "learning_rate", "dropout_rate", "num_negatives", "weight_decay", "temperature", "patience", "validation_size", "hidden_dim", "l2_lambda", "blend_weight")
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_RATE_FIELD_NUMBER: _ClassVar[int]
+    NUM_NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
+    L2_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    BLEND_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    embedding_dim: int
+    batch_size: int
+    learning_rate: float
+    dropout_rate: float
+    num_negatives: int
+    weight_decay: float
+    temperature: float
+    patience: int
+    validation_size: int
+    hidden_dim: int
+    l2_lambda: float
+    blend_weight: float
+    def __init__(self, embedding_dim: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., dropout_rate: _Optional[float] = ..., num_negatives: _Optional[int] = ..., weight_decay: _Optional[float] = ..., temperature: _Optional[float] = ..., patience: _Optional[int] = ..., validation_size: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., l2_lambda: _Optional[float] = ..., blend_weight: _Optional[float] = ...) -> None: ...
+
+class EvaluationSpec(_message.Message):
+    __slots__ = ("holdout", "holdout_size")
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    holdout: str
+    holdout_size: int
+    def __init__(self, holdout: _Optional[str] = ..., holdout_size: _Optional[int] = ...) -> None: ...
+
+class QualityGate(_message.Message):
+    __slots__ = ("min_validation_recall_at_10", "require_no_regression", "disabled")
+    MIN_VALIDATION_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_NO_REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    min_validation_recall_at_10: float
+    require_no_regression: bool
+    disabled: bool
+    def __init__(self, min_validation_recall_at_10: _Optional[float] = ..., require_no_regression: _Optional[bool] = ..., disabled: _Optional[bool] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("model", "dataset", "epochs", "hyperparameters", "evaluation", "seed", "idempotency_key", "quality_gate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_GATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    dataset: DatasetSpec
+    epochs: int
+    hyperparameters: Hyperparameters
+    evaluation: EvaluationSpec
+    seed: int
+    idempotency_key: str
+    quality_gate: QualityGate
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., epochs: _Optional[int] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., quality_gate: _Optional[_Union[QualityGate, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("phase", "epoch", "total_epochs", "step", "steps_per_epoch", "loss", "elapsed_seconds", "validation")
+    class ValidationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    epoch: int
+    total_epochs: int
+    step: int
+    steps_per_epoch: int
+    loss: float
+    elapsed_seconds: float
+    validation: _containers.ScalarMap[str, float]
+    def __init__(self, phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., validation: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class TrainJob(_message.Message):
+    __slots__ = ("id", "state", "request", "progress", "loss_history", "metrics", "baseline_metrics", "evaluation_split", "model_version", "published", "not_published_reason", "error", "created_at", "started_at", "finished_at")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[TrainJob.State]
+        QUEUED: _ClassVar[TrainJob.State]
+        RUNNING: _ClassVar[TrainJob.State]
+        SUCCEEDED: _ClassVar[TrainJob.State]
+        FAILED: _ClassVar[TrainJob.State]
+        CANCELLED: _ClassVar[TrainJob.State]
+    STATE_UNSPECIFIED: TrainJob.State
+    QUEUED: TrainJob.State
+    RUNNING: TrainJob.State
+    SUCCEEDED: TrainJob.State
+    FAILED: TrainJob.State
+    CANCELLED: TrainJob.State
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class BaselineMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    NOT_PUBLISHED_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: TrainJob.State
+    request: TrainRequest
+    progress: Progress
+    loss_history: _containers.RepeatedScalarFieldContainer[float]
+    metrics: _containers.ScalarMap[str, float]
+    baseline_metrics: _containers.ScalarMap[str, float]
+    evaluation_split: str
+    model_version: int
+    published: bool
+    not_published_reason: str
+    error: str
+    created_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[TrainJob.State, str]] = ..., request: _Optional[_Union[TrainRequest, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., loss_history: _Optional[_Iterable[float]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., evaluation_split: _Optional[str] = ..., model_version: _Optional[int] = ..., published: _Optional[bool] = ..., not_published_reason: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[TrainJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[TrainJob, _Mapping]]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,56 @@
+"""``movierec-recommender``: the Recommender gRPC server process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from movierec_common import logs
+from movierec_common.grpc_server import build_server, wait_for_termination
+from movierec_common.logs import event
+
+log = logging.getLogger("movierec.recommender")
+SERVICE_NAME = "movierec.v1.Recommender"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="movierec-recommender", description=__doc__)
+    parser.add_argument("--port", type=int, default=50052, help="port to listen on (0 = any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--model-root", required=True, help="folder the trainer publishes versions into")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    parser.add_argument("--version", type=int, default=None, help="serve this version only (pin / rollback)")
+    parser.add_argument("--threads", type=int, default=8, help="request worker threads")
+    parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+    if args.poll_seconds <= 0:
+        parser.error("--poll-seconds must be positive")
+    if args.version is not None and args.version < 1:
+        parser.error("--version must be a positive version number")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logs.configure(args.log_level)
+    from movierec.v1 import recommender_pb2_grpc
+    from recommender_service.registry import ModelRegistry
+    from recommender_service.servicer import RecommenderServicer
+
+    registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version)
+    servicer = RecommenderServicer(registry)
+    handle = build_server(
+        f"{args.host}:{args.port}", [SERVICE_NAME],
+        lambda server: recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server),
+        max_workers=args.threads,
+    )
+    registry.on_change = lambda model: handle.set_serving(True)
+    registry.start()
+    event(log, "recommender listening", port=handle.port, model_root=args.model_root, pinned_version=args.version)
+    print(f"movierec-recommender listening on {args.host}:{handle.port}", flush=True)
+    wait_for_termination(handle, on_stop=registry.stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Runs training jobs one at a time from a bounded queue.
+
+One job at a time because training saturates this machine's cores; a bounded
+queue because an unbounded one turns a burst of requests into hours of work
+nobody is waiting for any more. Watchers block on a condition variable and are
+woken on every change, so progress streams without polling the store.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+from movierec_common.logs import event
+from trainer_service.jobs import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    JobRecord,
+    JobStore,
+    TrainSpec,
+    new_job_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    pass
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+class IdempotencyConflict(Exception):
+    pass
+
+
+class JobCancelled(Exception):
+    """Raised inside a runner when its job was cancelled."""
+
+
+class JobContext:
+    """What a running job may do: report progress and ask whether to stop."""
+
+    def __init__(self, manager: "JobManager", job_id: str, cancel: threading.Event):
+        self._manager = manager
+        self.job_id = job_id
+        self._cancel = cancel
+
+    def report(self, **fields) -> None:
+        self._manager._update(self.job_id, persist=False, **fields)
+
+    def should_stop(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled("cancelled")
+
+
+Runner = Callable[[JobRecord, JobContext], dict]
+
+
+class JobManager:
+    def __init__(self, store: JobStore, runner: Runner, *, queue_size: int = 4, cancelled_exceptions: tuple = ()):
+        self._store = store
+        self._runner = runner
+        self._queue_size = queue_size
+        self._cancelled_exceptions = (JobCancelled, *cancelled_exceptions)
+        self._changed = threading.Condition()
+        self._jobs: dict[str, JobRecord] = {}
+        self._revision: dict[str, int] = {}
+        self._keys: dict[str, str] = {}
+        self._queue: deque[str] = deque()
+        self._cancel_events: dict[str, threading.Event] = {}
+        self._closing = False
+        self._recover()
+        self._worker = threading.Thread(target=self._work, name="trainer-worker", daemon=True)
+        self._worker.start()
+
+    # -- public API ---------------------------------------------------------
+
+    def submit(self, spec: TrainSpec) -> JobRecord:
+        with self._changed:
+            if self._closing:
+                raise QueueFull("the trainer is shutting down")
+            if spec.idempotency_key and spec.idempotency_key in self._keys:
+                existing = self._jobs[self._keys[spec.idempotency_key]]
+                if existing.spec != spec:
+                    raise IdempotencyConflict(
+                        f"idempotency key {spec.idempotency_key!r} was already used for job {existing.id} "
+                        "with a different request"
+                    )
+                return copy.deepcopy(existing)
+            if len(self._queue) >= self._queue_size:
+                raise QueueFull(
+                    f"the training queue is full ({self._queue_size} jobs waiting); retry after a job finishes"
+                )
+            job = JobRecord(id=new_job_id(), spec=spec)
+            self._jobs[job.id] = job
+            self._revision[job.id] = 0
+            self._cancel_events[job.id] = threading.Event()
+            if spec.idempotency_key:
+                self._keys[spec.idempotency_key] = job.id
+            self._queue.append(job.id)
+            self._store.save(job)
+            self._changed.notify_all()
+            event(log, "job queued", job_id=job.id, model=spec.model, queue_length=len(self._queue))
+            return copy.deepcopy(job)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._changed:
+            return copy.deepcopy(self._require(job_id))
+
+    def list(self, limit: int = 50) -> list[JobRecord]:
+        with self._changed:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
+            return [copy.deepcopy(j) for j in jobs[:limit]]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        with self._changed:
+            job = self._require(job_id)
+            if job.done:
+                return copy.deepcopy(job)
+            self._cancel_events[job_id].set()
+            if job.state == QUEUED:
+                self._queue.remove(job_id)
+                self._finish(job, CANCELLED, error="cancelled before it started")
+            event(log, "job cancel requested", job_id=job_id)
+            return copy.deepcopy(job)
+
+    def watch(self, job_id: str, is_active: Callable[[], bool] = lambda: True, heartbeat: float = 0.5) -> Iterator[JobRecord]:
+        """Yields the job now and after every change, until it ends or the caller leaves."""
+        seen = -1
+        while True:
+            with self._changed:
+                job = self._require(job_id)
+                if self._revision[job_id] == seen:
+                    self._changed.wait(heartbeat)
+                    job = self._jobs[job_id]
+                if self._revision[job_id] == seen:
+                    if not is_active() or self._closing:
+                        return
+                    continue
+                seen = self._revision[job_id]
+                snapshot = copy.deepcopy(job)
+            yield snapshot
+            if snapshot.done or not is_active():
+                return
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancels queued and running jobs and waits for the worker to let go."""
+        with self._changed:
+            self._closing = True
+            for job_id in list(self._queue):
+                self._finish(self._jobs[job_id], CANCELLED, error="cancelled: the trainer shut down")
+            self._queue.clear()
+            for job in self._jobs.values():
+                if job.state == RUNNING:
+                    self._cancel_events[job.id].set()
+            self._changed.notify_all()
+        self._worker.join(timeout)
+
+    # -- internals ----------------------------------------------------------
+
+    def _require(self, job_id: str) -> JobRecord:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def _recover(self) -> None:
+        """Loads history; a job that was queued or running when the trainer died is FAILED."""
+        for job in self._store.load_all():
+            if not job.done:
+                was = job.state.lower()
+                job.state = FAILED
+                job.phase = "done"
+                job.error = f"interrupted: the trainer stopped while the job was {was}"
+                job.finished_at = time.time()
+                self._store.save(job)
+                event(log, "job interrupted by restart", logging.WARNING, job_id=job.id)
+            self._jobs[job.id] = job
+            self._revision[job.id] = 0
+            self._cancel_events[job.id] = threading.Event()
+            if job.spec.idempotency_key:
+                self._keys[job.spec.idempotency_key] = job.id
+
+    def _update(self, job_id: str, *, persist: bool, **fields) -> None:
+        with self._changed:
+            job = self._jobs[job_id]
+            for name, value in fields.items():
+                setattr(job, name, value)
+            self._revision[job_id] += 1
+            if persist:
+                self._store.save(job)
+            self._changed.notify_all()
+
+    def _finish(self, job: JobRecord, state: str, **fields) -> None:
+        """Caller holds the lock."""
+        for name, value in fields.items():
+            setattr(job, name, value)
+        job.state = state
+        job.phase = "done"
+        job.finished_at = time.time()
+        self._revision[job.id] += 1
+        self._store.save(job)
+        self._changed.notify_all()
+        event(log, "job finished", job_id=job.id, state=state, model_version=job.model_version, error=job.error or None)
+
+    def _next(self) -> JobRecord | None:
+        with self._changed:
+            while not self._queue and not self._closing:
+                self._changed.wait()
+            if self._closing:
+                return None
+            job = self._jobs[self._queue.popleft()]
+            job.state = RUNNING
+            job.phase = "starting"
+            job.started_at = time.time()
+            self._revision[job.id] += 1
+            self._store.save(job)
+            self._changed.notify_all()
+            return job
+
+    def _work(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                return
+            event(log, "job started", job_id=job.id, model=job.spec.model)
+            context = JobContext(self, job.id, self._cancel_events[job.id])
+            try:
+                result = self._runner(copy.deepcopy(job), context)
+            except self._cancelled_exceptions:
+                with self._changed:
+                    self._finish(job, CANCELLED, error="cancelled while running; nothing was published")
+            except Exception as exc:  # the job fails, never the server
+                log.warning("job failed", exc_info=True, extra={"fields": {"job_id": job.id}})
+                with self._changed:
+                    self._finish(job, FAILED, error=str(exc) or type(exc).__name__)
+            else:
+                with self._changed:
+                    self._finish(job, SUCCEEDED, **result)

@@ -1,0 +1,119 @@
+"""Training jobs as plain records, and the durable store that keeps them.
+
+Job history must survive a trainer restart (operators ask "what happened to
+last night's job?"), so every state change is written to
+``<model root>/.jobs/<id>.json`` with a write-then-rename, which is atomic on
+the filesystems we use. The leading dot keeps the folder invisible to serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from movierec_common.model_root import JOBS_DIR, join
+from movierec_common.tfenv import tensorflow
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A validated training request: what to train, on what, and how to judge it."""
+
+    model: str
+    ratings_path: str = ""
+    items_path: str = ""
+    epochs: int = 0
+    hyperparameters: dict[str, float] = field(default_factory=dict)  # only the fields the caller set
+    holdout: str = "random"
+    holdout_size: int = 10
+    seed: int = 0
+    idempotency_key: str = ""
+    min_validation_recall_at_10: float = 0.0
+    require_no_regression: bool = False
+    quality_gate_disabled: bool = False
+
+
+@dataclass
+class JobRecord:
+    id: str
+    spec: TrainSpec
+    state: str = QUEUED
+    phase: str = "queued"
+    epoch: int = 0
+    total_epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    loss: float = 0.0
+    elapsed_seconds: float = 0.0
+    validation: dict[str, float] = field(default_factory=dict)
+    loss_history: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    evaluation_split: str = ""
+    model_version: int = 0
+    published: bool = False
+    not_published_reason: str = ""
+    error: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
+        data = dict(data)
+        data["spec"] = TrainSpec(**data["spec"])
+        return cls(**data)
+
+
+def new_job_id() -> str:
+    return "job-" + uuid.uuid4().hex[:12]
+
+
+class JobStore:
+    """One JSON file per job under ``<root>/.jobs``."""
+
+    def __init__(self, model_root: str):
+        self._dir = join(model_root, JOBS_DIR)
+        tensorflow().io.gfile.makedirs(self._dir)
+
+    def save(self, job: JobRecord) -> None:
+        gfile = tensorflow().io.gfile
+        final = join(self._dir, f"{job.id}.json")
+        tmp = join(self._dir, f".{job.id}.{uuid.uuid4().hex[:6]}.tmp")
+        with gfile.GFile(tmp, "w") as handle:
+            handle.write(json.dumps(job.to_dict()))
+        gfile.rename(tmp, final, overwrite=True)
+
+    def load_all(self) -> list[JobRecord]:
+        gfile = tensorflow().io.gfile
+        jobs = []
+        for name in gfile.listdir(self._dir):
+            path = join(self._dir, name)
+            if name.startswith("."):
+                gfile.remove(path)  # a write cut short by a crash
+                continue
+            if not name.endswith(".json"):
+                continue
+            try:
+                with gfile.GFile(path, "r") as handle:
+                    jobs.append(JobRecord.from_dict(json.loads(handle.read())))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("unreadable job record", extra={"fields": {"path": path, "error": str(exc)}})
+        return sorted(jobs, key=lambda j: j.created_at)

@@ -1,0 +1,225 @@
+"""One training job from request to published version: load, split, train,
+evaluate, gate, publish.
+
+Plain domain code: the gRPC servicer validates and translates, the job manager
+schedules, and this module does the work, so each can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+
+from movierec_common import artifact as artifact_format
+from movierec_common.logs import event
+from movierec_common.model_root import list_versions, version_dir
+from trainer_service import data as datasets
+from trainer_service.evaluation import evaluate_scores, popularity_vectors
+from trainer_service.hyperparams import MODEL_KINDS, Hyperparameters, resolve_hyperparameters
+from trainer_service.job_manager import JobContext
+from trainer_service.jobs import JobRecord, TrainSpec
+from trainer_service.plots import loss_plot_png
+from trainer_service.publisher import apply_retention, publish
+from trainer_service.training import EpochReport, train_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 42
+MAX_HOLDOUT_SIZE = 100
+# Custom datasets up to this size are parsed inside the Train call, so a
+# malformed file is reported to the caller at once instead of failing later.
+SYNC_VALIDATION_BYTES = 16 * 1024 * 1024
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be run as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    model_root: str
+    data_root: str | None = None
+    movielens_dir: str | None = None
+    queue_size: int = 4
+    keep_versions: int = 5
+    min_validation_recall_at_10: float = 0.0  # trainer-wide quality floor
+
+
+def hyperparameters_for(spec: TrainSpec) -> Hyperparameters:
+    overrides = dict(spec.hyperparameters)
+    if spec.epochs:
+        overrides["epochs"] = spec.epochs
+    return resolve_hyperparameters(spec.model, overrides)
+
+
+def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
+    """Raises InvalidRequest for anything a caller must fix before the job can run."""
+    if spec.model not in MODEL_KINDS:
+        raise InvalidRequest(f"unknown model kind {spec.model!r}; choose one of: {', '.join(MODEL_KINDS)}")
+    try:
+        hyperparameters_for(spec)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if spec.holdout not in datasets.HOLDOUTS:
+        raise InvalidRequest(f"unknown holdout {spec.holdout!r}; choose one of: {', '.join(datasets.HOLDOUTS)}")
+    if not 1 <= spec.holdout_size <= MAX_HOLDOUT_SIZE:
+        raise InvalidRequest(f"holdout_size must be between 1 and {MAX_HOLDOUT_SIZE}, got {spec.holdout_size}")
+    if not 0.0 <= spec.min_validation_recall_at_10 <= 1.0:
+        raise InvalidRequest("quality_gate.min_validation_recall_at_10 must be between 0 and 1")
+    if bool(spec.ratings_path) != bool(spec.items_path):
+        raise InvalidRequest("dataset.ratings_path and dataset.items_path go together: give both, or neither for MovieLens 100K")
+    if spec.ratings_path:
+        if not config.data_root:
+            raise InvalidRequest("this trainer was started without --data-root, so it accepts no dataset paths")
+        if spec.holdout in datasets.PREDEFINED_SPLITS:
+            raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; use 'random' or 'last_n_per_user' for your own files")
+        _validate_dataset_files(spec, config.data_root)
+
+
+def _validate_dataset_files(spec: TrainSpec, data_root: str) -> None:
+    try:
+        sizes = [datasets._FolderReader(data_root).resolve(p).stat().st_size for p in (spec.ratings_path, spec.items_path)]
+        if sum(sizes) <= SYNC_VALIDATION_BYTES:
+            datasets.load_ratings_files(data_root, spec.ratings_path, spec.items_path)
+    except datasets.DatasetError as exc:
+        raise InvalidRequest(str(exc)) from exc
+
+
+def load_split(spec: TrainSpec, config: TrainerConfig) -> datasets.Split:
+    seed = spec.seed or DEFAULT_SEED
+    if spec.ratings_path:
+        ratings = datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path)
+        movielens_dir = None
+    else:
+        ratings, movielens_dir = datasets.load_movielens_100k(config.movielens_dir)
+    return datasets.make_split(ratings, spec.holdout, spec.holdout_size, seed, movielens_dir)
+
+
+def _quality_gate(spec: TrainSpec, config: TrainerConfig, validation_recall: float, split: datasets.Split) -> str:
+    """Returns why the model must not be published, or "" when it may."""
+    if spec.quality_gate_disabled:
+        return ""
+    floor = spec.min_validation_recall_at_10 or config.min_validation_recall_at_10
+    if validation_recall < floor:
+        return f"validation Recall@10 {validation_recall:.4f} is below the floor {floor:.4f}"
+    if spec.require_no_regression:
+        versions = list_versions(config.model_root)
+        if versions:
+            try:
+                current = artifact_format.read_metadata(version_dir(config.model_root, versions[-1]))
+            except artifact_format.ArtifactError:
+                return ""
+            same_data = (current.get("dataset", {}).get("fingerprint") == split.data.fingerprint
+                         and current.get("evaluation_split") == split.name)
+            previous = current.get("metrics", {}).get("validation_recall_at_10")
+            if same_data and previous is not None and validation_recall < previous:
+                return (f"validation Recall@10 {validation_recall:.4f} is below the published version "
+                        f"{versions[-1]}'s {previous:.4f} on the same data")
+    return ""
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("movierec", "tensorflow", "tf-keras", "tensorflow-recommenders", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _artifact_for(split: datasets.Split, user_vectors: np.ndarray, item_vectors: np.ndarray) -> artifact_format.ModelArtifact:
+    """Serving excludes everything the user is known to have rated (train and held out)."""
+    data = split.data
+    everything = datasets.Split(data=data, train=np.arange(len(data)), test=np.zeros(0, dtype=np.int64), name="all")
+    seen_indptr, seen_indices = everything.train_csr()
+    return artifact_format.ModelArtifact(
+        user_ids=data.user_ids.astype(str),
+        user_vectors=np.asarray(user_vectors, dtype=np.float32),
+        movie_ids=data.movie_ids.astype(np.int64),
+        titles=data.titles.astype(str),
+        item_vectors=np.asarray(item_vectors, dtype=np.float32),
+        seen_indptr=seen_indptr,
+        seen_indices=seen_indices,
+        popularity=np.bincount(data.items, minlength=data.n_items).astype(np.float32),
+    )
+
+
+def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
+    """Runs one job; returns the fields that end it (metrics, version, gate outcome)."""
+    spec = job.spec
+    hp = hyperparameters_for(spec)
+    seed = spec.seed or DEFAULT_SEED
+    ctx.report(phase="loading data", total_epochs=hp.epochs)
+    split = load_split(spec, config)
+    ctx.check_cancelled()
+    ctx.report(phase="training")
+
+    loss_history: list[float] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        loss_history.append(report.loss)
+        ctx.report(
+            epoch=report.epoch, total_epochs=report.epochs, loss=report.loss, step=report.step,
+            steps_per_epoch=report.steps_per_epoch, elapsed_seconds=report.elapsed_seconds,
+            validation=dict(report.validation), loss_history=list(loss_history),
+        )
+
+    trained = train_model(spec.model, split, hp, seed, on_epoch=on_epoch, should_stop=ctx.should_stop)
+    ctx.report(phase="evaluating")
+    train_csr, test_csr = split.train_csr(), split.test_csr()
+    metrics = evaluate_scores(trained.user_vectors, trained.item_vectors, train_csr, test_csr)
+    baseline = evaluate_scores(*popularity_vectors(train_csr, split.data.n_items), train_csr, test_csr)
+    validation_recall = float(trained.validation_metrics.get("recall_at_10", 0.0))
+    metrics.update(
+        validation_recall_at_10=validation_recall,
+        train_seconds=trained.train_seconds,
+        epochs_run=float(trained.epochs_run),
+        best_epoch=float(trained.best_epoch),
+    )
+    if trained.loss_history:
+        metrics["final_loss"] = float(trained.loss_history[-1])
+    outcome = dict(metrics=metrics, baseline_metrics=baseline, evaluation_split=split.name,
+                   loss_history=list(trained.loss_history))
+    event(log, "job evaluated", job_id=job.id, model=spec.model, split=split.name,
+          recall_at_10=round(metrics["recall_at_10"], 4), ndcg_at_10=round(metrics["ndcg_at_10"], 4),
+          popularity_recall_at_10=round(baseline["recall_at_10"], 4), train_seconds=round(trained.train_seconds, 1))
+    refusal = _quality_gate(spec, config, validation_recall, split)
+    if refusal:
+        return {**outcome, "published": False, "not_published_reason": refusal}
+    ctx.check_cancelled()
+    ctx.report(phase="publishing")
+    metadata = {
+        "model_kind": spec.model,
+        "job_id": job.id,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "hyperparameters": hp.as_dict(),
+        "seed": seed,
+        "dataset": {
+            "source": split.data.source,
+            "fingerprint": split.data.fingerprint,
+            "ratings_path": spec.ratings_path,
+            "items_path": spec.items_path,
+            "num_users": split.data.n_users,
+            "num_items": split.data.n_items,
+            "num_ratings": len(split.data),
+        },
+        "evaluation_split": split.name,
+        "metrics": metrics,
+        "baseline_metrics": {"popularity": baseline},
+        "loss_history": list(trained.loss_history),
+        "validation_history": trained.validation_history,
+        "libraries": _library_versions(),
+    }
+    png = loss_plot_png(trained.loss_history, [v.get("recall_at_10", 0.0) for v in trained.validation_history],
+                        f"{spec.model} ({job.id})")
+    version = publish(config.model_root, _artifact_for(split, trained.user_vectors, trained.item_vectors),
+                      metadata, {artifact_format.LOSS_PLOT_FILE: png}, should_stop=ctx.should_stop)
+    apply_retention(config.model_root, config.keep_versions)
+    return {**outcome, "published": True, "model_version": version}

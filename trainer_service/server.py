@@ -1,0 +1,69 @@
+"""``movierec-trainer``: the Trainer gRPC server process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from movierec_common import logs
+from movierec_common.grpc_server import build_server, wait_for_termination
+from movierec_common.logs import event
+
+log = logging.getLogger("movierec.trainer")
+SERVICE_NAME = "movierec.v1.Trainer"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="movierec-trainer", description=__doc__)
+    parser.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--model-root", required=True, help="folder (or gs://, s3://...) where versions are published")
+    parser.add_argument("--data-root", default=None, help="folder that custom dataset paths are relative to")
+    parser.add_argument("--movielens-dir", default=os.environ.get("MOVIELENS_DIR"),
+                        help="GroupLens ml-100k folder or ml-100k.zip (default: $MOVIELENS_DIR, then tensorflow-datasets)")
+    parser.add_argument("--queue-size", type=int, default=4, help="jobs that may wait behind the running one")
+    parser.add_argument("--keep-versions", type=int, default=5, help="published versions to keep (0 = all)")
+    parser.add_argument("--min-recall", type=float, default=0.0,
+                        help="quality floor: refuse to publish below this validation Recall@10")
+    parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logs.configure(args.log_level)
+    # Imported after logging is set up: they import TensorFlow.
+    from movierec.v1 import trainer_pb2_grpc
+    from trainer_service.job_manager import JobManager
+    from trainer_service.jobs import JobStore
+    from trainer_service.pipeline import TrainerConfig, run_job
+    from trainer_service.publisher import remove_stale_temp_folders
+    from trainer_service.servicer import TrainerServicer
+    from trainer_service.training import TrainingCancelled
+    from trainer_service.publisher import PublishCancelled
+
+    config = TrainerConfig(
+        model_root=args.model_root, data_root=args.data_root, movielens_dir=args.movielens_dir,
+        queue_size=args.queue_size, keep_versions=args.keep_versions, min_validation_recall_at_10=args.min_recall,
+    )
+    remove_stale_temp_folders(config.model_root)
+    manager = JobManager(
+        JobStore(config.model_root),
+        lambda job, ctx: run_job(job, ctx, config),
+        queue_size=config.queue_size,
+        cancelled_exceptions=(TrainingCancelled, PublishCancelled),
+    )
+    servicer = TrainerServicer(manager, config)
+    handle = build_server(
+        f"{args.host}:{args.port}", [SERVICE_NAME],
+        lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server),
+    )
+    handle.set_serving(True)
+    event(log, "trainer listening", port=handle.port, model_root=config.model_root)
+    print(f"movierec-trainer listening on {args.host}:{handle.port}", flush=True)
+    wait_for_termination(handle, on_stop=lambda: manager.shutdown(timeout=30))
+
+
+if __name__ == "__main__":
+    main()
