@@ -335,7 +335,7 @@ class TrainerClient(_Client):
                 if mode == "stream":
                     source = self._watch_once(job_id, deadline)
                 else:
-                    source = iter([self.get_job(job_id, timeout=self._bounded(deadline))])
+                    source = self._get_once(job_id, deadline)
                 with contextlib.closing(source):
                     for job in source:
                         failures = 0
@@ -375,6 +375,9 @@ class TrainerClient(_Client):
             raise from_rpc_error(exc, target=self.target, method="WatchJob") from exc
         finally:
             call.cancel()  # no-op when finished; frees the stream if the caller stopped early
+
+    def _get_once(self, job_id: str, deadline: float | None) -> Iterator[t.Job]:
+        yield self.get_job(job_id, timeout=self._bounded(deadline))
 
     def _bounded(self, deadline: float | None) -> float:
         if deadline is None:

@@ -10,6 +10,7 @@ Every module that needs TensorFlow imports it through :func:`tensorflow`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -22,11 +23,35 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 _tf = None
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """TensorFlow's C++ runtime logs through absl before anything can configure
+    it (CUDA probing, "All log messages before absl::InitializeLog()"), ignoring
+    TF_CPP_MIN_LOG_LEVEL; the only off switch is the file descriptor itself.
+    Set MOVIEREC_TF_VERBOSE=1 to see it."""
+    if os.environ.get("MOVIEREC_TF_VERBOSE") == "1":
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def tensorflow():
     """Return the ``tensorflow`` module, imported with the environment above."""
     global _tf
     if _tf is None:
-        import tensorflow as tf  # noqa: PLC0415 - deliberately late
+        with _native_stderr_silenced():
+            import tensorflow as tf  # noqa: PLC0415 - deliberately late
+            import tensorflow_recommenders  # noqa: F401,PLC0415 - loads its kernels now, quietly
+
+            tf.constant(0.0) + 1.0  # initialises the CPU device, which logs too
 
         tf.get_logger().setLevel(logging.ERROR)
         try:

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "history_two_tower", "ease_blend")
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease")
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,6 @@ DEFAULTS: dict[str, Hyperparameters] = {
     "two_tower_dropout": dataclasses.replace(_COMMON, dropout_rate=0.2),
     "bpr": dataclasses.replace(_COMMON, learning_rate=0.01, num_negatives=4),
     "ease": dataclasses.replace(_COMMON, epochs=1),
-    "history_two_tower": dataclasses.replace(_COMMON),
-    "ease_blend": dataclasses.replace(_COMMON),
 }
 
 

@@ -1,0 +1,96 @@
+"""The whole product on loopback: train through the trainer, serve through the
+recommender, retrain, and hot-reload under a steady stream of calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from clients import RecommenderClient, TrainerClient
+from tests.servers import start_recommender, start_trainer
+
+pytestmark = pytest.mark.slow
+
+
+def _ratings_of(movielens_dir, user_id: str) -> set[int]:
+    rated = set()
+    with open(movielens_dir / "u.data", encoding="latin-1") as handle:
+        for line in handle:
+            user, movie, *_ = line.split("\t")
+            if user == user_id:
+                rated.add(int(movie))
+    return rated
+
+
+@pytest.fixture()
+def services(tmp_path, movielens_dir):
+    model_root = tmp_path / "models"
+    trainer = start_trainer(model_root, tmp_path, env={"MOVIELENS_DIR": str(movielens_dir)})
+    recommender = start_recommender(model_root, tmp_path)
+    yield trainer, recommender, model_root
+    trainer.terminate()
+    recommender.terminate()
+
+
+def _wait_for_version(client: RecommenderClient, version: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while client.model_status().served_version != version:
+        assert time.monotonic() < deadline, f"version {version} not served within {timeout}s"
+        time.sleep(0.1)
+
+
+def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movielens_dir):
+    trainer, recommender, model_root = services
+    with TrainerClient(trainer.address, timeout=30) as tc, RecommenderClient(recommender.address, timeout=10) as rc:
+        first = tc.train("two_tower", epochs=2, holdout="ua")
+        assert first.state in ("QUEUED", "RUNNING")
+        updates = list(tc.watch_job(first.id, timeout=600))
+        done = updates[-1]
+        assert done.state == "SUCCEEDED", done.error
+        assert any(u.progress.epoch >= 1 for u in updates), "WatchJob streamed no epoch progress"
+        assert done.model_version == 1 and done.published
+        assert done.metrics["recall_at_10"] > 0 and done.evaluation_split == "ua.base -> ua.test"
+        assert (model_root / "1" / "metadata.json").is_file() and (model_root / "1" / "loss.png").is_file()
+
+        rc.wait_until_serving(timeout=60)
+        _wait_for_version(rc, 1, timeout=30)
+        recs = rc.recommend("42", k=10)
+        ids = [item.movie_id for item in recs.items]
+        assert recs.model_version == 1 and not recs.cold_start
+        assert len(ids) == 10 and len(set(ids)) == 10
+        assert not set(ids) & _ratings_of(movielens_dir, "42")
+        assert all(item.title for item in recs.items)
+
+        # Retrain while a client hammers Recommend: the swap must cost no call.
+        calls, failures, versions_seen = [0], [], set()
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    versions_seen.add(rc.recommend("42", k=10).model_version)
+                    calls[0] += 1
+                except Exception as exc:  # any failure is the test's failure
+                    failures.append(repr(exc))
+
+        loop = threading.Thread(target=hammer)
+        loop.start()
+        try:
+            second = tc.wait_for_job(tc.train("two_tower", epochs=2, holdout="ua", seed=7).id, timeout=600)
+            assert second.state == "SUCCEEDED", second.error
+            assert second.model_version == 2
+            _wait_for_version(rc, 2, timeout=30)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            loop.join()
+        assert failures == []
+        assert versions_seen == {1, 2}
+        assert calls[0] > 50
+        assert rc.recommend("42", k=10).model_version == 2
+        assert recommender.alive() and trainer.alive()
+        jobs = tc.list_jobs()
+        assert [j.id for j in jobs] == [second.id, first.id]
+        print(f"\nreload: versions served {sorted(versions_seen)}, calls {calls[0]}, failed {len(failures)}")

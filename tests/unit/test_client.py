@@ -1,0 +1,830 @@
+"""The Python clients against a real, in-process gRPC server with scripted servicers.
+
+Why not mock the stubs: what matters is the wire behaviour (request fields,
+metadata, deadlines, gRPC's own retries, stream breaks), and only a real
+server on a loopback port exercises it. The fakes here record every request
+and answer from small fixed protos; a test changes one method's behaviour by
+installing a handler. ``test_cli.py`` reuses the same fakes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from clients import (
+    BatchRecommendations,
+    Cancelled,
+    ConfigurationError,
+    DeadlineExceeded,
+    InvalidArgument,
+    Item,
+    Job,
+    ModelStatus,
+    MovieRecError,
+    NotFound,
+    PermissionDenied,
+    Recommendations,
+    RecommenderClient,
+    ResourceExhausted,
+    SimilarItems,
+    TrainerClient,
+    Unauthenticated,
+    Unavailable,
+)
+from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+
+RECOMMENDER = "movierec.v1.Recommender"
+TRAINER = "movierec.v1.Trainer"
+T0 = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+# Scores exactly representable as float32, so they survive the wire unchanged.
+MOVIES = [
+    (50, "Star Wars (1977)", 0.75),
+    (1346, "Misérables, Les (1995)", 0.5),
+    (181, "Return of the Jedi (1983)", 0.25),
+]
+
+
+# --------------------------------------------------------------------------- proto builders
+
+
+def stamp(moment: dt.datetime):
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def rec_items(n: int = 3):
+    return [recommender_pb2.RecommendedItem(movie_id=m, title=t, score=s) for m, t, s in MOVIES[:n]]
+
+
+def make_job(
+    job_id: str = "job-1",
+    state: str = "QUEUED",
+    *,
+    epoch: int = 0,
+    total_epochs: int = 3,
+    phase: str | None = None,
+    **fields,
+) -> trainer_pb2.TrainJob:
+    job = trainer_pb2.TrainJob(
+        id=job_id,
+        state=trainer_pb2.TrainJob.State.Value(state),
+        request=trainer_pb2.TrainRequest(model="two_tower", epochs=total_epochs),
+        progress=trainer_pb2.Progress(
+            phase=phase or {"QUEUED": "queued", "RUNNING": "training"}.get(state, "done"),
+            epoch=epoch,
+            total_epochs=total_epochs,
+            steps_per_epoch=100,
+            loss=1.0 / (epoch + 1),
+            elapsed_seconds=2.5 * epoch,
+        ),
+        loss_history=[1.0 / (e + 1) for e in range(1, epoch + 1)],
+        created_at=stamp(T0),
+        **fields,
+    )
+    if state != "QUEUED":
+        job.started_at.CopyFrom(stamp(T0 + dt.timedelta(seconds=5)))
+    return job
+
+
+def finished_job(job_id: str = "job-1", state: str = "SUCCEEDED", **fields) -> trainer_pb2.TrainJob:
+    defaults = dict(
+        epoch=3,
+        metrics={"recall_at_10": 0.125, "ndcg_at_10": 0.0625},
+        baseline_metrics={"recall_at_10": 0.0625, "ndcg_at_10": 0.03125},
+        evaluation_split="ua",
+        model_version=7,
+        published=True,
+        finished_at=stamp(T0 + dt.timedelta(minutes=2)),
+    )
+    if state != "SUCCEEDED":
+        defaults.update(metrics={}, baseline_metrics={}, model_version=0, published=False, evaluation_split="")
+    defaults.update(fields)
+    return make_job(job_id, state, **defaults)
+
+
+# --------------------------------------------------------------------------- fake services
+
+
+class _Recorder:
+    """Records (method, request, metadata) and dispatches to per-test handlers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object, dict[str, str]]] = []
+        self.handlers: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.handlers.clear()
+
+    def _dispatch(self, method, request, context, default):
+        with self._lock:
+            self.calls.append((method, request, dict(context.invocation_metadata())))
+        handler = self.handlers.get(method, default)
+        return handler(request, context)
+
+    def requests(self, method: str) -> list:
+        return [request for name, request, _ in self.calls if name == method]
+
+    def metadata(self, method: str) -> list[dict[str, str]]:
+        return [md for name, _, md in self.calls if name == method]
+
+
+class FakeRecommender(_Recorder, recommender_pb2_grpc.RecommenderServicer):
+    def Recommend(self, request, context):
+        return self._dispatch("Recommend", request, context, self._recommend)
+
+    def RecommendBatch(self, request, context):
+        return self._dispatch("RecommendBatch", request, context, self._batch)
+
+    def SimilarItems(self, request, context):
+        return self._dispatch("SimilarItems", request, context, self._similar)
+
+    def GetModelStatus(self, request, context):
+        return self._dispatch("GetModelStatus", request, context, self._status)
+
+    @staticmethod
+    def _recommend(request, context):
+        return recommender_pb2.RecommendResponse(items=rec_items(min(request.k, 3)), model_version=7)
+
+    @staticmethod
+    def _batch(request, context):
+        results = [
+            recommender_pb2.UserRecommendations(
+                user_id=user, items=rec_items(min(request.k, 3)), cold_start=user == "999999"
+            )
+            for user in request.user_ids
+        ]
+        return recommender_pb2.RecommendBatchResponse(results=results, model_version=7)
+
+    @staticmethod
+    def _similar(request, context):
+        return recommender_pb2.SimilarItemsResponse(
+            movie=recommender_pb2.RecommendedItem(movie_id=request.movie_id, title="Star Wars (1977)", score=1.0),
+            items=rec_items(3)[1 : 1 + request.k],
+            model_version=7,
+        )
+
+    @staticmethod
+    def _status(request, context):
+        return recommender_pb2.ModelStatus(
+            served_version=7,
+            model_kind="two_tower",
+            loaded_at=stamp(T0),
+            model_root="/models",
+            pinned_version=0,
+            versions=[
+                recommender_pb2.ModelVersion(
+                    version=8, state=recommender_pb2.ModelVersion.REJECTED, reason="NaN scores", model_kind="bpr"
+                ),
+                recommender_pb2.ModelVersion(
+                    version=7,
+                    state=recommender_pb2.ModelVersion.SERVING,
+                    model_kind="two_tower",
+                    metrics={"recall_at_10": 0.125},
+                ),
+            ],
+            metrics={"recall_at_10": 0.125},
+            num_users=943,
+            num_items=1682,
+        )
+
+
+class FakeTrainer(_Recorder, trainer_pb2_grpc.TrainerServicer):
+    def Train(self, request, context):
+        return self._dispatch("Train", request, context, self._train)
+
+    def GetJob(self, request, context):
+        return self._dispatch("GetJob", request, context, self._get)
+
+    def ListJobs(self, request, context):
+        return self._dispatch("ListJobs", request, context, self._list)
+
+    def CancelJob(self, request, context):
+        return self._dispatch("CancelJob", request, context, self._cancel)
+
+    def WatchJob(self, request, context):
+        # A generator handler: the recorded call happens on the first next().
+        yield from self._dispatch("WatchJob", request, context, self._watch)
+
+    @staticmethod
+    def _train(request, context):
+        job = make_job("job-1", "QUEUED", total_epochs=request.epochs or 3)
+        job.request.CopyFrom(request)
+        return job
+
+    @staticmethod
+    def _get(request, context):
+        if request.job_id != "job-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        return finished_job()
+
+    @staticmethod
+    def _list(request, context):
+        return trainer_pb2.ListJobsResponse(jobs=[finished_job("job-2"), finished_job("job-1", "FAILED", error="boom")])
+
+    @staticmethod
+    def _cancel(request, context):
+        return finished_job(request.job_id, "CANCELLED", error="cancelled by user")
+
+    @staticmethod
+    def _watch(request, context):
+        if request.job_id != "job-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        yield make_job(state="QUEUED")
+        for epoch in range(3):
+            yield make_job(state="RUNNING", epoch=epoch, total_epochs=3)
+        yield finished_job()
+
+
+class Servers:
+    def __init__(self) -> None:
+        self.recommender = FakeRecommender()
+        self.trainer = FakeTrainer()
+        self.health = health.HealthServicer()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(self.recommender, self.server)
+        trainer_pb2_grpc.add_TrainerServicer_to_server(self.trainer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{port}"
+        self.server.start()
+
+    def reset(self) -> None:
+        self.recommender.reset()
+        self.trainer.reset()
+        for service in (RECOMMENDER, TRAINER):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    started = Servers()
+    yield started
+    started.server.stop(0)
+
+
+@pytest.fixture(autouse=True)
+def fresh(servers, monkeypatch):
+    """Every test starts from default behaviour and without credentials in the environment."""
+    servers.reset()
+    monkeypatch.delenv("MOVIEREC_TOKEN", raising=False)
+    monkeypatch.delenv("MOVIEREC_TOKEN_FILE", raising=False)
+    yield
+
+
+def abort(code: grpc.StatusCode, details: str):
+    def handler(request, context):
+        context.abort(code, details)
+
+    return handler
+
+
+def fail_first(n: int, code: grpc.StatusCode, then):
+    """A handler failing with ``code`` for the first ``n`` calls, then delegating."""
+    count = {"calls": 0}
+
+    def handler(request, context):
+        count["calls"] += 1
+        if count["calls"] <= n:
+            context.abort(code, f"attempt {count['calls']} failed")
+        return then(request, context)
+
+    return handler
+
+
+@pytest.fixture
+def rc(servers):
+    with RecommenderClient(servers.address, timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def tc(servers):
+    with TrainerClient(servers.address, timeout=5) as client:
+        client.poll_interval = 0.02
+        yield client
+
+
+# --------------------------------------------------------------------------- recommender: translation
+
+
+def test_recommend_sends_the_request_and_returns_typed_items(rc, servers):
+    recs = rc.recommend(42, k=2)
+
+    (request,) = servers.recommender.requests("Recommend")
+    assert request.user_id == "42" and request.k == 2
+    assert not request.HasField("exclude_seen")  # server default applies
+    assert recs == Recommendations(
+        items=[Item(50, "Star Wars (1977)", 0.75), Item(1346, "Misérables, Les (1995)", 0.5)],
+        model_version=7,
+        cold_start=False,
+    )
+    assert [item.title for item in recs] == ["Star Wars (1977)", "Misérables, Les (1995)"]
+    assert len(recs) == 2
+
+
+def test_recommend_exclude_seen_is_sent_only_when_given(rc, servers):
+    rc.recommend("1", exclude_seen=False)
+    rc.recommend("1", exclude_seen=True)
+
+    sent = servers.recommender.requests("Recommend")
+    assert [r.HasField("exclude_seen") for r in sent] == [True, True]
+    assert [r.exclude_seen for r in sent] == [False, True]
+    assert sent[0].k == 10  # the default k
+
+
+def test_recommend_reports_cold_start(rc, servers):
+    servers.recommender.handlers["Recommend"] = lambda request, context: recommender_pb2.RecommendResponse(
+        items=rec_items(1), model_version=3, cold_start=True
+    )
+    recs = rc.recommend("nobody")
+    assert recs.cold_start is True and recs.model_version == 3
+
+
+def test_recommend_batch(rc, servers):
+    batch = rc.recommend_batch([1, "999999"], k=1, exclude_seen=False)
+
+    (request,) = servers.recommender.requests("RecommendBatch")
+    assert list(request.user_ids) == ["1", "999999"] and request.k == 1 and request.exclude_seen is False
+    assert isinstance(batch, BatchRecommendations) and batch.model_version == 7
+    assert [r.user_id for r in batch] == ["1", "999999"]
+    assert batch.for_user("999999").cold_start is True
+    assert batch.for_user(1).items == [Item(50, "Star Wars (1977)", 0.75)]
+    with pytest.raises(KeyError):
+        batch.for_user("2")
+
+
+def test_similar_items(rc, servers):
+    similar = rc.similar_items(50, k=2)
+
+    (request,) = servers.recommender.requests("SimilarItems")
+    assert request.movie_id == 50 and request.k == 2
+    assert similar == SimilarItems(
+        movie=Item(50, "Star Wars (1977)", 1.0),
+        items=[Item(1346, "Misérables, Les (1995)", 0.5), Item(181, "Return of the Jedi (1983)", 0.25)],
+        model_version=7,
+    )
+
+
+def test_model_status(rc):
+    status = rc.model_status()
+
+    assert isinstance(status, ModelStatus)
+    assert status.served_version == 7 and status.serving
+    assert status.pinned_version is None  # 0 on the wire = follow the newest
+    assert status.loaded_at == T0 and status.loaded_at.tzinfo is not None
+    assert (status.model_kind, status.model_root, status.num_users, status.num_items) == (
+        "two_tower",
+        "/models",
+        943,
+        1682,
+    )
+    assert [(v.version, v.state, v.reason, v.model_kind) for v in status.versions] == [
+        (8, "REJECTED", "NaN scores", "bpr"),
+        (7, "SERVING", "", "two_tower"),
+    ]
+    assert status.versions[1].metrics == {"recall_at_10": 0.125}
+    assert status.metrics == {"recall_at_10": 0.125}
+
+
+def test_model_status_before_any_model(rc, servers):
+    servers.recommender.handlers["GetModelStatus"] = lambda r, c: recommender_pb2.ModelStatus(model_root="/m")
+    status = rc.model_status()
+    assert status.served_version is None and not status.serving
+    assert status.loaded_at is None and status.versions == []
+
+
+# --------------------------------------------------------------------------- errors, deadlines, retries
+
+
+def test_invalid_argument_carries_details_and_target(rc, servers):
+    servers.recommender.handlers["Recommend"] = abort(grpc.StatusCode.INVALID_ARGUMENT, "k must be in 1..500")
+
+    with pytest.raises(InvalidArgument) as caught:
+        rc.recommend("1", k=100000)
+
+    error = caught.value
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details == "k must be in 1..500"
+    assert error.target == servers.address and error.method == "Recommend"
+    assert "k must be in 1..500" in str(error) and servers.address in str(error)
+    assert not isinstance(error, grpc.RpcError)
+    assert len(servers.recommender.requests("Recommend")) == 1  # not retried
+
+
+def test_not_found_for_an_unknown_movie(rc, servers):
+    servers.recommender.handlers["SimilarItems"] = abort(grpc.StatusCode.NOT_FOUND, "movie 99999 not in the model")
+    with pytest.raises(NotFound, match="movie 99999 not in the model"):
+        rc.similar_items(99999)
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.CANCELLED, Cancelled),
+        (grpc.StatusCode.FAILED_PRECONDITION, MovieRecError),
+        (grpc.StatusCode.INTERNAL, MovieRecError),
+    ],
+)
+def test_status_codes_map_to_exceptions(tc, servers, code, error_type):
+    servers.trainer.handlers["Train"] = abort(code, "nope")
+    with pytest.raises(error_type) as caught:
+        tc.train("two_tower")
+    assert caught.value.code is code and caught.value.details == "nope"
+
+
+def test_unavailable_reads_are_retried_by_grpc(rc, servers):
+    servers.recommender.handlers["Recommend"] = fail_first(2, grpc.StatusCode.UNAVAILABLE, FakeRecommender._recommend)
+
+    recs = rc.recommend("1")
+
+    assert recs.model_version == 7
+    assert len(servers.recommender.requests("Recommend")) == 3
+
+
+def test_unavailable_after_the_retries_run_out(rc, servers):
+    servers.recommender.handlers["GetModelStatus"] = abort(grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
+
+    with pytest.raises(Unavailable, match="no model loaded yet"):
+        rc.model_status()
+    assert len(servers.recommender.requests("GetModelStatus")) == 4  # maxAttempts
+
+
+def test_unreachable_server_is_unavailable():
+    with RecommenderClient("127.0.0.1:1", timeout=5) as client:
+        with pytest.raises(Unavailable) as caught:
+            client.recommend("1")
+    assert "127.0.0.1:1" in str(caught.value)
+
+
+def test_every_call_has_a_deadline(servers):
+    servers.recommender.handlers["Recommend"] = lambda request, context: time.sleep(1.0)
+    with RecommenderClient(servers.address, timeout=0.2) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as caught:
+            client.recommend("1")
+    assert time.monotonic() - started < 0.9
+    assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert isinstance(caught.value, TimeoutError)
+
+
+def test_per_call_timeout_overrides_the_default(rc, servers):
+    servers.recommender.handlers["Recommend"] = lambda request, context: time.sleep(1.0)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        rc.recommend("1", timeout=0.1)
+    assert time.monotonic() - started < 0.9
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_token_argument_is_sent_as_bearer_metadata(servers):
+    with RecommenderClient(servers.address, token="s3cret") as client:
+        client.recommend("1")
+    (metadata,) = servers.recommender.metadata("Recommend")
+    assert metadata["authorization"] == "Bearer s3cret"
+
+
+def test_no_token_no_authorization_header(rc, servers):
+    rc.recommend("1")
+    (metadata,) = servers.recommender.metadata("Recommend")
+    assert "authorization" not in metadata
+
+
+def test_token_from_environment(servers, monkeypatch):
+    monkeypatch.setenv("MOVIEREC_TOKEN", "from-env")
+    with TrainerClient(servers.address) as client:
+        client.list_jobs()
+    assert servers.trainer.metadata("ListJobs")[0]["authorization"] == "Bearer from-env"
+
+
+def test_token_file_from_argument_and_environment(servers, monkeypatch, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    with TrainerClient(servers.address, token_file=token_file) as client:
+        client.list_jobs()
+    monkeypatch.setenv("MOVIEREC_TOKEN_FILE", str(token_file))
+    with TrainerClient(servers.address) as client:
+        client.list_jobs()
+    assert [md["authorization"] for md in servers.trainer.metadata("ListJobs")] == ["Bearer from-file"] * 2
+
+
+def test_explicit_token_beats_the_environment(servers, monkeypatch):
+    monkeypatch.setenv("MOVIEREC_TOKEN", "from-env")
+    with RecommenderClient(servers.address, token="explicit") as client:
+        client.recommend("1")
+    assert servers.recommender.metadata("Recommend")[0]["authorization"] == "Bearer explicit"
+
+
+def test_unreadable_or_empty_token_file_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="cannot read token file"):
+        RecommenderClient("127.0.0.1:1", token_file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        RecommenderClient("127.0.0.1:1", token_file=tmp_path / "empty")
+
+
+def test_client_certificate_needs_its_key(tmp_path):
+    with pytest.raises(ConfigurationError, match="both a client certificate and its key"):
+        RecommenderClient("127.0.0.1:1", client_cert=tmp_path / "cert.pem")
+
+
+def test_existing_channel_is_used_and_left_open(servers):
+    channel = grpc.insecure_channel(servers.address)
+    with RecommenderClient(channel=channel) as client:
+        assert client.recommend("1").model_version == 7
+    # still usable after the client closed
+    assert recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+        recommender_pb2.RecommendRequest(user_id="1", k=1), timeout=5
+    ).model_version == 7
+    channel.close()
+
+
+def _self_signed(directory, name: str) -> tuple[bytes, bytes]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key.read_bytes(), cert.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
+def test_mutual_tls_with_token(tmp_path):
+    server_key, server_cert = _self_signed(tmp_path, "localhost")
+    _client_key, client_cert = _self_signed(tmp_path, "client")
+    fake = FakeRecommender()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    recommender_pb2_grpc.add_RecommenderServicer_to_server(fake, server)
+    credentials = grpc.ssl_server_credentials(
+        [(server_key, server_cert)], root_certificates=client_cert, require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        with RecommenderClient(
+            f"localhost:{port}",
+            root_certificates=tmp_path / "localhost.pem",
+            client_cert=tmp_path / "client.pem",
+            client_key=tmp_path / "client.key",
+            token="tls-token",
+        ) as client:
+            assert client.recommend("1").model_version == 7
+        assert fake.metadata("Recommend")[0]["authorization"] == "Bearer tls-token"
+        # Without the client certificate the server refuses the handshake.
+        with RecommenderClient(f"localhost:{port}", root_certificates=tmp_path / "localhost.pem", timeout=2) as client:
+            with pytest.raises(Unavailable):
+                client.recommend("1")
+    finally:
+        server.stop(0)
+
+
+# --------------------------------------------------------------------------- health
+
+
+def test_wait_until_serving_polls_the_health_service(rc, servers):
+    servers.health.set(RECOMMENDER, health_pb2.HealthCheckResponse.NOT_SERVING)
+    timer = threading.Timer(0.3, servers.health.set, (RECOMMENDER, health_pb2.HealthCheckResponse.SERVING))
+    timer.start()
+    started = time.monotonic()
+    rc.wait_until_serving(timeout=5, poll_interval=0.05)
+    assert 0.25 < time.monotonic() - started < 3
+    timer.join()
+
+
+def test_wait_until_serving_times_out(rc, servers):
+    servers.health.set(RECOMMENDER, health_pb2.HealthCheckResponse.NOT_SERVING)
+    with pytest.raises(DeadlineExceeded, match="NOT_SERVING"):
+        rc.wait_until_serving(timeout=0.3, poll_interval=0.05)
+
+
+def test_wait_until_serving_tolerates_an_unreachable_server():
+    with TrainerClient("127.0.0.1:1", timeout=1) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="movierec.v1.Trainer not serving"):
+            client.wait_until_serving(timeout=0.5, poll_interval=0.05)
+    assert time.monotonic() - started < 2
+
+
+def test_trainer_health(tc):
+    tc.wait_until_serving(timeout=2)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def test_train_translates_every_field(tc, servers):
+    job = tc.train(
+        "two_tower",
+        epochs=5,
+        ratings_path="ml/u.data",
+        items_path="ml/u.item",
+        hyperparameters={"embedding_dim": 64, "learning_rate": 0.05, "batch_size": None},
+        holdout="ua",
+        holdout_size=10,
+        seed=1,
+        idempotency_key="key-1",
+        min_validation_recall_at_10=0.05,
+        require_no_regression=True,
+    )
+
+    (request,) = servers.trainer.requests("Train")
+    assert request.model == "two_tower" and request.epochs == 5 and request.seed == 1
+    assert (request.dataset.ratings_path, request.dataset.items_path) == ("ml/u.data", "ml/u.item")
+    assert request.hyperparameters.embedding_dim == 64
+    assert request.hyperparameters.learning_rate == pytest.approx(0.05)
+    assert request.hyperparameters.batch_size == 0
+    assert (request.evaluation.holdout, request.evaluation.holdout_size) == ("ua", 10)
+    assert request.idempotency_key == "key-1"
+    assert request.quality_gate.min_validation_recall_at_10 == pytest.approx(0.05)
+    assert request.quality_gate.require_no_regression and not request.quality_gate.disabled
+    assert isinstance(job, Job)
+    assert (job.id, job.state, job.model, job.done) == ("job-1", "QUEUED", "two_tower", False)
+    assert job.progress.total_epochs == 5 and job.model_version is None
+
+
+def test_train_defaults_are_proto_zeros_with_a_random_idempotency_key(tc, servers):
+    tc.train("bpr")
+    tc.train("bpr", quality_gate_disabled=True)
+
+    first, second = servers.trainer.requests("Train")
+    assert first.epochs == 0 and first.seed == 0 and first.evaluation.holdout == ""
+    assert first.hyperparameters == trainer_pb2.Hyperparameters()
+    assert len(first.idempotency_key) == 32 and first.idempotency_key != second.idempotency_key
+    assert second.quality_gate.disabled
+
+
+def test_train_rejects_unknown_hyperparameters_before_sending(tc, servers):
+    with pytest.raises(ConfigurationError, match="unknown hyperparameter.*embeding_dim"):
+        tc.train("two_tower", hyperparameters={"embeding_dim": 64})
+    assert servers.trainer.requests("Train") == []
+
+
+def test_train_retry_keeps_the_idempotency_key(tc, servers):
+    servers.trainer.handlers["Train"] = fail_first(1, grpc.StatusCode.UNAVAILABLE, FakeTrainer._train)
+    tc.train("two_tower")
+    first, second = servers.trainer.requests("Train")
+    assert first.idempotency_key == second.idempotency_key
+
+
+def test_get_job_translates_a_finished_job(tc, servers):
+    job = tc.get_job("job-1")
+
+    assert servers.trainer.requests("GetJob")[0].job_id == "job-1"
+    assert (job.state, job.done, job.succeeded) == ("SUCCEEDED", True, True)
+    assert job.model_version == 7 and job.published and job.evaluation_split == "ua"
+    assert job.metrics == {"ndcg_at_10": 0.0625, "recall_at_10": 0.125}
+    assert job.baseline_metrics["recall_at_10"] == 0.0625
+    assert job.loss_history == pytest.approx([1 / 2, 1 / 3, 1 / 4])
+    assert job.progress.epoch == 3 and job.progress.phase == "done"
+    assert job.created_at == T0
+    assert job.started_at == T0 + dt.timedelta(seconds=5)
+    assert job.finished_at == T0 + dt.timedelta(minutes=2)
+
+
+def test_get_job_unknown_id(tc):
+    with pytest.raises(NotFound, match="no job 'nope'"):
+        tc.get_job("nope")
+
+
+def test_list_jobs_and_cancel(tc, servers):
+    jobs = tc.list_jobs(limit=5)
+    cancelled = tc.cancel_job("job-3")
+
+    assert servers.trainer.requests("ListJobs")[0].limit == 5
+    assert [(j.id, j.state) for j in jobs] == [("job-2", "SUCCEEDED"), ("job-1", "FAILED")]
+    assert jobs[1].error == "boom" and jobs[1].model_version is None
+    assert servers.trainer.requests("CancelJob")[0].job_id == "job-3"
+    assert (cancelled.id, cancelled.state, cancelled.done) == ("job-3", "CANCELLED", True)
+
+
+def test_watch_job_yields_every_update_until_the_end(tc):
+    updates = list(tc.watch_job("job-1"))
+
+    assert [u.state for u in updates] == ["QUEUED", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
+    assert [u.progress.epoch for u in updates[1:4]] == [0, 1, 2]
+    assert updates[-1].done and not any(u.done for u in updates[:-1])
+
+
+def test_watch_job_unknown_id_is_not_retried(tc, servers):
+    with pytest.raises(NotFound):
+        list(tc.watch_job("nope"))
+    assert len(servers.trainer.requests("WatchJob")) == 1
+
+
+def test_stopping_a_watch_early_cancels_the_stream(tc, servers):
+    stream_cancelled = threading.Event()
+
+    def endless(request, context):
+        context.add_callback(stream_cancelled.set)
+        while context.is_active():
+            yield make_job(state="RUNNING")
+            time.sleep(0.02)
+
+    servers.trainer.handlers["WatchJob"] = endless
+    updates = tc.watch_job("job-1")
+    assert next(updates).state == "RUNNING"
+    updates.close()
+    assert stream_cancelled.wait(2)
+
+
+def test_wait_for_job_reconnects_after_the_stream_breaks(tc, servers):
+    watches = {"n": 0}
+
+    def flaky_watch(request, context):
+        watches["n"] += 1
+        if watches["n"] == 1:
+            yield make_job(state="QUEUED")
+            yield make_job(state="RUNNING", epoch=1)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server going away")
+        yield make_job(state="RUNNING", epoch=2)
+        yield finished_job()
+
+    servers.trainer.handlers["WatchJob"] = flaky_watch
+    servers.trainer.handlers["GetJob"] = lambda request, context: make_job(state="RUNNING", epoch=1)
+
+    final = tc.wait_for_job("job-1", timeout=10)
+
+    assert final.state == "SUCCEEDED" and final.model_version == 7
+    assert watches["n"] == 2
+    assert len(servers.trainer.requests("GetJob")) == 1  # checked once in between
+
+
+def test_wait_for_job_returns_when_the_job_ended_while_disconnected(tc, servers):
+    def broken_watch(request, context):
+        yield make_job(state="RUNNING", epoch=1)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+
+    servers.trainer.handlers["WatchJob"] = broken_watch
+
+    final = tc.wait_for_job("job-1", timeout=10)
+
+    assert final.state == "SUCCEEDED"
+    assert len(servers.trainer.requests("WatchJob")) == 1
+
+
+def test_wait_for_job_polls_when_the_server_cannot_stream(tc, servers):
+    servers.trainer.handlers["WatchJob"] = abort(grpc.StatusCode.UNIMPLEMENTED, "no streaming here")
+
+    def eventually_done(request, context):  # the third poll sees the end
+        return finished_job() if len(servers.trainer.requests("GetJob")) >= 3 else make_job(state="RUNNING")
+
+    servers.trainer.handlers["GetJob"] = eventually_done
+
+    final = tc.wait_for_job("job-1", timeout=10)
+
+    assert final.state == "SUCCEEDED"
+    assert len(servers.trainer.requests("GetJob")) == 3
+
+
+def test_wait_for_job_times_out(tc, servers):
+    def stuck(request, context):
+        yield make_job(state="RUNNING", epoch=1)
+        while context.is_active():
+            time.sleep(0.01)
+
+    servers.trainer.handlers["WatchJob"] = stuck
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="job job-1 did not finish within 0.3s .last state RUNNING"):
+        tc.wait_for_job("job-1", timeout=0.3)
+    assert time.monotonic() - started < 2
+
+
+def test_wait_for_job_gives_up_when_the_server_stays_down(tc, servers):
+    tc.max_reconnects = 1
+    servers.trainer.handlers["WatchJob"] = abort(grpc.StatusCode.UNAVAILABLE, "down")
+    servers.trainer.handlers["GetJob"] = abort(grpc.StatusCode.UNAVAILABLE, "down")
+    with pytest.raises(Unavailable, match="down"):
+        tc.wait_for_job("job-1", timeout=30)
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    error = NotFound("no job", target="t:1", method="GetJob")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is NotFound and str(copy) == str(error) and copy.code is grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,71 @@
+"""Ranking metrics against a hand-computed example and the calibrated popularity figures."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from trainer_service.data import load_movielens_100k, make_split
+from trainer_service.evaluation import evaluate_scores, popularity_vectors
+
+
+def csr(lists):
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    items = np.asarray([i for x in lists for i in x], dtype=np.int32)
+    return indptr, items
+
+
+def test_hand_computed_example():
+    users = np.ones((3, 1), dtype=np.float32)
+    items = np.asarray([[5], [4], [3], [2], [1]], dtype=np.float32)
+    train = csr([[0], [], [2]])
+    test = csr([[1, 3], [4], []])  # user 2 has no test items and is not averaged
+    metrics = evaluate_scores(users, items, train, test, ks=(2,))
+    # user 0: item 0 is seen, ranking 1,2,3,4 -> top-2 [1, 2], one hit of two.
+    # user 1: ranking 0,1,... -> top-2 [0, 1], no hit.
+    ndcg_user0 = 1.0 / (1.0 + 1.0 / math.log2(3))
+    assert metrics["recall_at_2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert metrics["precision_at_2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert metrics["ndcg_at_2"] == pytest.approx(ndcg_user0 / 2)
+    assert metrics["users_evaluated"] == 2
+
+
+def test_seen_items_are_excluded_and_ties_go_to_the_lower_index():
+    users = np.ones((1, 1), dtype=np.float32)
+    items = np.asarray([[9], [1], [1], [1]], dtype=np.float32)
+    # Without exclusion item 0 would take the first slot; with it, item 1 wins the tie.
+    metrics = evaluate_scores(users, items, csr([[0]]), csr([[1]]), ks=(1,))
+    assert metrics["recall_at_1"] == 1.0 and metrics["ndcg_at_1"] == 1.0
+    metrics = evaluate_scores(users, items, csr([[0]]), csr([[3]]), ks=(1, 3))
+    assert metrics["recall_at_1"] == 0.0
+    assert metrics["recall_at_3"] == 1.0
+    assert metrics["ndcg_at_3"] == pytest.approx(1.0 / math.log2(4))
+
+
+def test_ndcg_ideal_uses_at_most_k_relevant_items():
+    users = np.ones((1, 1), dtype=np.float32)
+    items = np.arange(10, 0, -1, dtype=np.float32)[:, None]
+    metrics = evaluate_scores(users, items, csr([[]]), csr([[0, 1, 5, 6, 7]]), ks=(2,))
+    assert metrics["ndcg_at_2"] == pytest.approx(1.0)
+    assert metrics["recall_at_2"] == pytest.approx(2 / 5)
+
+
+def test_popularity_on_ua_matches_the_calibrated_protocol(movielens_dir):
+    data, _ = load_movielens_100k(str(movielens_dir))
+    split = make_split(data, "ua", 0, seed=0)
+    user_vectors, item_vectors = popularity_vectors(split.train_csr(), data.n_items)
+    started = time.monotonic()
+    metrics = evaluate_scores(user_vectors, item_vectors, split.train_csr(), split.test_csr())
+    assert time.monotonic() - started < 1.0
+    assert round(metrics["recall_at_10"], 4) == 0.1215
+    assert round(metrics["ndcg_at_10"], 4) == 0.1331
+    assert metrics["users_evaluated"] == 943
+    assert metrics["recall_at_50"] > metrics["recall_at_10"]
+    # Random scores land near 10 / ~1600 candidate items.
+    random_vectors = np.random.default_rng(0).random((data.n_items, 1)).astype(np.float32)
+    random_users = np.random.default_rng(1).standard_normal((data.n_users, 1)).astype(np.float32)
+    chance = evaluate_scores(random_users, random_vectors, split.train_csr(), split.test_csr())
+    assert chance["recall_at_10"] < 0.03

@@ -1,0 +1,170 @@
+"""Every kind trains for real on ua.base and beats popularity on ua.test.
+
+The default-budget runs are shared per kind (module scope) because they are
+the expensive part of the suite; each of them is checked for falling loss,
+sane bookkeeping and quality.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from trainer_service.data import load_movielens_100k, make_split
+from trainer_service.evaluation import evaluate_scores, popularity_vectors
+from trainer_service.hyperparams import MODEL_KINDS, resolve_hyperparameters
+from trainer_service.training import EpochReport, TrainingCancelled, train_model
+
+POPULARITY_RECALL_AT_10 = 0.1215
+
+
+@pytest.fixture(scope="module")
+def ua_split(movielens_dir):
+    data, _ = load_movielens_100k(str(movielens_dir))
+    return make_split(data, "ua", 0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def default_runs(ua_split):
+    """kind -> (TrainedModel, epoch reports, ua.test metrics), trained on first use."""
+    cache = {}
+
+    def run(kind):
+        if kind not in cache:
+            reports: list[EpochReport] = []
+            model = train_model(kind, ua_split, resolve_hyperparameters(kind, {}), seed=0, on_epoch=reports.append)
+            metrics = evaluate_scores(model.user_vectors, model.item_vectors, ua_split.train_csr(),
+                                      ua_split.test_csr())
+            cache[kind] = (model, reports, metrics)
+        return cache[kind]
+
+    return run
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_each_kind_beats_popularity_on_ua_with_defaults(kind, default_runs, ua_split):
+    model, reports, metrics = default_runs(kind)
+    data = ua_split.data
+    assert model.user_vectors.shape[0] == data.n_users and model.item_vectors.shape[0] == data.n_items
+    assert model.user_vectors.shape[1] == model.item_vectors.shape[1]
+    assert model.user_vectors.dtype == np.float32 and model.item_vectors.dtype == np.float32
+    assert metrics["recall_at_10"] > POPULARITY_RECALL_AT_10, metrics
+    assert model.train_seconds <= 90  # budget is 60 s on the reference box; slack for a loaded CI runner
+    assert model.epochs_run == len(reports) == len(model.validation_history)
+    assert 1 <= model.best_epoch <= model.epochs_run
+    assert model.validation_metrics == model.validation_history[model.best_epoch - 1]
+    assert "validation" in model.validation_split and "ua.base" in model.validation_split
+    assert [r.epoch for r in reports] == list(range(1, len(reports) + 1))
+    assert reports[-1].step == reports[-1].steps_per_epoch * len(reports)
+
+
+@pytest.mark.parametrize("kind", [k for k in MODEL_KINDS if k != "ease"])
+def test_neural_kinds_lower_their_training_loss(kind, default_runs):
+    model, _, _ = default_runs(kind)
+    assert len(model.loss_history) >= 2
+    assert model.loss_history[-1] < model.loss_history[0] - 0.01, model.loss_history
+    assert all(np.isfinite(model.loss_history))
+
+
+def test_validation_never_uses_the_test_set(default_runs, ua_split):
+    model, _, test_metrics = default_runs("two_tower")
+    # Validation Recall@10 is measured on ratings carved from ua.base; it is a different number.
+    assert model.validation_metrics["recall_at_10"] != pytest.approx(test_metrics["recall_at_10"])
+
+
+def test_dropout_is_active_only_in_training():
+    from trainer_service.models import build_model, tf
+
+    hp = resolve_hyperparameters("two_tower_dropout", {"dropout_rate": 0.5})
+    model = build_model("two_tower_dropout", 20, 30, hp)
+    users = tf.range(20)
+    train_a = model.user_embeddings(users, training=True).numpy()
+    train_b = model.user_embeddings(users, training=True).numpy()
+    infer_a = model.user_embeddings(users, training=False).numpy()
+    infer_b = model.user_embeddings(users, training=False).numpy()
+    assert not np.allclose(train_a, train_b)
+    assert np.array_equal(infer_a, infer_b)
+    assert np.mean(train_a == 0) > 0.3  # about half the units dropped
+    features = {"user": tf.constant([1, 2, 3]), "item": tf.constant([4, 5, 6])}
+    assert model.compute_loss(features, training=False).numpy() == model.compute_loss(features, training=False).numpy()
+    assert model.compute_loss(features, training=True).numpy() != model.compute_loss(features, training=True).numpy()
+
+
+def test_should_stop_cancels_promptly(ua_split):
+    calls = {"n": 0, "stopped_at": None}
+
+    def should_stop():
+        calls["n"] += 1
+        if calls["n"] >= 5:
+            calls["stopped_at"] = calls["stopped_at"] or time.monotonic()
+            return True
+        return False
+
+    with pytest.raises(TrainingCancelled):
+        train_model("two_tower", ua_split, resolve_hyperparameters("two_tower", {}), seed=0, should_stop=should_stop)
+    assert time.monotonic() - calls["stopped_at"] < 5
+    with pytest.raises(TrainingCancelled):
+        train_model("ease", ua_split, resolve_hyperparameters("ease", {}), seed=0, should_stop=lambda: True)
+
+
+def test_training_is_seeded_and_reproducible(ua_split):
+    hp = resolve_hyperparameters("bpr", {"epochs": 1, "batch_size": 4096})
+    first = train_model("bpr", ua_split, hp, seed=3)
+    second = train_model("bpr", ua_split, hp, seed=3)
+    other = train_model("bpr", ua_split, hp, seed=4)
+    np.testing.assert_allclose(first.user_vectors, second.user_vectors, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.item_vectors, second.item_vectors, rtol=1e-5, atol=1e-6)
+    assert first.loss_history == pytest.approx(second.loss_history, rel=1e-5)
+    assert not np.allclose(first.user_vectors, other.user_vectors)
+
+
+def test_unknown_kind_is_rejected(ua_split):
+    with pytest.raises(ValueError, match="unknown model kind"):
+        train_model("svd++", ua_split, resolve_hyperparameters("two_tower", {}), seed=0)
+
+
+def test_popularity_helper_is_a_dot_product(ua_split):
+    users, items = popularity_vectors(ua_split.train_csr(), ua_split.data.n_items)
+    scores = users @ items.T
+    assert np.array_equal(scores[0], np.bincount(ua_split.data.items[ua_split.train], minlength=1682))
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def test_hyperparameter_defaults_and_overrides():
+    for kind in MODEL_KINDS:
+        assert resolve_hyperparameters(kind, {}) == resolve_hyperparameters(kind, {"epochs": 0})
+    hp = resolve_hyperparameters("two_tower", {"epochs": 7, "learning_rate": 0.01, "batch_size": 1024.0})
+    assert (hp.epochs, hp.learning_rate, hp.batch_size) == (7, 0.01, 1024)
+    assert isinstance(hp.batch_size, int)
+    assert resolve_hyperparameters("two_tower_dropout", {}).dropout_rate > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"epochs": 201}, ["epochs", "201", "[1, 200]"]),
+        ({"embedding_dim": 513}, ["embedding_dim", "513", "512"]),
+        ({"batch_size": 8}, ["batch_size", "8", "[16, 8192]"]),
+        ({"batch_size": 100000}, ["batch_size", "100000"]),
+        ({"learning_rate": 2.0}, ["learning_rate", "2.0"]),
+        ({"dropout_rate": 0.95}, ["dropout_rate", "0.95", "0.9"]),
+        ({"epochs": -1}, ["epochs", "-1"]),
+        ({"epochs": 2.5}, ["epochs", "2.5", "whole number"]),
+        ({"learning_rate": float("nan")}, ["learning_rate", "finite"]),
+        ({"momentum": 0.9}, ["unknown hyperparameter", "momentum"]),
+    ],
+)
+def test_out_of_bounds_hyperparameters_are_rejected_with_the_range(overrides, fragments):
+    with pytest.raises(ValueError) as error:
+        resolve_hyperparameters("two_tower", overrides)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_unknown_kind_hyperparameters():
+    with pytest.raises(ValueError, match="unknown model kind 'nope'"):
+        resolve_hyperparameters("nope", {})
