@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Hyperparameters] = {
     "two_tower_dropout": dataclasses.replace(_COMMON, dropout_rate=0.2),
     "bpr": dataclasses.replace(_COMMON, learning_rate=0.01, num_negatives=4),
     "ease": dataclasses.replace(_COMMON, epochs=1),
+    "history_two_tower": dataclasses.replace(_COMMON, dropout_rate=0.2),
 }
 
 

@@ -120,6 +120,52 @@ class BPRModel(VectorModel):
         return np.hstack([users, ones]), np.hstack([items, bias])
 
 
+class HistoryTwoTowerModel(VectorModel):
+    """Two-tower retrieval whose user tower reads the user's watched movies.
+
+    The user side is the mean of history-item embeddings (a multi-hot row times
+    an embedding table, which is cheap as a matmul at this catalogue size) fed
+    through the same ReLU/linear layers as the movie tower. During training the
+    target movie is removed from the history (otherwise the tower learns to copy
+    it) and other history items are dropped at random, which makes the user
+    vector robust to incomplete histories, as at serving time.
+    """
+
+    def __init__(self, n_users: int, n_items: int, hp: Hyperparameters):
+        super().__init__(n_users, n_items, hp)
+        self.history_embedding = tf.keras.layers.Dense(hp.embedding_dim, use_bias=False, name="history_embedding")
+        self.user_hidden = tf.keras.layers.Dense(hp.hidden_dim, activation="relu", name="user_hidden")
+        self.user_output = tf.keras.layers.Dense(hp.embedding_dim, name="user_output")
+        self.item_tower = _tower(n_items, hp, "item_tower")
+        self._all_items = tf.range(n_items, dtype=tf.int32)
+        self.history = None  # [U, I] float32 multi-hot, set by training_examples
+
+    def training_examples(self, users, items, train_csr):
+        self.history = tf.constant(binary_history(train_csr, self.n_items))
+        return super().training_examples(users, items, train_csr)
+
+    def user_embeddings_from_history(self, history, training: bool = False):
+        if training and self.hp.dropout_rate > 0:
+            keep = tf.cast(tf.random.uniform(tf.shape(history)) >= self.hp.dropout_rate, history.dtype)
+            history = history * keep
+        counts = tf.reduce_sum(history, axis=1, keepdims=True)
+        pooled = self.history_embedding(history) / tf.sqrt(tf.maximum(counts, 1.0))
+        return self.user_output(self.user_hidden(pooled))
+
+    def compute_loss(self, features, training: bool = False):
+        target = features["item"]
+        history = tf.gather(self.history, features["user"]) - tf.one_hot(target, self.n_items)
+        queries = self.user_embeddings_from_history(history, training=training)
+        candidates = self.item_tower(self._all_items, training=training)
+        logits = tf.matmul(queries, candidates, transpose_b=True) / self.hp.temperature
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits))
+
+    def export_vectors(self, train_csr) -> tuple[np.ndarray, np.ndarray]:
+        history = tf.constant(binary_history(train_csr, self.n_items))
+        users = self.user_embeddings_from_history(history).numpy()
+        return users / self.hp.temperature, self.item_tower(self._all_items).numpy()
+
+
 def binary_history(train_csr, n_items: int) -> np.ndarray:
     """Dense 0/1 user x item matrix of training interactions."""
     indptr, items = train_csr
@@ -146,6 +192,7 @@ NEURAL_KINDS = {
     "two_tower": TwoTowerModel,
     "two_tower_dropout": TwoTowerModel,
     "bpr": BPRModel,
+    "history_two_tower": HistoryTwoTowerModel,
 }
 
 

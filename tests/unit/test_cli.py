@@ -1,0 +1,281 @@
+"""The ``movierec`` command line against the in-process fake services of test_client.
+
+Why through ``main([...])`` and a real server: the CLI's job is presentation
+and exit codes on top of the real client, so the tests assert on what an
+operator sees (tables, unicode titles, one-line errors) and what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from clients.cli import main
+
+try:  # the fakes live in test_client.py; tests/unit is not a package
+    from test_client import (  # noqa: F401  (fixtures are used by name)
+        T0,
+        abort,
+        finished_job,
+        fresh,
+        make_job,
+        servers,
+    )
+except ImportError:  # pragma: no cover - other pytest import modes
+    from tests.unit.test_client import T0, abort, finished_job, fresh, make_job, servers  # noqa: F401
+
+
+@pytest.fixture
+def run(servers, capsys, monkeypatch):
+    """``run(*args)`` -> (exit code, stdout, stderr), both services at the fake server."""
+    monkeypatch.setenv("MOVIEREC_TRAINER", servers.address)
+    monkeypatch.setenv("MOVIEREC_RECOMMENDER", servers.address)
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+# --------------------------------------------------------------------------- recommender
+
+
+def test_recommend_prints_a_numbered_table(run, servers):
+    code, out, err = run("recommend", "42", "-k", "3")
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["#", "movie", "title", "score"]
+    assert lines[1].split() == ["1", "50", "Star", "Wars", "(1977)", "0.7500"]
+    assert "Misérables, Les (1995)" in lines[2] and lines[2].lstrip().startswith("2")
+    assert lines[-1] == "model version 7, cold start: no"
+    (request,) = servers.recommender.requests("Recommend")
+    assert request.user_id == "42" and request.k == 3 and not request.HasField("exclude_seen")
+
+
+def test_recommend_include_seen_and_cold_start(run, servers):
+    from movierec.v1 import recommender_pb2
+
+    servers.recommender.handlers["Recommend"] = lambda r, c: recommender_pb2.RecommendResponse(
+        items=[], model_version=2, cold_start=True
+    )
+    code, out, _ = run("recommend", "nobody", "--include-seen")
+
+    assert code == 0
+    assert out.splitlines()[-1] == "model version 2, cold start: yes"
+    (request,) = servers.recommender.requests("Recommend")
+    assert request.HasField("exclude_seen") and request.exclude_seen is False and request.k == 10
+
+
+def test_recommend_json_keeps_unicode(run):
+    code, out, _ = run("--json", "recommend", "42", "-k", "2")
+
+    assert code == 0
+    data = json.loads(out)
+    assert data["model_version"] == 7 and data["cold_start"] is False
+    assert data["items"][1] == {"movie_id": 1346, "title": "Misérables, Les (1995)", "score": 0.5}
+    assert "Misérables" in out  # not \u-escaped
+
+
+def test_global_options_may_follow_the_subcommand(run, servers, monkeypatch):
+    monkeypatch.delenv("MOVIEREC_RECOMMENDER")
+    code, out, _ = run("recommend", "7", "--recommender", servers.address, "--json", "--timeout", "3")
+    assert code == 0 and json.loads(out)["model_version"] == 7
+
+
+def test_similar(run, servers):
+    code, out, _ = run("similar", "50", "-k", "2")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "movies similar to 50 Star Wars (1977):"
+    assert "Misérables, Les (1995)" in lines[2] and "Return of the Jedi (1983)" in lines[3]
+    assert lines[-1] == "model version 7"
+    assert servers.recommender.requests("SimilarItems")[0].movie_id == 50
+
+
+def test_status(run):
+    code, out, _ = run("status")
+
+    assert code == 0
+    assert "served version: 7 (two_tower)" in out
+    assert "pinned version: none" in out and "943 / 1682" in out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["8", "REJECTED", "bpr", "-", "NaN", "scores"] in rows
+    assert ["7", "SERVING", "two_tower", "0.1250"] in rows
+
+
+def test_status_json(run):
+    code, out, _ = run("status", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["served_version"] == 7 and data["loaded_at"] == T0.isoformat()
+    assert data["versions"][0]["state"] == "REJECTED"
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def test_train_prints_the_job_and_sends_the_options(run, servers):
+    code, out, err = run(
+        "train", "--model", "two_tower", "--epochs", "5", "--embedding-dim", "64", "--batch-size", "256",
+        "--learning-rate", "0.1", "--holdout", "ua", "--holdout-size", "10", "--seed", "1",
+        "--ratings", "ml/u.data", "--items", "ml/u.item", "--idempotency-key", "k1",
+    )  # fmt: skip
+
+    assert code == 0, err
+    assert out.strip() == "job job-1 QUEUED"
+    (request,) = servers.trainer.requests("Train")
+    assert (request.model, request.epochs, request.seed, request.idempotency_key) == ("two_tower", 5, 1, "k1")
+    assert request.hyperparameters.embedding_dim == 64 and request.hyperparameters.batch_size == 256
+    assert request.hyperparameters.learning_rate == pytest.approx(0.1)
+    assert (request.evaluation.holdout, request.evaluation.holdout_size) == ("ua", 10)
+    assert (request.dataset.ratings_path, request.dataset.items_path) == ("ml/u.data", "ml/u.item")
+
+
+def test_train_watch_shows_progress_then_metrics(run, servers):
+    code, out, err = run("train", "--model", "two_tower", "--watch")
+
+    assert code == 0, err
+    assert "job job-1 SUCCEEDED: published as version 7" in out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["recall_at_10", "0.1250", "0.0625"] in rows
+    assert "epoch" in err and "loss=" in err  # the tqdm bar, on stderr
+    assert len(servers.trainer.requests("WatchJob")) == 1
+
+
+def test_train_watch_json_prints_the_final_job(run):
+    code, out, _ = run("--json", "train", "--model", "two_tower", "--watch")
+    job = json.loads(out)
+    assert code == 0 and job["state"] == "SUCCEEDED" and job["done"] is True and job["model_version"] == 7
+
+
+def test_watch_a_failing_job_exits_1(run, servers):
+    def failing(request, context):
+        yield make_job(state="RUNNING", epoch=1)
+        yield finished_job(state="FAILED", error="loss became NaN")
+
+    servers.trainer.handlers["WatchJob"] = failing
+    servers.trainer.handlers["GetJob"] = lambda r, c: make_job(state="RUNNING")
+
+    code, out, err = run("watch", "job-1")
+
+    assert code == 1
+    assert "job job-1 FAILED: loss became NaN" in err
+
+
+def test_watch_an_unpublished_job(run, servers):
+    refused = finished_job(published=False, model_version=0, not_published_reason="recall 0.01 below floor 0.05")
+    servers.trainer.handlers["GetJob"] = lambda r, c: refused
+
+    code, out, _ = run("watch", "job-1")
+
+    assert code == 0
+    assert "not published (recall 0.01 below floor 0.05)" in out
+    assert servers.trainer.requests("WatchJob") == []  # already finished: nothing to follow
+
+
+def test_jobs_table(run, servers):
+    code, out, _ = run("jobs", "--limit", "5")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "model", "state", "version", "recall@10", "created"]
+    assert lines[1].split()[:5] == ["job-2", "two_tower", "SUCCEEDED", "7", "0.1250"]
+    assert lines[2].split()[:5] == ["job-1", "two_tower", "FAILED", "-", "-"]
+    assert servers.trainer.requests("ListJobs")[0].limit == 5
+
+
+def test_job_details(run):
+    code, out, _ = run("job", "job-1")
+
+    assert code == 0
+    assert "state:" in out and "SUCCEEDED" in out
+    assert "published as version 7" in out and "evaluated on: ua" in out
+    assert ["recall_at_10", "0.1250", "0.0625"] in [line.split() for line in out.splitlines()]
+
+
+def test_cancel(run, servers):
+    code, out, _ = run("cancel", "job-9")
+    assert code == 0 and out.strip() == "job job-9 CANCELLED"
+    assert servers.trainer.requests("CancelJob")[0].job_id == "job-9"
+
+
+# --------------------------------------------------------------------------- errors and exit codes
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_server_invalid_argument_is_a_usage_error(run, servers):
+    servers.recommender.handlers["Recommend"] = abort(grpc.StatusCode.INVALID_ARGUMENT, "k must be in 1..500")
+
+    code, out, err = run("recommend", "42", "-k", "9999")
+
+    assert code == 2 and out == ""
+    line = _one_line(err)
+    assert line.startswith("error: ") and line.endswith("k must be in 1..500 (INVALID_ARGUMENT)")
+
+
+def test_unknown_job_exits_1(run):
+    code, _, err = run("job", "nope")
+    assert code == 1
+    assert _one_line(err).endswith("no job 'nope' (NOT_FOUND)")
+
+
+def test_unreachable_server_exits_1(run):
+    code, _, err = run("--recommender", "127.0.0.1:1", "status")
+    line = _one_line(err)
+    assert code == 1 and line.startswith("error: GetModelStatus at 127.0.0.1:1") and line.endswith("(UNAVAILABLE)")
+
+
+def test_deadline_exits_1(run, servers):
+    import time
+
+    servers.trainer.handlers["ListJobs"] = lambda r, c: time.sleep(1.0)
+    code, _, err = run("--timeout", "0.2", "jobs")
+    assert code == 1 and _one_line(err).endswith("(DEADLINE_EXCEEDED)")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["recommend"],  # missing user
+        ["recommend", "1", "-k", "0"],
+        ["similar", "star-wars"],
+        ["train"],  # --model is required
+        ["frobnicate"],
+        ["--timeout", "-1", "status"],
+    ],
+)
+def test_bad_usage_exits_2(run, args):
+    code, out, err = run(*args)
+    assert code == 2 and out == "" and "usage:" in err and "Traceback" not in err
+
+
+def test_help_exits_0(run):
+    code, out, _ = run("--help")
+    assert code == 0 and "recommend" in out and "MOVIEREC_TOKEN" in out
+
+
+def test_missing_token_file_is_a_usage_error(run, tmp_path):
+    code, _, err = run("--token-file", str(tmp_path / "nope"), "status")
+    assert code == 2 and _one_line(err).startswith("error: cannot read token file")
+
+
+def test_token_file_and_environment_token_are_sent(run, servers, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\n")
+    assert run("--token-file", str(token_file), "status")[0] == 0
+    monkeypatch.setenv("MOVIEREC_TOKEN", "env-token")
+    assert run("jobs")[0] == 0
+
+    assert servers.recommender.metadata("GetModelStatus")[0]["authorization"] == "Bearer file-token"
+    assert servers.trainer.metadata("ListJobs")[0]["authorization"] == "Bearer env-token"
