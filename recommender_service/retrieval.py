@@ -38,8 +38,11 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     if k < candidates.size:
-        part = np.argpartition(-scores[candidates], k - 1)[:k]
-        candidates = candidates[part]
+        values = scores[candidates]
+        threshold = values[np.argpartition(-values, k - 1)[k - 1]]
+        above = candidates[values > threshold]
+        tied = candidates[values == threshold]  # ascending index: the lowest win
+        candidates = np.concatenate([above, tied[: k - above.size]])
     return candidates[np.lexsort((candidates, -scores[candidates]))]
 
 

@@ -12,15 +12,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease")
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "history_two_tower")
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
     embedding_dim: int = 64
     hidden_dim: int = 128          # width of the ReLU layer in each tower
-    epochs: int = 20
-    batch_size: int = 256
+    epochs: int = 30
+    batch_size: int = 512
     learning_rate: float = 0.003
     dropout_rate: float = 0.0
     num_negatives: int = 4         # bpr: sampled negatives per positive

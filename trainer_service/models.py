@@ -138,10 +138,10 @@ class HistoryTwoTowerModel(VectorModel):
         self.user_output = tf.keras.layers.Dense(hp.embedding_dim, name="user_output")
         self.item_tower = _tower(n_items, hp, "item_tower")
         self._all_items = tf.range(n_items, dtype=tf.int32)
-        self.history = None  # [U, I] float32 multi-hot, set by training_examples
+        self.history_matrix = None  # [U, I] float32 multi-hot, set by training_examples
 
     def training_examples(self, users, items, train_csr):
-        self.history = tf.constant(binary_history(train_csr, self.n_items))
+        self.history_matrix = tf.constant(binary_history(train_csr, self.n_items))
         return super().training_examples(users, items, train_csr)
 
     def user_embeddings_from_history(self, history, training: bool = False):
@@ -154,7 +154,7 @@ class HistoryTwoTowerModel(VectorModel):
 
     def compute_loss(self, features, training: bool = False):
         target = features["item"]
-        history = tf.gather(self.history, features["user"]) - tf.one_hot(target, self.n_items)
+        history = tf.gather(self.history_matrix, features["user"]) - tf.one_hot(target, self.n_items)
         queries = self.user_embeddings_from_history(history, training=training)
         candidates = self.item_tower(self._all_items, training=training)
         logits = tf.matmul(queries, candidates, transpose_b=True) / self.hp.temperature

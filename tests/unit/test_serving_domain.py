@@ -1,0 +1,137 @@
+"""Publishing, the artifact format, retrieval and the registry, on real
+SavedModels written to a temp folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from movierec_common import artifact as artifact_format
+from movierec_common.model_root import list_versions, write_serving_marker
+from recommender_service.registry import REJECTED, SERVING, ModelRegistry
+from recommender_service.retrieval import Retriever, top_k_indices
+from tests.artifacts import tiny_artifact
+from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
+
+METADATA = {"model_kind": "test", "metrics": {"recall_at_10": 0.5}}
+
+
+def test_top_k_matches_brute_force_and_breaks_ties_by_index():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        scores = rng.integers(0, 5, size=40).astype(np.float32)  # many ties
+        scores[rng.choice(40, size=5, replace=False)] = -np.inf
+        k = int(rng.integers(1, 45))
+        expected = sorted(np.flatnonzero(np.isfinite(scores)), key=lambda i: (-scores[i], i))[:k]
+        assert top_k_indices(scores, k).tolist() == expected
+
+
+def test_retriever_is_exact_excludes_seen_and_falls_back_to_popularity():
+    art = tiny_artifact()
+    retriever = Retriever(art)
+    for user in range(art.num_users):
+        scores = art.item_vectors @ art.user_vectors[user]
+        seen = set(art.seen_items(user).tolist())
+        best = [i for i in np.argsort(-scores, kind="stable") if i not in seen][:10]
+        got = retriever.recommend(art.user_ids[user], 10)
+        assert [s.movie_id for s in got.items] == art.movie_ids[best].tolist()
+        assert not got.cold_start
+        with_seen = retriever.recommend(art.user_ids[user], art.num_items, exclude_seen=False)
+        assert len(with_seen.items) == art.num_items
+    cold = retriever.recommend("stranger", 5)
+    assert cold.cold_start
+    assert [s.movie_id for s in cold.items] == art.movie_ids[np.argsort(-art.popularity, kind="stable")[:5]].tolist()
+    movie, similar = retriever.similar_items(101, 5)
+    assert movie.movie_id == 101 and 101 not in [s.movie_id for s in similar] and len(similar) == 5
+
+
+def test_validate_refuses_inconsistent_arrays():
+    art = tiny_artifact()
+    bad = [
+        dataclasses.replace(art, user_vectors=art.user_vectors[:, :4]),
+        dataclasses.replace(art, item_vectors=art.item_vectors[:-1]),
+        dataclasses.replace(art, seen_indices=art.seen_indices + 1000),
+        dataclasses.replace(art, popularity=np.full(art.num_items, np.nan, np.float32)),
+        dataclasses.replace(art, movie_ids=np.zeros(art.num_items, np.int64)),
+    ]
+    for candidate in bad:
+        with pytest.raises(artifact_format.ArtifactError):
+            candidate.validate()
+
+
+def test_publish_numbers_versions_and_the_signature_agrees_with_numpy(tmp_path):
+    root = str(tmp_path / "models")
+    art = tiny_artifact()
+    assert publish(root, art, METADATA) == 1
+    assert publish(root, art, METADATA) == 2
+    assert list_versions(root) == [1, 2]
+    metadata = artifact_format.read_metadata(f"{root}/2")
+    assert metadata["model_kind"] == "test" and "saved_model.pb" in metadata["files"]
+    loaded, module = artifact_format.load(f"{root}/2")
+    np.testing.assert_array_equal(loaded.user_vectors, art.user_vectors)
+    assert loaded.titles.tolist() == art.titles.tolist()
+    out = module.signatures["serving_default"](user_id=np.array([b"3", b"nobody"]), k=np.int32(5))
+    expected = [s.movie_id for s in Retriever(art).recommend("3", 5).items]
+    assert out["movie_ids"].numpy()[0].tolist() == expected
+    assert out["cold_start"].numpy().tolist() == [False, True]
+
+
+def test_failed_publish_leaves_nothing_and_stale_temp_folders_are_removed(tmp_path):
+    root = tmp_path / "models"
+    broken = dataclasses.replace(tiny_artifact(), item_vectors=np.zeros((3, 8), np.float32))
+    with pytest.raises(artifact_format.ArtifactError):
+        publish(str(root), broken, METADATA)
+    assert list(root.iterdir()) == []
+    (root / ".tmp-7-deadbeef").mkdir()
+    assert remove_stale_temp_folders(str(root)) == [".tmp-7-deadbeef"]
+
+
+def test_retention_keeps_newest_and_spares_versions_in_use(tmp_path):
+    root = str(tmp_path / "models")
+    for _ in range(5):
+        publish(root, tiny_artifact(), METADATA)
+    write_serving_marker(root, "replica-a", 1)
+    assert apply_retention(root, keep=2) == [2, 3]
+    assert list_versions(root) == [1, 4, 5]
+
+
+def test_registry_serves_newest_valid_and_does_not_retry_a_bad_folder(tmp_path):
+    root = tmp_path / "models"
+    publish(str(root), tiny_artifact(seed=1), METADATA)
+    shutil.copytree(root / "1", root / "2")
+    (root / "2" / "variables" / "variables.data-00000-of-00001").write_bytes(b"truncated")
+    shutil.copytree(root / "1", root / "3")
+    (root / "3" / "metadata.json").write_text("{not json")
+
+    registry = ModelRegistry(str(root))
+    registry.poll_once()
+    assert registry.current().version == 1
+    _, versions = registry.status()
+    states = {v.version: (v.state, v.reason) for v in versions}
+    assert states[1][0] == SERVING
+    assert states[2][0] == REJECTED and "variables.data" in states[2][1]
+    assert states[3][0] == REJECTED and "not valid JSON" in states[3][1]
+
+    attempts = []
+    original = registry._try_load
+    registry._try_load = lambda *a: attempts.append(a[0]) or original(*a)
+    registry.poll_once()
+    assert attempts == []  # unchanged bad folders are not retried
+
+    meta = json.loads((root / "1" / "metadata.json").read_text())
+    (root / "3" / "metadata.json").write_text(json.dumps(meta))  # repaired
+    registry.poll_once()
+    assert attempts == [3] and registry.current().version == 3
+
+
+def test_registry_pinned_version_wins_over_newer(tmp_path):
+    root = tmp_path / "models"
+    for seed in range(3):
+        publish(str(root), tiny_artifact(seed=seed), METADATA)
+    registry = ModelRegistry(str(root), pinned_version=2)
+    registry.poll_once()
+    assert registry.current().version == 2
