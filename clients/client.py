@@ -76,7 +76,7 @@ class _Client:
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, object]] = (),
     ) -> None:
-        self.target = target or (repr(channel) if channel is not None else self.DEFAULT_TARGET)
+        self.target = target or ("<channel>" if channel is not None else self.DEFAULT_TARGET)
         self.timeout = timeout
         token = creds.resolve_token(token, token_file)
         self._metadata = creds.auth_metadata(token)
