@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from movierec_common import logs
+from movierec_common import logs, security
 from movierec_common.grpc_server import build_server, wait_for_termination
 from movierec_common.logs import event
 
@@ -22,7 +22,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     parser.add_argument("--version", type=int, default=None, help="serve this version only (pin / rollback)")
     parser.add_argument("--threads", type=int, default=8, help="request worker threads")
+    parser.add_argument("--require-token", action="store_true",
+                        help="protect every Recommender call with a bearer token (health stays open)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
+    security.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.poll_seconds <= 0:
         parser.error("--poll-seconds must be positive")
@@ -34,6 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level)
+    try:
+        interceptors, credentials = security.from_args(
+            args, protected=None if args.require_token else (), require_tokens=args.require_token,
+            what="--require-token")
+    except security.SecurityConfigError as exc:
+        raise SystemExit(f"movierec-recommender: {exc}") from exc
     from movierec.v1 import recommender_pb2_grpc
     from recommender_service.registry import ModelRegistry
     from recommender_service.servicer import RecommenderServicer
@@ -43,7 +52,7 @@ def main(argv=None) -> None:
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server),
-        max_workers=args.threads,
+        max_workers=args.threads, interceptors=interceptors, credentials=credentials,
     )
     registry.on_change = lambda model: handle.set_serving(True)
     registry.start()

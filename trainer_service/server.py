@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from movierec_common import logs
+from movierec_common import logs, security
 from movierec_common.grpc_server import build_server, wait_for_termination
 from movierec_common.logs import event
 
@@ -27,12 +27,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min-recall", type=float, default=0.0,
                         help="quality floor: refuse to publish below this validation Recall@10")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
+    security.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+# Changing what is trained or published needs a token; reading job state does not.
+MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level)
+    try:
+        interceptors, credentials = security.from_args(
+            args, protected=MUTATING_METHODS, require_tokens=not security.is_loopback(args.host),
+            what=f"a trainer listening on {args.host} (beyond loopback)")
+    except security.SecurityConfigError as exc:
+        raise SystemExit(f"movierec-trainer: {exc}") from exc
     # Imported after logging is set up: they import TensorFlow.
     from movierec.v1 import trainer_pb2_grpc
     from trainer_service.job_manager import JobManager
@@ -58,6 +69,7 @@ def main(argv=None) -> None:
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server),
+        interceptors=interceptors, credentials=credentials,
     )
     handle.set_serving(True)
     event(log, "trainer listening", port=handle.port, model_root=config.model_root)
