@@ -12,6 +12,8 @@ from recommender_service.retrieval import Scored, UnknownMovie
 MAX_K = 1000
 MAX_USER_ID_BYTES = 256
 MAX_BATCH_USERS = 1000
+# Keeps a batch answer under the default 4 MB message limit of gRPC clients.
+MAX_BATCH_ITEMS = 100_000
 
 _STATE = recommender_pb2.ModelVersion.State
 
@@ -69,6 +71,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         for position, user_id in enumerate(request.user_ids):
             _check_user_id(user_id, context, f"user_ids[{position}]")
         _check_k(request.k, context)
+        if len(request.user_ids) * request.k > MAX_BATCH_ITEMS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"users x k must be at most {MAX_BATCH_ITEMS} per batch "
+                          f"(got {len(request.user_ids)} x {request.k}); split the batch or lower k")
         model = self._model(context)
         exclude = _exclude_seen(request)
         results = []
