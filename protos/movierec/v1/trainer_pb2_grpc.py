@@ -88,8 +88,9 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams the job on every change (progress, state) until it ends; the
-        last message carries the final state.
+        """Streams the job on every change (progress, state) until it ends. The
+        first message is the job's state when the call arrives, so a client that
+        reconnects misses nothing; the last message carries the final state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
