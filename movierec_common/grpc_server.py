@@ -41,6 +41,54 @@ class ServerHandle:
         self.health.set("", status)
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+
+def _tolerant(deserializer):
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, UnicodeDecodeError, ...: all "not a valid message"
+            return _Malformed()
+
+    return deserialize
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):
+    """Answers bytes that are not a valid request message with INVALID_ARGUMENT.
+
+    grpcio itself would answer INTERNAL ("Exception deserializing request!")
+    and log an error per request, which lets garbage flood the logs and
+    blames the server for the caller's mistake.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        message = f"the request is not a valid protobuf message for {handler_call_details.method}"
+
+        if handler.response_streaming:
+            behavior = handler.unary_stream
+
+            def unary_stream(request, context):
+                if isinstance(request, _Malformed):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+                yield from behavior(request, context)
+
+            return handler._replace(request_deserializer=_tolerant(handler.request_deserializer),
+                                    unary_stream=unary_stream)
+        behavior = handler.unary_unary
+
+        def unary_unary(request, context):
+            if isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            return behavior(request, context)
+
+        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer), unary_unary=unary_unary)
+
+
 def build_server(
     address: str,
     service_names: Iterable[str],
@@ -53,7 +101,7 @@ def build_server(
     """Creates and starts a server with the given servicers, health and reflection."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=list(interceptors),
+        interceptors=[MalformedRequestInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),

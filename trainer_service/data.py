@@ -134,11 +134,19 @@ class _FolderReader:
             raise DatasetPathError(f"{relative!r}: absolute paths are not allowed; give a path relative to the data root")
         if ".." in candidate.parts or ".." in PurePosixPath(relative).parts:
             raise DatasetPathError(f"{relative!r}: '..' is not allowed in data paths")
-        resolved = (self.root / candidate).resolve()
-        if not resolved.is_relative_to(self.root):
-            raise DatasetPathError(f"{relative!r} resolves to {str(resolved)!r}, outside the data root {str(self.root)!r}")
-        if not resolved.is_file():
-            raise DatasetPathError(f"{relative!r}: no such file under the data root {str(self.root)!r}")
+        if "\x00" in relative:
+            raise DatasetPathError("file paths may not contain NUL characters")
+        try:
+            resolved = (self.root / candidate).resolve()
+            if not resolved.is_relative_to(self.root):
+                raise DatasetPathError(f"{relative!r} resolves to {str(resolved)!r}, outside the data root {str(self.root)!r}")
+            if not resolved.is_file():
+                raise DatasetPathError(f"{relative!r}: no such file under the data root {str(self.root)!r}")
+        except (OSError, RuntimeError, ValueError) as exc:  # name too long, symlink loop, ...
+            if isinstance(exc, DatasetPathError):
+                raise
+            raise DatasetPathError(f"{relative[:120]!r}: cannot be opened under the data root ({type(exc).__name__}: "
+                                   f"{getattr(exc, 'strerror', None) or exc})"[:500]) from exc
         return resolved
 
     def exists(self, relative: str) -> bool:

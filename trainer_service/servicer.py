@@ -12,7 +12,19 @@ from trainer_service.jobs import JobRecord, TrainSpec
 from trainer_service.pipeline import InvalidRequest, TrainerConfig, validate_spec
 
 MAX_KEY_LENGTH = 128
+MAX_NAME_LENGTH = 64
 MAX_PATH_LENGTH = 1024
+# gRPC carries the status message percent-encoded (up to 3 bytes per UTF-8
+# byte) in an 8 KiB header block; a longer message would turn the caller's
+# INVALID_ARGUMENT into a transport error.
+MAX_MESSAGE_BYTES = 1200
+
+
+def _invalid(context, exc: Exception) -> None:
+    raw = str(exc).encode("utf-8")
+    text = raw.decode("utf-8") if len(raw) <= MAX_MESSAGE_BYTES else (
+        raw[:MAX_MESSAGE_BYTES].decode("utf-8", errors="ignore") + "…")
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, text)
 MAX_LIST_LIMIT = 1000
 
 
@@ -24,6 +36,9 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
             raise InvalidRequest(f"dataset.{name} is longer than {MAX_PATH_LENGTH} characters")
     if not request.model:
         raise InvalidRequest("model is required, e.g. 'two_tower'")
+    for name, value in (("model", request.model), ("evaluation.holdout", request.evaluation.holdout)):
+        if len(value) > MAX_NAME_LENGTH:
+            raise InvalidRequest(f"{name} is longer than {MAX_NAME_LENGTH} characters")
     overrides = {field.name: value for field, value in request.hyperparameters.ListFields()}
     gate = request.quality_gate
     return TrainSpec(
@@ -102,7 +117,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             validate_spec(spec, self._config)
             return job_to_proto(self._manager.submit(spec))
         except InvalidRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            _invalid(context, exc)
         except QueueFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except IdempotencyConflict as exc:
