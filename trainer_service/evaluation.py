@@ -25,7 +25,6 @@ def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50)
     train_indptr, train_items = train_csr
     test_indptr, test_items = test_csr
     n_items = item_vectors.shape[0]
-    n_users = len(test_indptr) - 1
     ks = tuple(sorted(set(int(k) for k in ks)))
     max_k = min(max(ks), n_items)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
@@ -60,7 +59,6 @@ def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50)
     n = max(len(evaluated), 1)
     metrics = {key: value / n for key, value in sums.items()}
     metrics["users_evaluated"] = float(len(evaluated))
-    del n_users
     return metrics
 
 

@@ -43,6 +43,7 @@ class VectorModel(tfrs.Model):
         self.n_users = n_users
         self.n_items = n_items
         self.hp = hp
+        self.sampling_seed = 0  # set by training, for kinds that sample negatives
 
     def training_examples(self, users: np.ndarray, items: np.ndarray, train_csr) -> dict[str, np.ndarray]:
         """Per-example features; the default is one (user, positive item) pair per rating."""
@@ -65,11 +66,15 @@ class TwoTowerModel(VectorModel):
         self.item_dropout = tf.keras.layers.Dropout(hp.dropout_rate, name="item_dropout")
         self._all_items = tf.range(n_items, dtype=tf.int32)
 
+    def _finish(self, vectors):
+        # Cosine scores with a temperature stop popular movies winning on vector length alone.
+        return tf.math.l2_normalize(vectors, axis=-1) if self.hp.l2_normalize else vectors
+
     def user_embeddings(self, users, training: bool = False):
-        return self.user_dropout(self.user_tower(users, training=training), training=training)
+        return self._finish(self.user_dropout(self.user_tower(users, training=training), training=training))
 
     def item_embeddings(self, items, training: bool = False):
-        return self.item_dropout(self.item_tower(items, training=training), training=training)
+        return self._finish(self.item_dropout(self.item_tower(items, training=training), training=training))
 
     def compute_loss(self, features, training: bool = False):
         queries = self.user_embeddings(features["user"], training=training)
@@ -93,9 +98,12 @@ class BPRModel(VectorModel):
 
     def __init__(self, n_users: int, n_items: int, hp: Hyperparameters):
         super().__init__(n_users, n_items, hp)
-        init = tf.keras.initializers.RandomNormal(stddev=0.1)
-        self.user_embedding = tf.keras.layers.Embedding(n_users, hp.embedding_dim, embeddings_initializer=init)
-        self.item_embedding = tf.keras.layers.Embedding(n_items, hp.embedding_dim, embeddings_initializer=init)
+        # One initializer instance per layer: a shared unseeded instance hands
+        # every layer the same values.
+        self.user_embedding = tf.keras.layers.Embedding(
+            n_users, hp.embedding_dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.1))
+        self.item_embedding = tf.keras.layers.Embedding(
+            n_items, hp.embedding_dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.1))
         self.item_bias = tf.keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros")
 
     def score(self, users, items):
@@ -106,8 +114,12 @@ class BPRModel(VectorModel):
     def compute_loss(self, features, training: bool = False):
         users = features["user"]
         positives = features["item"][:, None]
-        negatives = tf.random.uniform(
-            [tf.shape(users)[0], self.hp.num_negatives], 0, self.n_items, dtype=tf.int32
+        # Stateless sampling keyed on (run seed, step): stateful RNG ops are not
+        # reproducible under XLA, and runs must be.
+        step = tf.cast(self.optimizer.iterations, tf.int32) if training else tf.constant(-1)
+        negatives = tf.random.stateless_uniform(
+            [tf.shape(users)[0], self.hp.num_negatives], seed=tf.stack([tf.constant(self.sampling_seed), step]),
+            minval=0, maxval=self.n_items, dtype=tf.int32,
         )
         margin = self.score(users, positives) - self.score(users, negatives)
         return tf.reduce_mean(tf.math.softplus(-margin))  # = -log sigmoid(margin)
@@ -118,52 +130,6 @@ class BPRModel(VectorModel):
         bias = self.item_bias.embeddings.numpy()
         ones = np.ones((users.shape[0], 1), dtype=np.float32)
         return np.hstack([users, ones]), np.hstack([items, bias])
-
-
-class HistoryTwoTowerModel(VectorModel):
-    """Two-tower retrieval whose user tower reads the user's watched movies.
-
-    The user side is the mean of history-item embeddings (a multi-hot row times
-    an embedding table, which is cheap as a matmul at this catalogue size) fed
-    through the same ReLU/linear layers as the movie tower. During training the
-    target movie is removed from the history (otherwise the tower learns to copy
-    it) and other history items are dropped at random, which makes the user
-    vector robust to incomplete histories, as at serving time.
-    """
-
-    def __init__(self, n_users: int, n_items: int, hp: Hyperparameters):
-        super().__init__(n_users, n_items, hp)
-        self.history_embedding = tf.keras.layers.Dense(hp.embedding_dim, use_bias=False, name="history_embedding")
-        self.user_hidden = tf.keras.layers.Dense(hp.hidden_dim, activation="relu", name="user_hidden")
-        self.user_output = tf.keras.layers.Dense(hp.embedding_dim, name="user_output")
-        self.item_tower = _tower(n_items, hp, "item_tower")
-        self._all_items = tf.range(n_items, dtype=tf.int32)
-        self.history_matrix = None  # [U, I] float32 multi-hot, set by training_examples
-
-    def training_examples(self, users, items, train_csr):
-        self.history_matrix = tf.constant(binary_history(train_csr, self.n_items))
-        return super().training_examples(users, items, train_csr)
-
-    def user_embeddings_from_history(self, history, training: bool = False):
-        if training and self.hp.dropout_rate > 0:
-            keep = tf.cast(tf.random.uniform(tf.shape(history)) >= self.hp.dropout_rate, history.dtype)
-            history = history * keep
-        counts = tf.reduce_sum(history, axis=1, keepdims=True)
-        pooled = self.history_embedding(history) / tf.sqrt(tf.maximum(counts, 1.0))
-        return self.user_output(self.user_hidden(pooled))
-
-    def compute_loss(self, features, training: bool = False):
-        target = features["item"]
-        history = tf.gather(self.history_matrix, features["user"]) - tf.one_hot(target, self.n_items)
-        queries = self.user_embeddings_from_history(history, training=training)
-        candidates = self.item_tower(self._all_items, training=training)
-        logits = tf.matmul(queries, candidates, transpose_b=True) / self.hp.temperature
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits))
-
-    def export_vectors(self, train_csr) -> tuple[np.ndarray, np.ndarray]:
-        history = tf.constant(binary_history(train_csr, self.n_items))
-        users = self.user_embeddings_from_history(history).numpy()
-        return users / self.hp.temperature, self.item_tower(self._all_items).numpy()
 
 
 def binary_history(train_csr, n_items: int) -> np.ndarray:
@@ -192,7 +158,6 @@ NEURAL_KINDS = {
     "two_tower": TwoTowerModel,
     "two_tower_dropout": TwoTowerModel,
     "bpr": BPRModel,
-    "history_two_tower": HistoryTwoTowerModel,
 }
 
 

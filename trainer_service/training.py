@@ -48,8 +48,8 @@ class TrainedModel:
     best_epoch: int
     train_seconds: float
     hyperparameters: Hyperparameters
-    validation_split: str = ""
-    extra: dict = field(default_factory=dict)
+    validation_split: str = ""          # what validation_metrics were measured on
+    extra: dict = field(default_factory=dict)  # kind-specific facts, e.g. ease_blend's chosen weight
 
 
 class TrainingCancelled(Exception):
@@ -106,7 +106,8 @@ class _Supervisor(tf.keras.callbacks.Callback):
             self.best_score = metrics[SELECTION_METRIC]
             self.best_epoch = epoch + 1
             self.best_weights = self.vector_model.get_weights()
-        elif epoch + 1 - self.best_epoch >= self.hp.patience:
+        elif epoch + 1 - self.best_epoch >= self.hp.patience or not np.isfinite(self.losses[-1]):
+            # A diverged run (e.g. a too-high learning rate) stops; the best weights so far are kept.
             self.model.stop_training = True
         if self.on_epoch is not None:
             self.on_epoch(EpochReport(
@@ -119,6 +120,7 @@ class _Supervisor(tf.keras.callbacks.Callback):
 
 def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
     model = models.build_model(kind, split.data.n_users, split.data.n_items, hp)
+    model.sampling_seed = seed
     train = validation.train
     features = model.training_examples(split.data.users[train], split.data.items[train], validation.train_csr())
     n_examples = len(next(iter(features.values())))
@@ -174,6 +176,54 @@ def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, starte
     )
 
 
+BLEND_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _unseen_score_std(user_vectors, item_vectors, history) -> float:
+    scores = user_vectors @ item_vectors.T
+    return float(np.std(scores[history == 0])) or 1.0
+
+
+def _blend(ease_history, ease_weights, neural_users, neural_items, weight, scales):
+    """Concatenate scaled vectors so that the dot product is the weighted score sum."""
+    ease_scale, neural_scale = scales
+    users = np.hstack([(1.0 - weight) * ease_history / ease_scale, weight * neural_users / neural_scale])
+    items = np.hstack([ease_weights.T, neural_items])
+    return users.astype(np.float32), items.astype(np.float32)
+
+
+def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
+    """EASE^R plus the two-tower model, mixed with a weight picked on the validation split.
+
+    Each component's scores are divided by their spread over unseen items so
+    the weight means the same thing whatever the raw score scales are.
+    """
+    neural = _train_neural("two_tower", split, validation, hp, seed, on_epoch, should_stop, started)
+    n_items = split.data.n_items
+    held_in = models.binary_history(validation.train_csr(), n_items)
+    held_in_weights = models.ease_item_weights(held_in, hp.l2_lambda)
+    scales = (_unseen_score_std(held_in, held_in_weights.T, held_in),
+              _unseen_score_std(neural.user_vectors, neural.item_vectors, held_in))
+    candidates = (hp.blend_weight,) if hp.blend_weight > 0 else BLEND_GRID
+    scored = []
+    for weight in candidates:
+        metrics = _validation_metrics(*_blend(held_in, held_in_weights, neural.user_vectors, neural.item_vectors,
+                                              weight, scales), validation)
+        scored.append(((metrics["recall_at_10"], metrics["ndcg_at_10"]), weight, metrics))
+    _, weight, metrics = max(scored, key=lambda entry: entry[0])
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled("training cancelled on request")
+    history = models.binary_history(split.train_csr(), n_items)
+    user_vectors, item_vectors = _blend(history, models.ease_item_weights(history, hp.l2_lambda),
+                                        neural.user_vectors, neural.item_vectors, weight, scales)
+    neural.kind = kind
+    neural.user_vectors, neural.item_vectors = user_vectors, item_vectors
+    neural.extra = {"blend_weight": weight, "neural_validation_metrics": neural.validation_metrics}
+    neural.validation_metrics = metrics
+    neural.train_seconds = time.monotonic() - started
+    return neural
+
+
 def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
                 on_epoch: Callable[[EpochReport], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> TrainedModel:
@@ -183,5 +233,5 @@ def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
     started = time.monotonic()
     tf.keras.utils.set_random_seed(seed)
     validation = carve_validation(split, hparams.validation_size, seed)
-    trainer = _train_ease if kind == "ease" else _train_neural
+    trainer = {"ease": _train_ease, "ease_blend": _train_ease_blend}.get(kind, _train_neural)
     return trainer(kind, split, validation, hparams, seed, on_epoch, should_stop, started)
