@@ -24,10 +24,12 @@ from typing import Any, Callable, Sequence
 
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
-from .types import Job, ModelStatus, Recommendations, SimilarItems
+from movierec.v1 import trainer_pb2
+
+from .types import HYPERPARAMETERS, Job, ModelStatus, Recommendations, SimilarItems
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr")  # the trainer may know more
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "ease_blend")  # the trainer lists all it knows
 HOLDOUTS = ("random", "last_n_per_user", "ua", "ub", "u1", "u2", "u3", "u4", "u5")
 
 
@@ -164,15 +166,10 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     data.add_argument("--items", metavar="FILE", help="movies in GroupLens u.item format")
     hp = train.add_argument_group("training (unset = the model kind's default)")
     hp.add_argument("--epochs", type=_positive_int, help="at most N epochs (early stopping may end sooner)")
-    hp.add_argument("--embedding-dim", type=_positive_int)
-    hp.add_argument("--batch-size", type=_positive_int)
-    hp.add_argument("--learning-rate", type=_positive_float)
-    hp.add_argument("--dropout-rate", type=float)
-    hp.add_argument("--num-negatives", type=_positive_int)
-    hp.add_argument("--weight-decay", type=float)
-    hp.add_argument("--temperature", type=_positive_float)
-    hp.add_argument("--patience", type=_positive_int, help="early-stopping patience in epochs")
-    hp.add_argument("--validation-size", type=_positive_int)
+    for name in HYPERPARAMETERS:  # one flag per proto field, so new fields need no CLI change
+        is_int = _HYPERPARAMETER_FIELDS[name].type == _HYPERPARAMETER_FIELDS[name].TYPE_INT32
+        hp.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int if is_int else float,
+                        help=_HYPERPARAMETER_HELP.get(name))
     hp.add_argument("--seed", type=_positive_int)
     ev = train.add_argument_group("evaluation and publishing")
     ev.add_argument("--holdout", help=f"held-out split: {', '.join(HOLDOUTS)} (default random)")
@@ -223,21 +220,17 @@ def _recommender(args: argparse.Namespace) -> RecommenderClient:
 # --------------------------------------------------------------------------- commands
 
 
-_HYPERPARAMETER_FLAGS = (
-    "embedding_dim",
-    "batch_size",
-    "learning_rate",
-    "dropout_rate",
-    "num_negatives",
-    "weight_decay",
-    "temperature",
-    "patience",
-    "validation_size",
-)
+_HYPERPARAMETER_FIELDS = trainer_pb2.Hyperparameters.DESCRIPTOR.fields_by_name
+_HYPERPARAMETER_HELP = {
+    "patience": "early-stopping patience in epochs",
+    "validation_size": "ratings per user carved from training data for early stopping",
+    "l2_lambda": "ease kinds: ridge penalty",
+    "blend_weight": "blended kinds: share of the neural scores",
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    hyperparameters = {name: getattr(args, name) for name in _HYPERPARAMETER_FLAGS if getattr(args, name) is not None}
+    hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if getattr(args, name) is not None}
     with _trainer(args) as tc:
         job = tc.train(
             args.model,
