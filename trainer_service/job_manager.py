@@ -194,15 +194,19 @@ class JobManager:
             if job.spec.idempotency_key:
                 self._keys[job.spec.idempotency_key] = job.id
 
+    def _announce(self, job: JobRecord, *, persist: bool = True) -> None:
+        """Caller holds the lock: bump the job's revision, store it, wake watchers."""
+        self._revision[job.id] += 1
+        if persist:
+            self._store.save(job)
+        self._changed.notify_all()
+
     def _update(self, job_id: str, *, persist: bool, **fields) -> None:
         with self._changed:
             job = self._jobs[job_id]
             for name, value in fields.items():
                 setattr(job, name, value)
-            self._revision[job_id] += 1
-            if persist:
-                self._store.save(job)
-            self._changed.notify_all()
+            self._announce(job, persist=persist)
 
     def _finish(self, job: JobRecord, state: str, **fields) -> None:
         """Caller holds the lock."""
@@ -211,9 +215,7 @@ class JobManager:
         job.state = state
         job.phase = "done"
         job.finished_at = time.time()
-        self._revision[job.id] += 1
-        self._store.save(job)
-        self._changed.notify_all()
+        self._announce(job)
         event(log, "job finished", job_id=job.id, state=state, model_version=job.model_version, error=job.error or None)
 
     def _next(self) -> JobRecord | None:
@@ -226,9 +228,7 @@ class JobManager:
             job.state = RUNNING
             job.phase = "starting"
             job.started_at = time.time()
-            self._revision[job.id] += 1
-            self._store.save(job)
-            self._changed.notify_all()
+            self._announce(job)
             return job
 
     def _work(self) -> None:
