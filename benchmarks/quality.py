@@ -3,6 +3,9 @@
 Trains each kind through the same ``train_model`` the trainer service uses, so
 the table reflects what users get, and measures the popularity and EASE^R
 reference points in the same run so numbers are always compared like for like.
+Kinds that choose settings themselves (dlae's lambda and dropout, ease_blend's
+weight) choose them on a validation split carved from ua.base; the choices are
+printed per seed and kept in each run's ``extra``.
 
     .venv/bin/python -m benchmarks.quality [--movielens-dir DIR] [--seeds 0,1,2] [--tiny]
 """
@@ -73,8 +76,10 @@ def run(movielens_dir: str | None, kinds, seeds, tiny: bool) -> dict:
                 "epochs_run": model.epochs_run, "best_epoch": model.best_epoch,
                 "validation_metrics": model.validation_metrics, "extra": model.extra,
             })
+            chosen = {k: v for k, v in model.extra.items() if isinstance(v, (int, float))}
             print(f"  {kind} seed {seed}: recall@10 {metrics['recall_at_10']:.4f} "
-                  f"ndcg@10 {metrics['ndcg_at_10']:.4f} in {model.train_seconds:.1f}s", file=sys.stderr, flush=True)
+                  f"ndcg@10 {metrics['ndcg_at_10']:.4f} in {model.train_seconds:.1f}s"
+                  + (f" (chosen on validation: {chosen})" if chosen else ""), file=sys.stderr, flush=True)
         rows.append({"kind": kind, "seeds": list(seeds), "hyperparameters": asdict(hparams), "runs": runs})
     for row in rows:
         row["summary"] = {name: _summary([r["metrics"][name] for r in row["runs"]]) for name in METRICS}

@@ -29,7 +29,7 @@ from movierec.v1 import trainer_pb2
 from .types import HYPERPARAMETERS, Job, ModelStatus, Recommendations, SimilarItems
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "ease_blend")  # the trainer lists all it knows
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend")  # the trainer lists all it knows
 HOLDOUTS = ("random", "last_n_per_user", "ua", "ub", "u1", "u2", "u3", "u4", "u5")
 
 

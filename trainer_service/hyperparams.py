@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "ease_blend")
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class Hyperparameters:
     l2_normalize: int = 0          # two-tower kinds: 1 = cosine scores (unit-length tower outputs)
     patience: int = 3              # epochs without validation Recall@10 gain before stopping
     validation_size: int = 5       # per-user ratings carved from train for early stopping
-    l2_lambda: float = 300.0       # ease: ridge penalty of the item-item regression
+    l2_lambda: float = 300.0       # ease kinds: ridge penalty of the item-item regression;
+                                   # dlae/ease_blend default to 0 = choose on validation
     blend_weight: float = 0.0      # ease_blend: share of the neural scores; 0 = choose on validation
 
     def as_dict(self) -> dict[str, float | int]:
@@ -61,7 +62,10 @@ DEFAULTS: dict[str, Hyperparameters] = {
     "two_tower_dropout": dataclasses.replace(_COMMON, dropout_rate=0.2),
     "bpr": dataclasses.replace(_COMMON, batch_size=1024, learning_rate=0.003, weight_decay=0.05, num_negatives=4),
     "ease": dataclasses.replace(_COMMON, epochs=1),
-    "ease_blend": dataclasses.replace(_COMMON),
+    # The DLAE part's lambda (and its dropout rate, which is not a request knob)
+    # is picked on the validation split per run unless the request sets l2_lambda.
+    "dlae": dataclasses.replace(_COMMON, epochs=1, l2_lambda=0.0),
+    "ease_blend": dataclasses.replace(_COMMON, l2_lambda=0.0),
 }
 
 

@@ -3,7 +3,9 @@
 Every kind reduces to ``score(u, i) = user_vector[u] @ item_vector[i]`` once
 trained, because that is all the serving side understands. The neural kinds
 are ``tfrs.Model`` subclasses so the Keras ``fit`` loop (callbacks for
-progress, cancellation and early stopping) drives them; EASE^R is closed form.
+progress, cancellation and early stopping) drives them; EASE^R and its
+denoising variant DLAE are closed form (user vector = 0/1 history row, item
+vectors = the item-item weights' columns).
 
 Two-tower retrieval uses a full softmax over the whole catalogue rather than
 the TFRS tutorial's in-batch softmax: with only ~1.7k movies the full logits
@@ -150,6 +152,31 @@ def ease_item_weights(history: np.ndarray, l2_lambda: float) -> np.ndarray:
     gram[np.diag_indices_from(gram)] += l2_lambda
     precision = np.linalg.inv(gram)
     weights = -precision / np.diag(precision)
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights.astype(np.float32)
+
+
+def item_gram(history: np.ndarray) -> np.ndarray:
+    """G = X^T X in float64, shared by the closed-form kinds' weight solvers."""
+    history = history.astype(np.float64)
+    return history.T @ history
+
+
+def dlae_item_weights(gram: np.ndarray, l2_lambda: float, dropout: float) -> np.ndarray:
+    """Item-item weights of the denoising linear autoencoder (DLAE; Steck, NeurIPS 2020), from G = X^T X.
+
+    Training EASE's regression under input dropout with rate ``dropout`` is, in
+    expectation, a ridge penalty that grows with each item's popularity:
+    ``Lambda = dropout / (1 - dropout) * diag(G) + l2_lambda``, and the
+    weights are ``B = (G + Lambda)^-1 G = I - (G + Lambda)^-1 Lambda``. The
+    diagonal of B only ever scores items the user has already seen, which are
+    never recommended, so it is zeroed to keep the vectors' scores clean.
+    Scores are ``history @ B`` as for EASE^R.
+    """
+    penalty = dropout / (1.0 - dropout) * np.diag(gram) + l2_lambda
+    regularised = gram.copy()
+    regularised[np.diag_indices_from(regularised)] += penalty
+    weights = -np.linalg.inv(regularised) * penalty[None, :]
     weights[np.diag_indices_from(weights)] = 0.0
     return weights.astype(np.float32)
 

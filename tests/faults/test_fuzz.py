@@ -92,7 +92,7 @@ MAX_BATCH_ITEMS = 100_000   # users x k per RecommendBatch (recommender_service.
 MAX_JOB_ID = 128
 MAX_PATH = 1024
 MAX_LIST_LIMIT = 1000
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "ease_blend")
+from trainer_service.hyperparams import MODEL_KINDS  # noqa: E402 - the trainer's own list
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

@@ -15,9 +15,11 @@ import pytest
 from trainer_service.data import load_movielens_100k, make_split
 from trainer_service.evaluation import evaluate_scores, popularity_vectors
 from trainer_service.hyperparams import MODEL_KINDS, resolve_hyperparameters
-from trainer_service.training import EpochReport, TrainingCancelled, train_model
+from trainer_service.training import DLAE_DROPOUTS, DLAE_LAMBDAS, EpochReport, TrainingCancelled, train_model
 
 POPULARITY_RECALL_AT_10 = 0.1215
+EASE_RECALL_AT_10 = 0.2710  # lambda = 300 on ua.test
+CLOSED_FORM_KINDS = ("ease", "dlae")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,8 @@ def test_each_kind_beats_popularity_on_ua_with_defaults(kind, default_runs, ua_s
     if kind == "ease_blend":  # the kept metrics are the blend's, chosen after the neural epochs
         assert 0 < model.extra["blend_weight"] < 1
         assert model.validation_metrics["recall_at_10"] >= model.extra["neural_validation_metrics"]["recall_at_10"]
+        assert model.validation_metrics["recall_at_10"] >= model.extra["dlae_validation_metrics"]["recall_at_10"]
+        assert model.extra["l2_lambda"] in DLAE_LAMBDAS and model.extra["dlae_dropout"] in DLAE_DROPOUTS
     else:
         assert model.validation_metrics == model.validation_history[model.best_epoch - 1]
     assert "validation" in model.validation_split and "ua.base" in model.validation_split
@@ -64,12 +68,46 @@ def test_each_kind_beats_popularity_on_ua_with_defaults(kind, default_runs, ua_s
     assert reports[-1].step == reports[-1].steps_per_epoch * len(reports)
 
 
-@pytest.mark.parametrize("kind", [k for k in MODEL_KINDS if k != "ease"])
+@pytest.mark.parametrize("kind", [k for k in MODEL_KINDS if k not in CLOSED_FORM_KINDS])
 def test_neural_kinds_lower_their_training_loss(kind, default_runs):
     model, _, _ = default_runs(kind)
     assert len(model.loss_history) >= 2
     assert model.loss_history[-1] < model.loss_history[0] - 0.01, model.loss_history
     assert all(np.isfinite(model.loss_history))
+
+
+def test_dlae_chooses_on_validation_and_refits_on_all_training_ratings(default_runs, ua_split):
+    model, _, metrics = default_runs("dlae")
+    candidates = model.extra["candidates"]
+    assert len(candidates) == len(DLAE_LAMBDAS) * len(DLAE_DROPOUTS)
+    best = max(candidates, key=lambda c: (c["recall_at_10"], c["ndcg_at_10"]))
+    assert (model.extra["l2_lambda"], model.extra["dlae_dropout"]) == (best["l2_lambda"], best["dropout"])
+    assert model.validation_metrics["recall_at_10"] == best["recall_at_10"]
+    # The served history is all of ua.base, validation ratings included.
+    assert model.user_vectors.sum() == len(ua_split.train)
+    assert np.all(np.diag(model.item_vectors) == 0)
+    assert metrics["recall_at_10"] > EASE_RECALL_AT_10 - 0.01, metrics  # in EASE's league, at a few seconds
+    assert model.train_seconds <= 60
+
+
+def test_dlae_respects_a_requested_lambda(ua_split):
+    hp = resolve_hyperparameters("dlae", {"l2_lambda": 250})
+    model = train_model("dlae", ua_split, hp, seed=1)
+    assert model.extra["l2_lambda"] == 250
+    assert {c["l2_lambda"] for c in model.extra["candidates"]} == {250}
+
+
+def test_dlae_weights_match_the_closed_form():
+    from trainer_service.models import dlae_item_weights, item_gram
+
+    rng = np.random.default_rng(0)
+    history = (rng.random((40, 12)) < 0.3).astype(np.float32)
+    gram = item_gram(history)
+    weights = dlae_item_weights(gram, 5.0, 0.5)
+    penalty = np.diag(np.diag(gram) + 5.0)  # dropout 0.5 -> p / (1 - p) = 1
+    expected = np.linalg.solve(gram + penalty, gram)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(weights, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_validation_never_uses_the_test_set(default_runs, ua_split):
@@ -109,8 +147,9 @@ def test_should_stop_cancels_promptly(ua_split):
     with pytest.raises(TrainingCancelled):
         train_model("two_tower", ua_split, resolve_hyperparameters("two_tower", {}), seed=0, should_stop=should_stop)
     assert time.monotonic() - calls["stopped_at"] < 5
-    with pytest.raises(TrainingCancelled):
-        train_model("ease", ua_split, resolve_hyperparameters("ease", {}), seed=0, should_stop=lambda: True)
+    for kind in CLOSED_FORM_KINDS:
+        with pytest.raises(TrainingCancelled):
+            train_model(kind, ua_split, resolve_hyperparameters(kind, {}), seed=0, should_stop=lambda: True)
 
 
 def test_training_is_seeded_and_reproducible(ua_split):
@@ -172,3 +211,19 @@ def test_out_of_bounds_hyperparameters_are_rejected_with_the_range(overrides, fr
 def test_unknown_kind_hyperparameters():
     with pytest.raises(ValueError, match="unknown model kind 'nope'"):
         resolve_hyperparameters("nope", {})
+
+
+def test_closed_form_kinds_refuse_catalogues_too_large_for_a_dense_inverse():
+    from trainer_service import training
+    from trainer_service.data import Ratings, Split
+    from trainer_service.hyperparams import resolve_hyperparameters
+
+    items = training.MAX_CLOSED_FORM_ITEMS + 1
+    data = Ratings(
+        user_ids=np.array(["1"]), movie_ids=np.arange(items, dtype=np.int64), titles=np.array(["t"] * items),
+        users=np.zeros(2, np.int32), items=np.array([0, 1], np.int32), ratings=np.ones(2, np.float32),
+        timestamps=np.zeros(2, np.int64), source="generated", fingerprint="x")
+    split = Split(data=data, train=np.array([0]), test=np.array([1]), name="generated")
+    for kind in ("ease", "dlae", "ease_blend"):
+        with pytest.raises(ValueError, match="at most 20,000 movies"):
+            training.train_model(kind, split, resolve_hyperparameters(kind, {}), seed=1)
