@@ -331,6 +331,16 @@ def load_ratings_files(data_root: str, ratings_path: str, items_path: str) -> Ra
     )
 
 
+def dataset_files_size(data_root: str, *relative_paths: str) -> int:
+    """Total bytes of files under ``data_root``, checking each path is confined to it.
+
+    Lets the trainer decide, before reading anything, whether a dataset is
+    small enough to validate inside the Train call.
+    """
+    reader = _FolderReader(data_root)
+    return sum(reader.resolve(path).stat().st_size for path in relative_paths)
+
+
 # --------------------------------------------------------------------------- MovieLens 100K
 
 

@@ -82,8 +82,7 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
 
 def _validate_dataset_files(spec: TrainSpec, data_root: str) -> None:
     try:
-        sizes = [datasets._FolderReader(data_root).resolve(p).stat().st_size for p in (spec.ratings_path, spec.items_path)]
-        if sum(sizes) <= SYNC_VALIDATION_BYTES:
+        if datasets.dataset_files_size(data_root, spec.ratings_path, spec.items_path) <= SYNC_VALIDATION_BYTES:
             datasets.load_ratings_files(data_root, spec.ratings_path, spec.items_path)
     except datasets.DatasetError as exc:
         raise InvalidRequest(str(exc)) from exc

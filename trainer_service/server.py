@@ -49,10 +49,9 @@ def main(argv=None) -> None:
     from trainer_service.job_manager import JobManager
     from trainer_service.jobs import JobStore
     from trainer_service.pipeline import TrainerConfig, run_job
-    from trainer_service.publisher import remove_stale_temp_folders
+    from trainer_service.publisher import PublishCancelled, remove_stale_temp_folders
     from trainer_service.servicer import TrainerServicer
     from trainer_service.training import TrainingCancelled
-    from trainer_service.publisher import PublishCancelled
 
     config = TrainerConfig(
         model_root=args.model_root, data_root=args.data_root, movielens_dir=args.movielens_dir,
