@@ -222,7 +222,7 @@ def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(tmp_path):
 
             thread = threading.Thread(target=big_batch)
             thread.start()
-            time.sleep(0.02)
+            time.sleep(0.15)  # the batch takes ~0.5 s: it is on the server when the signal lands
             started = time.monotonic()
             recommender.process.send_signal(signal.SIGTERM)
             thread.join()
