@@ -81,24 +81,71 @@ def _smoke_test(retriever: Retriever, loaded_module) -> None:
         raise artifact_format.ArtifactError("smoke query: the signature did not flag an unknown user as cold start")
 
 
-def load_version(path: str) -> tuple[Retriever, dict[str, Any]]:
-    """Everything a candidate must pass before it may serve. Raises ArtifactError."""
+def validate_version(path: str) -> tuple[artifact_format.ModelArtifact, dict[str, Any]]:
+    """Everything a candidate must pass before it may serve. Raises ArtifactError.
+
+    This is the TensorFlow-heavy part (load the SavedModel, run its
+    signature); :class:`IsolatedLoader` runs it in a helper process.
+    """
     metadata = artifact_format.read_metadata(path)
     artifact_format.verify_manifest(path, metadata.get("files"))
     artifact, module = artifact_format.load(path)
+    _smoke_test(Retriever(artifact), module)
+    return artifact, metadata
+
+
+def warmed_retriever(artifact: artifact_format.ModelArtifact) -> Retriever:
     retriever = Retriever(artifact)
-    _smoke_test(retriever, module)
     # Warm the request path (first calls allocate and fault pages in).
     for user_id in artifact.user_ids[:32].tolist() + ["\x00cold"]:
         retriever.recommend(user_id, 10)
     retriever.similar_items(int(artifact.movie_ids[0]), 10)
-    return retriever, metadata
+    return retriever
+
+
+def _background_priority() -> None:
+    """The loader yields the CPU to request threads: a reload may take a little
+    longer, but it no longer competes with callers on a busy machine."""
+    os.nice(19)
+
+
+class IsolatedLoader:
+    """Validates versions in one long-lived helper process.
+
+    Loading a SavedModel is mostly Python holding the GIL for hundreds of
+    milliseconds, which in-process would stall request threads (the reload
+    p99); a crash inside TensorFlow on a corrupt file would take the server
+    down. In a helper process at the lowest CPU priority neither reaches the
+    requests: only the validated arrays come back, pickled.
+    """
+
+    def __init__(self):
+        self._pool = None
+
+    def __call__(self, path: str) -> tuple[artifact_format.ModelArtifact, dict[str, Any]]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_background_priority)
+        try:
+            return self._pool.submit(validate_version, path).result()
+        except BrokenProcessPool as exc:
+            self._pool = None
+            raise artifact_format.ArtifactError("the loader process died while loading this version") from exc
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ModelRegistry:
     def __init__(self, model_root: str, *, poll_seconds: float = 1.0, pinned_version: int | None = None,
-                 replica_id: str | None = None):
+                 replica_id: str | None = None, loader=validate_version):
         self.model_root = model_root
+        self._validate = loader
         self.poll_seconds = poll_seconds
         self.pinned_version = pinned_version
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -168,7 +215,8 @@ class ModelRegistry:
         self._set_state(version, LOADING, fingerprint=fingerprint)
         started = time.monotonic()
         try:
-            retriever, metadata = load_version(path)
+            artifact, metadata = self._validate(path)
+            retriever = warmed_retriever(artifact)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, artifact_format.ArtifactError) else f"{type(exc).__name__}: {exc}"
             self._set_state(version, REJECTED, reason=reason, fingerprint=fingerprint)

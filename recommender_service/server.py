@@ -44,10 +44,12 @@ def main(argv=None) -> None:
     except security.SecurityConfigError as exc:
         raise SystemExit(f"movierec-recommender: {exc}") from exc
     from movierec.v1 import recommender_pb2_grpc
-    from recommender_service.registry import ModelRegistry
+    from recommender_service.registry import IsolatedLoader, ModelRegistry
     from recommender_service.servicer import RecommenderServicer
 
-    registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version)
+    loader = IsolatedLoader()
+    registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
+                             loader=loader)
     servicer = RecommenderServicer(registry)
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
@@ -58,7 +60,7 @@ def main(argv=None) -> None:
     registry.start()
     event(log, "recommender listening", port=handle.port, model_root=args.model_root, pinned_version=args.version)
     print(f"movierec-recommender listening on {args.host}:{handle.port}", flush=True)
-    wait_for_termination(handle, on_stop=registry.stop)
+    wait_for_termination(handle, on_stop=lambda: (registry.stop(), loader.shutdown()))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,24 @@ def _exclude_seen(request) -> bool:
     return request.exclude_seen if request.HasField("exclude_seen") else True
 
 
+# Answers are a pure function of (version, user, k, exclude_seen), so each
+# version keeps the ones it has built; a hit skips building ten messages,
+# which matters less for its ~10 us than for the GIL hand-offs it saves when
+# eight request threads share two cores. Bounded: about 1 KB an entry.
+MAX_CACHED_RESPONSES = 20_000
+
+
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def __init__(self, registry: ModelRegistry):
         self._registry = registry
+        self._responses: tuple[int, dict] = (0, {})
+
+    def _cached_responses(self, model: LoadedModel) -> dict:
+        version, cache = self._responses
+        if version != model.version:
+            cache = {}
+            self._responses = (model.version, cache)
+        return cache
 
     def _model(self, context) -> LoadedModel:
         """The version this call will use from start to end; checked before any work."""
@@ -58,9 +73,17 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         _check_user_id(request.user_id, context)
         _check_k(request.k, context)
         model = self._model(context)
-        result = model.retriever.recommend(request.user_id, request.k, _exclude_seen(request))
-        return recommender_pb2.RecommendResponse(
-            items=_items(result.items), model_version=model.version, cold_start=result.cold_start)
+        exclude = _exclude_seen(request)
+        cache = self._cached_responses(model)
+        key = (request.user_id, request.k, exclude)
+        response = cache.get(key)
+        if response is None:
+            result = model.retriever.recommend(request.user_id, request.k, exclude)
+            response = recommender_pb2.RecommendResponse(
+                items=_items(result.items), model_version=model.version, cold_start=result.cold_start)
+            if len(cache) < MAX_CACHED_RESPONSES:
+                cache[key] = response
+        return response
 
     def RecommendBatch(self, request, context):
         if not request.user_ids:
