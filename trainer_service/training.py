@@ -165,6 +165,11 @@ def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, starte
         raise TrainingCancelled("training cancelled on request")
     history = models.binary_history(split.train_csr(), n_items)
     weights = models.ease_item_weights(history, hp.l2_lambda)
+    return _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch)
+
+
+def _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch, extra=None) -> TrainedModel:
+    """A closed-form kind's result: one "epoch", scores = history row . weight column."""
     elapsed = time.monotonic() - started
     if on_epoch is not None:
         on_epoch(EpochReport(epoch=1, epochs=1, loss=0.0, elapsed_seconds=elapsed, validation=metrics,
@@ -173,6 +178,7 @@ def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, starte
         kind=kind, user_vectors=history, item_vectors=np.ascontiguousarray(weights.T),
         loss_history=[], validation_history=[metrics], validation_metrics=metrics,
         epochs_run=1, best_epoch=1, train_seconds=elapsed, hyperparameters=hp, validation_split=validation.name,
+        extra=extra or {},
     )
 
 
@@ -224,16 +230,8 @@ def _train_dlae(kind, split, validation, hp, seed, on_epoch, should_stop, starte
     _cancel_point(should_stop)
     history = models.binary_history(split.train_csr(), n_items)
     weights = models.dlae_item_weights(models.item_gram(history), l2_lambda, dropout)
-    elapsed = time.monotonic() - started
-    if on_epoch is not None:
-        on_epoch(EpochReport(epoch=1, epochs=1, loss=0.0, elapsed_seconds=elapsed, validation=metrics,
-                             step=1, steps_per_epoch=1))
-    return TrainedModel(
-        kind=kind, user_vectors=history, item_vectors=np.ascontiguousarray(weights.T),
-        loss_history=[], validation_history=[metrics], validation_metrics=metrics,
-        epochs_run=1, best_epoch=1, train_seconds=elapsed, hyperparameters=hp, validation_split=validation.name,
-        extra={"l2_lambda": l2_lambda, "dlae_dropout": dropout, "candidates": tried},
-    )
+    return _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch,
+                              extra={"l2_lambda": l2_lambda, "dlae_dropout": dropout, "candidates": tried})
 
 
 def _unseen_score_std(user_vectors, item_vectors, history) -> float:
