@@ -9,6 +9,9 @@ filesystem TensorFlow supports (gs://, s3://, ram://).
 from __future__ import annotations
 
 import hashlib
+import json
+import time
+import uuid
 
 from movierec_common.tfenv import tensorflow
 
@@ -64,10 +67,6 @@ SERVING_MARKER_TTL_SECONDS = 300.0
 
 def write_serving_marker(root: str, replica: str, version: int) -> None:
     """Tells the publisher's retention which version this replica serves."""
-    import json
-    import time
-    import uuid
-
     gfile = tensorflow().io.gfile
     folder = join(root, SERVING_DIR)
     gfile.makedirs(folder)
@@ -79,9 +78,6 @@ def write_serving_marker(root: str, replica: str, version: int) -> None:
 
 def versions_in_use(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> set[int]:
     """Versions some live recommender serves (markers refreshed within ttl)."""
-    import json
-    import time
-
     gfile = tensorflow().io.gfile
     folder = join(root, SERVING_DIR)
     in_use: set[int] = set()
