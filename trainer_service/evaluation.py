@@ -5,20 +5,63 @@ vectors, so a metric difference between kinds is a model difference, never a
 protocol difference. The protocol: every held-out rating is relevant whatever
 its value, the user's training items are excluded, all other items are ranked,
 and metrics are averaged over users with at least one held-out item.
+
+At catalogue scale (a million movies, 160k users) scoring every user against
+every movie is 10^10-10^11 scores, so the work is bounded twice: scores are
+computed a few rows at a time (never a users x movies matrix), and a caller
+may cap the total number of scores, in which case a fixed, seeded sample of
+the evaluated users stands for all of them and ``users_evaluated`` says how
+many it was.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_CHUNK_USERS = 512
+# Rows of scores held at once: at most this many floats (128 MB) per chunk.
+_CHUNK_SCORES = 1 << 25
+_MAX_CHUNK_USERS = 512
+# Up to this many movies a full stable sort is cheap and its tie order is the
+# reference; beyond it a partial sort finds the top k (same order, except that
+# which of several movies tied exactly at the k-th place gets in may differ).
+_FULL_SORT_MAX_ITEMS = 50_000
+_SAMPLE_SEED = 0
 
 
-def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50)) -> dict[str, float]:
+def _sample_users(evaluated: np.ndarray, n_items: int, max_scores: int | None) -> np.ndarray:
+    if max_scores is None or len(evaluated) * n_items <= max_scores:
+        return evaluated
+    keep = max(1, int(max_scores // max(n_items, 1)))
+    chosen = np.random.default_rng(_SAMPLE_SEED).choice(len(evaluated), size=keep, replace=False)
+    return evaluated[np.sort(chosen)]
+
+
+def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best columns per row, best first, lower index first on ties."""
+    if scores.shape[1] <= _FULL_SORT_MAX_ITEMS or k >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -values), axis=-1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _rows_of(indptr: np.ndarray, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in ``users``, item) pairs of a CSR's rows, concatenated."""
+    counts = indptr[users + 1] - indptr[users]
+    rows = np.repeat(np.arange(len(users)), counts)
+    starts = np.repeat(indptr[users], counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, items[starts + offsets]
+
+
+def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50),
+                    max_scores: int | None = None) -> dict[str, float]:
     """Recall@k, NDCG@k (binary gains) and precision@k averaged over users with test items.
 
-    Ties in score are broken towards the lower item index so results do not
-    depend on sort internals.
+    ``max_scores`` caps users x movies scored; past it a seeded sample of users
+    is evaluated. Ties in score are broken towards the lower item index so
+    results do not depend on sort internals.
     """
     user_vectors = np.asarray(user_vectors, dtype=np.float32)
     item_vectors = np.asarray(item_vectors, dtype=np.float32)
@@ -31,23 +74,22 @@ def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50)
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])
 
     test_counts = np.diff(test_indptr)
-    evaluated = np.flatnonzero(test_counts > 0)
+    evaluated = _sample_users(np.flatnonzero(test_counts > 0), n_items, max_scores)
+    chunk = int(max(1, min(_MAX_CHUNK_USERS, _CHUNK_SCORES // max(n_items, 1))))
+    item_vectors_t = np.ascontiguousarray(item_vectors.T)
     sums = {f"{name}_at_{k}": 0.0 for k in ks for name in ("recall", "ndcg", "precision")}
-    for start in range(0, len(evaluated), _CHUNK_USERS):
-        users = evaluated[start:start + _CHUNK_USERS]
-        scores = user_vectors[users] @ item_vectors.T
-        rows = np.arange(len(users))
-        seen_counts = train_indptr[users + 1] - train_indptr[users]
-        seen_rows = np.repeat(rows, seen_counts)
-        seen_cols = np.concatenate([train_items[train_indptr[u]:train_indptr[u + 1]] for u in users])
+    for start in range(0, len(evaluated), chunk):
+        users = evaluated[start:start + chunk]
+        scores = user_vectors[users] @ item_vectors_t
+        seen_rows, seen_cols = _rows_of(train_indptr, train_items, users)
         scores[seen_rows, seen_cols] = -np.inf
-        # argsort of the negated scores with a stable sort keeps lower index first on ties.
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :max_k]
-        relevant = np.zeros((len(users), n_items), dtype=bool)
+        top = _top_items(scores, max_k)
+        # A top-k movie is a hit when (row, movie) is among the test pairs.
+        test_rows, test_cols = _rows_of(test_indptr, test_items, users)
+        test_keys = test_rows.astype(np.int64) * n_items + test_cols
+        top_keys = np.arange(len(users), dtype=np.int64)[:, None] * n_items + top
+        hits = np.isin(top_keys, test_keys).astype(np.float64)
         counts = test_counts[users]
-        relevant[np.repeat(rows, counts),
-                 np.concatenate([test_items[test_indptr[u]:test_indptr[u + 1]] for u in users])] = True
-        hits = relevant[rows[:, None], top].astype(np.float64)
         cumulative_hits = np.cumsum(hits, axis=1)
         cumulative_dcg = np.cumsum(hits * discounts, axis=1)
         for k in ks:

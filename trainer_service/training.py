@@ -56,8 +56,15 @@ class TrainingCancelled(Exception):
     """Raised when ``should_stop`` asked for the run to end; nothing is returned."""
 
 
+# Scores computed per validation pass (users x movies). MovieLens 100K and 1M
+# are validated on every user; a million-movie catalogue on a fixed sample of
+# 500, so early stopping costs seconds per epoch, not minutes.
+VALIDATION_MAX_SCORES = 500_000_000
+
+
 def _validation_metrics(user_vectors, item_vectors, validation: Split) -> dict[str, float]:
-    metrics = evaluate_scores(user_vectors, item_vectors, validation.train_csr(), validation.test_csr(), ks=(10, 50))
+    metrics = evaluate_scores(user_vectors, item_vectors, validation.train_csr(), validation.test_csr(), ks=(10, 50),
+                              max_scores=VALIDATION_MAX_SCORES)
     return {k: v for k, v in metrics.items() if k in ("recall_at_10", "ndcg_at_10", "recall_at_50")}
 
 
@@ -118,18 +125,43 @@ class _Supervisor(tf.keras.callbacks.Callback):
         self._check_cancel()
 
 
+# Up to this many examples tf.data shuffles them all each epoch (its buffer
+# holds one tensor per example, which past a few million costs gigabytes and
+# minutes to fill). Beyond it the arrays are permuted once in numpy and the
+# order of whole batches is reshuffled every epoch.
+FULL_SHUFFLE_MAX_EXAMPLES = 2_000_000
+
+
+def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int) -> "tf.data.Dataset":
+    """Batches of ``features`` streamed from the arrays, in a seeded order that changes every epoch."""
+    n_examples = len(next(iter(features.values())))
+    if n_examples <= FULL_SHUFFLE_MAX_EXAMPLES:
+        return (tf.data.Dataset.from_tensor_slices(features)
+                .shuffle(n_examples, seed=seed, reshuffle_each_iteration=True)
+                .batch(batch_size)
+                .prefetch(tf.data.AUTOTUNE))
+    order = np.random.default_rng(seed).permutation(n_examples)
+    columns = {name: tf.constant(values[order]) for name, values in features.items()}
+    n_batches = int(np.ceil(n_examples / batch_size))
+
+    def batch(index):
+        start = index * batch_size
+        return {name: column[start:start + batch_size] for name, column in columns.items()}
+
+    return (tf.data.Dataset.range(n_batches)
+            .shuffle(n_batches, seed=seed, reshuffle_each_iteration=True)
+            .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
 def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
     model = models.build_model(kind, split.data.n_users, split.data.n_items, hp)
     model.sampling_seed = seed
     train = validation.train
     features = model.training_examples(split.data.users[train], split.data.items[train], validation.train_csr())
     n_examples = len(next(iter(features.values())))
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(features)
-        .shuffle(n_examples, seed=seed, reshuffle_each_iteration=True)
-        .batch(hp.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    dataset = training_dataset(features, hp.batch_size, seed)
+    del features
     steps = int(np.ceil(n_examples / hp.batch_size))
     # XLA roughly halves the step time on CPU, mostly in the optimizer update.
     model.compile(
@@ -151,6 +183,7 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
         validation_metrics=supervisor.history[best - 1] if best else {},
         epochs_run=len(supervisor.losses), best_epoch=best,
         train_seconds=time.monotonic() - started, hyperparameters=hp, validation_split=validation.name,
+        extra={"softmax": "sampled" if getattr(model, "sampled", False) else "full"} if kind != "bpr" else {},
     )
 
 
@@ -287,6 +320,16 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
 # The closed-form kinds hold a few dense I x I float64 matrices: 20k movies is
 # about 3.2 GB each, the most one request may ask of this machine.
 MAX_CLOSED_FORM_ITEMS = 20_000
+CLOSED_FORM_KINDS = ("ease", "dlae", "ease_blend")
+
+
+def catalogue_refusal(kind: str, n_items: int) -> str:
+    """Why ``kind`` cannot train on ``n_items`` movies, naming the kinds that can; "" when it can."""
+    if kind not in CLOSED_FORM_KINDS or n_items <= MAX_CLOSED_FORM_ITEMS:
+        return ""
+    fitting = [k for k in MODEL_KINDS if k not in CLOSED_FORM_KINDS]
+    return (f"{kind} inverts a dense movie-by-movie matrix and supports at most {MAX_CLOSED_FORM_ITEMS:,} movies; "
+            f"this dataset has {n_items:,}. Kinds that fit this catalogue: {', '.join(fitting)}")
 
 
 def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
@@ -296,10 +339,9 @@ def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
     closed_form = {"ease": _train_ease, "dlae": _train_dlae, "ease_blend": _train_ease_blend}
-    if kind in closed_form and split.data.n_items > MAX_CLOSED_FORM_ITEMS:
-        raise ValueError(
-            f"{kind} inverts a dense movie-by-movie matrix and supports at most {MAX_CLOSED_FORM_ITEMS:,} movies; "
-            f"this dataset has {split.data.n_items:,}: use two_tower or bpr")
+    refusal = catalogue_refusal(kind, split.data.n_items)
+    if refusal:
+        raise ValueError(refusal)
     started = time.monotonic()
     tf.keras.utils.set_random_seed(seed)
     validation = carve_validation(split, hparams.validation_size, seed)

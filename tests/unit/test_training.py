@@ -225,5 +225,6 @@ def test_closed_form_kinds_refuse_catalogues_too_large_for_a_dense_inverse():
         timestamps=np.zeros(2, np.int64), source="generated", fingerprint="x")
     split = Split(data=data, train=np.array([0]), test=np.array([1]), name="generated")
     for kind in ("ease", "dlae", "ease_blend"):
-        with pytest.raises(ValueError, match="at most 20,000 movies"):
+        with pytest.raises(ValueError, match="at most 20,000 movies") as refused:
             training.train_model(kind, split, resolve_hyperparameters(kind, {}), seed=1)
+        assert "Kinds that fit this catalogue: two_tower, two_tower_dropout, bpr" in str(refused.value)
