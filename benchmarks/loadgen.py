@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time first (load mode)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distinct", action="store_true",
+                        help="load mode: each call asks for the next user of the list (never a repeat until the "
+                             "list runs out), so no answer cache helps")
     parser.add_argument("--out", required=True, help="where to write the JSON result")
     return parser.parse_args(argv)
 
@@ -71,6 +74,14 @@ async def run_load(args, users: list[str]) -> dict:
         measure_from = t0 + args.warmup
         stop_at = measure_from + args.seconds
         announced = False
+        cursor = 0
+
+        def next_request(rng: random.Random):
+            nonlocal cursor
+            if args.distinct:
+                cursor += 1
+                return requests[(cursor - 1) % len(requests)]
+            return requests[rng.randrange(len(requests))]
 
         async def worker(seed: int) -> None:
             nonlocal announced
@@ -84,7 +95,7 @@ async def run_load(args, users: list[str]) -> dict:
                     announced = True
                     # The orchestrator waits for this line to time its reload phase.
                     print(f"measuring {measure_from:.6f}", flush=True)
-                request = requests[rng.randrange(len(requests))]
+                request = next_request(rng)
                 code, version = 0, 0
                 try:
                     response = await call(request, timeout=CALL_TIMEOUT_SECONDS)

@@ -260,12 +260,14 @@ def cpu_seconds(pid: int) -> float:
 
 def run_loadgen(work: Path, target: str, users_file: Path, *, concurrency: int, seconds: float = 0.0,
                 warmup: float = 0.0, mode: str = "load", k: int = 10, seed: int = 0,
-                on_measuring=None, tag: str = "run") -> dict:
+                on_measuring=None, tag: str = "run", distinct: bool = False) -> dict:
     """Runs benchmarks/loadgen.py to completion; ``on_measuring(t)`` is called when measuring starts."""
     out = work / f"loadgen-{tag}.json"
     command = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--target", target, "--mode", mode,
                "--users-file", str(users_file), "--concurrency", str(concurrency), "--seconds", str(seconds),
                "--warmup", str(warmup), "--k", str(k), "--seed", str(seed), "--out", str(out)]
+    if distinct:
+        command.append("--distinct")
     with open(work / f"loadgen-{tag}.log", "wb") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT)
         for raw in process.stdout:
