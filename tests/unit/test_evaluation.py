@@ -69,3 +69,32 @@ def test_popularity_on_ua_matches_the_calibrated_protocol(movielens_dir):
     random_users = np.random.default_rng(1).standard_normal((data.n_users, 1)).astype(np.float32)
     chance = evaluate_scores(random_users, random_vectors, split.train_csr(), split.test_csr())
     assert chance["recall_at_10"] < 0.03
+
+
+def test_partial_sort_path_agrees_with_the_full_sort(monkeypatch):
+    """Past _FULL_SORT_MAX_ITEMS a partial sort ranks; on untied scores it must give the same metrics."""
+    from trainer_service import evaluation
+
+    rng = np.random.default_rng(3)
+    users = rng.standard_normal((40, 8)).astype(np.float32)
+    items = rng.standard_normal((3000, 8)).astype(np.float32)
+    train = csr([sorted(rng.choice(3000, 20, replace=False).tolist()) for _ in range(40)])
+    test = csr([sorted(rng.choice(3000, 5, replace=False).tolist()) for _ in range(40)])
+    full = evaluate_scores(users, items, train, test)
+    monkeypatch.setattr(evaluation, "_FULL_SORT_MAX_ITEMS", 100)
+    monkeypatch.setattr(evaluation, "_CHUNK_SCORES", 3000 * 7)  # several chunks, one not full
+    partial = evaluate_scores(users, items, train, test)
+    assert partial == pytest.approx(full)
+    assert full["recall_at_50"] > 0
+
+
+def test_a_score_budget_evaluates_a_fixed_sample_of_users():
+    rng = np.random.default_rng(4)
+    users = rng.standard_normal((200, 4)).astype(np.float32)
+    items = rng.standard_normal((100, 4)).astype(np.float32)
+    train = csr([[u % 100] for u in range(200)])
+    test = csr([[(u + 1) % 100] for u in range(200)])
+    capped = evaluate_scores(users, items, train, test, max_scores=50 * 100)
+    assert capped["users_evaluated"] == 50
+    assert evaluate_scores(users, items, train, test, max_scores=50 * 100) == capped  # the sample is fixed
+    assert evaluate_scores(users, items, train, test)["users_evaluated"] == 200
