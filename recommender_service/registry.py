@@ -8,13 +8,22 @@ Requests read that reference once, so an in-flight call finishes on the
 version it started with. Any failure leaves the current version serving and is
 remembered with the folder's fingerprint, so a bad version costs one attempt
 until its folder changes, not one per poll.
+
+A version with an approximate index (see movierec_common.ann_index) is served
+through it; its smoke test measures the index's recall against the exact
+signature instead of demanding identical answers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import io
 import logging
 import os
+import pickle
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,10 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from movierec_common import ann_index
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
-from movierec_common.model_root import folder_fingerprint, list_versions, version_dir, write_serving_marker
-from recommender_service.retrieval import Retriever
+from movierec_common.model_root import folder_fingerprint, join, list_versions, version_dir, write_serving_marker
+from recommender_service.retrieval import (
+    RANKING_BUDGET_BYTES, BruteForce, Catalogue, FaissIVF, Rankings, Retriever, TopK,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,7 @@ class LoadedModel:
     retriever: Retriever
     metadata: dict[str, Any]
     loaded_at: float
+    serving: dict[str, float] = field(default_factory=dict)  # how it is served (GetModelStatus shows it)
 
     @property
     def model_kind(self) -> str:
@@ -55,58 +68,270 @@ class VersionInfo:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _smoke_test(retriever: Retriever, loaded_module) -> None:
-    """The numpy path and the SavedModel's own signature must agree.
+@dataclass(frozen=True)
+class ValidatedVersion:
+    """What validation hands to the serving process: checked, compact, flat arrays.
+
+    No item vectors when the version has an index: the serving process reads
+    the (verified) index file itself, which holds them, instead of receiving
+    a second copy.
+    """
+
+    catalogue: Catalogue
+    rankings: Rankings
+    metadata: dict[str, Any]
+    index_params: ann_index.IndexParams | None
+    item_vectors: np.ndarray | None   # exact backend only
+    item_norms: np.ndarray | None     # index backend only (cosine for SimilarItems)
+    smoke: dict[str, float]
+
+
+SMOKE_PROBES = 8
+SMOKE_K = 10
+# An approximate index may miss a few of the exact top 10; one that misses
+# more than this on the probe users does not describe this model's vectors.
+SMOKE_MIN_RECALL = 0.8
+INDEX_CHECK_SAMPLE = 256
+
+
+def _smoke_test(retriever: Retriever, artifact: artifact_format.ModelArtifact, loaded_module) -> dict[str, float]:
+    """The serving paths and the SavedModel's own exact signature must agree.
 
     Catches vectors that load but are garbage for the signature's graph, and
-    proves the signature TF Serving would use actually runs.
+    proves the signature TF Serving would use actually runs. An exact backend
+    must return the signature's scores; an approximate one must return k
+    distinct unseen movies scored by their exact inner products, scores that
+    match the signature's for the movies both found, and recall at least
+    SMOKE_MIN_RECALL of the signature's top k over the probe users. Both the
+    precomputed rankings and the live path are checked.
     """
     from movierec_common.tfenv import tensorflow
 
     tf = tensorflow()
-    artifact = retriever.artifact
-    probe_users = artifact.user_ids[np.linspace(0, artifact.num_users - 1, num=min(5, artifact.num_users), dtype=int)]
-    k = min(10, artifact.num_items)
+    users = np.unique(np.linspace(0, artifact.num_users - 1, num=min(SMOKE_PROBES, artifact.num_users), dtype=int))
+    k = min(SMOKE_K, artifact.num_items)
     signature = loaded_module.signatures[artifact_format.SERVING_SIGNATURE]
-    output = signature(user_id=tf.constant([str(u) for u in probe_users] + ["\x00unknown-user"]), k=tf.constant(k, tf.int32))
-    expected_scores = output["scores"].numpy()
-    for row, user_id in enumerate(probe_users):
-        ours = retriever.recommend(str(user_id), k, exclude_seen=True)
-        theirs = expected_scores[row][np.isfinite(expected_scores[row])]
-        if len(ours.items) != len(theirs) or not np.allclose([i.score for i in ours.items], theirs, rtol=1e-3, atol=1e-4):
-            raise artifact_format.ArtifactError(
-                f"smoke query for user {user_id} disagrees with the SavedModel's signature"
-            )
+    output = signature(user_id=tf.constant([str(artifact.user_ids[u]) for u in users] + ["\x00unknown-user"]),
+                       k=tf.constant(k, tf.int32))
+    expected_ids, expected_scores = output["movie_ids"].numpy(), output["scores"].numpy()
+    approximate = not retriever.top_k.exact
+    recalls = []
+    for row, user in enumerate(users.tolist()):
+        user_id = str(artifact.user_ids[user])
+        valid = np.isfinite(expected_scores[row])
+        theirs, their_scores = expected_ids[row][valid], expected_scores[row][valid]
+        for answer in (retriever.recommend(user_id, k, exclude_seen=True), retriever.recommend_live(user, k)):
+            ids = np.array([item.movie_id for item in answer.items], dtype=np.int64)
+            scores = np.array([item.score for item in answer.items], dtype=np.float32)
+            if ids.size != theirs.size:
+                raise artifact_format.ArtifactError(f"smoke query for user {user_id} returned {ids.size} movies, "
+                                                    f"the SavedModel's signature {theirs.size}")
+            if not approximate:
+                if not np.allclose(scores, their_scores, rtol=1e-3, atol=1e-4):
+                    raise artifact_format.ArtifactError(
+                        f"smoke query for user {user_id} disagrees with the SavedModel's signature")
+                continue
+            _check_approximate_answer(retriever, artifact, user, user_id, ids, scores, theirs, their_scores)
+            recalls.append(np.intersect1d(ids, theirs).size / max(theirs.size, 1))
     if not bool(output["cold_start"].numpy()[-1]):
         raise artifact_format.ArtifactError("smoke query: the signature did not flag an unknown user as cold start")
+    recall = float(np.mean(recalls)) if recalls else 1.0
+    if recall < SMOKE_MIN_RECALL:
+        raise artifact_format.ArtifactError(
+            f"smoke query: the approximate index finds {recall:.2f} of the SavedModel signature's exact top {k} "
+            f"on {users.size} probe users (at least {SMOKE_MIN_RECALL} required)")
+    return {"smoke_probes": float(users.size), "smoke_recall_at_10": round(recall, 4)}
 
 
-def validate_version(path: str) -> tuple[artifact_format.ModelArtifact, dict[str, Any]]:
+def _check_approximate_answer(retriever, artifact, user, user_id, ids, scores, theirs, their_scores) -> None:
+    positions = np.array([retriever.movie_index(int(i)) for i in ids], dtype=np.int64)
+    problem = ""
+    if np.unique(ids).size != ids.size:
+        problem = "returned a movie twice"
+    elif np.isin(positions, artifact.seen_items(user)).any():
+        problem = "returned a movie the user has seen"
+    elif not np.allclose(scores, artifact.item_vectors[positions] @ artifact.user_vectors[user], rtol=1e-4, atol=1e-5):
+        problem = "returned scores that are not the movies' inner products"
+    else:
+        common, ours_at, theirs_at = np.intersect1d(ids, theirs, return_indices=True)
+        if not np.allclose(scores[ours_at], their_scores[theirs_at], rtol=1e-3, atol=1e-4):
+            problem = "disagrees with the SavedModel's signature on the scores of the movies both found"
+    if problem:
+        raise artifact_format.ArtifactError(f"smoke query for user {user_id} {problem}")
+
+
+def _read_index(path: str, params: ann_index.IndexParams, num_items: int, dim: int):
+    location = join(path, params.file)
+    if "://" not in location:
+        return ann_index.read(location, params, num_items, dim)
+    from movierec_common.tfenv import tensorflow  # a remote root: gs://, s3://, ...
+
+    gfile = tensorflow().io.gfile
+    if not gfile.exists(location):
+        raise artifact_format.ArtifactError(f"{params.file} is missing (metadata.json says the version has an index)")
+    with gfile.GFile(location, "rb") as handle:
+        return ann_index.deserialize(handle.read(), params, num_items, dim)
+
+
+def open_backend(version: ValidatedVersion, path: str) -> TopK:
+    """The TopK backend a validated version is served with, in the calling process."""
+    params = version.index_params
+    if params is None:
+        return BruteForce(version.item_vectors)
+    dim = int(version.catalogue.user_vectors.shape[1])
+    index = _read_index(path, params, version.catalogue.num_items, dim)
+    return FaissIVF(index, version.item_norms, params.max_first_fetch)
+
+
+def _check_index_holds_the_model(backend: FaissIVF, artifact: artifact_format.ModelArtifact) -> None:
+    """A sample of the index's vectors must be the SavedModel's, bit for bit."""
+    rng = np.random.default_rng(0)
+    n = artifact.num_items
+    sample = np.unique(np.concatenate([[0, n - 1], rng.integers(0, n, size=min(INDEX_CHECK_SAMPLE, n))]))
+    if not np.array_equal(backend.vectors(sample), artifact.item_vectors[sample]):
+        raise artifact_format.ArtifactError(
+            f"{ann_index.INDEX_FILE} holds other vectors than the SavedModel (built from another model?)")
+
+
+def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES) -> ValidatedVersion:
     """Everything a candidate must pass before it may serve. Raises ArtifactError.
 
     This is the TensorFlow-heavy part (load the SavedModel, run its
-    signature); :class:`IsolatedLoader` runs it in a helper process.
+    signature, rank every user within the budget); :class:`IsolatedLoader`
+    runs it in a helper process.
     """
+    clock = _PhaseClock()
     metadata = artifact_format.read_metadata(path)
-    artifact_format.verify_manifest(path, metadata.get("files"))
+    params = ann_index.IndexParams.from_metadata(metadata.get("retrieval"))
+    manifest = metadata.get("files")
+    artifact_format.verify_manifest(path, manifest)
+    if params is not None and params.file not in manifest:
+        raise artifact_format.ArtifactError(
+            f"metadata.json says the version has an index, but its manifest does not list {params.file}")
+    clock.lap("manifest")
     artifact, module = artifact_format.load(path)
-    _smoke_test(Retriever(artifact), module)
-    return artifact, metadata
+    catalogue = Catalogue.from_artifact(artifact)
+    norms = None
+    if params is not None:
+        norms = np.maximum(np.linalg.norm(artifact.item_vectors, axis=1), 1e-12).astype(np.float32)
+    version = ValidatedVersion(catalogue=catalogue, rankings=None, metadata=metadata, index_params=params,
+                               item_vectors=None if params is not None else artifact.item_vectors,
+                               item_norms=norms, smoke={})
+    clock.lap("savedmodel")
+    backend = open_backend(version, path)
+    if params is not None:
+        _check_index_holds_the_model(backend, artifact)
+    clock.lap("index")
+    retriever = Retriever(catalogue, backend, ranking_budget_bytes=ranking_budget_bytes)
+    clock.lap("rankings")
+    smoke = _smoke_test(retriever, artifact, module)
+    clock.lap("smoke")
+    return ValidatedVersion(catalogue=catalogue, rankings=retriever.rankings, metadata=metadata, index_params=params,
+                            item_vectors=version.item_vectors, item_norms=norms, smoke={**smoke, **clock.laps})
 
 
-def warmed_retriever(artifact: artifact_format.ModelArtifact) -> Retriever:
-    retriever = Retriever(artifact)
+class _PhaseClock:
+    """Seconds per validation phase, logged with the version (where does a slow load go?)."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[f"{name}_seconds"] = round(now - self._last, 3)
+        self._last = now
+
+
+def serving_facts(retriever: Retriever, version: ValidatedVersion) -> dict[str, float]:
+    """How a version is served, for GetModelStatus (prefixed, beside its held-out metrics)."""
+    facts = {"serving_ann": 0.0 if retriever.top_k.exact else 1.0,
+             "serving_ranked_users": float(retriever.rankings.num_users)}
+    if version.index_params is not None:
+        facts.update(serving_ann_nlist=float(version.index_params.nlist),
+                     serving_ann_nprobe=float(version.index_params.nprobe))
+    facts.update({f"serving_{name}": value for name, value in version.smoke.items() if name.startswith("smoke_")})
+    return facts
+
+
+def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
+    retriever = Retriever(version.catalogue, open_backend(version, path), rankings=version.rankings)
     # Warm the request path (first calls allocate and fault pages in).
-    for user_id in artifact.user_ids[:32].tolist() + ["\x00cold"]:
+    user_ids = version.catalogue.user_ids
+    for user_id in user_ids[:32].tolist() + ["\x00cold"]:
         retriever.recommend(user_id, 10)
-    retriever.similar_items(int(artifact.movie_ids[0]), 10)
+    for user_index in range(min(4, len(user_ids))):
+        retriever.recommend_live(user_index, 10)
+    retriever.similar_items(int(version.catalogue.movie_ids[0]), 10)
     return retriever
 
 
 def _background_priority() -> None:
     """The loader yields the CPU to request threads: a reload may take a little
-    longer, but it no longer competes with callers on a busy machine."""
+    longer, but it no longer competes with callers on a busy machine. Its
+    batched index searches use every core but one, which stays with the
+    request threads even while the loader is busy."""
     os.nice(19)
+    ann_index.faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+
+
+# Arrays at least this large cross from the helper as files the serving
+# process maps, not as pickled bytes.
+HANDOFF_MIN_BYTES = 1 << 16
+
+
+class _HandoffPickler(pickle.Pickler):
+    """Writes each large numpy array to its own .npy file and pickles only its name.
+
+    Unpickling a 100 MB array holds the GIL for ~0.1 s in the serving process
+    (measured), which request threads feel; mapping a file holds it for
+    microseconds, and its pages are read on first touch.
+    """
+
+    def __init__(self, file, folder: str):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.folder = folder
+        self.count = 0
+
+    def persistent_id(self, obj):
+        if isinstance(obj, np.ndarray) and obj.dtype != object and obj.nbytes >= HANDOFF_MIN_BYTES:
+            self.count += 1
+            path = os.path.join(self.folder, f"{self.count}.npy")
+            np.save(path, np.ascontiguousarray(obj), allow_pickle=False)
+            return path
+        return None
+
+
+class _HandoffUnpickler(pickle.Unpickler):
+    def persistent_load(self, path):
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        os.unlink(path)  # the mapping keeps the data; nothing is left behind on disk
+        return mapped.view(np.ndarray)
+
+
+def _validate_for_handoff(path: str, ranking_budget_bytes: int) -> tuple[str, bytes]:
+    """Runs in the helper: validates, then hands the result over through a temp folder."""
+    folder = tempfile.mkdtemp(prefix="movierec-handoff-")
+    try:
+        buffer = io.BytesIO()
+        _HandoffPickler(buffer, folder).dump(validate_version(path, ranking_budget_bytes))
+        return folder, buffer.getvalue()
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hands the helper's freed heap back to the system between versions (glibc keeps it otherwise)."""
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class IsolatedLoader:
@@ -116,13 +341,16 @@ class IsolatedLoader:
     milliseconds, which in-process would stall request threads (the reload
     p99); a crash inside TensorFlow on a corrupt file would take the server
     down. In a helper process at the lowest CPU priority neither reaches the
-    requests: only the validated arrays come back, pickled.
+    requests. What comes back is flat arrays, handed over as files this
+    process maps (see :class:`_HandoffPickler`), and never the item vectors of
+    a version with an index: this process reads the index file itself.
     """
 
-    def __init__(self):
+    def __init__(self, ranking_budget_bytes: int = RANKING_BUDGET_BYTES):
         self._pool = None
+        self.ranking_budget_bytes = ranking_budget_bytes
 
-    def __call__(self, path: str) -> tuple[artifact_format.ModelArtifact, dict[str, Any]]:
+    def __call__(self, path: str) -> ValidatedVersion:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -131,10 +359,14 @@ class IsolatedLoader:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_background_priority)
         try:
-            return self._pool.submit(validate_version, path).result()
+            folder, data = self._pool.submit(_validate_for_handoff, path, self.ranking_budget_bytes).result()
         except BrokenProcessPool as exc:
             self._pool = None
             raise artifact_format.ArtifactError("the loader process died while loading this version") from exc
+        try:
+            return _HandoffUnpickler(io.BytesIO(data)).load()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -215,14 +447,19 @@ class ModelRegistry:
         self._set_state(version, LOADING, fingerprint=fingerprint)
         started = time.monotonic()
         try:
-            artifact, metadata = self._validate(path)
-            retriever = warmed_retriever(artifact)
+            validated = self._validate(path)
+            if folder_fingerprint(path) != fingerprint:
+                raise artifact_format.ArtifactError("the folder changed while it was validated; "
+                                                    "it will be checked again")
+            retriever = warmed_retriever(validated, path)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, artifact_format.ArtifactError) else f"{type(exc).__name__}: {exc}"
             self._set_state(version, REJECTED, reason=reason, fingerprint=fingerprint)
             event(log, "version rejected", logging.WARNING, version=version, reason=reason)
             return False
-        model = LoadedModel(version=version, retriever=retriever, metadata=metadata, loaded_at=time.time())
+        metadata = validated.metadata
+        model = LoadedModel(version=version, retriever=retriever, metadata=metadata, loaded_at=time.time(),
+                            serving=serving_facts(retriever, validated))
         previous = self._current
         self._current = model  # the swap: one reference assignment
         with self._lock:
@@ -231,7 +468,9 @@ class ModelRegistry:
         self._set_state(version, SERVING, fingerprint=fingerprint, model_kind=model.model_kind,
                         metrics=dict(metadata.get("metrics", {})))
         event(log, "version serving", version=version, previous=previous.version if previous else None,
-              model_kind=model.model_kind, load_seconds=round(time.monotonic() - started, 3))
+              model_kind=model.model_kind, backend=retriever.top_k.name, movies=retriever.num_items,
+              ranked_users=retriever.rankings.num_users, load_seconds=round(time.monotonic() - started, 3),
+              **{name: value for name, value in validated.smoke.items()})
         self._marker_written = 0.0
         self.on_change(model)
         return True

@@ -135,3 +135,66 @@ def test_registry_pinned_version_wins_over_newer(tmp_path):
     registry = ModelRegistry(str(root), pinned_version=2)
     registry.poll_once()
     assert registry.current().version == 2
+
+
+def test_registry_serves_a_version_with_an_index_through_the_index(tmp_path):
+    from movierec_common import ann_index
+    from recommender_service.retrieval import FaissIVF
+
+    art = tiny_artifact(users=40, items=200, seed=4)
+    files, retrieval = ann_index.files_for_version(art.item_vectors, art.user_vectors, min_items=100)
+    publish(str(tmp_path / "models"), art, {**METADATA, "retrieval": retrieval}, files)
+    registry = ModelRegistry(str(tmp_path / "models"))
+    registry.poll_once()
+    model = registry.current()
+    assert model is not None and model.version == 1, registry.status()[1]
+    assert isinstance(model.retriever.top_k, FaissIVF)
+    assert model.serving["serving_ann"] == 1.0 and model.serving["serving_smoke_recall_at_10"] >= 0.8
+    for user in range(art.num_users):
+        items = model.retriever.recommend(art.user_ids[user], 10).items
+        assert len({s.movie_id for s in items}) == 10
+        assert not set(s.movie_id for s in items) & set(art.movie_ids[art.seen_items(user)].tolist())
+
+
+def test_the_loader_hands_arrays_over_as_mapped_files_and_leaves_none_behind(tmp_path):
+    import io
+    import os
+
+    from recommender_service.registry import _HandoffPickler, _HandoffUnpickler, validate_version
+
+    root = tmp_path / "models"
+    publish(str(root), tiny_artifact(users=300, items=500, seed=2), METADATA)
+    validated = validate_version(str(root / "1"))
+    folder = tmp_path / "handoff"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    pickler = _HandoffPickler(buffer, str(folder))
+    pickler.dump(validated)
+    assert pickler.count >= 1 and len(buffer.getvalue()) < 100_000
+    received = _HandoffUnpickler(io.BytesIO(buffer.getvalue())).load()
+    assert os.listdir(folder) == []
+    np.testing.assert_array_equal(received.rankings.indices, validated.rankings.indices)
+    assert received.catalogue.titles.tolist() == validated.catalogue.titles.tolist()
+    assert not received.rankings.indices.flags.writeable  # served straight from the mapping
+
+
+def test_the_smoke_test_holds_an_approximate_backend_to_the_exact_signature(tmp_path):
+    from recommender_service.registry import _smoke_test
+    from recommender_service.retrieval import BruteForce
+
+    class Honest(BruteForce):
+        exact = False
+
+    class Worst(Honest):
+        """k distinct unseen movies with their true scores: the worst ones."""
+
+        def top_k(self, query, k, exclude=np.zeros(0, np.int32)):
+            found, _ = super().top_k(-query, k, exclude)
+            return found, self._items[found] @ query
+
+    art = tiny_artifact(users=30, items=300, seed=6)
+    publish(str(tmp_path / "models"), art, METADATA)
+    loaded, module = artifact_format.load(str(tmp_path / "models" / "1"))
+    assert _smoke_test(Retriever(art, Honest(art.item_vectors)), loaded, module)["smoke_recall_at_10"] == 1.0
+    with pytest.raises(artifact_format.ArtifactError, match="approximate index finds 0.00 of"):
+        _smoke_test(Retriever(art, Worst(art.item_vectors)), loaded, module)
