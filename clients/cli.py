@@ -27,10 +27,13 @@ from .errors import ConfigurationError, InvalidArgument, MovieRecError
 from movierec.v1 import trainer_pb2
 
 from .types import HYPERPARAMETERS, Job, ModelStatus, Recommendations, SimilarItems
+from trainer_service import synth  # numpy only: the generator runs locally, without TensorFlow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend")  # the trainer lists all it knows
 HOLDOUTS = ("random", "last_n_per_user", "ua", "ub", "u1", "u2", "u3", "u4", "u5")
+DATASET_NAMES = ("movielens/100k-ratings", "movielens/1m-ratings", "movielens/20m-ratings",
+                 "movielens/25m-ratings", "movielens/latest-small-ratings")  # the trainer lists all it knows
 
 
 # --------------------------------------------------------------------------- entry point
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
     similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
     command("status", cmd_status, "what the recommender is serving")
+
+    # Local work, no server: no connection options.
+    synth_help = "write a synthetic dataset in MovieLens 25M's format (ratings.csv, movies.csv)"
+    synth_command = commands.add_parser("synth", help=synth_help, description=synth_help)
+    synth.add_arguments(synth_command)
+    synth_command.set_defaults(handler=cmd_synth)
     return parser
 
 
@@ -162,8 +171,12 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
 def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--model", required=True, help=f"model kind, e.g. {', '.join(MODEL_KINDS)}")
     data = train.add_argument_group("data (paths relative to the trainer's data root; default MovieLens 100K)")
-    data.add_argument("--ratings", metavar="FILE", help="ratings in GroupLens u.data format")
-    data.add_argument("--items", metavar="FILE", help="movies in GroupLens u.item format")
+    data.add_argument("--ratings", metavar="FILE",
+                      help="ratings in any GroupLens layout: u.data, ratings.dat or ratings.csv")
+    data.add_argument("--items", metavar="FILE",
+                      help="movies in any GroupLens layout: u.item, movies.dat or movies.csv")
+    data.add_argument("--dataset", metavar="NAME",
+                      help=f"a MovieLens release instead of files: {', '.join(DATASET_NAMES)}")
     hp = train.add_argument_group("training (unset = the model kind's default)")
     hp.add_argument("--epochs", type=_positive_int, help="at most N epochs (early stopping may end sooner)")
     for name in HYPERPARAMETERS:  # one flag per proto field, so new fields need no CLI change
@@ -237,6 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             ratings_path=args.ratings,
             items_path=args.items,
+            dataset=args.dataset,
             hyperparameters=hyperparameters,
             holdout=args.holdout,
             holdout_size=args.holdout_size,
@@ -252,6 +266,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_json(job)
     else:
         print(f"job {job.id} {job.state}")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    try:
+        synth.run(args)
+    except ValueError as exc:  # sizes that cannot be met
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

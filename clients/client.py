@@ -254,6 +254,7 @@ class TrainerClient(_Client):
         epochs: int | None = None,
         ratings_path: str | None = None,
         items_path: str | None = None,
+        dataset: str | None = None,
         hyperparameters: Mapping[str, float] | None = None,
         holdout: str | None = None,
         holdout_size: int | None = None,
@@ -266,8 +267,11 @@ class TrainerClient(_Client):
     ) -> t.Job:
         """Queue a training job and return it at once (state ``QUEUED``).
 
-        ``None`` leaves a setting to the trainer's default. ``hyperparameters``
-        takes the names in ``clients.types.HYPERPARAMETERS``. Without an
+        ``None`` leaves a setting to the trainer's default. ``dataset`` names a
+        MovieLens release instead of files (``"movielens/1m-ratings"``,
+        ``"movielens/25m-ratings"``, ...; the trainer lists them when the name
+        is unknown). ``hyperparameters`` takes the names in
+        ``clients.types.HYPERPARAMETERS``. Without an
         ``idempotency_key`` a random one is sent, so gRPC's retries are safe;
         pass your own to make retries across program runs safe too.
         """
@@ -285,6 +289,7 @@ class TrainerClient(_Client):
             require_no_regression=require_no_regression,
             quality_gate_disabled=quality_gate_disabled,
         )
+        request.dataset.name = dataset or ""
         return t.job_from_proto(self._call("Train", self._stub.Train, request, timeout))
 
     def get_job(self, job_id: str, *, timeout: float | None = None) -> t.Job:

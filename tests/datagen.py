@@ -24,3 +24,23 @@ def write_grouplens_files(folder: Path, *, users: int = 60, items: int = 40, per
     titles[0] = "1|Misérables, Les (1995)|01-Jan-1995||http://example.invalid|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|1"
     (folder / "items.item").write_bytes(("\n".join(titles) + "\n").encode("latin-1"))
     return folder
+
+
+def write_movielens_dat_zip(path: Path, *, users: int = 60, movies: int = 50, ratings: int = 1200, seed: int = 0,
+                            top: str = "ml-1m") -> Path:
+    """A zip laid out like GroupLens's ml-1m.zip (``ml-1m/ratings.dat``, latin-1
+    ``movies.dat``, ``users.dat``), holding synthetic ratings with taste structure."""
+    import zipfile
+
+    from trainer_service import synth
+
+    data = synth.synthesize(users, movies, ratings, seed=seed)
+    rating_lines = [f"{u}::{m}::{max(1, s // 2)}::{t}" for u, m, s, t in
+                    zip(data.user_ids.tolist(), data.movie_ids.tolist(), data.stars.tolist(), data.timestamps.tolist())]
+    movie_lines = [f"{m}::Misérables {m}, Les (1995)::Drama" for m in data.catalogue.tolist()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{top}/ratings.dat", "\n".join(rating_lines) + "\n")
+        archive.writestr(f"{top}/movies.dat", ("\n".join(movie_lines) + "\n").encode("latin-1"))
+        archive.writestr(f"{top}/users.dat", "".join(f"{u}::F::25::0::00000\n" for u in range(1, users + 1)))
+    return path

@@ -32,6 +32,9 @@ class TrainSpec:
     model: str
     ratings_path: str = ""
     items_path: str = ""
+    # A MovieLens release by name (data.DATASET_NAMES); "" = the default. Old
+    # job records, written before this field, load with the default.
+    dataset_name: str = ""
     epochs: int = 0
     hyperparameters: dict[str, float] = field(default_factory=dict)  # only the fields the caller set
     holdout: str = "random"

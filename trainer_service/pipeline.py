@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from movierec_common import ann_index
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import list_versions, version_dir
@@ -47,6 +48,8 @@ class TrainerConfig:
     queue_size: int = 4
     keep_versions: int = 5
     min_validation_recall_at_10: float = 0.0  # trainer-wide quality floor
+    ann_min_items: int = ann_index.MIN_ITEMS  # catalogues this large ship an approximate index
+    max_dataset_bytes: int = datasets.MAX_FILE_BYTES  # larger dataset files are refused unread
 
 
 def hyperparameters_for(spec: TrainSpec) -> Hyperparameters:
@@ -72,18 +75,29 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
         raise InvalidRequest("quality_gate.min_validation_recall_at_10 must be between 0 and 1")
     if bool(spec.ratings_path) != bool(spec.items_path):
         raise InvalidRequest("dataset.ratings_path and dataset.items_path go together: give both, or neither for MovieLens 100K")
+    if spec.dataset_name:
+        if spec.ratings_path:
+            raise InvalidRequest("give dataset.name or dataset.ratings_path and items_path, not both")
+        try:
+            release = datasets.release_named(spec.dataset_name)
+        except datasets.DatasetError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if spec.holdout in datasets.PREDEFINED_SPLITS and release is not datasets.ML_100K:
+            raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; use 'random' or "
+                                 f"'last_n_per_user' for {spec.dataset_name}")
     if spec.ratings_path:
         if not config.data_root:
             raise InvalidRequest("this trainer was started without --data-root, so it accepts no dataset paths")
         if spec.holdout in datasets.PREDEFINED_SPLITS:
             raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; use 'random' or 'last_n_per_user' for your own files")
-        _validate_dataset_files(spec, config.data_root)
+        _validate_dataset_files(spec, config)
 
 
-def _validate_dataset_files(spec: TrainSpec, data_root: str) -> None:
+def _validate_dataset_files(spec: TrainSpec, config: TrainerConfig) -> None:
+    """Small files are parsed now, so a malformed line is the caller's INVALID_ARGUMENT, not a failed job."""
     try:
-        if datasets.dataset_files_size(data_root, spec.ratings_path, spec.items_path) <= SYNC_VALIDATION_BYTES:
-            datasets.load_ratings_files(data_root, spec.ratings_path, spec.items_path)
+        if datasets.dataset_files_size(config.data_root, spec.ratings_path, spec.items_path) <= SYNC_VALIDATION_BYTES:
+            datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path, config.max_dataset_bytes)
     except datasets.DatasetError as exc:
         raise InvalidRequest(str(exc)) from exc
 
@@ -91,11 +105,13 @@ def _validate_dataset_files(spec: TrainSpec, data_root: str) -> None:
 def load_split(spec: TrainSpec, config: TrainerConfig) -> datasets.Split:
     seed = spec.seed or DEFAULT_SEED
     if spec.ratings_path:
-        ratings = datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path)
-        movielens_dir = None
+        ratings = datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path,
+                                              config.max_dataset_bytes)
     else:
-        ratings, movielens_dir = datasets.load_movielens_100k(config.movielens_dir)
-    return datasets.make_split(ratings, spec.holdout, spec.holdout_size, seed, movielens_dir)
+        ratings, _where = datasets.load_movielens(spec.dataset_name, config.movielens_dir,
+                                                  max_bytes=config.max_dataset_bytes)
+    # Predefined splits are read from the GroupLens 100K copy the ratings came from (ratings.grouplens_root).
+    return datasets.make_split(ratings, spec.holdout, spec.holdout_size, seed)
 
 
 def _quality_gate(spec: TrainSpec, config: TrainerConfig, validation_recall: float, split: datasets.Split) -> str:
@@ -218,7 +234,11 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
     }
     png = loss_plot_png(trained.loss_history, [v.get("recall_at_10", 0.0) for v in trained.validation_history],
                         f"{spec.model} ({job.id})")
-    version = publish(config.model_root, _artifact_for(split, trained.user_vectors, trained.item_vectors),
-                      metadata, {artifact_format.LOSS_PLOT_FILE: png}, should_stop=ctx.should_stop)
+    artifact = _artifact_for(split, trained.user_vectors, trained.item_vectors)
+    index_files, metadata["retrieval"] = ann_index.files_for_version(
+        artifact.item_vectors, artifact.user_vectors, min_items=config.ann_min_items, seed=seed)
+    ctx.check_cancelled()
+    version = publish(config.model_root, artifact, metadata, {artifact_format.LOSS_PLOT_FILE: png, **index_files},
+                      should_stop=ctx.should_stop)
     apply_retention(config.model_root, config.keep_versions)
     return {**outcome, "published": True, "model_version": version}

@@ -26,9 +26,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-versions", type=int, default=5, help="published versions to keep (0 = all)")
     parser.add_argument("--min-recall", type=float, default=0.0,
                         help="quality floor: refuse to publish below this validation Recall@10")
+    parser.add_argument("--ann-min-items", type=int, default=None,
+                        help="catalogues with at least this many movies ship an approximate (faiss) index; "
+                             "smaller ones are served exactly (default 100000)")
+    parser.add_argument("--max-dataset-bytes", type=_positive_int, default=None, metavar="BYTES",
+                        help="refuse dataset files larger than this, unread (default 2 GiB: fits ML-25M's ratings.csv)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     security.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 # Changing what is trained or published needs a token; reading job state does not.
@@ -56,6 +68,8 @@ def main(argv=None) -> None:
     config = TrainerConfig(
         model_root=args.model_root, data_root=args.data_root, movielens_dir=args.movielens_dir,
         queue_size=args.queue_size, keep_versions=args.keep_versions, min_validation_recall_at_10=args.min_recall,
+        **({} if args.ann_min_items is None else {"ann_min_items": args.ann_min_items}),
+        **({} if args.max_dataset_bytes is None else {"max_dataset_bytes": args.max_dataset_bytes}),
     )
     remove_stale_temp_folders(config.model_root)
     manager = JobManager(

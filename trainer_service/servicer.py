@@ -34,6 +34,8 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
     for name in ("ratings_path", "items_path"):
         if len(getattr(request.dataset, name)) > MAX_PATH_LENGTH:
             raise InvalidRequest(f"dataset.{name} is longer than {MAX_PATH_LENGTH} characters")
+    if len(request.dataset.name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"dataset.name is longer than {MAX_NAME_LENGTH} characters")
     if not request.model:
         raise InvalidRequest("model is required, e.g. 'two_tower'")
     for name, value in (("model", request.model), ("evaluation.holdout", request.evaluation.holdout)):
@@ -45,6 +47,7 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
         model=request.model,
         ratings_path=request.dataset.ratings_path,
         items_path=request.dataset.items_path,
+        dataset_name=request.dataset.name,
         epochs=request.epochs,
         hyperparameters=overrides,
         holdout=request.evaluation.holdout or "random",
@@ -60,7 +63,8 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
 def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
     return trainer_pb2.TrainRequest(
         model=spec.model,
-        dataset=trainer_pb2.DatasetSpec(ratings_path=spec.ratings_path, items_path=spec.items_path),
+        dataset=trainer_pb2.DatasetSpec(ratings_path=spec.ratings_path, items_path=spec.items_path,
+                                        name=spec.dataset_name),
         epochs=spec.epochs,
         hyperparameters=trainer_pb2.Hyperparameters(**spec.hyperparameters),
         evaluation=trainer_pb2.EvaluationSpec(holdout=spec.holdout, holdout_size=spec.holdout_size),

@@ -152,7 +152,9 @@ def test_a_1_gb_ratings_file_fails_its_job_not_the_server(tmp_path):
     data_root = write_grouplens_files(tmp_path / "data")
     with open(data_root / "huge.data", "wb") as handle:  # sparse: 1 GB without using the disk
         handle.truncate(1024 ** 3)
-    trainer = start_trainer(tmp_path / "models", tmp_path, "--data-root", str(data_root))
+    # The default limit (2 GiB) admits ML-25M; this trainer is started with a lower one.
+    trainer = start_trainer(tmp_path / "models", tmp_path, "--data-root", str(data_root),
+                            "--max-dataset-bytes", str(200 * 1000 ** 2))
     try:
         with TrainerClient(trainer.address, timeout=30) as tc:
             job = tc.wait_for_job(tc.train("two_tower", ratings_path="huge.data", items_path="items.item").id,

@@ -11,12 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("ratings_path", "items_path")
+    __slots__ = ("ratings_path", "items_path", "name")
     RATINGS_PATH_FIELD_NUMBER: _ClassVar[int]
     ITEMS_PATH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     ratings_path: str
     items_path: str
-    def __init__(self, ratings_path: _Optional[str] = ..., items_path: _Optional[str] = ...) -> None: ...
+    name: str
+    def __init__(self, ratings_path: _Optional[str] = ..., items_path: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("embedding_dim", "batch_size", "learning_rate", "dropout_rate", "num_negatives", "weight_decay", "temperature", "patience", "validation_size", "hidden_dim", "l2_lambda", "blend_weight")
