@@ -65,6 +65,7 @@ class Release:
     title: str
     files: tuple[str, str]  # ratings and movies file names
     tfds_name: str = ""     # tensorflow-datasets config, when TFDS has it
+    movies: int = 0         # catalogue size as published (0: changes between copies), for refusing early
 
     @property
     def url(self) -> str:
@@ -72,14 +73,14 @@ class Release:
 
 
 _100K_FILES, _DAT_FILES, _CSV_FILES = ("u.data", "u.item"), ("ratings.dat", "movies.dat"), ("ratings.csv", "movies.csv")
-ML_100K = Release("ml-100k", "MovieLens 100K", _100K_FILES, "movielens/100k-ratings")
+ML_100K = Release("ml-100k", "MovieLens 100K", _100K_FILES, "movielens/100k-ratings", 1_682)
 RELEASES = (
     ML_100K,
-    Release("ml-1m", "MovieLens 1M", _DAT_FILES, "movielens/1m-ratings"),
-    Release("ml-10m", "MovieLens 10M", _DAT_FILES),
-    Release("ml-20m", "MovieLens 20M", _CSV_FILES, "movielens/20m-ratings"),
-    Release("ml-25m", "MovieLens 25M", _CSV_FILES, "movielens/25m-ratings"),
-    Release("ml-latest-small", "MovieLens latest (small)", _CSV_FILES, "movielens/latest-small-ratings"),
+    Release("ml-1m", "MovieLens 1M", _DAT_FILES, "movielens/1m-ratings", 3_883),
+    Release("ml-10m", "MovieLens 10M", _DAT_FILES, "", 10_681),
+    Release("ml-20m", "MovieLens 20M", _CSV_FILES, "movielens/20m-ratings", 27_278),
+    Release("ml-25m", "MovieLens 25M", _CSV_FILES, "movielens/25m-ratings", 62_423),
+    Release("ml-latest-small", "MovieLens latest (small)", _CSV_FILES, "movielens/latest-small-ratings", 9_742),
     Release("ml-latest", "MovieLens latest", _CSV_FILES),
 )
 # What a TrainRequest's dataset.name may ask for.
@@ -406,6 +407,17 @@ def dataset_files_size(data_root: str, *relative_paths: str) -> int:
     """
     reader = _FolderReader(data_root)
     return sum(reader.resolve(path).stat().st_size for path in relative_paths)
+
+
+def items_file_movies(data_root: str, items_path: str, max_bytes: int = MAX_FILE_BYTES) -> int:
+    """Movies in an items file, counted by its lines without parsing it.
+
+    Cheap enough for the Train call, so a request that cannot fit (a
+    closed-form kind on a huge catalogue) is refused before it is queued. A
+    quoted title spanning lines would be over-counted, which only matters
+    within a line of a kind's bound; the training itself checks exactly.
+    """
+    return formats.count_items(_FolderReader(data_root, max_bytes).read(items_path), items_path)
 
 
 # --------------------------------------------------------------------------- GroupLens copies

@@ -195,6 +195,13 @@ def parse_ratings(content: bytes, name: str) -> RatingColumns:
     return parsed
 
 
+def count_items(content: bytes, name: str) -> int:
+    """Non-blank lines of an items file less its header: its movies, without parsing them."""
+    lines = sum(1 for line in content.split(b"\n") if line.strip())
+    layout = detect_items_layout(content, name)
+    return max(0, lines - int(bool(layout.header) and _has_header(_first_line(content), layout)))
+
+
 def parse_items(content: bytes, name: str) -> Catalogue:
     """Movies in any GroupLens layout, keyed by id; titles keep their spelling."""
     _require_content(content, name)

@@ -25,7 +25,7 @@ from trainer_service.job_manager import JobContext
 from trainer_service.jobs import JobRecord, TrainSpec
 from trainer_service.plots import loss_plot_png
 from trainer_service.publisher import apply_retention, publish
-from trainer_service.training import EpochReport, train_model
+from trainer_service.training import CLOSED_FORM_KINDS, EpochReport, catalogue_refusal, train_model
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
         raise InvalidRequest("quality_gate.min_validation_recall_at_10 must be between 0 and 1")
     if bool(spec.ratings_path) != bool(spec.items_path):
         raise InvalidRequest("dataset.ratings_path and dataset.items_path go together: give both, or neither for MovieLens 100K")
+    movies = datasets.ML_100K.movies
     if spec.dataset_name:
         if spec.ratings_path:
             raise InvalidRequest("give dataset.name or dataset.ratings_path and items_path, not both")
@@ -85,21 +86,33 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
         if spec.holdout in datasets.PREDEFINED_SPLITS and release is not datasets.ML_100K:
             raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; use 'random' or "
                                  f"'last_n_per_user' for {spec.dataset_name}")
+        movies = release.movies
     if spec.ratings_path:
         if not config.data_root:
             raise InvalidRequest("this trainer was started without --data-root, so it accepts no dataset paths")
         if spec.holdout in datasets.PREDEFINED_SPLITS:
             raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; use 'random' or 'last_n_per_user' for your own files")
-        _validate_dataset_files(spec, config)
+        movies = _validate_dataset_files(spec, config)
+    # Known catalogue sizes refuse a kind that cannot fit now; otherwise the job fails before training.
+    refusal = catalogue_refusal(spec.model, movies)
+    if refusal:
+        raise InvalidRequest(refusal)
 
 
-def _validate_dataset_files(spec: TrainSpec, config: TrainerConfig) -> None:
-    """Small files are parsed now, so a malformed line is the caller's INVALID_ARGUMENT, not a failed job."""
+def _validate_dataset_files(spec: TrainSpec, config: TrainerConfig) -> int:
+    """Small files are parsed now, so a malformed line is the caller's INVALID_ARGUMENT, not a failed job.
+
+    Returns the catalogue's size where it matters now (closed-form kinds have a bound), else 0.
+    """
     try:
         if datasets.dataset_files_size(config.data_root, spec.ratings_path, spec.items_path) <= SYNC_VALIDATION_BYTES:
-            datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path, config.max_dataset_bytes)
+            return datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path,
+                                               config.max_dataset_bytes).n_items
+        if spec.model in CLOSED_FORM_KINDS:
+            return datasets.items_file_movies(config.data_root, spec.items_path, config.max_dataset_bytes)
     except datasets.DatasetError as exc:
         raise InvalidRequest(str(exc)) from exc
+    return 0
 
 
 def load_split(spec: TrainSpec, config: TrainerConfig) -> datasets.Split:

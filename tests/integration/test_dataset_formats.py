@@ -88,3 +88,24 @@ def test_the_command_line_sends_the_dataset_name(stack, capsys):
                      "--holdout-size", "2", "--watch"])
     assert code == cli.EXIT_OK, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["state"] == "SUCCEEDED"
+
+
+def test_closed_form_kinds_are_refused_at_train_time_when_the_catalogue_is_too_large(stack):
+    """Named releases, small files (parsed) and large files (movies counted) are all refused before queueing."""
+    tc, model_root = stack
+    with pytest.raises(InvalidArgument) as caught:
+        tc.train("dlae", dataset="movielens/25m-ratings")
+    assert "62,423" in caught.value.details
+    assert "Kinds that fit this catalogue: two_tower, two_tower_dropout, bpr" in caught.value.details
+    jobs_before = len(tc.list_jobs())
+    for folder, pad_to in (("wide", 0), ("wide-large", 20 * 1024 * 1024)):
+        target = model_root.parent / "data" / folder
+        synth.generate(target, users=40, movies=25_000, ratings=400, seed=7)
+        if pad_to:  # beyond the size parsed inside Train: only the movies are counted
+            with open(target / "ratings.csv", "r+b") as handle:
+                handle.truncate(pad_to)
+        with pytest.raises(InvalidArgument) as caught:
+            tc.train("ease", ratings_path=f"{folder}/ratings.csv", items_path=f"{folder}/movies.csv")
+        assert "at most 20,000 movies; this dataset has 25,000" in caught.value.details
+        assert "two_tower" in caught.value.details
+    assert len(tc.list_jobs()) == jobs_before  # nothing was queued
