@@ -325,7 +325,7 @@ def test_train_requests_with_bad_dataset_names_are_refused(tmp_path, spec, expec
 
 def test_valid_dataset_names_pass_validation_without_loading(tmp_path):
     for name in data_module.DATASET_NAMES:
-        validate_spec(TrainSpec(model="ease", dataset_name=name), TrainerConfig(model_root=str(tmp_path)))
+        validate_spec(TrainSpec(model="two_tower", dataset_name=name), TrainerConfig(model_root=str(tmp_path)))
     validate_spec(TrainSpec(model="ease", dataset_name="movielens/100k-ratings", holdout="ua"),
                   TrainerConfig(model_root=str(tmp_path)))
 

@@ -1,0 +1,35 @@
+"""The scale benchmark runs end to end on a tiny budget, so it cannot rot (speed is never judged here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import scale
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_scale_benchmark_trains_publishes_serves_from_the_index_and_reports(tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    assert scale.main(["--tiny", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    a, b = report["a"], report["b"]
+    # (a): trained through the trainer, published with a faiss index, served from it.
+    assert a["index"]["backend"] == "faiss" and a["index"]["nlist"] > 0
+    assert a["train"]["epochs_run"] == 1 and a["train"]["ratings_per_s"] > 0
+    check = a["recall_vs_serving_default"]
+    assert check["errors"] == 0 and check["answers_not_k_distinct"] == 0
+    assert check["recall_at_10"] >= 0.95
+    for level in ("1", "32"):
+        assert a["latency"][level]["errors"] == 0 and a["latency"][level]["calls"] > 0
+    assert a["reload_calls"]["errors"] == 0
+    assert a["memory"]["steady"]["total_mb"] > 0 and a["memory"]["reload_ratio_total"] > 0
+    # (b): parsed in its own process, trained, compared with popularity.
+    assert b["parse"]["ratings"] == scale.TINY_SIZES["b"]["ratings"]
+    assert len(b["train"]["epochs"]) >= 1 and b["train"]["popularity_recall_at_10"] > 0
+    names = [row["name"] for row in report["targets"]]
+    assert len(names) == 8
+    table = capsys.readouterr().out
+    assert "recall@10 vs exact" in table and "Targets:" in table and str(out) in table
