@@ -4,6 +4,7 @@ movierec_common.launch)."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from movierec_common.launch import ServerProcess as _Launched
@@ -25,3 +26,14 @@ def start_recommender(model_root: Path, log_dir: Path, *extra: str) -> ServerPro
     return ServerProcess("recommender_service.server",
                          ["--model-root", str(model_root), "--poll-seconds", "0.5", *extra],
                          log_dir / "recommender.log").start(60)
+
+
+def rejection_reason(rc, version: int, timeout: float = 60.0) -> str:
+    """Waits until the recommender behind ``rc`` lists ``version`` as REJECTED; returns why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for info in rc.model_status().versions:
+            if info.version == version and info.state == "REJECTED":
+                return info.reason
+        time.sleep(0.1)
+    raise AssertionError(f"version {version} was not rejected within {timeout}s")

@@ -19,7 +19,7 @@ from clients import RecommenderClient
 from movierec_common import artifact as artifact_format
 from movierec_common.tfenv import tensorflow
 from tests.artifacts import tiny_artifact
-from tests.servers import start_recommender
+from tests.servers import rejection_reason, start_recommender
 from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
@@ -105,14 +105,6 @@ def _rejections_in_log(log_path, version: int) -> int:
     return count
 
 
-def _reason(rc: RecommenderClient, version: int, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for info in rc.model_status().versions:
-            if info.version == version and info.state == "REJECTED":
-                return info.reason
-        time.sleep(0.1)
-    raise AssertionError(f"version {version} was not rejected")
 
 
 def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
@@ -157,7 +149,7 @@ def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
             with CallLoop(recommender.address) as loop:
                 for offset, (make, fragment) in enumerate(cases, start=2):
                     make(offset)
-                    reason = _reason(rc, offset)
+                    reason = rejection_reason(rc, offset, timeout=30.0)
                     assert fragment in reason, reason
                     bad_versions[offset] = reason
                 time.sleep(3)  # several polls: nothing is retried while the folders stay the same

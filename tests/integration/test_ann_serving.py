@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from movierec_common import ann_index
 from movierec_common import artifact as artifact_format
 from movierec_common.tfenv import tensorflow
 from tests.artifacts import clustered_artifact
-from tests.servers import start_recommender
+from tests.servers import rejection_reason, start_recommender
 from trainer_service.publisher import publish
 
 K = 10
@@ -103,14 +102,6 @@ def _copy(root, good: int, version: int):
     return tmp
 
 
-def _rejection(rc: RecommenderClient, version: int, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for info in rc.model_status().versions:
-            if info.version == version and info.state == "REJECTED":
-                return info.reason
-        time.sleep(0.1)
-    pytest.fail(f"version {version} was not rejected within {timeout}s")
 
 
 def _rewrite_manifest(folder) -> None:
@@ -160,7 +151,7 @@ def test_bad_index_files_are_rejected_while_the_good_version_keeps_serving(ann_s
             tmp = _copy(root, good, version)
             damage(tmp)
             tmp.rename(root / str(version))
-            reason = _rejection(rc, version)
+            reason = rejection_reason(rc, version)
             assert fragment in reason, reason
             assert rc.recommend("1", k=K).model_version == good
         status = rc.model_status()
