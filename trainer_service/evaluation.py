@@ -26,6 +26,11 @@ _MAX_CHUNK_USERS = 512
 # which of several movies tied exactly at the k-th place gets in may differ).
 _FULL_SORT_MAX_ITEMS = 50_000
 _SAMPLE_SEED = 0
+# The score budget of a job's held-out evaluation: every user up to ML-25M's
+# 10^10 pairs would take minutes, so 2 x 10^9 scores (all of MovieLens 100K
+# and 1M, 32k users of ML-25M, 2,000 users of a million-movie catalogue) is
+# what a job reports on; ``users_evaluated`` says how many.
+EVALUATION_MAX_SCORES = 2_000_000_000
 
 
 def _sample_users(evaluated: np.ndarray, n_items: int, max_scores: int | None) -> np.ndarray:

@@ -19,7 +19,7 @@ from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import list_versions, version_dir
 from trainer_service import data as datasets
-from trainer_service.evaluation import evaluate_scores, popularity_vectors
+from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_scores, popularity_vectors
 from trainer_service.hyperparams import MODEL_KINDS, Hyperparameters, resolve_hyperparameters
 from trainer_service.job_manager import JobContext
 from trainer_service.jobs import JobRecord, TrainSpec
@@ -202,8 +202,10 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
     trained = train_model(spec.model, split, hp, seed, on_epoch=on_epoch, should_stop=ctx.should_stop)
     ctx.report(phase="evaluating")
     train_csr, test_csr = split.train_csr(), split.test_csr()
-    metrics = evaluate_scores(trained.user_vectors, trained.item_vectors, train_csr, test_csr)
-    baseline = evaluate_scores(*popularity_vectors(train_csr, split.data.n_items), train_csr, test_csr)
+    metrics = evaluate_scores(trained.user_vectors, trained.item_vectors, train_csr, test_csr,
+                              max_scores=EVALUATION_MAX_SCORES)
+    baseline = evaluate_scores(*popularity_vectors(train_csr, split.data.n_items), train_csr, test_csr,
+                               max_scores=EVALUATION_MAX_SCORES)
     validation_recall = float(trained.validation_metrics.get("recall_at_10", 0.0))
     metrics.update(
         validation_recall_at_10=validation_recall,
