@@ -20,7 +20,7 @@ Every figure is reproducible offline: the data comes from ``movierec-synth``
   ``trainer_service.evaluation.EVALUATION_MAX_SCORES``, as jobs are).
 
 Each heavy step runs in its own process so peak memory is its own. Run
-``python benchmarks/scale.py`` (about 30-40 minutes on 2 cores; ``--part a``
+``python benchmarks/scale.py`` (about 30 minutes on 2 cores; ``--part a``
 or ``--part b`` for one half, ``--tiny`` for a minute-long smoke run). It
 prints a table and writes JSON to ``--out``.
 """
