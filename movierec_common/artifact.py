@@ -44,17 +44,15 @@ class ArtifactError(ValueError):
     """A version folder that cannot be served; the message says why."""
 
 
-@dataclass(frozen=True)
-class ModelArtifact:
-    user_ids: np.ndarray        # [U] str
-    user_vectors: np.ndarray    # [U, d] float32
-    movie_ids: np.ndarray       # [I] int64
-    titles: np.ndarray          # [I] str
-    item_vectors: np.ndarray    # [I, d] float32
-    seen_indptr: np.ndarray     # [U + 1] int64
-    seen_indices: np.ndarray    # [nnz] int32, item indices
-    popularity: np.ndarray      # [I] float32, training interaction counts
-    extra: dict[str, Any] = field(default_factory=dict)
+class UserMovieIndex:
+    """Sizes and per-user seen lists of anything holding ``user_ids``, ``movie_ids``
+    and a CSR of seen movies (``seen_indptr``, ``seen_indices``): the artifact,
+    and the serving side's derived catalogue."""
+
+    user_ids: np.ndarray
+    movie_ids: np.ndarray
+    seen_indptr: np.ndarray
+    seen_indices: np.ndarray
 
     @property
     def num_users(self) -> int:
@@ -66,6 +64,19 @@ class ModelArtifact:
 
     def seen_items(self, user_index: int) -> np.ndarray:
         return self.seen_indices[self.seen_indptr[user_index] : self.seen_indptr[user_index + 1]]
+
+
+@dataclass(frozen=True)
+class ModelArtifact(UserMovieIndex):
+    user_ids: np.ndarray        # [U] str
+    user_vectors: np.ndarray    # [U, d] float32
+    movie_ids: np.ndarray       # [I] int64
+    titles: np.ndarray          # [I] str
+    item_vectors: np.ndarray    # [I, d] float32
+    seen_indptr: np.ndarray     # [U + 1] int64
+    seen_indices: np.ndarray    # [nnz] int32, item indices
+    popularity: np.ndarray      # [I] float32, training interaction counts
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raises ArtifactError unless every array is consistent with the others."""

@@ -27,7 +27,7 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-from movierec_common.artifact import ModelArtifact
+from movierec_common.artifact import ModelArtifact, UserMovieIndex
 
 
 class Scored(NamedTuple):
@@ -346,7 +346,7 @@ class Titles:
 
 
 @dataclass(frozen=True)
-class Catalogue:
+class Catalogue(UserMovieIndex):
     """Everything a Retriever needs besides the item vectors (its TopK holds those).
 
     Derived once per version in the loader process, so the serving process
@@ -384,17 +384,6 @@ class Catalogue:
             popular_share=share,
             movie_order=np.argsort(artifact.movie_ids, kind="stable").astype(np.int32),
         )
-
-    @property
-    def num_users(self) -> int:
-        return int(self.user_ids.shape[0])
-
-    @property
-    def num_items(self) -> int:
-        return int(self.movie_ids.shape[0])
-
-    def seen_items(self, user_index: int) -> np.ndarray:
-        return self.seen_indices[self.seen_indptr[user_index]:self.seen_indptr[user_index + 1]]
 
 
 # Each ranked user's best PRECOMPUTED_TOP unseen movies are computed once per
