@@ -183,7 +183,7 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
         validation_metrics=supervisor.history[best - 1] if best else {},
         epochs_run=len(supervisor.losses), best_epoch=best,
         train_seconds=time.monotonic() - started, hyperparameters=hp, validation_split=validation.name,
-        extra={"softmax": "sampled" if getattr(model, "sampled", False) else "full"} if kind != "bpr" else {},
+        extra={"softmax": "sampled" if model.sampled else "full"} if isinstance(model, models.TwoTowerModel) else {},
     )
 
 
@@ -320,7 +320,9 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
 # The closed-form kinds hold a few dense I x I float64 matrices: 20k movies is
 # about 3.2 GB each, the most one request may ask of this machine.
 MAX_CLOSED_FORM_ITEMS = 20_000
-CLOSED_FORM_KINDS = ("ease", "dlae", "ease_blend")
+# Kinds that train in closed form instead of through the neural fit loop.
+_CLOSED_FORM_TRAINERS = {"ease": _train_ease, "dlae": _train_dlae, "ease_blend": _train_ease_blend}
+CLOSED_FORM_KINDS = tuple(_CLOSED_FORM_TRAINERS)
 
 
 def catalogue_refusal(kind: str, n_items: int) -> str:
@@ -338,12 +340,11 @@ def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
     """Train ``kind`` on ``split``'s training ratings and export user/item vectors."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
-    closed_form = {"ease": _train_ease, "dlae": _train_dlae, "ease_blend": _train_ease_blend}
     refusal = catalogue_refusal(kind, split.data.n_items)
     if refusal:
         raise ValueError(refusal)
     started = time.monotonic()
     tf.keras.utils.set_random_seed(seed)
     validation = carve_validation(split, hparams.validation_size, seed)
-    trainer = closed_form.get(kind, _train_neural)
+    trainer = _CLOSED_FORM_TRAINERS.get(kind, _train_neural)
     return trainer(kind, split, validation, hparams, seed, on_epoch, should_stop, started)
