@@ -184,6 +184,8 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
         hp.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int if is_int else float,
                         help=_HYPERPARAMETER_HELP.get(name))
     hp.add_argument("--seed", type=_positive_int)
+    hp.add_argument("--workers", type=_positive_int,
+                    help="data-parallel workers on Ray (at most the trainer's --workers; default: that number)")
     ev = train.add_argument_group("evaluation and publishing")
     ev.add_argument("--holdout", help=f"held-out split: {', '.join(HOLDOUTS)} (default random)")
     ev.add_argument("--holdout-size", type=_positive_int, help="ratings held out per user (default 10)")
@@ -258,6 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             min_validation_recall_at_10=args.min_recall,
             require_no_regression=args.require_no_regression,
+            workers=args.workers,
             quality_gate_disabled=args.no_quality_gate,
         )
         if args.watch:

@@ -263,6 +263,7 @@ class TrainerClient(_Client):
         min_validation_recall_at_10: float | None = None,
         require_no_regression: bool = False,
         quality_gate_disabled: bool = False,
+        workers: int | None = None,
         timeout: float | None = None,
     ) -> t.Job:
         """Queue a training job and return it at once (state ``QUEUED``).
@@ -274,6 +275,8 @@ class TrainerClient(_Client):
         ``clients.types.HYPERPARAMETERS``. Without an
         ``idempotency_key`` a random one is sent, so gRPC's retries are safe;
         pass your own to make retries across program runs safe too.
+        ``workers`` asks for that many data-parallel workers (at most the
+        trainer's ``--workers``; ``None`` takes the trainer's own number).
         """
         request = t.train_request(
             model,
@@ -288,6 +291,7 @@ class TrainerClient(_Client):
             min_validation_recall_at_10=min_validation_recall_at_10,
             require_no_regression=require_no_regression,
             quality_gate_disabled=quality_gate_disabled,
+            workers=workers,
         )
         request.dataset.name = dataset or ""
         return t.job_from_proto(self._call("Train", self._stub.Train, request, timeout))

@@ -311,6 +311,7 @@ def train_request(
     min_validation_recall_at_10: float | None = None,
     require_no_regression: bool = False,
     quality_gate_disabled: bool = False,
+    workers: int | None = None,
 ) -> trainer_pb2.TrainRequest:
     """Build a TrainRequest; ``None`` means "the server's default" (proto zero)."""
     unknown = sorted(set(hyperparameters or {}) - set(HYPERPARAMETERS))
@@ -334,6 +335,7 @@ def train_request(
                 require_no_regression=require_no_regression,
                 disabled=quality_gate_disabled,
             ),
+            workers=workers or 0,
         )
     except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
         raise ConfigurationError(f"invalid training request: {exc}") from exc

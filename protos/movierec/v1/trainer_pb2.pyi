@@ -67,7 +67,7 @@ class QualityGate(_message.Message):
     def __init__(self, min_validation_recall_at_10: _Optional[float] = ..., require_no_regression: _Optional[bool] = ..., disabled: _Optional[bool] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model", "dataset", "epochs", "hyperparameters", "evaluation", "seed", "idempotency_key", "quality_gate")
+    __slots__ = ("model", "dataset", "epochs", "hyperparameters", "evaluation", "seed", "idempotency_key", "quality_gate", "workers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class TrainRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_GATE_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     dataset: DatasetSpec
     epochs: int
@@ -84,7 +85,8 @@ class TrainRequest(_message.Message):
     seed: int
     idempotency_key: str
     quality_gate: QualityGate
-    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., epochs: _Optional[int] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., quality_gate: _Optional[_Union[QualityGate, _Mapping]] = ...) -> None: ...
+    workers: int
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., epochs: _Optional[int] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., quality_gate: _Optional[_Union[QualityGate, _Mapping]] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("phase", "epoch", "total_epochs", "step", "steps_per_epoch", "loss", "elapsed_seconds", "validation")
