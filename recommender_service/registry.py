@@ -458,8 +458,9 @@ class ModelRegistry:
             event(log, "version rejected", logging.WARNING, version=version, reason=reason)
             return False
         metadata = validated.metadata
+        load_seconds = round(time.monotonic() - started, 3)
         model = LoadedModel(version=version, retriever=retriever, metadata=metadata, loaded_at=time.time(),
-                            serving=serving_facts(retriever, validated))
+                            serving={**serving_facts(retriever, validated), "serving_load_seconds": load_seconds})
         previous = self._current
         self._current = model  # the swap: one reference assignment
         with self._lock:
@@ -469,7 +470,7 @@ class ModelRegistry:
                         metrics=dict(metadata.get("metrics", {})))
         event(log, "version serving", version=version, previous=previous.version if previous else None,
               model_kind=model.model_kind, backend=retriever.top_k.name, movies=retriever.num_items,
-              ranked_users=retriever.rankings.num_users, load_seconds=round(time.monotonic() - started, 3),
+              ranked_users=retriever.rankings.num_users, load_seconds=load_seconds,
               **{name: value for name, value in validated.smoke.items()})
         self._marker_written = 0.0
         self.on_change(model)
