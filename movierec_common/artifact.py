@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from movierec_common import model_root
 from movierec_common.tfenv import tensorflow
 
 METADATA_FILE = "metadata.json"
@@ -217,14 +218,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_metadata(version_dir: str) -> dict[str, Any]:
-    """Reads metadata.json, the completeness marker of a version folder."""
-    tf = tensorflow()
-    path = f"{version_dir.rstrip('/')}/{METADATA_FILE}"
-    if not tf.io.gfile.exists(path):
-        raise ArtifactError(f"{METADATA_FILE} is missing (the version was not completely published)")
+    """Reads metadata.json, the completeness marker of a version folder (local or remote)."""
+    path = model_root.join(version_dir, METADATA_FILE)
     try:
-        with tf.io.gfile.GFile(path, "r") as handle:
-            metadata = json.loads(handle.read())
+        raw = model_root.read_bytes(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{METADATA_FILE} is missing (the version was not completely published)") from None
+    try:
+        metadata = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{METADATA_FILE} is not valid JSON: {exc}") from exc
     if not isinstance(metadata, dict) or metadata.get("format_version") != FORMAT_VERSION:
@@ -240,22 +241,18 @@ def file_manifest(version_dir: str) -> dict[str, dict[str, Any]]:
     """
     import hashlib
 
-    tf = tensorflow()
+    fs, root = model_root.filesystem(version_dir)
     manifest: dict[str, dict[str, Any]] = {}
-    root = version_dir.rstrip("/")
-    for dirpath, _, files in tf.io.gfile.walk(root):
-        for name in files:
-            path = f"{dirpath.rstrip('/')}/{name}"
-            relative = path[len(root) + 1:]
-            if relative == METADATA_FILE:
-                continue
-            digest = hashlib.sha256()
-            size = 0
-            with tf.io.gfile.GFile(path, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-            manifest[relative] = {"size": size, "sha256": digest.hexdigest()}
+    for relative in sorted(model_root.files_under(version_dir)):
+        if relative == METADATA_FILE:
+            continue
+        digest = hashlib.sha256()
+        size = 0
+        with fs.open(f"{root.rstrip('/')}/{relative}", "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        manifest[relative] = {"size": size, "sha256": digest.hexdigest()}
     return manifest
 
 

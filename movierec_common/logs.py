@@ -34,7 +34,8 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries that are chatty at INFO.
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "faiss", "botocore", "aiobotocore", "s3fs",
+                  "fsspec", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -34,7 +34,9 @@ import numpy as np
 from movierec_common import ann_index
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
-from movierec_common.model_root import folder_fingerprint, join, list_versions, version_dir, write_serving_marker
+from movierec_common.model_root import (
+    download, exists, folder_fingerprint, is_local, join, list_versions, version_dir, write_serving_marker,
+)
 from recommender_service.retrieval import (
     RANKING_BUDGET_BYTES, BruteForce, Catalogue, FaissIVF, Rankings, Retriever, TopK,
 )
@@ -160,26 +162,13 @@ def _check_approximate_answer(retriever, artifact, user, user_id, ids, scores, t
         raise artifact_format.ArtifactError(f"smoke query for user {user_id} {problem}")
 
 
-def _read_index(path: str, params: ann_index.IndexParams, num_items: int, dim: int):
-    location = join(path, params.file)
-    if "://" not in location:
-        return ann_index.read(location, params, num_items, dim)
-    from movierec_common.tfenv import tensorflow  # a remote root: gs://, s3://, ...
-
-    gfile = tensorflow().io.gfile
-    if not gfile.exists(location):
-        raise artifact_format.ArtifactError(f"{params.file} is missing (metadata.json says the version has an index)")
-    with gfile.GFile(location, "rb") as handle:
-        return ann_index.deserialize(handle.read(), params, num_items, dim)
-
-
 def open_backend(version: ValidatedVersion, path: str) -> TopK:
     """The TopK backend a validated version is served with, in the calling process."""
     params = version.index_params
     if params is None:
         return BruteForce(version.item_vectors)
     dim = int(version.catalogue.user_vectors.shape[1])
-    index = _read_index(path, params, version.catalogue.num_items, dim)
+    index = ann_index.read(join(path, params.file), params, version.catalogue.num_items, dim)
     return FaissIVF(index, version.item_norms, params.max_first_fetch)
 
 
@@ -373,10 +362,63 @@ class IsolatedLoader:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class RootUnavailable(Exception):
+    """The model root could not be read; says nothing about the version itself."""
+
+
+class VersionCache:
+    """Local copies of versions from an object-store root.
+
+    TensorFlow and faiss read local files, and a version must be verified as
+    the bytes that will be loaded, so a remote version is copied here first
+    and validated from the copy. Nothing is downloaded before ``metadata.json``
+    exists (it is written last), so a version still being uploaded costs a
+    listing, not a download. Only the served version's copy is kept.
+    """
+
+    def __init__(self, folder: str | None):
+        self._owned = folder is None
+        self.folder = tempfile.mkdtemp(prefix="movierec-cache-") if folder is None else folder
+        os.makedirs(self.folder, exist_ok=True)
+        for name in os.listdir(self.folder):  # copies of a previous run: their versions may be gone
+            shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+
+    def copy(self, version: int, remote: str, fingerprint: str) -> str:
+        try:
+            complete = exists(join(remote, artifact_format.METADATA_FILE))
+        except Exception as exc:
+            raise RootUnavailable(f"the model root could not be read: {exc}") from exc
+        if not complete:
+            raise artifact_format.ArtifactError(
+                f"{artifact_format.METADATA_FILE} is missing (the version is not completely published yet)")
+        local = os.path.join(self.folder, f"{version}-{fingerprint[:12]}")
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            download(remote, local)
+        except Exception as exc:  # a file missing from the copy is the manifest's to report, not this
+            self.discard(local)
+            raise RootUnavailable(f"copying the version from the model root failed: {exc}") from exc
+        return local
+
+    def discard(self, local: str) -> None:
+        if os.path.dirname(local) == self.folder:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def keep_only(self, local: str) -> None:
+        for name in os.listdir(self.folder):
+            if os.path.join(self.folder, name) != local:
+                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+
+    def close(self) -> None:
+        if self._owned:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class ModelRegistry:
     def __init__(self, model_root: str, *, poll_seconds: float = 1.0, pinned_version: int | None = None,
-                 replica_id: str | None = None, loader=validate_version):
+                 replica_id: str | None = None, loader=validate_version, cache_dir: str | None = None):
         self.model_root = model_root
+        self._cache = None if is_local(model_root) else VersionCache(cache_dir)
         self._validate = loader
         self.poll_seconds = poll_seconds
         self.pinned_version = pinned_version
@@ -411,6 +453,8 @@ class ModelRegistry:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._cache is not None:
+            self._cache.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -437,8 +481,8 @@ class ModelRegistry:
             path = version_dir(self.model_root, v)
             fingerprint = folder_fingerprint(path)
             info = self._versions[v]
-            if info.state == REJECTED and info.fingerprint == fingerprint:
-                continue
+            if fingerprint is None or (info.state == REJECTED and info.fingerprint == fingerprint):
+                continue  # unreadable right now, or already refused as it is
             if self._try_load(v, path, fingerprint):
                 break
         self._refresh_marker()
@@ -446,17 +490,34 @@ class ModelRegistry:
     def _try_load(self, version: int, path: str, fingerprint: str) -> bool:
         self._set_state(version, LOADING, fingerprint=fingerprint)
         started = time.monotonic()
+        local = path
         try:
-            validated = self._validate(path)
-            if folder_fingerprint(path) != fingerprint:
+            if self._cache is not None:
+                local = self._cache.copy(version, path, fingerprint)
+            validated = self._validate(local)
+            after = folder_fingerprint(path)
+            if after is None:
+                raise RootUnavailable("the model root could not be read after validation")
+            if after != fingerprint:
                 raise artifact_format.ArtifactError("the folder changed while it was validated; "
                                                     "it will be checked again")
-            retriever = warmed_retriever(validated, path)
+            retriever = warmed_retriever(validated, local)
+        except RootUnavailable as exc:  # says nothing about the version: try again at the next poll
+            self._set_state(version, AVAILABLE, reason=f"{exc}; will retry", fingerprint=fingerprint)
+            event(log, "version not loaded: model root unreachable", logging.WARNING, version=version,
+                  reason=str(exc))
+            if self._cache is not None:
+                self._cache.discard(local)
+            return False
         except Exception as exc:
             reason = str(exc) if isinstance(exc, artifact_format.ArtifactError) else f"{type(exc).__name__}: {exc}"
             self._set_state(version, REJECTED, reason=reason, fingerprint=fingerprint)
             event(log, "version rejected", logging.WARNING, version=version, reason=reason)
+            if self._cache is not None:
+                self._cache.discard(local)
             return False
+        if self._cache is not None:
+            self._cache.keep_only(local)
         metadata = validated.metadata
         load_seconds = round(time.monotonic() - started, 3)
         model = LoadedModel(version=version, retriever=retriever, metadata=metadata, loaded_at=time.time(),
@@ -490,7 +551,7 @@ class ModelRegistry:
             if visible:
                 event(log, "model root visible again", root=self.model_root)
             else:
-                event(log, "model root shows no versions; serving continues on the loaded one",
+                event(log, "model root shows no versions (empty or unreachable); serving continues on the loaded one",
                       logging.WARNING, root=self.model_root)
 
     def _refresh_marker(self) -> None:

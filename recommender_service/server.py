@@ -26,7 +26,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="movierec-recommender", description=__doc__)
     parser.add_argument("--port", type=int, default=50052, help="port to listen on (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    parser.add_argument("--model-root", required=True, help="folder the trainer publishes versions into")
+    parser.add_argument("--model-root", required=True,
+                        help="folder or s3://bucket/prefix the trainer publishes versions into "
+                             "(S3 settings from the AWS_* environment)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where versions from an object-store root are copied before loading "
+                             "(default: a temp folder removed at exit)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     parser.add_argument("--version", type=int, default=None, help="serve this version only (pin / rollback)")
     parser.add_argument("--threads", type=int, default=8, help="request worker threads")
@@ -65,7 +70,7 @@ def main(argv=None) -> None:
     faiss.omp_set_num_threads(1)
     loader = IsolatedLoader(ranking_budget_bytes=int(args.ranking_mb * 1024 * 1024))
     registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
-                             loader=loader)
+                             cache_dir=args.cache_dir, loader=loader)
     servicer = RecommenderServicer(registry)
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],

@@ -2,8 +2,9 @@
 
 Job history must survive a trainer restart (operators ask "what happened to
 last night's job?"), so every state change is written to
-``<model root>/.jobs/<id>.json`` with a write-then-rename, which is atomic on
-the filesystems we use. The leading dot keeps the folder invisible to serving.
+``<model root>/.jobs/<id>.json`` whole: by write-then-rename on a local
+folder, by a single PUT on an object store; either way a reader never sees
+half a record. The leading dot keeps the folder invisible to serving.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from movierec_common.model_root import JOBS_DIR, join
-from movierec_common.tfenv import tensorflow
+from movierec_common.model_root import JOBS_DIR, join, list_names, read_bytes, remove_tree, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -90,33 +90,25 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    """One JSON file per job under ``<root>/.jobs``."""
+    """One JSON file per job under ``<root>/.jobs`` (a local folder or an object store)."""
 
     def __init__(self, model_root: str):
         self._dir = join(model_root, JOBS_DIR)
-        tensorflow().io.gfile.makedirs(self._dir)
 
     def save(self, job: JobRecord) -> None:
-        gfile = tensorflow().io.gfile
-        final = join(self._dir, f"{job.id}.json")
-        tmp = join(self._dir, f".{job.id}.{uuid.uuid4().hex[:6]}.tmp")
-        with gfile.GFile(tmp, "w") as handle:
-            handle.write(json.dumps(job.to_dict()))
-        gfile.rename(tmp, final, overwrite=True)
+        write_bytes(join(self._dir, f"{job.id}.json"), json.dumps(job.to_dict()).encode())
 
     def load_all(self) -> list[JobRecord]:
-        gfile = tensorflow().io.gfile
         jobs = []
-        for name in gfile.listdir(self._dir):
+        for name in list_names(self._dir):
             path = join(self._dir, name)
             if name.startswith("."):
-                gfile.remove(path)  # a write cut short by a crash
+                remove_tree(path)  # a local write cut short by a crash
                 continue
             if not name.endswith(".json"):
                 continue
             try:
-                with gfile.GFile(path, "r") as handle:
-                    jobs.append(JobRecord.from_dict(json.loads(handle.read())))
+                jobs.append(JobRecord.from_dict(json.loads(read_bytes(path))))
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("unreadable job record", extra={"fields": {"path": path, "error": str(exc)}})
         return sorted(jobs, key=lambda j: j.created_at)

@@ -1,0 +1,172 @@
+"""The model root on an object store: a real S3 API (moto's server mode) on a
+loopback port, the real trainer publishing into it through s3fs, and the real
+recommender copying, verifying, serving and reloading from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from clients import RecommenderClient, TrainerClient
+from movierec_common import model_root
+from tests.datagen import write_grouplens_files
+from tests.servers import rejection_reason, start_recommender, start_trainer
+from trainer_service.jobs import JobStore
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "models"
+ROOT = f"s3://{BUCKET}/movierec"
+
+
+class S3Server:
+    """moto's S3 in this process, on a fixed loopback port so it can be stopped and restarted
+    (its buckets live in this process's memory and survive the restart)."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._make = lambda: ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server = None
+
+    def start(self) -> None:
+        self._server = self._make()
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = S3Server()
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the servers inherit it; so does fsspec in this process
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _files(local: str) -> list[str]:
+    """A version's files, metadata.json last (the order a publisher uploads them in)."""
+    names = sorted(os.path.relpath(os.path.join(d, f), local) for d, _, files in os.walk(local) for f in files)
+    return sorted(names, key=lambda name: name == "metadata.json")
+
+
+def _upload(local: str, version: int, names: list[str], *, corrupt: str | None = None) -> None:
+    fs, base = model_root.filesystem(ROOT)
+    for name in names:
+        with open(os.path.join(local, name), "rb") as handle:
+            data = handle.read()
+        if name == corrupt:
+            data = data[:-8] + bytes(8)  # same size, other bytes
+        fs.pipe_file(f"{base}/{version}/{name}", data)
+
+
+def _wait_serving(rc: RecommenderClient, version: int, timeout: float = 60.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if rc.model_status().served_version == version:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"version {version} was not served within {timeout}s")
+
+
+def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
+    data_root = write_grouplens_files(tmp_path / "data")
+    trainer = start_trainer(ROOT, tmp_path, "--data-root", str(data_root), "--keep-versions", "2")
+    recommender = start_recommender(ROOT, tmp_path, "--cache-dir", str(tmp_path / "cache"))
+    try:
+        with TrainerClient(trainer.address, timeout=30) as tc, RecommenderClient(recommender.address, timeout=10) as rc:
+            job = tc.wait_for_job(tc.train("two_tower", epochs=2, ratings_path="ratings.data",
+                                           items_path="items.item", holdout_size=2).id, timeout=300)
+            assert job.state == "SUCCEEDED", job.error
+            assert job.model_version == 1
+            rc.wait_until_serving(timeout=60)
+            assert rc.recommend("1", k=5).model_version == 1
+            # Job records and serving markers live on the store too.
+            assert [j.id for j in JobStore(ROOT).load_all()] == [job.id]
+            deadline = time.monotonic() + 10
+            while not model_root.list_names(model_root.join(ROOT, ".serving")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert model_root.versions_in_use(ROOT) == {1}
+            # The served copy was verified locally; only that copy is cached.
+            assert len(os.listdir(tmp_path / "cache")) == 1
+
+            local = str(tmp_path / "v1")
+            model_root.download(model_root.version_dir(ROOT, 1), local)
+
+            # Every file but metadata.json: an upload in progress (or cut short). Never served.
+            _upload(local, 2, _files(local)[:-1])
+            assert "metadata.json is missing" in rejection_reason(rc, 2)
+            # A complete version with one altered file: refused with its reason.
+            variables = next(name for name in os.listdir(os.path.join(local, "variables")) if ".data-" in name)
+            _upload(local, 3, _files(local), corrupt=f"variables/{variables}")
+            assert "checksum" in rejection_reason(rc, 3)
+            assert rc.recommend("1", k=5).model_version == 1
+            # metadata.json arrives last: version 2 is complete now, and served.
+            _upload(local, 2, ["metadata.json"])
+            _wait_serving(rc, 2)
+
+            # The store goes away for 10 s under load: no call fails, and reloads resume after.
+            failures, calls, stop = [], [0], threading.Event()
+
+            def load():
+                with RecommenderClient(recommender.address, timeout=5) as client:
+                    while not stop.is_set():
+                        try:
+                            client.recommend(str(1 + calls[0] % 60), k=10)
+                            calls[0] += 1
+                        except Exception as exc:  # every failure counts
+                            failures.append(exc)
+
+            worker = threading.Thread(target=load)
+            worker.start()
+            try:
+                time.sleep(1.0)
+                s3.stop()
+                time.sleep(10.0)
+                s3.start()
+                _upload(local, 4, _files(local))
+                reload_seconds = _wait_serving(rc, 4, timeout=60)
+            finally:
+                stop.set()
+                worker.join()
+            print(f"\nS3 outage: {calls[0]} calls, {len(failures)} failed; version 4 served "
+                  f"{reload_seconds:.1f}s after its upload")
+            assert failures == [] and calls[0] > 0
+            # The outage said nothing about version 3: it is still refused for its own reason.
+            [v3] = [info for info in rc.model_status().versions if info.version == 3]
+            assert v3.state == "REJECTED" and "checksum" in v3.reason, v3
+
+            # Retention on the store: keep 2, never the served one.
+            job = tc.wait_for_job(tc.train("two_tower", epochs=1, ratings_path="ratings.data",
+                                           items_path="items.item", holdout_size=2).id, timeout=300)
+            assert job.state == "SUCCEEDED" and job.model_version == 5, job.error
+            assert model_root.list_versions(ROOT) == [4, 5]
+            _wait_serving(rc, 5)
+    finally:
+        trainer.terminate()
+        recommender.terminate()
+    assert not os.path.exists(tmp_path / "cache") or len(os.listdir(tmp_path / "cache")) <= 1
+    shutil.rmtree(tmp_path / "v1", ignore_errors=True)
