@@ -69,6 +69,7 @@ def main(argv=None) -> None:
     # One search thread per call: concurrency comes from the request threads.
     faiss.omp_set_num_threads(1)
     loader = IsolatedLoader(ranking_budget_bytes=int(args.ranking_mb * 1024 * 1024))
+    loader.start()
     registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
                              cache_dir=args.cache_dir, loader=loader)
     servicer = RecommenderServicer(registry)
