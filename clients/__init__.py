@@ -10,6 +10,10 @@ without pulling in the servers' TensorFlow dependencies.
     with RecommenderClient("localhost:50052") as rc:
         rc.wait_until_serving(timeout=60)
         recs = rc.recommend("42", k=10)
+
+Several recommender replicas: ``RecommenderClient("h1:50052,h2:50052")`` or
+``RecommenderClient("dns:///recommenders:50052")`` balances round robin over
+the healthy ones (see ``clients.targets``).
 """
 
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     similar = command("similar", cmd_similar, "movies similar to a movie")
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
     similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
-    command("status", cmd_status, "what the recommender is serving")
+    command("status", cmd_status, "what the recommender is serving (with several replicas: one healthy "
+            "replica's view; give one address to ask that replica)")
 
     # Local work, no server: no connection options.
     synth_help = "write a synthetic dataset in MovieLens 25M's format (ratings.csv, movies.csv)"
@@ -134,9 +135,11 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     )
     group.add_argument(
         "--recommender",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
         default=default(env.get("MOVIEREC_RECOMMENDER") or RecommenderClient.DEFAULT_TARGET),
-        help="recommender address (env MOVIEREC_RECOMMENDER, default %(default)s)"
+        help="recommender address; several replicas as a comma-separated list or one DNS name with a record "
+        "per replica (dns:///NAME:PORT) get calls round robin, skipping replicas that are down or not "
+        "serving yet (env MOVIEREC_RECOMMENDER, default %(default)s)"
         if defaults
         else argparse.SUPPRESS,
     )

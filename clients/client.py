@@ -11,6 +11,8 @@ defaults they do not have to know about:
   (see ``credentials.RETRY_POLICY``). ``train`` is made idempotent by always
   sending an idempotency key (a random one unless the caller gives one): a
   retried attempt carries the same key, so it cannot queue a second job;
+* the recommender client takes several replicas and lets gRPC balance them
+  round robin over the healthy ones, retrying on another (``clients.targets``);
 * a token (argument, token file or environment) is attached to every call;
 * long waits (``wait_for_job``, ``wait_until_serving``) survive a broken
   stream or a restarting server instead of surfacing the first hiccup.
@@ -33,6 +35,7 @@ from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trai
 from . import credentials as creds
 from . import types as t
 from .errors import DeadlineExceeded, MovieRecError, from_rpc_error
+from .targets import channel_target
 
 __all__ = ["TrainerClient", "RecommenderClient", "DEFAULT_TIMEOUT"]
 
@@ -61,10 +64,11 @@ class _Client:
     SERVICE: str  # full gRPC service name, also the health-check service name
     DEFAULT_TARGET: str
     _RETRIED: tuple[str, ...]  # methods safe to retry on UNAVAILABLE
+    _BALANCED = False  # may take several addresses (see targets.channel_target)
 
     def __init__(
         self,
-        target: str | None = None,
+        target: str | Sequence[str] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         token: str | None = None,
@@ -76,25 +80,30 @@ class _Client:
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, object]] = (),
     ) -> None:
+        if target is not None and not isinstance(target, str):
+            target = ",".join(str(part) for part in target)
         self.target = target or ("<channel>" if channel is not None else self.DEFAULT_TARGET)
         self.timeout = timeout
         token = creds.resolve_token(token, token_file)
         self._metadata = creds.auth_metadata(token)
         self._owns_channel = channel is None
+        self.balanced = False
         if channel is None:
+            plan = channel_target(self.target, service=self.SERVICE, retried=self._RETRIED, balance=self._BALANCED)
+            self.balanced = plan.balanced
             channel_creds = creds.channel_credentials(
                 tls=tls, root_certificates=root_certificates, client_cert=client_cert, client_key=client_key
             )
-            if token and channel_creds is None and not creds.is_loopback(self.target):
+            if token and channel_creds is None and not all(creds.is_loopback(a) for a in plan.addresses):
                 warnings.warn(
                     f"sending a bearer token to {self.target} over a plaintext channel; use tls=True",
                     stacklevel=3,
                 )
+            names = {name for name, _ in options}
+            if plan.authority and not names & {"grpc.default_authority", "grpc.ssl_target_name_override"}:
+                options = [("grpc.default_authority", plan.authority), *options]
             channel = creds.open_channel(
-                self.target,
-                credentials=channel_creds,
-                retried=[(self.SERVICE, method) for method in self._RETRIED],
-                options=options,
+                plan.target, credentials=channel_creds, service_config=plan.service_config, options=options
             )
         self._channel = channel
         self._health = health_pb2_grpc.HealthStub(channel)
@@ -131,7 +140,8 @@ class _Client:
         """Block until the server's health check reports this service SERVING.
 
         Uses the standard ``grpc.health.v1.Health/Check``; an unreachable server
-        or a service not registered yet counts as "not yet". Raises
+        or a service not registered yet counts as "not yet". With several
+        replicas, returns once any of them serves. Raises
         ``DeadlineExceeded`` after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
@@ -171,10 +181,20 @@ class RecommenderClient(_Client):
     >>> with RecommenderClient("localhost:50052") as rc:
     ...     for item in rc.recommend("42", k=10):
     ...         print(item.title, item.score)
+
+    Replicas: pass several addresses (``"h1:50052,h2:50052"`` or a list) or a
+    DNS name with a record per replica (``"dns:///recommenders:50052"``), and
+    calls go round robin to the replicas whose health check says SERVING;
+    one that is down or still has no model is skipped, and a call it failed
+    with UNAVAILABLE is retried on another (see ``clients.targets``). Every
+    answer still names the model version that produced it. ``model_status``
+    and ``wait_until_serving`` then speak for whichever healthy replica
+    answers; give one replica's address to ask that replica.
     """
 
     SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
     DEFAULT_TARGET = "localhost:50052"
+    _BALANCED = True
     _RETRIED = ("Recommend", "RecommendBatch", "SimilarItems", "GetModelStatus")
 
     def __init__(self, target: str | None = None, **kwargs) -> None:

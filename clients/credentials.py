@@ -18,7 +18,6 @@ are written down once:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -98,31 +97,17 @@ def _read_pem(path: str | os.PathLike | None, what: str) -> bytes | None:
         raise ConfigurationError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
 
 
-def service_config(retried: Sequence[tuple[str, str]]) -> str:
-    """A gRPC service config retrying the given (service, method) pairs."""
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": service, "method": method} for service, method in retried],
-                    "retryPolicy": RETRY_POLICY,
-                }
-            ]
-        }
-    )
-
-
 def open_channel(
     target: str,
     *,
     credentials: grpc.ChannelCredentials | None,
-    retried: Sequence[tuple[str, str]],
+    service_config: str,
     options: Sequence[tuple[str, object]] = (),
 ) -> grpc.Channel:
-    """A channel to ``target`` with retries configured; secure when credentials are given."""
+    """A channel to ``target`` with the given service config (see ``targets.channel_target``)."""
     all_options = [
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config(retried)),
+        ("grpc.service_config", service_config),
         *options,
     ]
     if credentials is None:

@@ -17,6 +17,7 @@ from clients.cli import main
 try:  # the fakes live in test_client.py; tests/unit is not a package
     from test_client import (  # noqa: F401  (fixtures are used by name)
         T0,
+        Replica,
         abort,
         finished_job,
         fresh,
@@ -24,7 +25,15 @@ try:  # the fakes live in test_client.py; tests/unit is not a package
         servers,
     )
 except ImportError:  # pragma: no cover - other pytest import modes
-    from tests.unit.test_client import T0, abort, finished_job, fresh, make_job, servers  # noqa: F401
+    from tests.unit.test_client import (  # noqa: F401
+        T0,
+        Replica,
+        abort,
+        finished_job,
+        fresh,
+        make_job,
+        servers,
+    )
 
 
 @pytest.fixture
@@ -279,3 +288,30 @@ def test_token_file_and_environment_token_are_sent(run, servers, tmp_path, monke
 
     assert servers.recommender.metadata("GetModelStatus")[0]["authorization"] == "Bearer file-token"
     assert servers.trainer.metadata("ListJobs")[0]["authorization"] == "Bearer env-token"
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def test_recommend_through_several_replicas(run):
+    replicas = [Replica() for _ in range(2)]
+    try:
+        addresses = ",".join(r.address for r in replicas)
+        for _ in range(4):
+            code, out, err = run("--recommender", addresses, "recommend", "42", "-k", "2")
+            assert code == 0, err
+            assert out.splitlines()[-1] == "model version 7, cold start: no"
+        assert sum(len(r.recommender.requests("Recommend")) for r in replicas) == 4
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def test_recommender_help_names_the_replica_forms(run):
+    code, out, _ = run("--help")
+    assert code == 0 and "HOST:PORT[,HOST:PORT...]" in out and "dns:///NAME:PORT" in out
+
+
+def test_several_trainer_addresses_are_a_usage_error(run):
+    code, _, err = run("--trainer", "127.0.0.1:1,127.0.0.1:2", "jobs")
+    assert code == 2 and "takes one address" in err

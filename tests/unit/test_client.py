@@ -828,3 +828,269 @@ def test_errors_survive_pickling():
     error = NotFound("no job", target="t:1", method="GetJob")
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is NotFound and str(copy) == str(error) and copy.code is grpc.StatusCode.NOT_FOUND
+
+
+# --------------------------------------------------------------------------- replicas: target and service config
+
+
+def _config(plan) -> dict:
+    import json
+
+    return json.loads(plan.service_config)
+
+
+def test_one_address_keeps_the_plain_channel():
+    from clients.targets import channel_target
+
+    plan = channel_target("localhost:50052", service=RECOMMENDER, retried=("Recommend",))
+    assert (plan.target, plan.balanced, plan.authority) == ("localhost:50052", False, None)
+    config = _config(plan)
+    assert "loadBalancingConfig" not in config and "healthCheckConfig" not in config
+    assert config["methodConfig"][0]["name"] == [{"service": RECOMMENDER, "method": "Recommend"}]
+    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+@pytest.mark.parametrize(
+    "given, target",
+    [
+        ("127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        (" 127.0.0.1:1 , 127.0.0.2:2, ", "ipv4:127.0.0.1:1,127.0.0.2:2"),
+        (["127.0.0.1:1", "127.0.0.1:2"], "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        ("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2"),
+        ("127.0.0.1:1,127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),  # no backend twice
+        ("localhost:1,localhost:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),  # names resolved, IPv4 preferred
+    ],
+)
+def test_several_addresses_become_one_balanced_target(given, target):
+    from clients.targets import channel_target
+
+    plan = channel_target(given, service=RECOMMENDER, retried=("Recommend", "GetModelStatus"))
+    assert plan.target == target and plan.balanced
+    config = _config(plan)
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["healthCheckConfig"] == {"serviceName": RECOMMENDER}
+    assert [n["method"] for n in config["methodConfig"][0]["name"]] == ["Recommend", "GetModelStatus"]
+    first = given[0] if isinstance(given, list) else given.split(",")[0].strip()
+    assert plan.authority == first  # TLS checks every replica against the first address's name
+
+
+@pytest.mark.parametrize(
+    "given, balanced",
+    [
+        ("dns:///recommenders.internal:50052", True),
+        ("ipv4:10.0.0.1:1,10.0.0.2:1", True),
+        ("ipv4:10.0.0.1:1", False),
+        ("unix:/run/movierec.sock", False),
+    ],
+)
+def test_target_uris_pass_through(given, balanced):
+    from clients.targets import channel_target
+
+    plan = channel_target(given, service=RECOMMENDER, retried=())
+    assert plan.target == given and plan.balanced is balanced and plan.authority is None
+    assert ("loadBalancingConfig" in _config(plan)) is balanced
+
+
+def test_a_host_name_contributes_every_address_it_resolves_to(monkeypatch):
+    import socket
+
+    from clients import targets
+
+    records = {
+        "replicas": ["10.0.0.1", "10.0.0.2", "fd00::1"],
+        "one": ["10.0.0.3"],
+    }
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        return [
+            (socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+            for ip in records[host]
+        ]
+
+    monkeypatch.setattr(targets.socket, "getaddrinfo", getaddrinfo)
+    plan = targets.channel_target("replicas:7,one:8", service=RECOMMENDER, retried=())
+    assert plan.target == "ipv4:10.0.0.1:7,10.0.0.2:7,10.0.0.3:8" and plan.authority == "replicas:7"
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("127.0.0.1:1,localhost", "not HOST:PORT"),
+        ("127.0.0.1:1,::1:2", "not HOST:PORT"),
+        ("127.0.0.1:1,127.0.0.1:99999", "not HOST:PORT"),
+        ("127.0.0.1:2,dns:///a:1", "give it alone"),
+        (["127.0.0.1:2", "ipv4:127.0.0.1:3"], "give it alone"),
+        ("127.0.0.1:1,[::1]:2", "dns:///NAME:PORT"),
+        (" , ", "no address"),
+    ],
+)
+def test_bad_address_lists_are_configuration_errors(given, message):
+    with pytest.raises(ConfigurationError, match=message):
+        RecommenderClient(given)
+
+
+def test_an_unresolvable_name_in_a_list_is_a_configuration_error(monkeypatch):
+    import socket
+
+    from clients import targets
+
+    def getaddrinfo(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(targets.socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ConfigurationError, match="cannot resolve 'replica-2'"):
+        RecommenderClient("127.0.0.1:1,replica-2:2")
+
+
+def test_the_trainer_takes_one_address():
+    with pytest.raises(ConfigurationError, match="takes one address"):
+        TrainerClient("127.0.0.1:1,127.0.0.1:2")
+
+
+def test_a_token_to_loopback_replicas_is_no_plaintext_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RecommenderClient("127.0.0.1:1,localhost:2", token="t" * 16).close()
+    with pytest.warns(UserWarning, match="plaintext"):
+        RecommenderClient("127.0.0.1:1,10.1.2.3:2", token="t" * 16).close()
+
+
+# --------------------------------------------------------------------------- replicas: real servers
+
+
+class Replica:
+    """A fake recommender on its own port, with a health service the client can watch."""
+
+    def __init__(self, credentials: grpc.ServerCredentials | None = None, host: str = "127.0.0.1") -> None:
+        self.recommender = FakeRecommender()
+        self.health = health.HealthServicer(experimental_non_blocking=True)  # as the real servers
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(self.recommender, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{host}:0"
+        self.port = (
+            self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        )
+        self.address = f"{host}:{self.port}"
+        self.server.start()
+        self.set_serving(True)
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(RECOMMENDER, status)
+
+    def calls(self, method: str = "Recommend") -> int:
+        return len(self.recommender.requests(method))
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+@pytest.fixture
+def replicas():
+    started = [Replica() for _ in range(3)]
+    yield started
+    for replica in started:
+        replica.stop()
+
+
+def _wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def _all_connected(client, replicas) -> None:
+    """Calls until every replica has answered one (round robin only counts READY backends), then forgets them."""
+    client.wait_until_serving(timeout=5)
+    _wait_for(lambda: (client.recommend("1"), min(r.calls() for r in replicas))[1] > 0)
+    for replica in replicas:
+        replica.recommender.reset()
+
+
+def test_calls_go_round_robin_over_the_replicas(replicas):
+    with RecommenderClient(",".join(r.address for r in replicas), timeout=5, token="replica-token") as client:
+        assert client.balanced
+        _all_connected(client, replicas)
+        versions = {client.recommend("1").model_version for _ in range(30)}
+    assert versions == {7}
+    assert [r.calls() for r in replicas] == [10, 10, 10]
+    for replica in replicas:  # the same credentials for every backend
+        assert {md["authorization"] for md in replica.recommender.metadata("Recommend")} == {"Bearer replica-token"}
+
+
+def test_a_not_serving_replica_leaves_the_rotation_until_it_serves_again(replicas):
+    """Client-side health checking: gRPC watches grpc.health.v1 on every backend."""
+    with RecommenderClient([r.address for r in replicas], timeout=5) as client:
+        _all_connected(client, replicas)
+        replicas[1].set_serving(False)
+        time.sleep(0.3)  # the health watch stream delivers the change
+        for _ in range(20):
+            client.recommend("1")
+        assert replicas[1].calls() == 0
+        assert replicas[0].calls() == replicas[2].calls() == 10
+
+        replicas[1].set_serving(True)
+        _wait_for(lambda: (client.recommend("1"), replicas[1].calls())[1] > 0)
+
+        for replica in replicas:
+            replica.set_serving(False)
+        time.sleep(0.3)
+        before = [r.calls() for r in replicas]
+        with pytest.raises(Unavailable):
+            client.recommend("1", timeout=2)
+        assert [r.calls() for r in replicas] == before  # no call reached a replica that is not serving
+
+
+def test_a_stopped_replica_costs_no_call(replicas):
+    with RecommenderClient([r.address for r in replicas], timeout=5) as client:
+        _all_connected(client, replicas)
+        replicas[0].stop()
+        results = [client.recommend("1").model_version for _ in range(30)]
+    assert results == [7] * 30
+    assert replicas[1].calls() + replicas[2].calls() == 30
+
+
+def test_unavailable_is_retried_on_another_replica(replicas):
+    replicas[0].recommender.handlers["Recommend"] = abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
+    with RecommenderClient([r.address for r in replicas], timeout=5) as client:
+        client.wait_until_serving(timeout=5)
+        assert [client.recommend("1").model_version for _ in range(12)] == [7] * 12
+    assert replicas[0].calls() > 0  # it was asked, failed, and the retry went elsewhere
+    assert replicas[1].calls() + replicas[2].calls() == 12
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
+def test_tls_replicas_share_the_credentials_and_the_first_name(tmp_path):
+    """Every replica is verified against the first address's host name ("localhost")."""
+    server_key, server_cert = _self_signed(tmp_path, "localhost")
+    _client_key, client_cert = _self_signed(tmp_path, "client")
+    credentials = grpc.ssl_server_credentials(
+        [(server_key, server_cert)], root_certificates=client_cert, require_client_auth=True
+    )
+    started = [Replica(credentials) for _ in range(2)]
+    addresses = ",".join(f"localhost:{r.port}" for r in started)
+    try:
+        with RecommenderClient(
+            addresses,
+            root_certificates=tmp_path / "localhost.pem",
+            client_cert=tmp_path / "client.pem",
+            client_key=tmp_path / "client.key",
+            token="tls-token",
+        ) as client:
+            _all_connected(client, started)
+            assert [client.recommend("1").model_version for _ in range(4)] == [7] * 4
+        assert [r.calls() for r in started] == [2, 2]
+        # The certificate names "localhost", not "127.0.0.1": checked against that name, it fails.
+        ip_addresses = ",".join(f"127.0.0.1:{r.port}" for r in started)
+        with RecommenderClient(ip_addresses, root_certificates=tmp_path / "localhost.pem",
+                               client_cert=tmp_path / "client.pem", client_key=tmp_path / "client.key",
+                               timeout=2) as client:
+            with pytest.raises(Unavailable):
+                client.recommend("1")
+    finally:
+        for replica in started:
+            replica.stop()
