@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -256,11 +257,27 @@ def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
     return retriever
 
 
-def _background_priority() -> None:
-    """The loader yields the CPU to request threads: a reload may take a little
-    longer, but it no longer competes with callers on a busy machine. Its
-    batched index searches use every core but one, which stays with the
-    request threads even while the loader is busy."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """A server killed with SIGKILL runs no clean-up, and its helper (holding
+    TensorFlow and hundreds of MB) would live on as an orphan; the kernel
+    kills it instead when the server goes."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the orphan case stays
+        return
+    if os.getppid() == 1:  # the server died before the line above
+        os._exit(1)
+
+
+def _helper_init() -> None:
+    """The loader dies with the server and yields the CPU to request threads:
+    a reload may take a little longer, but it no longer competes with callers
+    on a busy machine. Its batched index searches use every core but one,
+    which stays with the request threads even while the loader is busy."""
+    _die_with_parent()
     os.nice(19)
     ann_index.faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
@@ -377,7 +394,7 @@ class IsolatedLoader:
 
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_background_priority)
+                                             initializer=_helper_init)
         return self._pool
 
     def __call__(self, path: str) -> ValidatedVersion:
