@@ -170,6 +170,7 @@ class Job:
     created_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    workers: int = 0  # data-parallel workers it runs on (0: recorded before workers existed, in-process)
 
     @property
     def done(self) -> bool:
@@ -294,6 +295,7 @@ def job_from_proto(job: trainer_pb2.TrainJob) -> Job:
         created_at=_time(job, "created_at"),
         started_at=_time(job, "started_at"),
         finished_at=_time(job, "finished_at"),
+        workers=job.request.workers,
     )
 
 

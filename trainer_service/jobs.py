@@ -44,6 +44,10 @@ class TrainSpec:
     min_validation_recall_at_10: float = 0.0
     require_no_regression: bool = False
     quality_gate_disabled: bool = False
+    # Data-parallel workers, resolved against the trainer's --workers when the
+    # job is accepted (so the record says what ran); 0 in records written
+    # before this field, which ran in-process.
+    workers: int = 0
 
 
 @dataclass

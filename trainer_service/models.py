@@ -18,6 +18,11 @@ softmax, with the logQ correction (each logit minus the log of the
 candidate's in-batch sampling probability, which undoes the popularity bias)
 and removal of accidental hits (a batch's other rows that are the same movie
 are not negatives).
+
+Every loss is a sum over the batch divided by the global batch
+(``tf.nn.compute_average_loss``), not a per-replica mean: under a
+multi-worker strategy the replicas' gradients are summed, so per-replica means
+would make a step N times too large. On one worker it is the plain mean.
 """
 
 from __future__ import annotations
@@ -87,9 +92,11 @@ class TwoTowerModel(VectorModel):
         self.user_dropout = tf.keras.layers.Dropout(hp.dropout_rate, name="user_dropout")
         self.item_dropout = tf.keras.layers.Dropout(hp.dropout_rate, name="item_dropout")
         self._all_items = tf.range(n_items, dtype=tf.int32)
+        # Per-example losses, averaged over the global batch below (Keras
+        # refuses SUM_OVER_BATCH_SIZE inside a strategy outside compile()).
         self.task = tfrs.tasks.Retrieval(
             loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
             temperature=hp.temperature, remove_accidental_hits=True)
 
     def training_examples(self, users: np.ndarray, items: np.ndarray, train_csr) -> dict[str, np.ndarray]:
@@ -118,12 +125,13 @@ class TwoTowerModel(VectorModel):
         queries = self.user_embeddings(features["user"], training=training)
         if self.sampled:
             candidates = self.item_embeddings(features["item"], training=training)
-            return self.task(queries, candidates, candidate_sampling_probability=features["item_probability"],
-                             candidate_ids=features["item"], compute_metrics=False, compute_batch_metrics=False)
+            losses = self.task(queries, candidates, candidate_sampling_probability=features["item_probability"],
+                               candidate_ids=features["item"], compute_metrics=False, compute_batch_metrics=False)
+            return tf.nn.compute_average_loss(losses)
         candidates = self.item_embeddings(self._all_items, training=training)
         logits = tf.matmul(queries, candidates, transpose_b=True) / self.hp.temperature
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=features["item"], logits=logits)
-        return tf.reduce_mean(losses)
+        return tf.nn.compute_average_loss(losses)
 
     @staticmethod
     def _embed_all(embed, count: int) -> np.ndarray:
@@ -161,15 +169,20 @@ class BPRModel(VectorModel):
     def compute_loss(self, features, training: bool = False):
         users = features["user"]
         positives = features["item"][:, None]
-        # Stateless sampling keyed on (run seed, step): stateful RNG ops are not
-        # reproducible under XLA, and runs must be.
+        # Stateless sampling keyed on (run seed, step, replica): stateful RNG
+        # ops are not reproducible under XLA, and runs must be; each replica of
+        # a multi-worker step draws its own negatives.
         step = tf.cast(self.optimizer.iterations, tf.int32) if training else tf.constant(-1)
+        replica = tf.distribute.get_replica_context()
+        if training and replica is not None and replica.num_replicas_in_sync > 1:
+            step = step * replica.num_replicas_in_sync + tf.cast(replica.replica_id_in_sync_group, tf.int32)
         negatives = tf.random.stateless_uniform(
             [tf.shape(users)[0], self.hp.num_negatives], seed=tf.stack([tf.constant(self.sampling_seed), step]),
             minval=0, maxval=self.n_items, dtype=tf.int32,
         )
         margin = self.score(users, positives) - self.score(users, negatives)
-        return tf.reduce_mean(tf.math.softplus(-margin))  # = -log sigmoid(margin)
+        losses = tf.reduce_mean(tf.math.softplus(-margin), axis=-1)  # = -log sigmoid(margin), per example
+        return tf.nn.compute_average_loss(losses)
 
     def export_vectors(self, train_csr) -> tuple[np.ndarray, np.ndarray]:
         users = self.user_embedding.embeddings.numpy()

@@ -50,6 +50,8 @@ class TrainerConfig:
     min_validation_recall_at_10: float = 0.0  # trainer-wide quality floor
     ann_min_items: int = ann_index.MIN_ITEMS  # catalogues this large ship an approximate index
     max_dataset_bytes: int = datasets.MAX_FILE_BYTES  # larger dataset files are refused unread
+    workers: int = 1  # data-parallel workers a job may use (and uses by default); 1 = in-process, no Ray
+    ray_address: str | None = None  # an existing Ray cluster; None = a local Ray started when first needed
 
 
 def hyperparameters_for(spec: TrainSpec) -> Hyperparameters:
@@ -97,6 +99,17 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
     refusal = catalogue_refusal(spec.model, movies)
     if refusal:
         raise InvalidRequest(refusal)
+
+
+def resolve_workers(requested: int, config: TrainerConfig) -> int:
+    """The workers a request asks for: 0 means the trainer's ``--workers``, which is also the most allowed."""
+    if requested < 0:
+        raise InvalidRequest(f"workers must be 0 (this trainer's default, {config.workers}) or a positive number, "
+                             f"got {requested}")
+    if requested > config.workers:
+        raise InvalidRequest(f"workers={requested} is more than this trainer allows: it was started with "
+                             f"--workers {config.workers}; ask for 1 to {config.workers} (0 = {config.workers})")
+    return requested or config.workers
 
 
 def _validate_dataset_files(spec: TrainSpec, config: TrainerConfig) -> int:
@@ -179,15 +192,33 @@ def _artifact_for(split: datasets.Split, user_vectors: np.ndarray, item_vectors:
     )
 
 
-def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
-    """Runs one job; returns the fields that end it (metrics, version, gate outcome)."""
+def _train(spec: TrainSpec, split, hp, seed, workers: int, job_id: str, ctx: JobContext, on_epoch, ray_training):
+    """In-process, or on Ray Train when the job has more than one worker; the result is the same kind of thing.
+
+    A Ray job reports "starting ray workers" first, then "training" once its workers are up.
+    """
+    if workers <= 1:
+        ctx.report(phase="training")
+        return train_model(spec.model, split, hp, seed, on_epoch=on_epoch, should_stop=ctx.should_stop)
+    if ray_training is None:
+        raise RuntimeError(f"job asks for {workers} workers but this trainer has no Ray set up (--workers 1)")
+    return ray_training.train(spec.model, split, hp, seed, workers, job_id, on_epoch=on_epoch,
+                              should_stop=ctx.should_stop, on_phase=lambda phase: ctx.report(phase=phase))
+
+
+def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training=None) -> dict:
+    """Runs one job; returns the fields that end it (metrics, version, gate outcome).
+
+    ``ray_training`` (a ``distributed.RayTraining``) runs neural kinds whose
+    job has more than one worker; closed-form kinds always train here.
+    """
     spec = job.spec
     hp = hyperparameters_for(spec)
     seed = spec.seed or DEFAULT_SEED
+    workers = 1 if spec.model in CLOSED_FORM_KINDS else max(1, spec.workers)
     ctx.report(phase="loading data", total_epochs=hp.epochs)
     split = load_split(spec, config)
     ctx.check_cancelled()
-    ctx.report(phase="training")
 
     loss_history: list[float] = []
 
@@ -199,7 +230,7 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
             validation=dict(report.validation), loss_history=list(loss_history),
         )
 
-    trained = train_model(spec.model, split, hp, seed, on_epoch=on_epoch, should_stop=ctx.should_stop)
+    trained = _train(spec, split, hp, seed, workers, job.id, ctx, on_epoch, ray_training)
     ctx.report(phase="evaluating")
     train_csr, test_csr = split.train_csr(), split.test_csr()
     metrics = evaluate_scores(trained.user_vectors, trained.item_vectors, train_csr, test_csr,
@@ -212,6 +243,8 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
         train_seconds=trained.train_seconds,
         epochs_run=float(trained.epochs_run),
         best_epoch=float(trained.best_epoch),
+        workers=float(trained.distribution["workers"]),
+        num_replicas_in_sync=float(trained.distribution["num_replicas_in_sync"]),
     )
     if trained.loss_history:
         metrics["final_loss"] = float(trained.loss_history[-1])
@@ -219,7 +252,8 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
                    loss_history=list(trained.loss_history))
     event(log, "job evaluated", job_id=job.id, model=spec.model, split=split.name,
           recall_at_10=round(metrics["recall_at_10"], 4), ndcg_at_10=round(metrics["ndcg_at_10"], 4),
-          popularity_recall_at_10=round(baseline["recall_at_10"], 4), train_seconds=round(trained.train_seconds, 1))
+          popularity_recall_at_10=round(baseline["recall_at_10"], 4), train_seconds=round(trained.train_seconds, 1),
+          engine=trained.distribution["engine"], workers=trained.distribution["workers"])
     refusal = _quality_gate(spec, config, validation_recall, split)
     if refusal:
         return {**outcome, "published": False, "not_published_reason": refusal}
@@ -245,6 +279,8 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig) -> dict:
         "baseline_metrics": {"popularity": baseline},
         "loss_history": list(trained.loss_history),
         "validation_history": trained.validation_history,
+        # engine ("in_process" / "ray_train"), workers, num_replicas_in_sync (from the workers' strategy)
+        "distribution": dict(trained.distribution),
         "libraries": _library_versions(),
     }
     png = loss_plot_png(trained.loss_history, [v.get("recall_at_10", 0.0) for v in trained.validation_history],

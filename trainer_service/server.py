@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 
@@ -31,6 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "smaller ones are served exactly (default 100000)")
     parser.add_argument("--max-dataset-bytes", type=_positive_int, default=None, metavar="BYTES",
                         help="refuse dataset files larger than this, unread (default 2 GiB: fits ML-25M's ratings.csv)")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="data-parallel workers per neural job, on Ray Train (default 1: in-process, Ray "
+                             "never started); also the most a request may ask for")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="run multi-worker jobs on this existing Ray cluster (default: a local Ray the "
+                             "trainer starts on first use and stops with itself)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     security.add_arguments(parser)
     return parser.parse_args(argv)
@@ -70,11 +77,26 @@ def main(argv=None) -> None:
         queue_size=args.queue_size, keep_versions=args.keep_versions, min_validation_recall_at_10=args.min_recall,
         **({} if args.ann_min_items is None else {"ann_min_items": args.ann_min_items}),
         **({} if args.max_dataset_bytes is None else {"max_dataset_bytes": args.max_dataset_bytes}),
+        workers=args.workers, ray_address=args.ray_address,
     )
     remove_stale_temp_folders(config.model_root)
+    ray_training = None
+    if config.workers > 1:
+        from trainer_service.distributed import RayTraining  # the only way Ray gets imported
+
+        ray_training = RayTraining(config.ray_address, config.workers)
+        atexit.register(ray_training.shutdown)  # also when start-up fails below; stop() does it first
+        try:
+            ray_training.connect()  # here, in the main thread: see RayTraining.connect
+        except Exception as exc:
+            ray_training.shutdown()
+            raise SystemExit(f"movierec-trainer: cannot start or reach Ray "
+                             f"({config.ray_address or 'local'}): {exc}") from exc
+    elif config.ray_address:
+        event(log, "--ray-address ignored: --workers is 1, so every job trains in-process", logging.WARNING)
     manager = JobManager(
         JobStore(config.model_root),
-        lambda job, ctx: run_job(job, ctx, config),
+        lambda job, ctx: run_job(job, ctx, config, ray_training),
         queue_size=config.queue_size,
         cancelled_exceptions=(TrainingCancelled, PublishCancelled),
     )
@@ -85,9 +107,15 @@ def main(argv=None) -> None:
         interceptors=interceptors, credentials=credentials,
     )
     handle.set_serving(True)
-    event(log, "trainer listening", port=handle.port, model_root=config.model_root)
+    event(log, "trainer listening", port=handle.port, model_root=config.model_root, workers=config.workers)
     print(f"movierec-trainer listening on {args.host}:{handle.port}", flush=True)
-    wait_for_termination(handle, on_stop=lambda: manager.shutdown(timeout=30))
+
+    def stop() -> None:
+        manager.shutdown(timeout=30)
+        if ray_training is not None:
+            ray_training.shutdown()  # a local Ray goes with the trainer
+
+    wait_for_termination(handle, on_stop=stop)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@ errors to status codes, nothing more."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_service.job_manager import IdempotencyConflict, JobManager, JobNotFound, QueueFull
 from trainer_service.jobs import JobRecord, TrainSpec
-from trainer_service.pipeline import InvalidRequest, TrainerConfig, validate_spec
+from trainer_service.pipeline import InvalidRequest, TrainerConfig, resolve_workers, validate_spec
 
 MAX_KEY_LENGTH = 128
 MAX_NAME_LENGTH = 64
@@ -57,6 +59,7 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
         min_validation_recall_at_10=gate.min_validation_recall_at_10,
         require_no_regression=gate.require_no_regression,
         quality_gate_disabled=gate.disabled,
+        workers=request.workers,
     )
 
 
@@ -75,6 +78,7 @@ def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
             require_no_regression=spec.require_no_regression,
             disabled=spec.quality_gate_disabled,
         ),
+        workers=spec.workers,
     )
 
 
@@ -119,6 +123,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         try:
             spec = spec_from_proto(request)
             validate_spec(spec, self._config)
+            spec = dataclasses.replace(spec, workers=resolve_workers(spec.workers, self._config))
             return job_to_proto(self._manager.submit(spec))
         except InvalidRequest as exc:
             _invalid(context, exc)

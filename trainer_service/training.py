@@ -3,6 +3,13 @@
 Early stopping and model selection look only at a validation set carved from
 the split's training ratings, so the split's test set stays untouched until the
 caller evaluates. Runs are seeded so the same request trains the same model.
+
+The neural kinds can also run as one replica of a data-parallel run (see
+``distributed``): the caller passes a ``tf.distribute`` strategy, the model
+is built under its scope, and every worker runs this same code on the same
+data in the same seeded order while the strategy hands each worker its part
+of every global batch. Only the chief (rank 0) validates, decides when to stop
+and exports vectors; the others follow its decision.
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ from .hyperparams import MODEL_KINDS, Hyperparameters
 tf = tensorflow()
 
 SELECTION_METRIC = "recall_at_10"
+
+
+ENGINE_IN_PROCESS = "in_process"
+
+
+def in_process_distribution() -> dict:
+    return {"engine": ENGINE_IN_PROCESS, "workers": 1, "num_replicas_in_sync": 1}
 
 
 @dataclass
@@ -50,6 +64,8 @@ class TrainedModel:
     hyperparameters: Hyperparameters
     validation_split: str = ""          # what validation_metrics were measured on
     extra: dict = field(default_factory=dict)  # kind-specific facts, e.g. ease_blend's chosen weight
+    # How it was trained: engine ("in_process" or "ray_train"), workers, num_replicas_in_sync.
+    distribution: dict = field(default_factory=in_process_distribution)
 
 
 class TrainingCancelled(Exception):
@@ -68,12 +84,33 @@ def _validation_metrics(user_vectors, item_vectors, validation: Split) -> dict[s
     return {k: v for k, v in metrics.items() if k in ("recall_at_10", "ndcg_at_10", "recall_at_50")}
 
 
+def is_chief(strategy) -> bool:
+    """Rank 0 of a multi-worker strategy, or the only process of any other."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver is None or resolver.task_id in (None, 0)
+
+
+def _follow_chief(strategy, decision: bool) -> bool:
+    """The chief's decision, on every worker.
+
+    Workers that disagree on when ``fit`` ends deadlock in the next
+    collective, so only the chief decides: the others add 0 to its 0 or 1.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return decision
+    vote = tf.constant(1.0 if decision and is_chief(strategy) else 0.0)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(vote)), axis=None)
+    return bool(total.numpy() > 0)
+
+
 class _Supervisor(tf.keras.callbacks.Callback):
     """Cancellation per batch, validation + early stopping + progress per epoch."""
 
     def __init__(self, model, validation: Split, hp: Hyperparameters, steps_per_epoch: int, started: float,
-                 on_epoch, should_stop):
+                 on_epoch, should_stop, strategy):
         super().__init__()
+        self.strategy = strategy
+        self.chief = is_chief(strategy)
         self.vector_model = model
         self.validation = validation
         self.hp = hp
@@ -104,25 +141,37 @@ class _Supervisor(tf.keras.callbacks.Callback):
         self._epoch_batches += 1
 
     def on_epoch_end(self, epoch, logs=None):
+        # Under a strategy Keras sums the replicas' losses, each already divided
+        # by the global batch, so this is the global batch's mean on every worker.
         self.losses.append(self._epoch_loss_sum / max(self._epoch_batches, 1))
         self._epoch_loss_sum, self._epoch_batches = 0.0, 0
+        stop = False
+        if self.chief:
+            stop = self._validate(epoch)
+        if _follow_chief(self.strategy, stop):
+            self.model.stop_training = True
+        self._check_cancel()
+
+    def _validate(self, epoch) -> bool:
+        """Validation, model selection and progress; returns whether to stop."""
         vectors = self.vector_model.export_vectors(self.validation.train_csr())
         metrics = _validation_metrics(*vectors, self.validation)
         self.history.append(metrics)
+        stop = False
         if metrics[SELECTION_METRIC] > self.best_score:
             self.best_score = metrics[SELECTION_METRIC]
             self.best_epoch = epoch + 1
             self.best_weights = self.vector_model.get_weights()
         elif epoch + 1 - self.best_epoch >= self.hp.patience or not np.isfinite(self.losses[-1]):
             # A diverged run (e.g. a too-high learning rate) stops; the best weights so far are kept.
-            self.model.stop_training = True
+            stop = True
         if self.on_epoch is not None:
             self.on_epoch(EpochReport(
                 epoch=epoch + 1, epochs=self.hp.epochs, loss=self.losses[-1],
                 elapsed_seconds=time.monotonic() - self.started, validation=metrics,
                 step=self.steps, steps_per_epoch=self.steps_per_epoch,
             ))
-        self._check_cancel()
+        return stop
 
 
 # Up to this many examples tf.data shuffles them all each epoch (its buffer
@@ -132,9 +181,26 @@ class _Supervisor(tf.keras.callbacks.Callback):
 FULL_SHUFFLE_MAX_EXAMPLES = 2_000_000
 
 
-def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int) -> "tf.data.Dataset":
-    """Batches of ``features`` streamed from the arrays, in a seeded order that changes every epoch."""
+def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int,
+                     shard_by_data: bool = False) -> "tf.data.Dataset":
+    """Batches of ``features`` streamed from the arrays, in a seeded order that changes every epoch.
+
+    ``batch_size`` is the global batch. With ``shard_by_data`` every worker
+    builds this same dataset (same seed, same order) and a multi-worker
+    strategy splits each global batch into per-worker batches of
+    ``batch_size / workers`` and keeps this worker's one, so N workers take
+    the same optimisation steps over the same batches as one worker would.
+    """
     n_examples = len(next(iter(features.values())))
+    dataset = _batches(features, n_examples, batch_size, seed)
+    if shard_by_data:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
+    return dataset
+
+
+def _batches(features, n_examples: int, batch_size: int, seed: int) -> "tf.data.Dataset":
     if n_examples <= FULL_SHUFFLE_MAX_EXAMPLES:
         return (tf.data.Dataset.from_tensor_slices(features)
                 .shuffle(n_examples, seed=seed, reshuffle_each_iteration=True)
@@ -154,28 +220,35 @@ def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int
             .prefetch(tf.data.AUTOTUNE))
 
 
-def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
-    model = models.build_model(kind, split.data.n_users, split.data.n_items, hp)
-    model.sampling_seed = seed
+def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, started, strategy=None) -> TrainedModel:
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = models.build_model(kind, split.data.n_users, split.data.n_items, hp)
+        model.sampling_seed = seed
+        # XLA roughly halves the step time on CPU, mostly in the optimizer
+        # update; it has no CPU kernel for the multi-worker collectives in that
+        # update (CollectiveGatherV2), so several workers step without it.
+        model.compile(
+            optimizer=tf.keras.optimizers.AdamW(learning_rate=hp.learning_rate, weight_decay=hp.weight_decay),
+            jit_compile=replicas == 1,
+        )
     train = validation.train
     features = model.training_examples(split.data.users[train], split.data.items[train], validation.train_csr())
     n_examples = len(next(iter(features.values())))
-    dataset = training_dataset(features, hp.batch_size, seed)
+    dataset = training_dataset(features, hp.batch_size, seed, shard_by_data=replicas > 1)
     del features
     steps = int(np.ceil(n_examples / hp.batch_size))
-    # XLA roughly halves the step time on CPU, mostly in the optimizer update.
-    model.compile(
-        optimizer=tf.keras.optimizers.AdamW(learning_rate=hp.learning_rate, weight_decay=hp.weight_decay),
-        jit_compile=True,
-    )
-    supervisor = _Supervisor(model, validation, hp, steps, started, on_epoch, should_stop)
+    supervisor = _Supervisor(model, validation, hp, steps, started, on_epoch, should_stop, strategy)
     supervisor._check_cancel()
     model.fit(dataset, epochs=hp.epochs, verbose=0, callbacks=[supervisor])
-    if supervisor.best_weights is not None:
-        model.set_weights(supervisor.best_weights)
-    # Users' full training history (validation ratings included) is what the
-    # vectors should reflect for serving.
-    user_vectors, item_vectors = model.export_vectors(split.train_csr())
+    user_vectors = item_vectors = np.zeros((0, 0), dtype=np.float32)
+    if supervisor.chief:  # the other workers hold the same weights; only the chief's result is kept
+        if supervisor.best_weights is not None:
+            model.set_weights(supervisor.best_weights)
+        # Users' full training history (validation ratings included) is what the
+        # vectors should reflect for serving.
+        user_vectors, item_vectors = model.export_vectors(split.train_csr())
     best = supervisor.best_epoch
     return TrainedModel(
         kind=kind, user_vectors=user_vectors.astype(np.float32), item_vectors=item_vectors.astype(np.float32),
@@ -184,6 +257,7 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
         epochs_run=len(supervisor.losses), best_epoch=best,
         train_seconds=time.monotonic() - started, hyperparameters=hp, validation_split=validation.name,
         extra={"softmax": "sampled" if model.sampled else "full"} if isinstance(model, models.TwoTowerModel) else {},
+        distribution={**in_process_distribution(), "num_replicas_in_sync": replicas},
     )
 
 
@@ -336,15 +410,24 @@ def catalogue_refusal(kind: str, n_items: int) -> str:
 
 def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
                 on_epoch: Callable[[EpochReport], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> TrainedModel:
-    """Train ``kind`` on ``split``'s training ratings and export user/item vectors."""
+                should_stop: Callable[[], bool] | None = None,
+                strategy: "tf.distribute.Strategy | None" = None) -> TrainedModel:
+    """Train ``kind`` on ``split``'s training ratings and export user/item vectors.
+
+    With a multi-worker ``strategy`` (neural kinds only) this is one worker's
+    part of a data-parallel run; only the chief's result holds vectors.
+    """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
     refusal = catalogue_refusal(kind, split.data.n_items)
     if refusal:
         raise ValueError(refusal)
+    if strategy is not None and kind in CLOSED_FORM_KINDS:
+        raise ValueError(f"{kind} trains in closed form on one worker; it takes no distribution strategy")
     started = time.monotonic()
+    # The same seed on every worker: the same initial weights and the same data order.
     tf.keras.utils.set_random_seed(seed)
     validation = carve_validation(split, hparams.validation_size, seed)
-    trainer = _CLOSED_FORM_TRAINERS.get(kind, _train_neural)
-    return trainer(kind, split, validation, hparams, seed, on_epoch, should_stop, started)
+    if kind in CLOSED_FORM_KINDS:
+        return _CLOSED_FORM_TRAINERS[kind](kind, split, validation, hparams, seed, on_epoch, should_stop, started)
+    return _train_neural(kind, split, validation, hparams, seed, on_epoch, should_stop, started, strategy)

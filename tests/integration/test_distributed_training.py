@@ -1,0 +1,168 @@
+"""Data-parallel training on Ray Train through the real trainer (``--workers 2``,
+a local Ray it starts itself): the limit is enforced, two workers match one,
+a killed worker fails the job cleanly, and a SIGTERM mid-job cancels the job
+and takes the trainer's Ray with it.
+
+The tests share one trainer and run in file order (the last one stops it);
+MovieLens 100K's ``ua`` split with a couple of epochs keeps the file under
+three minutes on two cores, most of it Ray's start-up of each job's workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from clients import InvalidArgument, TrainerClient
+from tests.servers import start_trainer
+
+pytestmark = pytest.mark.slow
+
+SEED = 7
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def ray_trainer(tmp_path_factory, movielens_dir):
+    base = tmp_path_factory.mktemp("distributed")
+    model_root = base / "models"
+    trainer = start_trainer(model_root, base, "--workers", "2", env={"MOVIELENS_DIR": str(movielens_dir)})
+    yield {"trainer": trainer, "model_root": model_root, "log": base / "trainer.log"}
+    trainer.terminate()
+
+
+def _versions(model_root: Path) -> list[str]:
+    return sorted(p.name for p in model_root.iterdir() if p.name.isdigit())
+
+
+def _metadata(model_root: Path, version: int) -> dict:
+    return json.loads((model_root / str(version) / "metadata.json").read_text())
+
+
+def _ray_temp_dir(log: Path) -> Path:
+    for line in log.read_text().splitlines():
+        if '"ray connected"' in line:
+            return Path(json.loads(line)["temp_dir"])
+    raise AssertionError("the trainer never logged starting Ray")
+
+
+def _train_workers(trainer_pid: int) -> list[psutil.Process]:
+    """The live Ray Train worker processes under the trainer (Ray titles them ``ray::RayTrainWorker...``)."""
+    found = []
+    for child in psutil.Process(trainer_pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()) and _alive(child):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie of an earlier job
+            pass
+    return found
+
+
+def test_more_workers_than_the_limit_is_invalid_argument(ray_trainer):
+    with TrainerClient(ray_trainer["trainer"].address, timeout=30) as tc, pytest.raises(InvalidArgument) as refused:
+        tc.train("two_tower", epochs=1, workers=3)
+    assert "--workers 2" in refused.value.details and "workers=3" in refused.value.details
+
+
+def test_two_workers_match_one_worker_and_the_version_records_the_engine(ray_trainer):
+    model_root = ray_trainer["model_root"]
+    # A higher learning rate than the default so that two epochs already beat popularity (0.12).
+    request = {"holdout": "ua", "epochs": EPOCHS, "seed": SEED, "hyperparameters": {"learning_rate": 0.01},
+               "quality_gate_disabled": True}
+    with TrainerClient(ray_trainer["trainer"].address, timeout=30) as tc:
+        local = tc.train("two_tower", workers=1, **request)
+        ray_job = tc.train("two_tower", **request)  # 0 = the trainer's --workers, 2
+        local = tc.wait_for_job(local.id, timeout=300)
+        seen = list(tc.watch_job(ray_job.id, timeout=300))
+    distributed = seen[-1]
+    assert local.state == "SUCCEEDED", local.error
+    assert distributed.state == "SUCCEEDED", distributed.error
+
+    one, two = _metadata(model_root, local.model_version), _metadata(model_root, distributed.model_version)
+    assert one["distribution"] == {"engine": "in_process", "workers": 1, "num_replicas_in_sync": 1}
+    assert two["distribution"]["engine"] == "ray_train"
+    assert two["distribution"]["workers"] == 2 and two["distribution"]["num_replicas_in_sync"] == 2
+    assert distributed.metrics["workers"] == 2 and distributed.metrics["num_replicas_in_sync"] == 2
+    assert local.metrics["workers"] == 1
+    assert (local.workers, distributed.workers) == (1, 2)  # the job record says what it ran on
+
+    # Same global batch, same seed, same data order: the same optimisation up to float
+    # rounding (summation order; the workers step without XLA).
+    assert abs(distributed.metrics["recall_at_10"] - local.metrics["recall_at_10"]) <= 0.01, (
+        distributed.metrics, local.metrics)
+    assert distributed.loss_history == pytest.approx(local.loss_history, rel=1e-3)
+    assert len(distributed.loss_history) == EPOCHS
+
+    # Progress reached the watcher: Ray's start-up, then per-epoch losses from rank 0.
+    phases = [job.progress.phase for job in seen]
+    assert phases.index("starting ray workers") < phases.index("training")
+    epochs = {job.progress.epoch: job.progress.loss for job in seen if job.progress.loss}
+    assert sorted(epochs) == list(range(1, EPOCHS + 1))
+    assert not list((_ray_temp_dir(ray_trainer["log"]) / "runs").iterdir()), "a finished job left Ray files"
+
+
+def test_killing_a_ray_worker_fails_the_job_cleanly_and_the_next_job_succeeds(ray_trainer):
+    trainer, model_root = ray_trainer["trainer"], ray_trainer["model_root"]
+    before = _versions(model_root)
+    with TrainerClient(trainer.address, timeout=30) as tc:
+        doomed = tc.train("two_tower", holdout="ua", epochs=50, hyperparameters={"patience": 50}, seed=SEED)
+        for job in tc.watch_job(doomed.id, timeout=300):
+            if job.progress.epoch >= 1 or job.done:
+                break
+        assert not job.done, job.error
+        workers = _train_workers(trainer.process.pid)
+        assert len(workers) == 2, [w.cmdline() for w in workers]
+        os.kill(workers[-1].pid, signal.SIGKILL)
+
+        failed = tc.wait_for_job(doomed.id, timeout=120)
+        assert failed.state == "FAILED", failed
+        assert re.search(r"Ray workers failed: rank \d died", failed.error), failed.error
+        assert not failed.published and failed.model_version is None
+        assert _versions(model_root) == before
+        assert not list(model_root.glob(".tmp-*"))
+        assert not list((_ray_temp_dir(ray_trainer["log"]) / "runs").iterdir()), "the failed job left Ray files"
+
+        after = tc.wait_for_job(tc.train("two_tower", holdout="ua", epochs=1, seed=SEED).id, timeout=300)
+    assert after.state == "SUCCEEDED", after.error
+    assert after.published and _metadata(model_root, after.model_version)["distribution"]["workers"] == 2
+
+
+def test_sigterm_mid_job_cancels_it_and_stops_the_local_ray(ray_trainer):
+    trainer, model_root = ray_trainer["trainer"], ray_trainer["model_root"]
+    ray_dir = _ray_temp_dir(ray_trainer["log"])
+    before = _versions(model_root)
+    with TrainerClient(trainer.address, timeout=30) as tc:
+        running = tc.train("two_tower", holdout="ua", epochs=50, hyperparameters={"patience": 50}, seed=SEED)
+        for job in tc.watch_job(running.id, timeout=300):
+            if job.progress.phase == "training" or job.done:
+                break
+        assert not job.done, job.error
+    descendants = psutil.Process(trainer.process.pid).children(recursive=True)
+    assert len(_train_workers(trainer.process.pid)) == 2
+
+    assert trainer.terminate() == 0  # graceful: the Ray job is cancelled, then Ray is shut down
+    record = json.loads((model_root / ".jobs" / f"{running.id}.json").read_text())
+    assert record["state"] == "CANCELLED", record
+    assert _versions(model_root) == before and not list(model_root.glob(".tmp-*"))
+    deadline = time.monotonic() + 20
+    while True:
+        alive = [p for p in descendants if _alive(p)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not alive, [p.pid for p in alive]
+    assert not ray_dir.exists()
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

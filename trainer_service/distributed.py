@@ -1,0 +1,340 @@
+"""Data-parallel training of the neural kinds on Ray Train.
+
+The trainer process stays the driver. It loads and splits the data once (it
+needs the split to evaluate anyway), hands it to the workers through Ray's
+object store (so workers on other machines need no copy of the files), and
+keeps evaluation, the quality gate and publishing on the one in-process code
+path: a distributed job publishes exactly like a local one.
+
+Ray Train's ``TensorflowTrainer`` starts N workers and sets ``TF_CONFIG``;
+each worker runs ``training.train_model`` under a
+``MultiWorkerMirroredStrategy``, which keeps the copies of the weights equal
+by summing gradients every step. Every worker holds the same split and builds
+the same seeded input pipeline; the strategy hands each its share of every
+global batch (``training.training_dataset``). A small channel actor connects the two
+sides: rank 0 sends it per-epoch progress and, at the end, its trained
+vectors (so nothing is written to storage and there is no checkpoint to
+clean up); the driver sends it a cancel flag that every worker polls.
+
+Ray is imported here only, and only by a trainer started with ``--workers``
+above 1: the default ``--workers 1`` never loads or starts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+import time
+from typing import Callable
+
+from movierec_common import tfenv  # its import sets the TensorFlow environment that workers are given
+from movierec_common.logs import event
+
+log = logging.getLogger(__name__)
+
+ENGINE_RAY = "ray_train"
+# How often a worker asks the channel whether the job was cancelled, and the
+# driver asks it for progress: an actor call per batch would cost more than
+# the batch does.
+POLL_SECONDS = 0.5
+# Gradients are all-reduced in packs of up to this size rather than one
+# collective per variable: on MovieLens 100K that halved two workers' epoch.
+PACK_BYTES = 32 * 1024 * 1024
+# Set (unless already set) before ``ray`` is imported; a local Ray's processes
+# inherit them.
+RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage report sent home
+    "RAY_TRAIN_V2_ENABLED": "1",     # the default in 2.60; this module relies on V2's behaviour
+}
+# Only for the private local Ray: nobody else connects to it. A cluster keeps its own setting.
+LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled"}
+# tfenv's settings, handed to every worker of the job: a cluster's workers do not
+# inherit this process's environment, and Ray Train imports TensorFlow in them
+# before our code runs (TFRS then finds Keras 3 without TF_USE_LEGACY_KERAS).
+WORKER_ENVIRONMENT = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "ABSL_MIN_LOG_LEVEL",
+                      "GRPC_VERBOSITY", "MOVIEREC_TF_VERBOSE")
+
+
+class DistributedTrainingFailed(RuntimeError):
+    """A Ray run ended without a model; the message says why, for the job's error."""
+
+
+class _Channel:
+    """The job's meeting point: progress and the result from rank 0, the cancel flag from the driver.
+
+    Holds plain data only (dicts, bytes), so this actor never imports
+    TensorFlow.
+    """
+
+    def __init__(self):
+        self._phase = ""
+        self._epochs: list[dict] = []
+        self._cancelled = False
+        self._result: bytes | None = None
+
+    def set_phase(self, phase: str) -> None:
+        self._phase = phase
+
+    def add_epoch(self, report: dict) -> None:
+        self._epochs.append(report)
+
+    def progress(self, seen: int) -> tuple[str, list[dict]]:
+        return self._phase, self._epochs[seen:]
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def finish(self, result: bytes) -> None:
+        self._result = result
+
+    def result(self) -> bytes | None:
+        return self._result
+
+
+class _CancelPoll:
+    """``should_stop`` for a worker: the driver's cancel flag, read at most every POLL_SECONDS."""
+
+    def __init__(self, channel):
+        self._channel = channel
+        self._asked = 0.0
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        import ray
+
+        now = time.monotonic()
+        if not self._cancelled and now - self._asked >= POLL_SECONDS:
+            self._asked = now
+            self._cancelled = ray.get(self._channel.cancelled.remote())
+        return self._cancelled
+
+
+def _multi_worker_strategy():
+    """The strategy, made before anything else touches TensorFlow in this worker.
+
+    MultiWorkerMirroredStrategy configures collective ops, which TensorFlow
+    allows only before its runtime starts ("Collective ops must be configured
+    at program startup"), and ``tfenv.tensorflow()`` starts it; so the raw
+    module is used first, after tfenv has set the environment.
+    """
+    import ray
+    import tensorflow as tf  # raw, see the docstring; tfenv (imported above) has set its environment
+
+    # One intra-op pool the size of this worker's CPU share: N workers each
+    # using every core would fight over them.
+    cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
+    if cpus > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(cpus)
+    options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=PACK_BYTES)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    tfenv.tensorflow()
+    return strategy
+
+
+def _train_worker(config: dict) -> None:
+    """One Ray Train worker: the same training code as in-process, under the multi-worker strategy."""
+    strategy = _multi_worker_strategy()
+    import ray
+
+    from trainer_service import training  # imports TensorFlow: only after the strategy exists
+
+    channel = config["channel"]
+    chief = training.is_chief(strategy)
+    split = ray.get(config["split"])
+    if chief:
+        channel.set_phase.remote("training")
+
+    def on_epoch(report) -> None:
+        channel.add_epoch.remote(dataclasses.asdict(report))
+
+    trained = training.train_model(config["kind"], split, config["hyperparameters"], config["seed"],
+                                   on_epoch=on_epoch if chief else None, should_stop=_CancelPoll(channel),
+                                   strategy=strategy)
+    if chief:
+        ray.get(channel.finish.remote(pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL)))
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """A worker's death or error in one line, for the job's record (Ray's own text spans pages)."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    parts = []
+    for rank, error in sorted(failures.items()):
+        text = str(error).strip()
+        died = "died" in text.lower() or "actor" in type(error).__name__.lower()
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        summary = next((line for line in lines if "died" in line.lower() or "killed" in line.lower()), None)
+        if summary is None:
+            summary = lines[-1] if lines else type(error).__name__
+        parts.append(f"rank {rank} {'died' if died else 'failed'}: {summary[:300]}")
+    if not parts:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        parts.append((lines[0] if lines else type(exc).__name__)[:300])
+    return "; ".join(parts)
+
+
+class RayTraining:
+    """The trainer's link to Ray: a private local Ray it starts and removes, or a cluster it joins.
+
+    One job at a time (the job manager's worker thread) calls :meth:`train`.
+    """
+
+    def __init__(self, address: str | None, max_workers: int):
+        self.address = address
+        self.max_workers = max_workers
+        self._lock = threading.Lock()
+        self._connected = False
+        self._own_dir: str | None = None   # the local Ray's temp folder, removed at shutdown
+        self._runs_dir: str | None = None  # Ray Train's storage_path; each job's folder is removed after it
+
+    def connect(self):
+        """Starts or joins Ray (once); returns the ``ray`` module.
+
+        The trainer calls this from its main thread at start-up, before it
+        installs its own signal handlers: ``ray.init`` installs a native
+        SIGTERM handler that aborts the process, and only a handler installed
+        after it (the trainer's graceful stop) takes precedence. It also makes
+        an unreachable ``--ray-address`` fail the start, not the first job.
+        """
+        with self._lock:
+            for name, value in {**RAY_ENVIRONMENT, **({} if self.address else LOCAL_RAY_ENVIRONMENT)}.items():
+                os.environ.setdefault(name, value)
+            import ray  # only a trainer with --workers > 1 loads Ray
+
+            if self._connected:
+                return ray
+            # Ray's warnings become this process's JSON log lines; its info chatter goes.
+            ray_logger = logging.getLogger("ray")
+            ray_logger.handlers[:] = []
+            ray_logger.propagate = True
+            ray_logger.setLevel(logging.WARNING)
+            started = time.monotonic()
+            runtime_env = {"env_vars": {name: os.environ[name] for name in WORKER_ENVIRONMENT if name in os.environ}}
+            quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": False,
+                     "namespace": "movierec", "runtime_env": runtime_env}
+            if self.address:
+                ray.init(address=self.address, **quiet)
+                self._runs_dir = tempfile.mkdtemp(prefix="movierec-ray-runs-")
+            else:
+                # Short and under /tmp: Ray's socket paths must fit in 107 bytes.
+                self._own_dir = tempfile.mkdtemp(prefix="movierec-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+                self._runs_dir = os.path.join(self._own_dir, "runs")
+                os.makedirs(self._runs_dir)
+                # Enough CPU slots for the largest job even on a smaller machine (oversubscribed then, not stuck).
+                ray.init(num_cpus=max(os.cpu_count() or 1, self.max_workers), _temp_dir=self._own_dir,
+                         include_dashboard=False, **quiet)
+            self._connected = True
+            event(log, "ray connected", address=self.address or "local", seconds=round(time.monotonic() - started, 2),
+                  temp_dir=self._own_dir or "")
+            return ray
+
+    def train(self, kind: str, split, hyperparameters, seed: int, workers: int, run_name: str,
+              on_epoch: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+              on_phase: Callable[[str], None] | None = None):
+        """Trains on ``workers`` Ray workers; returns rank 0's ``TrainedModel``.
+
+        Raises ``TrainingCancelled`` when ``should_stop`` asked for it, and
+        ``DistributedTrainingFailed`` when a worker failed or died (no retry:
+        a half-finished data-parallel run cannot be resumed here).
+        """
+        from trainer_service.training import EpochReport, TrainingCancelled
+
+        started = time.monotonic()
+        if on_phase:
+            on_phase("starting ray workers")
+        ray = self.connect()
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.tensorflow import TensorflowTrainer
+
+        channel = ray.remote(num_cpus=0)(_Channel).remote()
+        split_ref = ray.put(split)
+        storage = os.path.join(self._runs_dir, run_name)
+        trainer = TensorflowTrainer(
+            _train_worker,
+            train_loop_config={"kind": kind, "split": split_ref, "hyperparameters": hyperparameters, "seed": seed,
+                               "channel": channel},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+            # No retries of any kind: a worker lost mid-run fails the job, and so
+            # does a cluster that cannot place the workers within Ray Train's
+            # start-up timeout (60 s), instead of retrying forever.
+            run_config=RunConfig(name=run_name, storage_path=self._runs_dir,
+                                 failure_config=FailureConfig(max_failures=0, controller_failure_limit=0,
+                                                              max_preemption_failures=0)),
+        )
+        outcome: dict = {}
+
+        def fit():
+            try:
+                outcome["result"] = trainer.fit()
+            except BaseException as exc:  # handed to the job's thread below
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=fit, name=f"ray-fit-{run_name}", daemon=True)
+        runner.start()
+        phase, seen, cancel_sent, ready = "", 0, False, 0.0
+        try:
+            while True:
+                finished = not runner.is_alive()
+                new_phase, epochs = ray.get(channel.progress.remote(seen))
+                if new_phase != phase:  # "training": rank 0 has its strategy and data
+                    phase, ready = new_phase, time.monotonic() - started
+                    if on_phase:
+                        on_phase(phase)
+                    event(log, "ray workers ready", job_id=run_name, workers=workers, seconds=round(ready, 1))
+                for report in epochs:
+                    if on_epoch:
+                        on_epoch(EpochReport(**report))
+                seen += len(epochs)
+                if not cancel_sent and should_stop is not None and should_stop():
+                    channel.cancel.remote()
+                    cancel_sent = True
+                if finished:
+                    break
+                runner.join(POLL_SECONDS)
+            if cancel_sent:
+                raise TrainingCancelled("training cancelled on request")
+            if "error" in outcome:
+                reason = _failure_reason(outcome["error"])
+                event(log, "ray training failed", logging.WARNING, job_id=run_name, reason=reason)
+                raise DistributedTrainingFailed(f"distributed training on {workers} Ray workers failed: {reason}")
+            payload = ray.get(channel.result.remote())
+            if payload is None:
+                raise DistributedTrainingFailed("distributed training ended without a result from rank 0")
+            trained = pickle.loads(payload)
+        finally:
+            try:
+                ray.kill(channel)
+            except Exception as exc:  # Ray already shut down (the trainer is stopping): nothing left to kill
+                log.debug("channel not killed: %s", exc)
+            del split_ref
+            shutil.rmtree(storage, ignore_errors=True)
+        trained.distribution = {**trained.distribution, "engine": ENGINE_RAY, "workers": workers,
+                                "ray_address": self.address or "local", "ray": ray.__version__,
+                                "worker_train_seconds": round(trained.train_seconds, 3)}
+        trained.train_seconds = time.monotonic() - started
+        event(log, "ray training finished", job_id=run_name, workers=workers,
+              num_replicas_in_sync=trained.distribution["num_replicas_in_sync"], seconds=round(trained.train_seconds, 1),
+              workers_ready_seconds=round(ready, 1), worker_train_seconds=round(trained.distribution["worker_train_seconds"], 1))
+        return trained
+
+    def shutdown(self) -> None:
+        """Disconnects; a local Ray this trainer started stops with all its processes, and its folder goes."""
+        with self._lock:
+            if self._connected:
+                import ray
+
+                ray.shutdown()
+                self._connected = False
+                event(log, "ray stopped", address=self.address or "local")
+            for folder in (self._own_dir, self._runs_dir):
+                if folder:
+                    shutil.rmtree(folder, ignore_errors=True)
+            self._own_dir = self._runs_dir = None
