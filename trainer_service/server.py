@@ -20,7 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--model-root", required=True,
-                        help="folder or s3://bucket/prefix where versions are published (S3 settings from the AWS_* environment)")
+                        help="folder or s3://bucket/prefix where versions are published "
+                             "(S3 settings from the AWS_* environment)")
     parser.add_argument("--data-root", default=None, help="folder that custom dataset paths are relative to")
     parser.add_argument("--movielens-dir", default=os.environ.get("MOVIELENS_DIR"),
                         help="GroupLens ml-100k folder or ml-100k.zip (default: $MOVIELENS_DIR, then tensorflow-datasets)")
