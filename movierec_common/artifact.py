@@ -21,6 +21,7 @@ magnitude faster per call than entering the TF runtime.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +182,20 @@ def save(artifact: ModelArtifact, path: str) -> None:
     tf = tensorflow()
     module = _build_module(artifact)
     tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: module.recommend})
+
+
+def write_version(folder: str, artifact: ModelArtifact, metadata: dict[str, Any],
+                  files: dict[str, bytes] | None = None) -> None:
+    """Writes a complete version into a new local folder: the SavedModel, the
+    side files, then ``metadata.json`` (with the manifest of all the others)
+    last, so that its presence means the rest is there."""
+    save(artifact, folder)
+    for name, data in (files or {}).items():
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(data)
+    record = {**metadata, "format_version": FORMAT_VERSION, "files": file_manifest(folder)}
+    with open(os.path.join(folder, METADATA_FILE), "w") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def load(path: str) -> tuple[ModelArtifact, Any]:

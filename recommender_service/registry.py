@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import io
-import json
 import logging
 import os
 import pickle
@@ -352,10 +351,7 @@ def _warm_up() -> None:
     folder = tempfile.mkdtemp(prefix="movierec-warm-")
     try:
         path = os.path.join(folder, "1")
-        artifact_format.save(artifact, path)
-        with open(os.path.join(path, artifact_format.METADATA_FILE), "w") as handle:
-            handle.write(json.dumps({"format_version": artifact_format.FORMAT_VERSION,
-                                     "files": artifact_format.file_manifest(path)}))
+        artifact_format.write_version(path, artifact, {"model_kind": "warm-up"})
         validate_version(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -25,7 +25,6 @@ per root (it queues its own jobs) and scale its training out with --workers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -60,22 +59,6 @@ def remove_stale_temp_folders(root: str) -> list[str]:
     if removed:
         event(log, "removed stale temp folders", folders=removed)
     return removed
-
-
-def _assemble(folder: str, model: artifact_format.ModelArtifact, metadata: Mapping,
-              files: Mapping[str, bytes]) -> None:
-    """Writes the whole version into a local folder, metadata.json last."""
-    artifact_format.save(model, folder)
-    for name, data in files.items():
-        with open(os.path.join(folder, name), "wb") as handle:
-            handle.write(data)
-    record = {
-        **metadata,
-        "format_version": artifact_format.FORMAT_VERSION,
-        "files": artifact_format.file_manifest(folder),
-    }
-    with open(os.path.join(folder, artifact_format.METADATA_FILE), "w") as handle:
-        handle.write(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def _rename_into_place(base: str, staging: str) -> int:
@@ -127,7 +110,7 @@ def publish(
         work = tempfile.mkdtemp(prefix="movierec-publish-")
         staging = os.path.join(work, "version")
     try:
-        _assemble(staging, model, metadata, files)
+        artifact_format.write_version(staging, model, dict(metadata), dict(files))
         if local:
             if should_stop():
                 raise PublishCancelled("cancelled before the version was published")
