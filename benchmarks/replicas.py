@@ -16,9 +16,10 @@ seconds-long run on synthetic vectors). Prints a table, writes JSON to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import socket
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,25 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.tiny:
         args.replicas, args.repeats = min(args.replicas, 2), min(args.repeats, 2)
     return args
-
-
-def start_s3() -> tuple[object, str]:
-    """moto's S3 on a loopback port; the recommenders reach it through the AWS_* environment."""
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    boto3.client("s3").create_bucket(Bucket="bench")
-    return server, "s3://bench/models"
 
 
 class Watcher(threading.Thread):
@@ -112,32 +94,41 @@ class Watcher(threading.Thread):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="movierec-replicas-"))
+    with contextlib.ExitStack() as stack:
+        root = str(work / "models")
+        if args.s3:  # moto's S3 in this process; the recommenders reach it through the AWS_* environment
+            from tests.s3 import s3_server
+
+            stack.enter_context(s3_server("bench"))
+            root = "s3://bench/models"
+        try:
+            return run(args, work, root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path, root: str) -> int:
     from movierec_common.model_root import list_versions
     from trainer_service.publisher import publish
 
-    work = Path(tempfile.mkdtemp(prefix="movierec-replicas-"))
-    s3 = None
-    root = str(work / "models")
-    if args.s3:
-        s3, root = start_s3()
     if args.tiny or not (Path(args.movielens_dir) / "u.data").is_file():
         artifact, source = synthetic_artifact(args.seed), "synthetic (MovieLens 100K shape)"
     else:
         artifact, source = trained_artifact(args.movielens_dir, args.train_epochs, args.seed), "two_tower on ML-100K"
     publish(root, artifact, {"model_kind": "two_tower", "benchmark": "replicas", "variant": 0})
 
-    replicas = []
-    for n in range(args.replicas):
-        replicas.append(Server(f"recommender-{n}", [sys.executable, "-m", "recommender_service.server", "--port", "0",
-                                                    "--model-root", root, "--poll-seconds", str(args.poll_seconds)],
-                               work / f"recommender-{n}.log").start(120))
-    watchers = [Watcher(r.address) for r in replicas]
-    for w in watchers:
-        w.client.wait_until_serving(timeout=120)
-        w.start()
-
-    rows = []
+    replicas, watchers, rows = [], [], []
     try:
+        for n in range(args.replicas):
+            replicas.append(Server(f"recommender-{n}", [sys.executable, "-m", "recommender_service.server",
+                                                        "--port", "0", "--model-root", root,
+                                                        "--poll-seconds", str(args.poll_seconds)],
+                                   work / f"recommender-{n}.log").start(120))
+        watchers = [Watcher(r.address) for r in replicas]
+        for w in watchers:
+            w.client.wait_until_serving(timeout=120)
+            w.start()
         for repeat in range(1, args.repeats + 1):
             time.sleep(2.0)  # let the load settle between publishes
             version = publish(root, variant(artifact, repeat, args.seed),
@@ -160,8 +151,6 @@ def main(argv=None) -> int:
             w.client.close()
         for r in replicas:
             r.terminate()
-        if s3 is not None:
-            s3.stop()
 
     converged = [r["convergence_seconds"] for r in rows if r["convergence_seconds"] is not None]
     report = {

@@ -170,7 +170,7 @@ class Job:
     created_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
-    workers: int = 0  # data-parallel workers it runs on (0: recorded before workers existed, in-process)
+    workers: int = 0  # data-parallel workers requested (0: the trainer's --workers); metrics['workers']: what ran
 
     @property
     def done(self) -> bool:

@@ -60,18 +60,28 @@ def join(*parts: str) -> str:
     return "/".join([head.rstrip("/"), *[p.strip("/") for p in rest]])
 
 
-def list_names(folder: str) -> list[str]:
-    """Base names of the entries of folder; a missing or unreachable folder has none."""
+def list_names(folder: str, *, strict: bool = False) -> list[str]:
+    """Base names of the entries of folder; a missing folder has none.
+
+    A watcher passes ``strict=False``: an unreachable store then looks empty
+    and serving carries on. Whoever writes or deletes on the strength of a
+    listing (numbering versions, retention, job recovery) passes
+    ``strict=True`` and gets the error instead of a wrong "nothing there".
+    """
     fs, path = filesystem(folder)
     try:
         return [posixpath.basename(name.rstrip("/")) for name in fs.ls(path, detail=False)]
-    except Exception:  # FileNotFoundError, PermissionError, an unreachable store
+    except FileNotFoundError:
+        return []
+    except Exception:  # PermissionError, an unreachable store
+        if strict:
+            raise
         return []
 
 
-def list_versions(root: str) -> list[int]:
+def list_versions(root: str, *, strict: bool = False) -> list[int]:
     """Integer-named entries of root, ascending."""
-    return sorted(int(name) for name in list_names(root) if name.isdigit() and not name.startswith("0"))
+    return sorted(int(name) for name in list_names(root, strict=strict) if name.isdigit() and not name.startswith("0"))
 
 
 def version_dir(root: str, version: int) -> str:
@@ -158,10 +168,14 @@ def write_serving_marker(root: str, replica: str, version: int) -> None:
 
 
 def versions_in_use(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> set[int]:
-    """Versions some live recommender serves (markers refreshed within ttl)."""
+    """Versions some live recommender serves (markers refreshed within ttl).
+
+    Raises when the markers cannot be listed: "none in use" would let
+    retention delete what replicas serve.
+    """
     folder = join(root, SERVING_DIR)
     in_use: set[int] = set()
-    for name in list_names(folder):
+    for name in list_names(folder, strict=True):
         if not name.endswith(".json") or name.startswith("."):
             continue
         try:

@@ -259,7 +259,7 @@ def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """A server killed with SIGKILL runs no clean-up, and its helper (holding
     TensorFlow and hundreds of MB) would live on as an orphan; the kernel
     kills it instead when the server goes."""
@@ -267,16 +267,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the orphan case stays
         return
-    if os.getppid() == 1:  # the server died before the line above
+    if os.getppid() != parent_pid:  # the server died before the line above
         os._exit(1)
 
 
-def _helper_init() -> None:
+def _helper_init(parent_pid: int) -> None:
     """The loader dies with the server and yields the CPU to request threads:
     a reload may take a little longer, but it no longer competes with callers
     on a busy machine. Its batched index searches use every core but one,
     which stays with the request threads even while the loader is busy."""
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     os.nice(19)
     ann_index.faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
@@ -358,6 +358,12 @@ def _warm_up() -> None:
         _release_freed_memory()
 
 
+def _log_warm_up_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        event(log, "loader warm-up failed; the first version will pay the start-up cost", logging.WARNING,
+              error=f"{type(future.exception()).__name__}: {future.exception()}")
+
+
 class IsolatedLoader:
     """Validates versions in one long-lived helper process.
 
@@ -382,7 +388,7 @@ class IsolatedLoader:
         replicas starting together); paid at start-up, they are not part of
         the time between a publish and the replica serving it.
         """
-        self._ensure_pool().submit(_warm_up)
+        self._ensure_pool().submit(_warm_up).add_done_callback(_log_warm_up_failure)
 
     def _ensure_pool(self):
         import multiprocessing
@@ -390,15 +396,19 @@ class IsolatedLoader:
 
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_helper_init)
+                                             initializer=_helper_init, initargs=(os.getpid(),))
         return self._pool
 
     def __call__(self, path: str) -> ValidatedVersion:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            folder, data = self._ensure_pool().submit(_validate_for_handoff, path,
-                                                      self.ranking_budget_bytes).result()
+            future = self._ensure_pool().submit(_validate_for_handoff, path, self.ranking_budget_bytes)
+        except BrokenProcessPool:  # it died before this version (in its warm-up, say): a fresh helper
+            self._pool = None
+            future = self._ensure_pool().submit(_validate_for_handoff, path, self.ranking_budget_bytes)
+        try:
+            folder, data = future.result()
         except BrokenProcessPool as exc:
             self._pool = None
             raise artifact_format.ArtifactError("the loader process died while loading this version") from exc
@@ -427,11 +437,11 @@ class VersionCache:
     """
 
     def __init__(self, folder: str | None):
-        self._owned = folder is None
-        self.folder = tempfile.mkdtemp(prefix="movierec-cache-") if folder is None else folder
-        os.makedirs(self.folder, exist_ok=True)
-        for name in os.listdir(self.folder):  # copies of a previous run: their versions may be gone
-            shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        # A folder of this process's own inside the given one: replicas on one
+        # host may share --cache-dir, and must not delete each other's copies.
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+        self.folder = os.path.abspath(tempfile.mkdtemp(prefix=f"movierec-cache-{os.getpid()}-", dir=folder))
 
     def copy(self, version: int, remote: str, fingerprint: str) -> str:
         try:
@@ -460,8 +470,7 @@ class VersionCache:
                 shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
 
     def close(self) -> None:
-        if self._owned:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ModelRegistry:
@@ -530,14 +539,18 @@ class ModelRegistry:
                 break
             path = version_dir(self.model_root, v)
             fingerprint = folder_fingerprint(path)
+            if fingerprint is None:
+                break  # unreadable right now: try again next poll rather than fall back to older versions
             info = self._versions[v]
-            if fingerprint is None or (info.state == REJECTED and info.fingerprint == fingerprint):
-                continue  # unreadable right now, or already refused as it is
-            if self._try_load(v, path, fingerprint):
-                break
+            if info.state == REJECTED and info.fingerprint == fingerprint:
+                continue  # already refused as it is
+            outcome = self._try_load(v, path, fingerprint)
+            if outcome is not False:
+                break  # served, or the root is unreachable (None): either way, not an older version now
         self._refresh_marker()
 
-    def _try_load(self, version: int, path: str, fingerprint: str) -> bool:
+    def _try_load(self, version: int, path: str, fingerprint: str) -> bool | None:
+        """True: now serving; False: rejected (an older version may be tried); None: the root was unreachable."""
         self._set_state(version, LOADING, fingerprint=fingerprint)
         started = time.monotonic()
         local = path
@@ -558,7 +571,7 @@ class ModelRegistry:
                   reason=str(exc))
             if self._cache is not None:
                 self._cache.discard(local)
-            return False
+            return None
         except Exception as exc:
             reason = str(exc) if isinstance(exc, artifact_format.ArtifactError) else f"{type(exc).__name__}: {exc}"
             self._set_state(version, REJECTED, reason=reason, fingerprint=fingerprint)

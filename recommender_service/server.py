@@ -30,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder or s3://bucket/prefix the trainer publishes versions into "
                              "(S3 settings from the AWS_* environment)")
     parser.add_argument("--cache-dir", default=None,
-                        help="where versions from an object-store root are copied before loading "
-                             "(default: a temp folder removed at exit)")
+                        help="where versions from an object-store root are copied before loading, in a "
+                             "folder of this process's own removed at exit (default: the system temp folder)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     parser.add_argument("--version", type=int, default=None, help="serve this version only (pin / rollback)")
     parser.add_argument("--threads", type=int, default=8, help="request worker threads")

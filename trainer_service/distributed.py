@@ -310,6 +310,12 @@ class RayTraining:
                 raise DistributedTrainingFailed("distributed training ended without a result from rank 0")
             trained = pickle.loads(payload)
         finally:
+            if runner.is_alive():  # the driver loop itself failed: stop the run before its channel goes
+                try:
+                    channel.cancel.remote()
+                except Exception as exc:  # Ray is already gone
+                    log.debug("cancel not sent: %s", exc)
+                runner.join(60)
             try:
                 ray.kill(channel)
             except Exception as exc:  # Ray already shut down (the trainer is stopping): nothing left to kill

@@ -44,9 +44,8 @@ class TrainSpec:
     min_validation_recall_at_10: float = 0.0
     require_no_regression: bool = False
     quality_gate_disabled: bool = False
-    # Data-parallel workers, resolved against the trainer's --workers when the
-    # job is accepted (so the record says what ran); 0 in records written
-    # before this field, which ran in-process.
+    # Data-parallel workers as requested (0 = the trainer's --workers; closed-form
+    # kinds always run on one). What a job ran on is in its metrics ("workers").
     workers: int = 0
 
 
@@ -104,7 +103,7 @@ class JobStore:
 
     def load_all(self) -> list[JobRecord]:
         jobs = []
-        for name in list_names(self._dir):
+        for name in list_names(self._dir, strict=True):  # forgetting jobs would forget idempotency keys
             path = join(self._dir, name)
             if name.startswith("."):
                 remove_tree(path)  # a local write cut short by a crash

@@ -215,7 +215,7 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     spec = job.spec
     hp = hyperparameters_for(spec)
     seed = spec.seed or DEFAULT_SEED
-    workers = 1 if spec.model in CLOSED_FORM_KINDS else max(1, spec.workers)
+    workers = 1 if spec.model in CLOSED_FORM_KINDS else resolve_workers(spec.workers, config)
     ctx.report(phase="loading data", total_epochs=hp.epochs)
     split = load_split(spec, config)
     ctx.check_cancelled()

@@ -50,7 +50,7 @@ def remove_stale_temp_folders(root: str) -> list[str]:
     """Deletes what interrupted publishes left: local temp folders, or
     object-store versions whose metadata.json was never written."""
     removed = []
-    for name in list_names(root):
+    for name in list_names(root, strict=True):
         stale = name.startswith(TMP_PREFIX) if is_local(root) else (
             name.isdigit() and not exists(join(root, name, artifact_format.METADATA_FILE)))
         if stale:
@@ -62,7 +62,7 @@ def remove_stale_temp_folders(root: str) -> list[str]:
 
 
 def _rename_into_place(base: str, staging: str) -> int:
-    version = max(list_versions(base), default=0) + 1
+    version = max(list_versions(base, strict=True), default=0) + 1
     while os.path.exists(os.path.join(base, str(version))):
         version += 1  # taken since we listed: never overwrite
     os.rename(staging, os.path.join(base, str(version)))
@@ -71,7 +71,9 @@ def _rename_into_place(base: str, staging: str) -> int:
 
 def _upload_into_place(root: str, staging: str, should_stop) -> int:
     fs, base = filesystem(root)
-    version = max(list_versions(root), default=0) + 1
+    version = max(list_versions(root, strict=True), default=0) + 1
+    while fs.find(f"{base.rstrip('/')}/{version}"):
+        version += 1  # taken since we listed: never overwrite (nor, below, delete) another's files
     target = f"{base.rstrip('/')}/{version}"
     names = sorted(os.path.relpath(os.path.join(folder, name), staging)
                    for folder, _, files in os.walk(staging) for name in files)
@@ -127,8 +129,12 @@ def apply_retention(root: str, keep: int) -> list[int]:
     """Deletes all but the newest ``keep`` versions, sparing any a recommender serves."""
     if keep <= 0:
         return []
-    versions = list_versions(root)
-    protected = versions_in_use(root)
+    try:
+        versions = list_versions(root, strict=True)
+        protected = versions_in_use(root)
+    except Exception as exc:  # the root cannot be read right now: delete nothing, try after the next publish
+        event(log, "retention skipped: the model root cannot be listed", logging.WARNING, error=str(exc))
+        return []
     doomed = [v for v in versions[:-keep] if v not in protected]
     for version in doomed:
         remove_tree(version_dir(root, version))

@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         if ray_training is not None:
             ray_training.shutdown()  # a local Ray goes with the trainer
 
-    wait_for_termination(handle, on_stop=stop)
+    wait_for_termination(handle, on_stop=stop, drain=0.0)  # no balancer in front: nothing to drain for
 
 
 if __name__ == "__main__":

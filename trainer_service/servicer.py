@@ -3,8 +3,6 @@ errors to status codes, nothing more."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -123,7 +121,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         try:
             spec = spec_from_proto(request)
             validate_spec(spec, self._config)
-            spec = dataclasses.replace(spec, workers=resolve_workers(spec.workers, self._config))
+            resolve_workers(spec.workers, self._config)  # refuses more than --workers now, not when it runs
             return job_to_proto(self._manager.submit(spec))
         except InvalidRequest as exc:
             _invalid(context, exc)

@@ -91,7 +91,7 @@ def test_two_workers_match_one_worker_and_the_version_records_the_engine(ray_tra
     assert two["distribution"]["workers"] == 2 and two["distribution"]["num_replicas_in_sync"] == 2
     assert distributed.metrics["workers"] == 2 and distributed.metrics["num_replicas_in_sync"] == 2
     assert local.metrics["workers"] == 1
-    assert (local.workers, distributed.workers) == (1, 2)  # the job record says what it ran on
+    assert (local.workers, distributed.workers) == (1, 0)  # the request, echoed (0 = the trainer's --workers)
 
     # Same global batch, same seed, same data order: the same optimisation up to float
     # rounding (summation order; the workers step without XLA).

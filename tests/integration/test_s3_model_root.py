@@ -4,10 +4,8 @@ recommender copying, verifying, serving and reloading from it."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -16,6 +14,7 @@ import pytest
 from clients import RecommenderClient, TrainerClient
 from movierec_common import model_root
 from tests.datagen import write_grouplens_files
+from tests.s3 import s3_server
 from tests.servers import rejection_reason, start_recommender, start_trainer
 from trainer_service.jobs import JobStore
 
@@ -25,46 +24,10 @@ BUCKET = "models"
 ROOT = f"s3://{BUCKET}/movierec"
 
 
-class S3Server:
-    """moto's S3 in this process, on a fixed loopback port so it can be stopped and restarted
-    (its buckets live in this process's memory and survive the restart)."""
-
-    def __init__(self):
-        from moto.server import ThreadedMotoServer
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self._make = lambda: ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server = None
-
-    def start(self) -> None:
-        self._server = self._make()
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
-
-
 @pytest.fixture(scope="module")
 def s3():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = S3Server()
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # the servers inherit it; so does fsspec in this process
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with s3_server(BUCKET) as server:
+        yield server
 
 
 def _files(local: str) -> list[str]:
@@ -110,8 +73,9 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
             while not model_root.list_names(model_root.join(ROOT, ".serving")) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert model_root.versions_in_use(ROOT) == {1}
-            # The served copy was verified locally; only that copy is cached.
-            assert len(os.listdir(tmp_path / "cache")) == 1
+            # The served copy was verified locally, in a folder of this replica's own; only that copy is kept.
+            [own] = os.listdir(tmp_path / "cache")
+            assert len(os.listdir(tmp_path / "cache" / own)) == 1
 
             local = str(tmp_path / "v1")
             model_root.download(model_root.version_dir(ROOT, 1), local)
@@ -168,5 +132,5 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
     finally:
         trainer.terminate()
         recommender.terminate()
-    assert not os.path.exists(tmp_path / "cache") or len(os.listdir(tmp_path / "cache")) <= 1
+    assert os.listdir(tmp_path / "cache") == []  # the replica removed its copies when it stopped
     shutil.rmtree(tmp_path / "v1", ignore_errors=True)
