@@ -190,6 +190,10 @@ def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int
     strategy splits each global batch into per-worker batches of
     ``batch_size / workers`` and keeps this worker's one, so N workers take
     the same optimisation steps over the same batches as one worker would.
+    (One exception: past models.SAMPLED_SOFTMAX_MIN_ITEMS the in-batch negatives of
+    each worker come from its own part of the batch, so the objective is N
+    smaller softmaxes rather than one; gathering candidates across workers
+    would restore it and is not done yet.)
     """
     n_examples = len(next(iter(features.values())))
     dataset = _batches(features, n_examples, batch_size, seed)
