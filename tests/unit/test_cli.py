@@ -14,26 +14,15 @@ import pytest
 
 from clients.cli import main
 
-try:  # the fakes live in test_client.py; tests/unit is not a package
-    from test_client import (  # noqa: F401  (fixtures are used by name)
-        T0,
-        Replica,
-        abort,
-        finished_job,
-        fresh,
-        make_job,
-        servers,
-    )
-except ImportError:  # pragma: no cover - other pytest import modes
-    from tests.unit.test_client import (  # noqa: F401
-        T0,
-        Replica,
-        abort,
-        finished_job,
-        fresh,
-        make_job,
-        servers,
-    )
+from tests.unit.test_client import (  # noqa: F401  (the fakes live there; fixtures are used by name)
+    T0,
+    Replica,
+    abort,
+    finished_job,
+    fresh,
+    make_job,
+    servers,
+)
 
 
 @pytest.fixture
