@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import time
 import uuid
@@ -52,7 +53,11 @@ def filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
     object store shares one connection pool and event loop.
     """
     protocol = fsspec.core.split_protocol(location)[0] or "file"
-    return fsspec.core.url_to_fs(location, **(_S3_OPTIONS if protocol in ("s3", "s3a") else {}))
+    if protocol not in ("s3", "s3a"):
+        return fsspec.core.url_to_fs(location)
+    # The endpoint is part of the options, so a process whose AWS_ENDPOINT_URL
+    # changes gets a filesystem for the new endpoint, not a cached one for the old.
+    return fsspec.core.url_to_fs(location, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), **_S3_OPTIONS)
 
 
 def join(*parts: str) -> str:
