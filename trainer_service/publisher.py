@@ -35,7 +35,7 @@ from typing import Mapping
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import (
-    TMP_PREFIX, exists, filesystem, is_local, join, list_names, list_versions, remove_tree, version_dir,
+    TMP_PREFIX, exists, filesystem, files_under, is_local, join, list_names, list_versions, remove_tree, version_dir,
     versions_in_use,
 )
 
@@ -75,9 +75,7 @@ def _upload_into_place(root: str, staging: str, should_stop) -> int:
     while fs.find(f"{base.rstrip('/')}/{version}"):
         version += 1  # taken since we listed: never overwrite (nor, below, delete) another's files
     target = f"{base.rstrip('/')}/{version}"
-    names = sorted(os.path.relpath(os.path.join(folder, name), staging)
-                   for folder, _, files in os.walk(staging) for name in files)
-    names.remove(artifact_format.METADATA_FILE)
+    names = sorted(set(files_under(staging)) - {artifact_format.METADATA_FILE})
     try:
         for name in names:
             fs.put_file(os.path.join(staging, name), f"{target}/{name}")
