@@ -7,6 +7,7 @@ route_guide lifecycles, made explicit).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -126,8 +127,15 @@ def build_server(
     return handle
 
 
+# How often the main thread wakes while it waits for a stop signal. A signal
+# the kernel hands to another thread (TensorFlow and gRPC start many) only
+# sets CPython's flag; the main thread runs the handler the next time it runs
+# Python code, which a wait without a timeout would never do.
+_SIGNAL_POLL_SECONDS = 0.5
+
+
 def wait_for_termination(handle: ServerHandle, on_stop: Callable[[], None] = lambda: None, grace: float = 10.0,
-                         drain: float = 1.0) -> None:
+                         drain: float = 1.0, stop_budget: float = 30.0) -> None:
     """Blocks until SIGTERM/SIGINT, then stops gracefully.
 
     Health turns NOT_SERVING first, and for ``drain`` seconds the server keeps
@@ -138,6 +146,11 @@ def wait_for_termination(handle: ServerHandle, on_stop: Callable[[], None] = lam
     it). Then new calls are refused, in-flight calls get ``grace`` seconds,
     and ``on_stop`` (cancelling a training job, stopping a watcher) runs so
     nothing is left half-done.
+
+    A stop that overruns all of that (``drain + grace + stop_budget`` and a
+    margin) is a bug, not a reason to hang until an orchestrator's SIGKILL:
+    every thread's stack goes to stderr and the process exits with status 1,
+    so the log shows where it was stuck.
     """
     stop = threading.Event()
 
@@ -147,7 +160,9 @@ def wait_for_termination(handle: ServerHandle, on_stop: Callable[[], None] = lam
 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
-    stop.wait()
+    while not stop.wait(_SIGNAL_POLL_SECONDS):
+        pass
+    faulthandler.dump_traceback_later(drain + grace + stop_budget + 10.0, exit=True)
     handle.set_serving(False)
     time.sleep(drain)
     done = handle.server.stop(grace)

@@ -79,5 +79,13 @@ class ServerProcess:
             self.process.kill()
             self.process.wait()
 
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the server's log, for a failure message."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return f"(no log at {self.log_path}: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

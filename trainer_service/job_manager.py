@@ -168,6 +168,9 @@ class JobManager:
                     self._cancel_events[job.id].set()
             self._changed.notify_all()
         self._worker.join(timeout)
+        if self._worker.is_alive():
+            event(log, "the running job did not stop within the shutdown timeout", logging.WARNING,
+                  timeout_seconds=timeout)
 
     # -- internals ----------------------------------------------------------
 

@@ -117,7 +117,9 @@ def main(argv=None) -> None:
         if ray_training is not None:
             ray_training.shutdown()  # a local Ray goes with the trainer
 
-    wait_for_termination(handle, on_stop=stop, drain=0.0)  # no balancer in front: nothing to drain for
+    # No balancer in front: nothing to drain for. The budget covers a job's
+    # cancellation (manager.shutdown) and a local Ray's stop.
+    wait_for_termination(handle, on_stop=stop, drain=0.0, stop_budget=40.0)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def test_sigterm_cancels_the_running_job_and_publishes_nothing(tmp_path):
         job = tc.train("two_tower", epochs=200, hyperparameters={"patience": 200}, **_job_kwargs())
         _wait_for_phase(tc, job.id, {"training"})
     started = time.monotonic()
-    assert trainer.terminate(timeout=60) == 0
+    code = trainer.terminate(timeout=60)
+    assert code == 0, f"exit status {code}; the trainer's log ends:\n{trainer.log_tail()}"
     assert time.monotonic() - started < 45
     assert not [p for p in model_root.iterdir() if not p.name.startswith(".")]
     trainer = start_trainer(model_root, tmp_path, "--data-root", str(data_root))
