@@ -8,8 +8,12 @@ so the recommender never has to know which model kind produced it:
   ``score(user, movie) = user_vector . item_vector`` for every model kind
   (two-tower towers, BPR factors, EASE's history rows against its item
   weights all reduce to this);
-* ``seen_indptr`` / ``seen_indices``: each user's training items (CSR), so
-  serving can exclude what the user already rated;
+* ``seen_indptr`` / ``seen_indices``: each user's rated movies (CSR), so
+  serving can exclude what the user already rated; each row is in time
+  order, oldest first, with ``seen_timestamps`` (Unix seconds, 0 where the
+  data has none) beside it, so serving can weigh recency (see
+  ``session_query``); versions written before time order was kept have no
+  timestamps and rows in movie order;
 * ``popularity``: training interaction counts, the cold-start list.
 
 A ``serving_default`` signature computes the same top-k inside TensorFlow, so
@@ -78,7 +82,13 @@ class ModelArtifact(UserMovieIndex):
     seen_indptr: np.ndarray     # [U + 1] int64
     seen_indices: np.ndarray    # [nnz] int32, item indices
     popularity: np.ndarray      # [I] float32, training interaction counts
+    # [nnz] int64, aligned with seen_indices; None (or empty with nnz > 0) = order unknown
+    seen_timestamps: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time_ordered(self) -> bool:
+        return self.seen_timestamps is not None and self.seen_timestamps.shape == self.seen_indices.shape
 
     def validate(self) -> None:
         """Raises ArtifactError unless every array is consistent with the others."""
@@ -105,6 +115,9 @@ class ModelArtifact(UserMovieIndex):
         indptr = self.seen_indptr
         if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != self.seen_indices.shape[0]:
             raise ArtifactError("seen_indptr is not a valid row index for seen_indices")
+        if self.seen_timestamps is not None and self.seen_timestamps.shape not in ((0,), self.seen_indices.shape):
+            raise ArtifactError(f"seen_timestamps shape {self.seen_timestamps.shape} does not match "
+                                f"{self.seen_indices.shape[0]} seen entries")
         if self.seen_indices.size and (self.seen_indices.min() < 0 or self.seen_indices.max() >= i):
             raise ArtifactError("seen_indices refer to movies outside the index")
         if len(set(self.user_ids.tolist())) != u:
@@ -140,6 +153,8 @@ def _build_module(artifact: ModelArtifact):
             self.seen_indptr = tf.Variable(artifact.seen_indptr.astype(np.int64), trainable=False, name="seen_indptr")
             self.seen_indices = tf.Variable(artifact.seen_indices.astype(np.int64), trainable=False, name="seen_indices")
             self.popularity = tf.Variable(artifact.popularity.astype(np.float32), trainable=False, name="popularity")
+            timestamps = artifact.seen_timestamps if artifact.time_ordered else np.zeros(0, dtype=np.int64)
+            self.seen_timestamps = tf.Variable(timestamps.astype(np.int64), trainable=False, name="seen_timestamps")
             self.user_table = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(
                     tf.constant(artifact.user_ids.astype(str).astype(bytes)),
@@ -218,6 +233,9 @@ def load(path: str) -> tuple[ModelArtifact, Any]:
             seen_indptr=np.asarray(loaded.seen_indptr.numpy(), dtype=np.int64),
             seen_indices=np.asarray(loaded.seen_indices.numpy(), dtype=np.int32),
             popularity=np.asarray(loaded.popularity.numpy(), dtype=np.float32),
+            # absent from versions written before time order was kept
+            seen_timestamps=(np.asarray(loaded.seen_timestamps.numpy(), dtype=np.int64)
+                             if hasattr(loaded, "seen_timestamps") else None),
         )
     except AttributeError as exc:
         raise ArtifactError(f"SavedModel is not a movierec artifact: missing {exc}") from exc

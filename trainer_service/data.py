@@ -144,6 +144,27 @@ def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray
     return indptr, items[order].astype(np.int32)
 
 
+def time_order_key(data: "Ratings", positions: np.ndarray) -> np.ndarray:
+    """Sort key of ratings in time: the timestamp, ties broken by position in the file.
+
+    MovieLens 100K rates many films within the same second, so the position
+    decides their order; the same rule orders histories and the
+    ``last_n_per_user`` holdout.
+    """
+    return data.timestamps[positions].astype(np.float64) + positions / (len(data) + 1.0)
+
+
+def time_ordered_history(data: "Ratings", positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, items, timestamps): each user's ratings among ``positions``, oldest first."""
+    positions = np.asarray(positions, dtype=np.int64)
+    users = data.users[positions]
+    order = np.lexsort((time_order_key(data, positions), users))
+    indptr = np.zeros(data.n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=data.n_users), out=indptr[1:])
+    ordered = positions[order]
+    return indptr, data.items[ordered].astype(np.int32), data.timestamps[ordered].astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Split:
     """Indices of the training and held-out ratings of one dataset."""
@@ -601,7 +622,8 @@ def holdout_mask(users: np.ndarray, timestamps: np.ndarray, holdout: str, size: 
     if holdout == "random":
         key = np.random.default_rng(seed).random(len(users))
     elif holdout == "last_n_per_user":
-        # Ties in time are broken by position so the split is deterministic.
+        # Ties in time are broken by position so the split is deterministic
+        # (the rule of time_order_key).
         key = timestamps.astype(np.float64) + np.arange(len(users)) / (len(users) + 1.0)
     else:
         raise DatasetError(f"unknown holdout {holdout!r}; expected one of {', '.join(HOLDOUTS)}")
@@ -671,15 +693,19 @@ def make_split(data: Ratings, holdout: str, holdout_size: int, seed: int, moviel
     return Split(data=data, train=np.flatnonzero(~mask), test=np.flatnonzero(mask), name=name)
 
 
-def carve_validation(split: Split, size: int, seed: int) -> Split:
+def carve_validation(split: Split, size: int, seed: int, by_time: bool = False) -> Split:
     """A split of ``split``'s training ratings only, for early stopping and model selection.
 
     The held-out test set is never looked at, so choices made on this split do
-    not leak into the reported metrics.
+    not leak into the reported metrics. ``by_time`` holds out each user's
+    newest ``size`` training ratings instead of random ones, for kinds whose
+    settings are about what comes next.
     """
     train = split.train
-    mask = holdout_mask(split.data.users[train], split.data.timestamps[train], "random", size, seed)
+    holdout = "last_n_per_user" if by_time else "random"
+    mask = holdout_mask(split.data.users[train], split.data.timestamps[train], holdout, size, seed)
+    how = f"newest {size}" if by_time else f"random {size}"
     return Split(
         data=split.data, train=train[~mask], test=train[mask],
-        name=f"validation: random {size} per user of {split.name} train (seed {seed})",
+        name=f"validation: {how} per user of {split.name} train" + ("" if by_time else f" (seed {seed})"),
     )

@@ -158,7 +158,7 @@ def _train_worker(config: dict) -> None:
 
     trained = training.train_model(config["kind"], split, config["hyperparameters"], config["seed"],
                                    on_epoch=on_epoch if chief else None, should_stop=_CancelPoll(channel),
-                                   strategy=strategy)
+                                   strategy=strategy, refit_settings=config.get("refit_settings"))
     if chief:
         ray.get(channel.finish.remote(pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL)))
 
@@ -238,8 +238,10 @@ class RayTraining:
 
     def train(self, kind: str, split, hyperparameters, seed: int, workers: int, run_name: str,
               on_epoch: Callable | None = None, should_stop: Callable[[], bool] | None = None,
-              on_phase: Callable[[str], None] | None = None):
+              on_phase: Callable[[str], None] | None = None, refit_settings: dict | None = None):
         """Trains on ``workers`` Ray workers; returns rank 0's ``TrainedModel``.
+
+        ``refit_settings`` as for ``training.train_model``.
 
         Raises ``TrainingCancelled`` when ``should_stop`` asked for it, and
         ``DistributedTrainingFailed`` when a worker failed or died (no retry:
@@ -260,7 +262,7 @@ class RayTraining:
         trainer = TensorflowTrainer(
             _train_worker,
             train_loop_config={"kind": kind, "split": split_ref, "hyperparameters": hyperparameters, "seed": seed,
-                               "channel": channel},
+                               "channel": channel, "refit_settings": refit_settings},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             # No retries of any kind: a worker lost mid-run fails the job, and so
             # does a cluster that cannot place the workers within Ray Train's

@@ -69,10 +69,36 @@ def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50)
     results do not depend on sort internals.
     """
     user_vectors = np.asarray(user_vectors, dtype=np.float32)
-    item_vectors = np.asarray(item_vectors, dtype=np.float32)
+    item_vectors_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
+    return evaluate_ranking(lambda users: user_vectors[users] @ item_vectors_t, item_vectors_t.shape[1],
+                            train_csr, test_csr, ks, max_scores)
+
+
+def evaluate_score_rows(scores: np.ndarray, users: np.ndarray, train_csr, test_csr,
+                        ks=(10, 50)) -> dict[str, float]:
+    """As :func:`evaluate_scores` for precomputed scores: row r holds user ``users[r]``'s scores.
+
+    Users outside ``users`` are not evaluated (their test items are ignored).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    test_indptr, test_items = test_csr
+    keep = np.zeros(len(test_indptr) - 1, dtype=bool)
+    keep[users] = True
+    counts = np.where(keep, np.diff(test_indptr), 0)
+    indptr = np.zeros_like(test_indptr)
+    np.cumsum(counts, out=indptr[1:])
+    owner = np.repeat(np.arange(len(test_indptr) - 1), np.diff(test_indptr))
+    row_of = np.full(len(test_indptr) - 1, -1, dtype=np.int64)
+    row_of[users] = np.arange(users.size)
+    return evaluate_ranking(lambda chunk: scores[row_of[chunk]], scores.shape[1], train_csr,
+                            (indptr, test_items[keep[owner]]), ks, None)
+
+
+def evaluate_ranking(score_rows, n_items: int, train_csr, test_csr, ks=(10, 50),
+                     max_scores: int | None = None) -> dict[str, float]:
+    """The metrics of any scorer: ``score_rows(users)`` returns those users' [len, movies] scores (a new array)."""
     train_indptr, train_items = train_csr
     test_indptr, test_items = test_csr
-    n_items = item_vectors.shape[0]
     ks = tuple(sorted(set(int(k) for k in ks)))
     max_k = min(max(ks), n_items)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
@@ -81,11 +107,10 @@ def evaluate_scores(user_vectors, item_vectors, train_csr, test_csr, ks=(10, 50)
     test_counts = np.diff(test_indptr)
     evaluated = _sample_users(np.flatnonzero(test_counts > 0), n_items, max_scores)
     chunk = int(max(1, min(_MAX_CHUNK_USERS, _CHUNK_SCORES // max(n_items, 1))))
-    item_vectors_t = np.ascontiguousarray(item_vectors.T)
     sums = {f"{name}_at_{k}": 0.0 for k in ks for name in ("recall", "ndcg", "precision")}
     for start in range(0, len(evaluated), chunk):
         users = evaluated[start:start + chunk]
-        scores = user_vectors[users] @ item_vectors_t
+        scores = score_rows(users)
         seen_rows, seen_cols = _rows_of(train_indptr, train_items, users)
         scores[seen_rows, seen_cols] = -np.inf
         top = _top_items(scores, max_k)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend")
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend", "sequential")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Hyperparameters] = {
     # is picked on the validation split per run unless the request sets l2_lambda.
     "dlae": dataclasses.replace(_COMMON, epochs=1, l2_lambda=0.0),
     "ease_blend": dataclasses.replace(_COMMON, l2_lambda=0.0),
+    # History-aware: recency-weighted DLAE plus item-to-next-item transitions;
+    # lambda, dropout and the recency settings are chosen on a split carved by time.
+    "sequential": dataclasses.replace(_COMMON, epochs=1, l2_lambda=0.0),
 }
 
 

@@ -47,6 +47,9 @@ class TrainSpec:
     # Data-parallel workers as requested (0 = the trainer's --workers; closed-form
     # kinds always run on one). What a job ran on is in its metrics ("workers").
     workers: int = 0
+    # Publish a refit on all the data (holdout included) with the settings the
+    # evaluation run chose; False publishes the evaluated model itself.
+    refit: bool = True
 
 
 @dataclass

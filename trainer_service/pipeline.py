@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from movierec_common import ann_index
+from movierec_common import ann_index, session_query
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import list_versions, version_dir
@@ -176,10 +176,10 @@ def _library_versions() -> dict[str, str]:
 
 
 def _artifact_for(split: datasets.Split, user_vectors: np.ndarray, item_vectors: np.ndarray) -> artifact_format.ModelArtifact:
-    """Serving excludes everything the user is known to have rated (train and held out)."""
+    """Serving excludes everything the user is known to have rated (train and held out),
+    and reads each user's history in time order."""
     data = split.data
-    everything = datasets.Split(data=data, train=np.arange(len(data)), test=np.zeros(0, dtype=np.int64), name="all")
-    seen_indptr, seen_indices = everything.train_csr()
+    seen_indptr, seen_indices, seen_timestamps = datasets.time_ordered_history(data, np.arange(len(data)))
     return artifact_format.ModelArtifact(
         user_ids=data.user_ids.astype(str),
         user_vectors=np.asarray(user_vectors, dtype=np.float32),
@@ -189,21 +189,50 @@ def _artifact_for(split: datasets.Split, user_vectors: np.ndarray, item_vectors:
         seen_indptr=seen_indptr,
         seen_indices=seen_indices,
         popularity=np.bincount(data.items, minlength=data.n_items).astype(np.float32),
+        seen_timestamps=seen_timestamps,
     )
 
 
-def _train(spec: TrainSpec, split, hp, seed, workers: int, job_id: str, ctx: JobContext, on_epoch, ray_training):
+def _train(spec: TrainSpec, split, hp, seed, workers: int, job_id: str, ctx: JobContext, on_epoch, ray_training,
+           refit_settings: dict | None = None, phase: str = "training"):
     """In-process, or on Ray Train when the job has more than one worker; the result is the same kind of thing.
 
-    A Ray job reports "starting ray workers" first, then "training" once its workers are up.
+    A Ray job reports "starting ray workers" first, then ``phase`` once its workers are up.
     """
     if workers <= 1:
-        ctx.report(phase="training")
-        return train_model(spec.model, split, hp, seed, on_epoch=on_epoch, should_stop=ctx.should_stop)
+        ctx.report(phase=phase)
+        return train_model(spec.model, split, hp, seed, on_epoch=on_epoch, should_stop=ctx.should_stop,
+                           refit_settings=refit_settings)
     if ray_training is None:
         raise RuntimeError(f"job asks for {workers} workers but this trainer has no Ray set up (--workers 1)")
-    return ray_training.train(spec.model, split, hp, seed, workers, job_id, on_epoch=on_epoch,
-                              should_stop=ctx.should_stop, on_phase=lambda phase: ctx.report(phase=phase))
+    return ray_training.train(spec.model, split, hp, seed, workers, job_id if phase == "training" else f"{job_id}-{phase}",
+                              on_epoch=on_epoch, should_stop=ctx.should_stop, refit_settings=refit_settings,
+                              on_phase=lambda name: ctx.report(phase=phase if name == "training" else name))
+
+
+def _refit(spec: TrainSpec, split: datasets.Split, trained, hp, seed, workers, job_id, ctx: JobContext, on_epoch,
+           ray_training):
+    """The model to publish, trained on every rating (holdout included) with what evaluation chose.
+
+    Evaluation measured ``trained`` on a holdout it never saw; a refit with
+    the same settings (epochs, lambda, dropout, weights) is that model plus
+    the holdout's ratings, which on a time-ordered holdout are each user's
+    most recent ones. The metrics and the quality gate stay the evaluation run's.
+    """
+    if not spec.refit or split.test.size == 0:
+        return trained, {"enabled": False}
+    everything = datasets.Split(data=split.data, train=np.arange(len(split.data)),
+                                test=np.zeros(0, dtype=np.int64), name="all ratings")
+    refit = _train(spec, everything, hp, seed, workers, job_id, ctx, on_epoch, ray_training,
+                   refit_settings=trained.settings, phase="refitting")
+    return refit, {
+        "enabled": True,
+        "settings": dict(trained.settings),
+        "settings_chosen_on": trained.validation_split,
+        "metrics_measured_on": split.name,
+        "trained_on": f"all {len(split.data):,} ratings ({split.test.size:,} held out for evaluation included)",
+        "train_seconds": refit.train_seconds,
+    }
 
 
 def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training=None) -> dict:
@@ -258,6 +287,16 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     if refusal:
         return {**outcome, "published": False, "not_published_reason": refusal}
     ctx.check_cancelled()
+
+    def on_refit_epoch(report: EpochReport) -> None:  # progress only: the loss history stays the evaluated run's
+        ctx.report(epoch=report.epoch, total_epochs=report.epochs, loss=report.loss, step=report.step,
+                   steps_per_epoch=report.steps_per_epoch, elapsed_seconds=report.elapsed_seconds)
+
+    served, refit = _refit(spec, split, trained, hp, seed, workers, job.id, ctx, on_refit_epoch, ray_training)
+    metrics["refit"] = 1.0 if refit["enabled"] else 0.0
+    if refit["enabled"]:
+        metrics["refit_seconds"] = float(refit["train_seconds"])
+    ctx.check_cancelled()
     ctx.report(phase="publishing")
     metadata = {
         "model_kind": spec.model,
@@ -275,6 +314,13 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
             "num_ratings": len(split.data),
         },
         "evaluation_split": split.name,
+        # What the served vectors were trained on: a refit on all ratings with the
+        # evaluation run's settings, or (enabled false) the evaluated model itself.
+        "refit": refit,
+        "settings": dict(trained.settings),
+        "settings_chosen_on": trained.validation_split,
+        "history_order": "time",
+        session_query.METADATA_KEY: served.encoder.to_json(),
         "metrics": metrics,
         "baseline_metrics": {"popularity": baseline},
         "loss_history": list(trained.loss_history),
@@ -285,7 +331,7 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     }
     png = loss_plot_png(trained.loss_history, [v.get("recall_at_10", 0.0) for v in trained.validation_history],
                         f"{spec.model} ({job.id})")
-    artifact = _artifact_for(split, trained.user_vectors, trained.item_vectors)
+    artifact = _artifact_for(split, served.user_vectors, served.item_vectors)
     index_files, metadata["retrieval"] = ann_index.files_for_version(
         artifact.item_vectors, artifact.user_vectors, min_items=config.ann_min_items, seed=seed)
     ctx.check_cancelled()

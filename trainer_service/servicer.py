@@ -52,6 +52,7 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
         hyperparameters=overrides,
         holdout=request.evaluation.holdout or "random",
         holdout_size=request.evaluation.holdout_size or 10,
+        refit=request.evaluation.refit if request.evaluation.HasField("refit") else True,
         seed=request.seed,
         idempotency_key=request.idempotency_key,
         min_validation_recall_at_10=gate.min_validation_recall_at_10,
@@ -68,7 +69,8 @@ def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
                                         name=spec.dataset_name),
         epochs=spec.epochs,
         hyperparameters=trainer_pb2.Hyperparameters(**spec.hyperparameters),
-        evaluation=trainer_pb2.EvaluationSpec(holdout=spec.holdout, holdout_size=spec.holdout_size),
+        evaluation=trainer_pb2.EvaluationSpec(holdout=spec.holdout, holdout_size=spec.holdout_size,
+                                              refit=spec.refit),
         seed=spec.seed,
         idempotency_key=spec.idempotency_key,
         quality_gate=trainer_pb2.QualityGate(

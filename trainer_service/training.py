@@ -14,6 +14,7 @@ and exports vectors; the others follow its decision.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,9 +23,11 @@ import numpy as np
 
 from movierec_common.tfenv import tensorflow
 
-from . import models
+from movierec_common.session_query import HISTORY, POOLED, Part, QueryEncoder, history_encoder, pooled_scale
+
+from . import models, sequential
 from .data import Split, carve_validation
-from .evaluation import evaluate_scores
+from .evaluation import evaluate_score_rows, evaluate_scores
 from .hyperparams import MODEL_KINDS, Hyperparameters
 
 tf = tensorflow()
@@ -66,6 +69,12 @@ class TrainedModel:
     extra: dict = field(default_factory=dict)  # kind-specific facts, e.g. ease_blend's chosen weight
     # How it was trained: engine ("in_process" or "ray_train"), workers, num_replicas_in_sync.
     distribution: dict = field(default_factory=in_process_distribution)
+    # What validation chose, enough to train the same model again on more data
+    # (``train_model(..., refit_settings=...)``): epochs, lambda, dropout, weights.
+    settings: dict = field(default_factory=dict)
+    # How serving turns a history into a query for this model (session_query).
+    encoder: QueryEncoder | None = None
+    refit: bool = False  # trained on given settings, without a validation split
 
 
 class TrainingCancelled(Exception):
@@ -146,7 +155,10 @@ class _Supervisor(tf.keras.callbacks.Callback):
         self.losses.append(self._epoch_loss_sum / max(self._epoch_batches, 1))
         self._epoch_loss_sum, self._epoch_batches = 0.0, 0
         stop = False
-        if self.chief:
+        if self.validation is None:  # a refit: the epoch count was chosen already
+            self.best_epoch = epoch + 1
+            self._report(epoch, {})
+        elif self.chief:
             stop = self._validate(epoch)
         if _follow_chief(self.strategy, stop):
             self.model.stop_training = True
@@ -165,13 +177,16 @@ class _Supervisor(tf.keras.callbacks.Callback):
         elif epoch + 1 - self.best_epoch >= self.hp.patience or not np.isfinite(self.losses[-1]):
             # A diverged run (e.g. a too-high learning rate) stops; the best weights so far are kept.
             stop = True
-        if self.on_epoch is not None:
+        self._report(epoch, metrics)
+        return stop
+
+    def _report(self, epoch, metrics) -> None:
+        if self.on_epoch is not None and self.chief:
             self.on_epoch(EpochReport(
                 epoch=epoch + 1, epochs=self.hp.epochs, loss=self.losses[-1],
                 elapsed_seconds=time.monotonic() - self.started, validation=metrics,
                 step=self.steps, steps_per_epoch=self.steps_per_epoch,
             ))
-        return stop
 
 
 # Up to this many examples tf.data shuffles them all each epoch (its buffer
@@ -225,6 +240,8 @@ def _batches(features, n_examples: int, batch_size: int, seed: int) -> "tf.data.
 
 
 def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, started, strategy=None) -> TrainedModel:
+    """Fits on ``validation.train`` with early stopping on ``validation``, or, for a
+    refit (``validation`` None), on all of ``split.train`` for ``hp.epochs`` epochs."""
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
@@ -237,8 +254,9 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
             optimizer=tf.keras.optimizers.AdamW(learning_rate=hp.learning_rate, weight_decay=hp.weight_decay),
             jit_compile=replicas == 1,
         )
-    train = validation.train
-    features = model.training_examples(split.data.users[train], split.data.items[train], validation.train_csr())
+    fitted_on = split if validation is None else validation
+    train = fitted_on.train
+    features = model.training_examples(split.data.users[train], split.data.items[train], fitted_on.train_csr())
     n_examples = len(next(iter(features.values())))
     dataset = training_dataset(features, hp.batch_size, seed, shard_by_data=replicas > 1)
     del features
@@ -247,39 +265,52 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
     supervisor._check_cancel()
     model.fit(dataset, epochs=hp.epochs, verbose=0, callbacks=[supervisor])
     user_vectors = item_vectors = np.zeros((0, 0), dtype=np.float32)
+    encoder = None
     if supervisor.chief:  # the other workers hold the same weights; only the chief's result is kept
         if supervisor.best_weights is not None:
             model.set_weights(supervisor.best_weights)
         # Users' full training history (validation ratings included) is what the
         # vectors should reflect for serving.
         user_vectors, item_vectors = model.export_vectors(split.train_csr())
+        encoder = _pooled_encoder(user_vectors, item_vectors, split.train_csr(),
+                                  fixed=((user_vectors.shape[1] - 1, 1.0),) if kind == "bpr" else ())
     best = supervisor.best_epoch
     return TrainedModel(
         kind=kind, user_vectors=user_vectors.astype(np.float32), item_vectors=item_vectors.astype(np.float32),
         loss_history=supervisor.losses, validation_history=supervisor.history,
-        validation_metrics=supervisor.history[best - 1] if best else {},
+        validation_metrics=supervisor.history[best - 1] if best and supervisor.history else {},
         epochs_run=len(supervisor.losses), best_epoch=best,
-        train_seconds=time.monotonic() - started, hyperparameters=hp, validation_split=validation.name,
+        train_seconds=time.monotonic() - started, hyperparameters=hp,
+        validation_split="" if validation is None else validation.name,
         extra={"softmax": "sampled" if model.sampled else "full"} if isinstance(model, models.TwoTowerModel) else {},
         distribution={**in_process_distribution(), "num_replicas_in_sync": replicas},
+        settings={"epochs": best}, encoder=encoder, refit=validation is None,
     )
 
 
-def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
+def _pooled_encoder(user_vectors, item_vectors, history_csr, fixed=()) -> QueryEncoder:
+    """Neural kinds answer a session with the mean of its movies' vectors (see session_query)."""
+    scale = pooled_scale(user_vectors, item_vectors, history_csr, [d for d, _ in fixed])
+    return QueryEncoder((Part(POOLED, int(user_vectors.shape[1]), scale, 0.0, tuple(fixed)),))
+
+
+def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, started, settings=None) -> TrainedModel:
     del seed
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled("training cancelled on request")
+    _cancel_point(should_stop)
     n_items = split.data.n_items
-    held_in = models.binary_history(validation.train_csr(), n_items)
-    metrics = _validation_metrics(held_in, models.ease_item_weights(held_in, hp.l2_lambda).T, validation)
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled("training cancelled on request")
+    metrics = {}
+    if settings is None:  # lambda is the request's; validation only reports on it
+        held_in = models.binary_history(validation.train_csr(), n_items)
+        metrics = _validation_metrics(held_in, models.ease_item_weights(held_in, hp.l2_lambda).T, validation)
+        _cancel_point(should_stop)
     history = models.binary_history(split.train_csr(), n_items)
     weights = models.ease_item_weights(history, hp.l2_lambda)
-    return _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch)
+    return _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch,
+                              settings={"l2_lambda": hp.l2_lambda})
 
 
-def _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch, extra=None) -> TrainedModel:
+def _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch, extra=None,
+                       settings=None, encoder=None) -> TrainedModel:
     """A closed-form kind's result: one "epoch", scores = history row . weight column."""
     elapsed = time.monotonic() - started
     if on_epoch is not None:
@@ -287,9 +318,11 @@ def _closed_form_model(kind, history, weights, metrics, hp, validation, started,
                              step=1, steps_per_epoch=1))
     return TrainedModel(
         kind=kind, user_vectors=history, item_vectors=np.ascontiguousarray(weights.T),
-        loss_history=[], validation_history=[metrics], validation_metrics=metrics,
-        epochs_run=1, best_epoch=1, train_seconds=elapsed, hyperparameters=hp, validation_split=validation.name,
-        extra=extra or {},
+        loss_history=[], validation_history=[metrics] if metrics else [], validation_metrics=metrics,
+        epochs_run=1, best_epoch=1, train_seconds=elapsed, hyperparameters=hp,
+        validation_split="" if validation is None else validation.name,
+        extra=extra or {}, settings=settings or {},
+        encoder=encoder or history_encoder(history.shape[1]), refit=validation is None,
     )
 
 
@@ -309,7 +342,7 @@ def _cancel_point(should_stop):
         raise TrainingCancelled("training cancelled on request")
 
 
-def _select_dlae(hp, validation: Split, n_items: int, should_stop):
+def select_dlae(hp, validation: Split, n_items: int, should_stop):
     """Choose DLAE's (lambda, dropout) on ``validation``; a caller-set ``l2_lambda`` fixes lambda.
 
     Returns the held-in history, the chosen held-in weights, the choice, its
@@ -332,17 +365,22 @@ def _select_dlae(hp, validation: Split, n_items: int, should_stop):
     return held_in, weights, choice, metrics, tried
 
 
-def _train_dlae(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
+def _train_dlae(kind, split, validation, hp, seed, on_epoch, should_stop, started, settings=None) -> TrainedModel:
     """EASE^R with DLAE's popularity-scaled penalty, chosen on validation and refit on all training ratings."""
     del seed
     _cancel_point(should_stop)
     n_items = split.data.n_items
-    _, _, (l2_lambda, dropout), metrics, tried = _select_dlae(hp, validation, n_items, should_stop)
+    if settings is None:
+        _, _, (l2_lambda, dropout), metrics, tried = select_dlae(hp, validation, n_items, should_stop)
+        extra = {"candidates": tried}
+    else:
+        l2_lambda, dropout, metrics, extra = settings["l2_lambda"], settings["dlae_dropout"], {}, {}
     _cancel_point(should_stop)
     history = models.binary_history(split.train_csr(), n_items)
     weights = models.dlae_item_weights(models.item_gram(history), l2_lambda, dropout)
+    chosen = {"l2_lambda": l2_lambda, "dlae_dropout": dropout}
     return _closed_form_model(kind, history, weights, metrics, hp, validation, started, on_epoch,
-                              extra={"l2_lambda": l2_lambda, "dlae_dropout": dropout, "candidates": tried})
+                              extra={**chosen, **extra}, settings=chosen)
 
 
 def _unseen_score_std(user_vectors, item_vectors, history) -> float:
@@ -358,48 +396,96 @@ def _blend(ease_history, ease_weights, neural_users, neural_items, weight, scale
     return users.astype(np.float32), items.astype(np.float32)
 
 
-def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, started) -> TrainedModel:
+def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, started,
+                      settings=None) -> TrainedModel:
     """The EASE family's best closed form (DLAE) plus the two-tower model, mixed on validation.
 
     Every choice is made on the validation split carved from the training
     ratings: the two-tower's early-stopping epoch, DLAE's (lambda, dropout)
-    (see ``_select_dlae``), then the blend weight. Each component's scores are
+    (see ``select_dlae``), then the blend weight. Each component's scores are
     divided by their spread over unseen validation items so the weight means
     the same thing whatever the raw score scales are. The DLAE part is then
-    refit on all training ratings with the chosen settings.
+    refit on all training ratings with the chosen settings. A refit
+    (``settings`` given) reuses every choice, the scales included.
     """
-    neural = _train_neural("two_tower", split, validation, hp, seed, on_epoch, should_stop, started)
     n_items = split.data.n_items
-    held_in, held_in_weights, (l2_lambda, dropout), dlae_metrics, _ = _select_dlae(hp, validation, n_items,
-                                                                                   should_stop)
-    scales = (_unseen_score_std(held_in, held_in_weights.T, held_in),
-              _unseen_score_std(neural.user_vectors, neural.item_vectors, held_in))
-    candidates = (hp.blend_weight,) if hp.blend_weight > 0 else BLEND_GRID
-    scored = []
-    for weight in candidates:
-        _cancel_point(should_stop)
-        metrics = _validation_metrics(*_blend(held_in, held_in_weights, neural.user_vectors, neural.item_vectors,
-                                              weight, scales), validation)
-        scored.append(((metrics["recall_at_10"], metrics["ndcg_at_10"]), weight, metrics))
-    _, weight, metrics = max(scored, key=lambda entry: entry[0])
+    if settings is None:
+        neural = _train_neural("two_tower", split, validation, hp, seed, on_epoch, should_stop, started)
+        held_in, held_in_weights, (l2_lambda, dropout), dlae_metrics, _ = select_dlae(hp, validation, n_items,
+                                                                                      should_stop)
+        scales = (_unseen_score_std(held_in, held_in_weights.T, held_in),
+                  _unseen_score_std(neural.user_vectors, neural.item_vectors, held_in))
+        candidates = (hp.blend_weight,) if hp.blend_weight > 0 else BLEND_GRID
+        scored = []
+        for weight in candidates:
+            _cancel_point(should_stop)
+            metrics = _validation_metrics(*_blend(held_in, held_in_weights, neural.user_vectors,
+                                                  neural.item_vectors, weight, scales), validation)
+            scored.append(((metrics["recall_at_10"], metrics["ndcg_at_10"]), weight, metrics))
+        _, weight, metrics = max(scored, key=lambda entry: entry[0])
+        extra = {"neural_validation_metrics": neural.validation_metrics, "dlae_validation_metrics": dlae_metrics}
+    else:
+        neural = _train_neural("two_tower", split, None, dataclasses.replace(hp, epochs=settings["epochs"]),
+                               seed, on_epoch, should_stop, started)
+        l2_lambda, dropout, weight = settings["l2_lambda"], settings["dlae_dropout"], settings["blend_weight"]
+        scales, metrics, extra = tuple(settings["scales"]), {}, {}
     _cancel_point(should_stop)
     history = models.binary_history(split.train_csr(), n_items)
     weights = models.dlae_item_weights(models.item_gram(history), l2_lambda, dropout)
     user_vectors, item_vectors = _blend(history, weights, neural.user_vectors, neural.item_vectors, weight, scales)
+    chosen = {"epochs": neural.best_epoch, "l2_lambda": l2_lambda, "dlae_dropout": dropout, "blend_weight": weight,
+              "scales": [float(scales[0]), float(scales[1])]}
+    neural_part = neural.user_vectors.shape[1]
+    pooled = _pooled_encoder(user_vectors[:, n_items:], item_vectors[:, n_items:], split.train_csr())
+    neural.encoder = QueryEncoder((Part(HISTORY, n_items, (1.0 - weight) / scales[0]),
+                                   Part(POOLED, neural_part, pooled.parts[0].scale)))
     neural.kind = kind
     neural.user_vectors, neural.item_vectors = user_vectors, item_vectors
-    neural.extra = {"blend_weight": weight, "l2_lambda": l2_lambda, "dlae_dropout": dropout,
-                    "neural_validation_metrics": neural.validation_metrics, "dlae_validation_metrics": dlae_metrics}
+    neural.extra = {**chosen, **extra}
+    neural.settings = chosen
     neural.validation_metrics = metrics
     neural.train_seconds = time.monotonic() - started
     return neural
+
+
+def _train_sequential(kind, split, validation, hp, seed, on_epoch, should_stop, started,
+                      settings=None) -> TrainedModel:
+    """The history-aware kind (see ``sequential``); ``validation`` is carved by time."""
+    del seed
+    _cancel_point(should_stop)
+    extra = {}
+    metrics = {}
+    if settings is None:
+        _, _, dlae_choice, dlae_metrics, _ = select_dlae(hp, validation, split.data.n_items, should_stop)
+        train_csr, test_csr = validation.train_csr(), validation.test_csr()
+
+        def evaluate(users, scores):
+            found = evaluate_score_rows(scores, users, train_csr, test_csr)
+            return {k: v for k, v in found.items() if k in ("recall_at_10", "ndcg_at_10", "recall_at_50")}
+
+        choice, metrics, tried = sequential.select(validation, dlae_choice, evaluate,
+                                                   lambda: _cancel_point(should_stop))
+        settings = {"l2_lambda": dlae_choice[0], "dlae_dropout": dlae_choice[1], **choice}
+        extra = {"dlae_validation_metrics": dlae_metrics, "candidates": tried}
+    _cancel_point(should_stop)
+    user_vectors, item_vectors, encoder = sequential.fit(
+        split, settings["l2_lambda"], settings["dlae_dropout"], settings["decay"], settings["transition_decay"],
+        settings["transition_weight"])
+    trained = _closed_form_model(kind, user_vectors, item_vectors.T, metrics, hp, validation, started, on_epoch,
+                                 extra={**settings, **extra}, settings=dict(settings), encoder=encoder)
+    return trained
+
+
+# Kinds whose validation split is each user's newest ratings rather than random ones.
+TIME_VALIDATED_KINDS = ("sequential",)
 
 
 # The closed-form kinds hold a few dense I x I float64 matrices: 20k movies is
 # about 3.2 GB each, the most one request may ask of this machine.
 MAX_CLOSED_FORM_ITEMS = 20_000
 # Kinds that train in closed form instead of through the neural fit loop.
-_CLOSED_FORM_TRAINERS = {"ease": _train_ease, "dlae": _train_dlae, "ease_blend": _train_ease_blend}
+_CLOSED_FORM_TRAINERS = {"ease": _train_ease, "dlae": _train_dlae, "ease_blend": _train_ease_blend,
+                         "sequential": _train_sequential}
 CLOSED_FORM_KINDS = tuple(_CLOSED_FORM_TRAINERS)
 
 
@@ -415,8 +501,15 @@ def catalogue_refusal(kind: str, n_items: int) -> str:
 def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
                 on_epoch: Callable[[EpochReport], None] | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                strategy: "tf.distribute.Strategy | None" = None) -> TrainedModel:
+                strategy: "tf.distribute.Strategy | None" = None,
+                refit_settings: dict | None = None) -> TrainedModel:
     """Train ``kind`` on ``split``'s training ratings and export user/item vectors.
+
+    Settings (epochs, lambda, dropout, weights) are chosen on a validation
+    split carved from the training ratings and returned in ``settings``.
+    Given ``refit_settings`` (a previous run's ``settings``) nothing is
+    chosen: the model is trained on all of ``split``'s training ratings with
+    them, which is how a job publishes a model that has seen its holdout.
 
     With a multi-worker ``strategy`` (neural kinds only) this is one worker's
     part of a data-parallel run; only the chief's result holds vectors.
@@ -431,7 +524,12 @@ def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
     started = time.monotonic()
     # The same seed on every worker: the same initial weights and the same data order.
     tf.keras.utils.set_random_seed(seed)
-    validation = carve_validation(split, hparams.validation_size, seed)
+    validation = None
+    if refit_settings is None:
+        validation = carve_validation(split, hparams.validation_size, seed, by_time=kind in TIME_VALIDATED_KINDS)
     if kind in CLOSED_FORM_KINDS:
-        return _CLOSED_FORM_TRAINERS[kind](kind, split, validation, hparams, seed, on_epoch, should_stop, started)
+        return _CLOSED_FORM_TRAINERS[kind](kind, split, validation, hparams, seed, on_epoch, should_stop, started,
+                                           refit_settings)
+    if refit_settings is not None:
+        hparams = dataclasses.replace(hparams, epochs=max(1, int(refit_settings["epochs"])))
     return _train_neural(kind, split, validation, hparams, seed, on_epoch, should_stop, started, strategy)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19movierec/v1/trainer.proto\x12\x0bmovierec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x0b\x44\x61tasetSpec\x12\x14\n\x0cratings_path\x18\x01 \x01(\t\x12\x12\n\nitems_path\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x93\x02\n\x0fHyperparameters\x12\x15\n\rembedding_dim\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x14\n\x0c\x64ropout_rate\x18\x04 \x01(\x01\x12\x15\n\rnum_negatives\x18\x05 \x01(\x05\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x13\n\x0btemperature\x18\x07 \x01(\x01\x12\x10\n\x08patience\x18\x08 \x01(\x05\x12\x17\n\x0fvalidation_size\x18\t \x01(\x05\x12\x12\n\nhidden_dim\x18\n \x01(\x05\x12\x11\n\tl2_lambda\x18\x0b \x01(\x01\x12\x14\n\x0c\x62lend_weight\x18\x0c \x01(\x01\"7\n\x0e\x45valuationSpec\x12\x0f\n\x07holdout\x18\x01 \x01(\t\x12\x14\n\x0choldout_size\x18\x02 \x01(\x05\"c\n\x0bQualityGate\x12#\n\x1bmin_validation_recall_at_10\x18\x01 \x01(\x01\x12\x1d\n\x15require_no_regression\x18\x02 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\"\xa8\x02\n\x0cTrainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x18.movierec.v1.DatasetSpec\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x35\n\x0fhyperparameters\x18\x04 \x01(\x0b\x32\x1c.movierec.v1.Hyperparameters\x12/\n\nevaluation\x18\x05 \x01(\x0b\x32\x1b.movierec.v1.EvaluationSpec\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12.\n\x0cquality_gate\x18\x08 \x01(\x0b\x32\x18.movierec.v1.QualityGate\x12\x0f\n\x07workers\x18\t \x01(\x05\"\xfa\x01\n\x08Progress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x17\n\x0fsteps_per_epoch\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x07 \x01(\x01\x12\x39\n\nvalidation\x18\x08 \x03(\x0b\x32%.movierec.v1.Progress.ValidationEntry\x1a\x31\n\x0fValidationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf5\x05\n\x08TrainJob\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.movierec.v1.TrainJob.State\x12*\n\x07request\x18\x03 \x01(\x0b\x32\x19.movierec.v1.TrainRequest\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.movierec.v1.Progress\x12\x14\n\x0closs_history\x18\x05 \x03(\x01\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".movierec.v1.TrainJob.MetricsEntry\x12\x44\n\x10\x62\x61seline_metrics\x18\x07 \x03(\x0b\x32*.movierec.v1.TrainJob.BaselineMetricsEntry\x12\x18\n\x10\x65valuation_split\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\x03\x12\x11\n\tpublished\x18\n \x01(\x08\x12\x1c\n\x14not_published_reason\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14\x42\x61selineMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"a\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"7\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.movierec.v1.TrainJob\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t2\xce\x02\n\x07Trainer\x12\x39\n\x05Train\x12\x19.movierec.v1.TrainRequest\x1a\x15.movierec.v1.TrainJob\x12;\n\x06GetJob\x12\x1a.movierec.v1.GetJobRequest\x1a\x15.movierec.v1.TrainJob\x12G\n\x08ListJobs\x12\x1c.movierec.v1.ListJobsRequest\x1a\x1d.movierec.v1.ListJobsResponse\x12?\n\x08WatchJob\x12\x1a.movierec.v1.GetJobRequest\x1a\x15.movierec.v1.TrainJob0\x01\x12\x41\n\tCancelJob\x12\x1d.movierec.v1.CancelJobRequest\x1a\x15.movierec.v1.TrainJobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19movierec/v1/trainer.proto\x12\x0bmovierec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x0b\x44\x61tasetSpec\x12\x14\n\x0cratings_path\x18\x01 \x01(\t\x12\x12\n\nitems_path\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x93\x02\n\x0fHyperparameters\x12\x15\n\rembedding_dim\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x14\n\x0c\x64ropout_rate\x18\x04 \x01(\x01\x12\x15\n\rnum_negatives\x18\x05 \x01(\x05\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x13\n\x0btemperature\x18\x07 \x01(\x01\x12\x10\n\x08patience\x18\x08 \x01(\x05\x12\x17\n\x0fvalidation_size\x18\t \x01(\x05\x12\x12\n\nhidden_dim\x18\n \x01(\x05\x12\x11\n\tl2_lambda\x18\x0b \x01(\x01\x12\x14\n\x0c\x62lend_weight\x18\x0c \x01(\x01\"U\n\x0e\x45valuationSpec\x12\x0f\n\x07holdout\x18\x01 \x01(\t\x12\x14\n\x0choldout_size\x18\x02 \x01(\x05\x12\x12\n\x05refit\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_refit\"c\n\x0bQualityGate\x12#\n\x1bmin_validation_recall_at_10\x18\x01 \x01(\x01\x12\x1d\n\x15require_no_regression\x18\x02 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\"\xa8\x02\n\x0cTrainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x18.movierec.v1.DatasetSpec\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x35\n\x0fhyperparameters\x18\x04 \x01(\x0b\x32\x1c.movierec.v1.Hyperparameters\x12/\n\nevaluation\x18\x05 \x01(\x0b\x32\x1b.movierec.v1.EvaluationSpec\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12.\n\x0cquality_gate\x18\x08 \x01(\x0b\x32\x18.movierec.v1.QualityGate\x12\x0f\n\x07workers\x18\t \x01(\x05\"\xfa\x01\n\x08Progress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x17\n\x0fsteps_per_epoch\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x07 \x01(\x01\x12\x39\n\nvalidation\x18\x08 \x03(\x0b\x32%.movierec.v1.Progress.ValidationEntry\x1a\x31\n\x0fValidationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf5\x05\n\x08TrainJob\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.movierec.v1.TrainJob.State\x12*\n\x07request\x18\x03 \x01(\x0b\x32\x19.movierec.v1.TrainRequest\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.movierec.v1.Progress\x12\x14\n\x0closs_history\x18\x05 \x03(\x01\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".movierec.v1.TrainJob.MetricsEntry\x12\x44\n\x10\x62\x61seline_metrics\x18\x07 \x03(\x0b\x32*.movierec.v1.TrainJob.BaselineMetricsEntry\x12\x18\n\x10\x65valuation_split\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\x03\x12\x11\n\tpublished\x18\n \x01(\x08\x12\x1c\n\x14not_published_reason\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14\x42\x61selineMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"a\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"7\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.movierec.v1.TrainJob\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t2\xce\x02\n\x07Trainer\x12\x39\n\x05Train\x12\x19.movierec.v1.TrainRequest\x1a\x15.movierec.v1.TrainJob\x12;\n\x06GetJob\x12\x1a.movierec.v1.GetJobRequest\x1a\x15.movierec.v1.TrainJob\x12G\n\x08ListJobs\x12\x1c.movierec.v1.ListJobsRequest\x1a\x1d.movierec.v1.ListJobsResponse\x12?\n\x08WatchJob\x12\x1a.movierec.v1.GetJobRequest\x1a\x15.movierec.v1.TrainJob0\x01\x12\x41\n\tCancelJob\x12\x1d.movierec.v1.CancelJobRequest\x1a\x15.movierec.v1.TrainJobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,31 +43,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HYPERPARAMETERS']._serialized_start=147
   _globals['_HYPERPARAMETERS']._serialized_end=422
   _globals['_EVALUATIONSPEC']._serialized_start=424
-  _globals['_EVALUATIONSPEC']._serialized_end=479
-  _globals['_QUALITYGATE']._serialized_start=481
-  _globals['_QUALITYGATE']._serialized_end=580
-  _globals['_TRAINREQUEST']._serialized_start=583
-  _globals['_TRAINREQUEST']._serialized_end=879
-  _globals['_PROGRESS']._serialized_start=882
-  _globals['_PROGRESS']._serialized_end=1132
-  _globals['_PROGRESS_VALIDATIONENTRY']._serialized_start=1083
-  _globals['_PROGRESS_VALIDATIONENTRY']._serialized_end=1132
-  _globals['_TRAINJOB']._serialized_start=1135
-  _globals['_TRAINJOB']._serialized_end=1892
-  _globals['_TRAINJOB_METRICSENTRY']._serialized_start=1691
-  _globals['_TRAINJOB_METRICSENTRY']._serialized_end=1737
-  _globals['_TRAINJOB_BASELINEMETRICSENTRY']._serialized_start=1739
-  _globals['_TRAINJOB_BASELINEMETRICSENTRY']._serialized_end=1793
-  _globals['_TRAINJOB_STATE']._serialized_start=1795
-  _globals['_TRAINJOB_STATE']._serialized_end=1892
-  _globals['_GETJOBREQUEST']._serialized_start=1894
-  _globals['_GETJOBREQUEST']._serialized_end=1925
-  _globals['_LISTJOBSREQUEST']._serialized_start=1927
-  _globals['_LISTJOBSREQUEST']._serialized_end=1959
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1961
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2016
-  _globals['_CANCELJOBREQUEST']._serialized_start=2018
-  _globals['_CANCELJOBREQUEST']._serialized_end=2052
-  _globals['_TRAINER']._serialized_start=2055
-  _globals['_TRAINER']._serialized_end=2389
+  _globals['_EVALUATIONSPEC']._serialized_end=509
+  _globals['_QUALITYGATE']._serialized_start=511
+  _globals['_QUALITYGATE']._serialized_end=610
+  _globals['_TRAINREQUEST']._serialized_start=613
+  _globals['_TRAINREQUEST']._serialized_end=909
+  _globals['_PROGRESS']._serialized_start=912
+  _globals['_PROGRESS']._serialized_end=1162
+  _globals['_PROGRESS_VALIDATIONENTRY']._serialized_start=1113
+  _globals['_PROGRESS_VALIDATIONENTRY']._serialized_end=1162
+  _globals['_TRAINJOB']._serialized_start=1165
+  _globals['_TRAINJOB']._serialized_end=1922
+  _globals['_TRAINJOB_METRICSENTRY']._serialized_start=1721
+  _globals['_TRAINJOB_METRICSENTRY']._serialized_end=1767
+  _globals['_TRAINJOB_BASELINEMETRICSENTRY']._serialized_start=1769
+  _globals['_TRAINJOB_BASELINEMETRICSENTRY']._serialized_end=1823
+  _globals['_TRAINJOB_STATE']._serialized_start=1825
+  _globals['_TRAINJOB_STATE']._serialized_end=1922
+  _globals['_GETJOBREQUEST']._serialized_start=1924
+  _globals['_GETJOBREQUEST']._serialized_end=1955
+  _globals['_LISTJOBSREQUEST']._serialized_start=1957
+  _globals['_LISTJOBSREQUEST']._serialized_end=1989
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1991
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2046
+  _globals['_CANCELJOBREQUEST']._serialized_start=2048
+  _globals['_CANCELJOBREQUEST']._serialized_end=2082
+  _globals['_TRAINER']._serialized_start=2085
+  _globals['_TRAINER']._serialized_end=2419
 # @@protoc_insertion_point(module_scope)

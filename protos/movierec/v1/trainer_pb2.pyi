@@ -49,12 +49,14 @@ class Hyperparameters(_message.Message):
     def __init__(self, embedding_dim: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., dropout_rate: _Optional[float] = ..., num_negatives: _Optional[int] = ..., weight_decay: _Optional[float] = ..., temperature: _Optional[float] = ..., patience: _Optional[int] = ..., validation_size: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., l2_lambda: _Optional[float] = ..., blend_weight: _Optional[float] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("holdout", "holdout_size")
+    __slots__ = ("holdout", "holdout_size", "refit")
     HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     HOLDOUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REFIT_FIELD_NUMBER: _ClassVar[int]
     holdout: str
     holdout_size: int
-    def __init__(self, holdout: _Optional[str] = ..., holdout_size: _Optional[int] = ...) -> None: ...
+    refit: bool
+    def __init__(self, holdout: _Optional[str] = ..., holdout_size: _Optional[int] = ..., refit: _Optional[bool] = ...) -> None: ...
 
 class QualityGate(_message.Message):
     __slots__ = ("min_validation_recall_at_10", "require_no_regression", "disabled")

@@ -1,0 +1,225 @@
+"""How a history of movies becomes a query vector: the one rule every served kind follows for sessions.
+
+Every kind scores ``user_vector . item_vector``. A caller may send movies
+the user just interacted with (``recent_movie_ids``), or be a visitor the
+model has never seen; then the query must be built from a history instead of
+looked up. The trainer states how, per version, as a :class:`QueryEncoder`
+in ``metadata.json`` (key ``query_encoder``); serving and the quality
+benchmark both call :meth:`QueryEncoder.encode`, so what is measured is
+what is served.
+
+A query is a concatenation of parts, and the item vectors are concatenated
+the same way (part ``p`` occupies the same columns on both sides):
+
+``history``
+    The query is the history's indicator row over the catalogue (``width`` =
+    movies), each movie weighted by its recency: the ``r``-th newest
+    (``r = 0``) weighs ``exp(-r / decay)``; ``decay = 0`` weighs every movie
+    1. This is exactly how EASE^R/DLAE score (history row times item-item
+    weights), and with ``decay > 0`` or a transition matrix on the item side
+    it is how the history-aware ``sequential`` kind scores. A known user's
+    own stored vector is this same row of their history, so a history part
+    for a known user with recent movies is simply the row of their history
+    followed by the recent movies.
+
+``pooled``
+    The query is the recency-weighted mean of the part's own item vectors
+    over the history, times ``scale`` (the mean of a user's item vectors is
+    the classic history encoder of two-tower retrieval, as in YouTube's
+    watch-history average). ``scale`` is calibrated by the trainer so a
+    pooled query is as long as a typical user vector, which matters where a
+    pooled part sits next to other parts (``ease_blend``). ``fixed`` dims are
+    constant in every user vector (BPR's bias dimension is 1) and are set,
+    not pooled. For a known user with recent movies the part is
+    ``(1 - m) * user_part + m * pooled(recent)``, where ``m`` is the recent
+    movies' share of the recency weight of the whole history (the recent
+    movies being its newest part).
+
+Histories are item indices, oldest first. A movie that occurs twice counts
+once, at its latest position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HISTORY = "history"
+POOLED = "pooled"
+PART_KINDS = (HISTORY, POOLED)
+METADATA_KEY = "query_encoder"
+
+
+class EncoderError(ValueError):
+    """A query encoder description that does not fit its artifact."""
+
+
+@dataclass(frozen=True)
+class Part:
+    kind: str
+    width: int
+    scale: float = 1.0
+    decay: float = 0.0
+    fixed: tuple[tuple[int, float], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "width": self.width, "scale": self.scale, "decay": self.decay,
+                "fixed": [[d, v] for d, v in self.fixed]}
+
+
+def recency_weights(n: int, decay: float) -> np.ndarray:
+    """Weights of a history of ``n`` movies, oldest first: the r-th newest weighs exp(-r / decay)."""
+    if decay <= 0:
+        return np.ones(n, dtype=np.float32)
+    return np.exp(-(np.arange(n, dtype=np.float64)[::-1]) / decay).astype(np.float32)
+
+
+def merge_history(history: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """``history`` followed by ``recent``, each movie once at its latest position (oldest first)."""
+    combined = np.concatenate([np.asarray(history, dtype=np.int64), np.asarray(recent, dtype=np.int64)])
+    return latest_occurrences(combined)
+
+
+def latest_occurrences(items: np.ndarray) -> np.ndarray:
+    """Each movie once, at its latest position, order otherwise kept."""
+    items = np.asarray(items, dtype=np.int64)
+    if items.size < 2:
+        return items
+    reversed_items = items[::-1]
+    _, first_in_reversed = np.unique(reversed_items, return_index=True)
+    keep = np.sort(items.size - 1 - first_in_reversed)
+    return items[keep]
+
+
+@dataclass(frozen=True)
+class QueryEncoder:
+    parts: tuple[Part, ...]
+
+    @property
+    def width(self) -> int:
+        return sum(part.width for part in self.parts)
+
+    @property
+    def has_history_part(self) -> bool:
+        return any(part.kind == HISTORY for part in self.parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parts": [part.to_json() for part in self.parts]}
+
+    @classmethod
+    def from_json(cls, data: Any, num_items: int, dim: int) -> "QueryEncoder":
+        """Reads and checks a description against the artifact it came with; EncoderError says what is wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("parts"), list) or not data["parts"]:
+            raise EncoderError(f"{METADATA_KEY} must be an object with a non-empty list of parts")
+        parts = []
+        for position, raw in enumerate(data["parts"]):
+            try:
+                fixed = tuple((int(d), float(v)) for d, v in raw.get("fixed", []))
+                part = Part(kind=str(raw["kind"]), width=int(raw["width"]), scale=float(raw.get("scale", 1.0)),
+                            decay=float(raw.get("decay", 0.0)), fixed=fixed)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise EncoderError(f"{METADATA_KEY} part {position} is malformed: {exc}") from None
+            if part.kind not in PART_KINDS:
+                raise EncoderError(f"{METADATA_KEY} part {position} has unknown kind {part.kind!r}")
+            if part.kind == HISTORY and part.width != num_items:
+                raise EncoderError(f"{METADATA_KEY} part {position} is a history part of width {part.width}, "
+                                   f"but the catalogue has {num_items} movies")
+            if not (np.isfinite(part.scale) and np.isfinite(part.decay) and part.decay >= 0 and part.width > 0):
+                raise EncoderError(f"{METADATA_KEY} part {position} needs a positive width, a finite scale "
+                                   f"and a decay >= 0")
+            if any(not 0 <= d < part.width or not np.isfinite(v) for d, v in part.fixed):
+                raise EncoderError(f"{METADATA_KEY} part {position} fixes a dimension outside its width")
+            parts.append(part)
+        encoder = cls(tuple(parts))
+        if encoder.width != dim:
+            raise EncoderError(f"{METADATA_KEY} parts add up to width {encoder.width}, "
+                               f"but the model's vectors have {dim} dimensions")
+        return encoder
+
+    def encode(self, history: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+        """The query of someone whose whole history is ``history`` (item indices, oldest first)."""
+        history = latest_occurrences(history)
+        query = np.zeros(self.width, dtype=np.float32)
+        offset = 0
+        for part in self.parts:
+            weights = recency_weights(history.size, part.decay)
+            if part.kind == HISTORY:
+                query[offset + history] = part.scale * weights
+            else:
+                query[offset:offset + part.width] = self._pooled(part, offset, history, weights, item_vectors)
+            offset += part.width
+        return query
+
+    def encode_for_user(self, user_vector: np.ndarray, history: np.ndarray, recent: np.ndarray,
+                        item_vectors: np.ndarray) -> np.ndarray:
+        """The query of a known user (stored vector, own history oldest first) who just saw ``recent``."""
+        recent = latest_occurrences(recent)
+        if recent.size == 0:
+            return np.asarray(user_vector, dtype=np.float32)
+        combined = merge_history(history, recent)
+        query = np.empty(self.width, dtype=np.float32)
+        offset = 0
+        for part in self.parts:
+            columns = slice(offset, offset + part.width)
+            weights = recency_weights(combined.size, part.decay)
+            if part.kind == HISTORY:
+                query[columns] = 0.0
+                query[offset + combined] = part.scale * weights
+            else:
+                share = float(weights[-recent.size:].sum() / weights.sum())
+                pooled = self._pooled(part, offset, recent, recency_weights(recent.size, part.decay), item_vectors)
+                query[columns] = (1.0 - share) * user_vector[columns] + share * pooled
+                for dim, value in part.fixed:
+                    query[offset + dim] = value
+            offset += part.width
+        return query
+
+    @staticmethod
+    def _pooled(part: Part, offset: int, history: np.ndarray, weights: np.ndarray,
+                item_vectors: np.ndarray) -> np.ndarray:
+        if history.size == 0:
+            pooled = np.zeros(part.width, dtype=np.float32)
+        else:
+            rows = item_vectors[history, offset:offset + part.width]
+            pooled = part.scale * (weights @ rows) / weights.sum()
+        for dim, value in part.fixed:
+            pooled[dim] = value
+        return pooled
+
+
+def history_encoder(num_items: int, scale: float = 1.0, decay: float = 0.0) -> QueryEncoder:
+    """EASE^R and DLAE: the query is the (binary) history row."""
+    return QueryEncoder((Part(HISTORY, num_items, scale, decay),))
+
+
+# Users whose vectors calibrate a pooled part's scale; a median over more moves little.
+_CALIBRATION_USERS = 2_000
+
+
+def pooled_scale(user_part: np.ndarray, item_part: np.ndarray, history_csr, fixed_dims=()) -> float:
+    """The scale that makes a pooled query as long as a typical stored user vector.
+
+    The median, over up to 2,000 users with a history (a fixed sample), of
+    ``|user part| / |mean of the item part over their history|``, leaving
+    fixed dims out; 1 when it cannot be told.
+    """
+    indptr, items = history_csr
+    free = np.setdiff1d(np.arange(user_part.shape[1]), np.asarray(fixed_dims, dtype=np.int64))
+    counts = np.diff(indptr)
+    users = np.flatnonzero(counts > 0)
+    if users.size > _CALIBRATION_USERS:
+        users = np.sort(np.random.default_rng(0).choice(users, _CALIBRATION_USERS, replace=False))
+    if users.size == 0 or free.size == 0:
+        return 1.0
+    positions = np.concatenate([np.arange(indptr[u], indptr[u + 1]) for u in users])
+    starts = np.concatenate([[0], np.cumsum(counts[users])[:-1]])
+    sums = np.add.reduceat(item_part[items[positions]][:, free].astype(np.float64), starts, axis=0)
+    pooled_norms = np.linalg.norm(sums / counts[users][:, None], axis=1)
+    user_norms = np.linalg.norm(user_part[users][:, free].astype(np.float64), axis=1)
+    usable = pooled_norms > 1e-12
+    if not usable.any():
+        return 1.0
+    ratio = float(np.median(user_norms[usable] / pooled_norms[usable]))
+    return ratio if np.isfinite(ratio) and ratio > 0 else 1.0
