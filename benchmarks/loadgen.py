@@ -16,6 +16,8 @@ Modes:
 
 * ``load``: Recommend(random known user, k) for ``--seconds`` after a
   ``--warmup``; writes every call's start, latency, status and model_version.
+  With ``--sessions-file`` each call is a random session from that file
+  instead (a user id and the movies they just saw: ``recent_movie_ids``).
 * ``check``: Recommend once for each listed user; writes the served ids and
   scores, for the correctness comparison.
 """
@@ -40,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="host:port (loopback)")
     parser.add_argument("--mode", choices=("load", "check"), default="load")
-    parser.add_argument("--users-file", required=True, help="JSON list of user ids")
+    parser.add_argument("--users-file", help="JSON list of user ids")
+    parser.add_argument("--sessions-file",
+                        help="load mode: JSON list of {\"user_id\": ..., \"recent\": [movie ids]} to send instead")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time (load mode)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time first (load mode)")
@@ -50,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="load mode: each call asks for the next user of the list (never a repeat until the "
                              "list runs out), so no answer cache helps")
     parser.add_argument("--out", required=True, help="where to write the JSON result")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.users_file and not (args.sessions_file and args.mode == "load"):
+        parser.error("--users-file is required (or --sessions-file in load mode)")
+    return args
 
 
 def _channel(target: str) -> grpc.aio.Channel:
@@ -58,10 +65,15 @@ def _channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=[("grpc.enable_retries", 0)])
 
 
-async def run_load(args, users: list[str]) -> dict:
+async def run_load(args, users: list[str], sessions: list[dict] | None = None) -> dict:
     # Requests are built once: per-call protobuf construction would be client
     # CPU spent on the same core budget the server competes for.
-    requests = [recommender_pb2.RecommendRequest(user_id=u, k=args.k) for u in users]
+    if sessions:
+        requests = [recommender_pb2.RecommendRequest(user_id=str(s["user_id"]), k=args.k,
+                                                     recent_movie_ids=[int(m) for m in s["recent"]])
+                    for s in sessions]
+    else:
+        requests = [recommender_pb2.RecommendRequest(user_id=u, k=args.k) for u in users]
     starts: list[float] = []
     latencies: list[float] = []
     codes: list[int] = []
@@ -159,12 +171,19 @@ async def run_check(args, users: list[str]) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with open(args.users_file) as handle:
-        users = [str(u) for u in json.load(handle)]
-    if not users:
-        sys.exit("no users given")
-    runner = run_load if args.mode == "load" else run_check
-    result = asyncio.run(runner(args, users))
+    if args.sessions_file:
+        with open(args.sessions_file) as handle:
+            sessions = json.load(handle)
+        if not sessions:
+            sys.exit("no sessions given")
+        result = asyncio.run(run_load(args, [], sessions))
+    else:
+        with open(args.users_file) as handle:
+            users = [str(u) for u in json.load(handle)]
+        if not users:
+            sys.exit("no users given")
+        runner = run_load if args.mode == "load" else run_check
+        result = asyncio.run(runner(args, users))
     with open(args.out, "w") as handle:
         json.dump(result, handle)
     print("done", flush=True)

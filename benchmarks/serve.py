@@ -21,6 +21,12 @@ Why it is built this way:
 * **Correct under speed.** Served top-k for random known users is compared
   with an exact brute force over the served version's vectors, loaded from
   disk independently of the server (seen items excluded, ties aside).
+* **Sessions.** One call in flight, each call a 10-movie session
+  (``recent_movie_ids``, movies drawn by popularity) for an unknown user,
+  then for a known one: the query is built per call from the version's
+  ``query_encoder``, so nothing is cached or precomputed. ``--model ease``
+  serves EASE^R at MovieLens 100K size, whose session queries are
+  1,682-wide history rows against a 1,682 x 1,682 item matrix.
 
 Run ``python benchmarks/serve.py`` (about 3 minutes; ``--tiny`` for a
 seconds-long smoke run). It prints the tables and a PASS/FAIL line per target
@@ -62,7 +68,10 @@ TARGET_SHARE_OF_ECHO_AT_32 = 0.70
 TARGET_RELOAD_P99_RATIO = 2.0
 TARGET_PUBLISH_TO_SERVED_S = 2.0
 TARGET_RSS_RATIO = 2.0
+TARGET_SESSION_P50_MS = 1.0
 RELOAD_IN_FLIGHT = 32
+SESSION_MOVIES = 10
+SESSIONS = 1000  # distinct sessions per row, drawn at random per call
 
 
 # ----------------------------------------------------------------------------
@@ -74,9 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-root", default=None,
                         help="serve the newest version of this root (copied into a scratch root, so the benchmark's "
                              "reload versions never land in yours); default: train/build one in a temp dir")
-    parser.add_argument("--model", choices=("auto", "two_tower", "synthetic"), default="auto",
+    parser.add_argument("--model", choices=("auto", "two_tower", "ease", "synthetic"), default="auto",
                         help="model to build when no --model-root is given: a short two_tower run on MovieLens 100K "
-                             "(auto, when the data is found) or a synthetic artifact of the same size")
+                             "(auto, when the data is found), EASE^R on MovieLens 100K (ease; an EASE-shaped "
+                             "synthetic model without the data) or a synthetic two-tower-shaped artifact")
     parser.add_argument("--movielens-dir", default=os.environ.get("MOVIELENS_DIR", str(DEFAULT_MOVIELENS)))
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--seconds-per-level", type=float, default=10.0)
@@ -146,8 +156,26 @@ def synthetic_artifact(seed: int, users: int = 943, items: int = 1682, dim: int 
     )
 
 
-def trained_artifact(movielens_dir: str, epochs: int, seed: int):
-    """A real two-tower model trained through the trainer's own code (about 10 s for 2 epochs)."""
+def synthetic_ease_artifact(seed: int):
+    """EASE^R's shape at MovieLens 100K size: users are history rows, items are columns of a 1,682 x 1,682
+    item-item weight matrix (random here), so scores and session queries cost what a real EASE's do."""
+    import dataclasses as dc
+
+    base = synthetic_artifact(seed)
+    items = base.num_items
+    rng = np.random.default_rng(seed + 1)
+    weights = (rng.normal(size=(items, items)) / np.sqrt(items)).astype(np.float32)
+    np.fill_diagonal(weights, 0.0)
+    history = np.zeros((base.num_users, items), dtype=np.float32)
+    history[np.repeat(np.arange(base.num_users), np.diff(base.seen_indptr)), base.seen_indices] = 1.0
+    return dc.replace(base, user_vectors=history, item_vectors=np.ascontiguousarray(weights.T))
+
+
+def trained_artifact(movielens_dir: str, epochs: int, seed: int, kind: str = "two_tower"):
+    """A real model trained through the trainer's own code (two_tower: about 10 s for 2 epochs; ease: ~1 s).
+
+    Returns (artifact, the trainer's query encoder or None when this trainer states none).
+    """
     from trainer_service import data as datasets
     from trainer_service.hyperparams import resolve_hyperparameters
     from trainer_service.pipeline import _artifact_for
@@ -155,17 +183,32 @@ def trained_artifact(movielens_dir: str, epochs: int, seed: int):
 
     ratings, grouplens_dir = datasets.load_movielens_100k(movielens_dir)
     split = datasets.make_split(ratings, "random", 5, seed, grouplens_dir)
-    hp = resolve_hyperparameters("two_tower", {"epochs": epochs})
-    trained = train_model("two_tower", split, hp, seed)
-    return _artifact_for(split, trained.user_vectors, trained.item_vectors)
+    hp = resolve_hyperparameters(kind, {"epochs": epochs} if kind == "two_tower" else {})
+    trained = train_model(kind, split, hp, seed)
+    return _artifact_for(split, trained.user_vectors, trained.item_vectors), getattr(trained, "encoder", None)
 
 
-def build_model(args, root: str) -> tuple[object, dict]:
-    """Publishes version 1 into root; returns (artifact, description for the JSON)."""
+def session_encoder(artifact, kind: str):
+    """The session rule of a model the trainer did not describe: EASE^R's is its history row; a two-tower-shaped
+    model's the mean of the history's item vectors, scaled to a typical user vector as the trainer scales it."""
+    from movierec_common import session_query
+
+    if kind == "ease":
+        return session_query.history_encoder(artifact.num_items)
+    scale = session_query.pooled_scale(artifact.user_vectors, artifact.item_vectors,
+                                       (artifact.seen_indptr, artifact.seen_indices))
+    dim = int(artifact.item_vectors.shape[1])
+    return session_query.QueryEncoder((session_query.Part(session_query.POOLED, dim, scale=scale),))
+
+
+def build_model(args, root: str) -> tuple[object, dict, dict]:
+    """Publishes version 1 into root; returns (artifact, description for the JSON, metadata every version gets)."""
     from movierec_common import artifact as artifact_format
+    from movierec_common import session_query
     from movierec_common.model_root import list_versions, version_dir
     from trainer_service.publisher import publish
 
+    shared: dict = {}  # the session rule, given to the reload variants too
     if args.model_root:
         versions = list_versions(args.model_root)
         if not versions:
@@ -175,27 +218,37 @@ def build_model(args, root: str) -> tuple[object, dict]:
         artifact, _ = artifact_format.load(source)
         metadata = artifact_format.read_metadata(source)
         info = {"source": "model_root", "path": source, "model_kind": metadata.get("model_kind", "")}
+        if session_query.METADATA_KEY in metadata:
+            shared[session_query.METADATA_KEY] = metadata[session_query.METADATA_KEY]
     else:
         info = {}
-        artifact = None
-        if args.model in ("auto", "two_tower"):
+        artifact = encoder = None
+        if args.model in ("auto", "two_tower", "ease"):
+            kind = "ease" if args.model == "ease" else "two_tower"
             started = time.monotonic()
             try:
-                artifact = trained_artifact(args.movielens_dir, args.train_epochs, args.seed)
-                info = {"source": "movielens_100k_two_tower", "model_kind": "two_tower",
-                        "movielens_dir": args.movielens_dir, "epochs": args.train_epochs,
+                artifact, encoder = trained_artifact(args.movielens_dir, args.train_epochs, args.seed, kind)
+                info = {"source": f"movielens_100k_{kind}", "model_kind": kind, "movielens_dir": args.movielens_dir,
                         "train_seconds": round(time.monotonic() - started, 1)}
+                if kind == "two_tower":
+                    info["epochs"] = args.train_epochs
             except Exception as exc:  # no data, or the trainer is broken: fall back, and say so
                 if args.model == "two_tower":
                     raise
                 info = {"fallback_reason": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        if artifact is None:
+        if artifact is None and args.model == "ease":
+            artifact = synthetic_ease_artifact(args.seed)
+            info = {**info, "source": "synthetic_ease", "model_kind": "ease"}
+        elif artifact is None:
             artifact = synthetic_artifact(args.seed)
             info = {**info, "source": "synthetic", "model_kind": "synthetic"}
-        publish(root, artifact, {"model_kind": info["model_kind"], "benchmark": "serve", "variant": 0})
+        info["query_encoder_from"] = "trainer" if encoder is not None else "benchmark"
+        encoder = encoder or session_encoder(artifact, info["model_kind"])
+        shared[session_query.METADATA_KEY] = encoder.to_json()
+        publish(root, artifact, {"model_kind": info["model_kind"], "benchmark": "serve", "variant": 0, **shared})
     info.update(num_users=artifact.num_users, num_items=artifact.num_items,
                 dim=int(artifact.item_vectors.shape[1]), seen_ratings=int(artifact.seen_indices.size))
-    return artifact, info
+    return artifact, info, shared
 
 
 def variant(artifact, number: int, seed: int):
@@ -258,14 +311,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_loadgen(work: Path, target: str, users_file: Path, *, concurrency: int, seconds: float = 0.0,
+def run_loadgen(work: Path, target: str, users_file: Path | None, *, concurrency: int, seconds: float = 0.0,
                 warmup: float = 0.0, mode: str = "load", k: int = 10, seed: int = 0,
-                on_measuring=None, tag: str = "run", distinct: bool = False) -> dict:
+                on_measuring=None, tag: str = "run", distinct: bool = False,
+                sessions_file: Path | None = None) -> dict:
     """Runs benchmarks/loadgen.py to completion; ``on_measuring(t)`` is called when measuring starts."""
     out = work / f"loadgen-{tag}.json"
     command = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--target", target, "--mode", mode,
-               "--users-file", str(users_file), "--concurrency", str(concurrency), "--seconds", str(seconds),
+               "--concurrency", str(concurrency), "--seconds", str(seconds),
                "--warmup", str(warmup), "--k", str(k), "--seed", str(seed), "--out", str(out)]
+    if users_file is not None:
+        command += ["--users-file", str(users_file)]
+    if sessions_file is not None:
+        command += ["--sessions-file", str(sessions_file)]
     if distinct:
         command.append("--distinct")
     with open(work / f"loadgen-{tag}.log", "wb") as log:
@@ -394,8 +452,75 @@ def level_phase(args, work: Path, users_file: Path, ours: Server, echo: Server) 
     return levels
 
 
+def session_sets(artifact, seed: int) -> dict[str, list[dict]]:
+    """SESSIONS sessions of SESSION_MOVIES distinct movies each (drawn by popularity, as callers' sessions are),
+    for users the model has never seen and for random known users."""
+    rng = np.random.default_rng(seed + 555)
+    weight = artifact.popularity.astype(np.float64) + 1.0
+    weight /= weight.sum()
+    size = min(SESSION_MOVIES, artifact.num_items)
+
+    def recent() -> list[int]:
+        return artifact.movie_ids[rng.choice(artifact.num_items, size=size, replace=False, p=weight)].tolist()
+
+    known = rng.integers(0, artifact.num_users, size=SESSIONS)
+    return {
+        "unknown_user": [{"user_id": f"session-visitor-{i}", "recent": recent()} for i in range(SESSIONS)],
+        "known_user": [{"user_id": str(artifact.user_ids[u]), "recent": recent()} for u in known.tolist()],
+    }
+
+
+def session_refusal(target: str, session: dict) -> str:
+    """"" when the served version answers sessions, else the server's reason (e.g. published before them)."""
+    import grpc
+
+    from movierec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        try:
+            stub.Recommend(recommender_pb2.RecommendRequest(user_id=session["user_id"], k=10,
+                                                            recent_movie_ids=session["recent"]), timeout=10)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    return ""
+
+
+def session_phase(args, work: Path, ours: Server, artifact) -> dict:
+    """Session calls at 1 in flight, one row per kind of caller; medians over --repeats."""
+    sets = session_sets(artifact, args.seed)
+    result = {"in_flight": 1, "recent_movies": min(SESSION_MOVIES, artifact.num_items), "sessions_per_row": SESSIONS}
+    refusal = session_refusal(ours.target, sets["unknown_user"][0])
+    if refusal:
+        return {**result, "skipped": refusal, "rows": []}
+    rows = []
+    for who, sessions in sets.items():
+        sessions_file = work / f"sessions-{who}.json"
+        sessions_file.write_text(json.dumps(sessions))
+        runs = []
+        for repeat in range(args.repeats):
+            cpu_at_start: list[float] = []
+            run = run_loadgen(work, ours.target, None, concurrency=1, seconds=args.seconds_per_level,
+                              warmup=args.warmup, k=args.k, seed=args.seed + repeat, tag=f"session-{who}-{repeat}",
+                              sessions_file=sessions_file,
+                              on_measuring=lambda _t, pid=ours.process.pid: cpu_at_start.append(cpu_seconds(pid)))
+            stats = latency_stats(run)
+            stats["server_cpu_us_per_call"] = round(
+                (cpu_seconds(ours.process.pid) - cpu_at_start[0]) / max(stats["calls"], 1) * 1e6, 1)
+            stats["error_details"] = run["error_details"]
+            runs.append(stats)
+            print(f"  session ({who}) 1 in flight: p50 {stats['p50_ms']} ms, p95 {stats['p95_ms']} ms, "
+                  f"{stats['calls_per_s']} calls/s, {stats['errors']} errors", flush=True)
+        details: dict[str, int] = {}
+        for run in runs:
+            for key, count in run.pop("error_details").items():
+                details[key] = details.get(key, 0) + count
+        rows.append({"who": who, **median_stats(runs), "error_details": details, "repeats": runs})
+    return {**result, "rows": rows}
+
+
 def reload_phase(args, work: Path, users_file: Path, ours: Server, base_artifact, root: str,
-                 sampler: RssSampler) -> dict:
+                 sampler: RssSampler, shared_metadata: dict | None = None) -> dict:
     from trainer_service.publisher import publish
 
     first_version = served_version(ours.target)
@@ -419,7 +544,8 @@ def reload_phase(args, work: Path, users_file: Path, ours: Server, base_artifact
             due = begin + i * args.reload_interval
             time.sleep(max(0.0, due - time.monotonic()))
             started = time.monotonic()
-            version = publish(root, artifact, {"model_kind": "benchmark_variant", "variant": i + 1})
+            version = publish(root, artifact, {"model_kind": "benchmark_variant", "variant": i + 1,
+                                               **(shared_metadata or {})})
             publishes.append({"version": version, "publish_started": started, "published": time.monotonic()})
 
     thread = threading.Thread(target=publisher, name="publisher", daemon=True)
@@ -530,7 +656,8 @@ def compare(artifact, user_index: int, served: dict, k: int, version: int) -> st
         above = pos == 0 or ranked[pos - 1] - ranked[pos] > tol
         below = pos + 1 >= len(ranked) or not np.isfinite(ranked[pos + 1]) or ranked[pos] - ranked[pos + 1] > tol
         if above and below and served_idx[pos] != best[pos]:
-            return f"rank {pos + 1}: served movie {served['movie_ids'][pos]}, exact {int(artifact.movie_ids[best[pos]])}"
+            return (f"rank {pos + 1}: served movie {served['movie_ids'][pos]}, "
+                    f"exact {int(artifact.movie_ids[best[pos]])}")
     return ""
 
 
@@ -571,7 +698,7 @@ def correctness_phase(args, work: Path, ours: Server, root: str) -> dict:
 # Report
 # ----------------------------------------------------------------------------
 
-def evaluate_targets(levels: list[dict], reload: dict, correctness: dict) -> list[dict]:
+def evaluate_targets(levels: list[dict], reload: dict, correctness: dict, sessions: dict | None = None) -> list[dict]:
     by_level = {entry["in_flight"]: entry for entry in levels}
     targets = []
 
@@ -601,6 +728,12 @@ def evaluate_targets(levels: list[dict], reload: dict, correctness: dict) -> lis
     rss = reload["rss"]["ratio"]
     add("reloads: peak RSS / steady", rss, f"<= {TARGET_RSS_RATIO}", rss is not None and rss <= TARGET_RSS_RATIO)
     add("correctness: mismatches", correctness["mismatches"], "== 0", correctness["mismatches"] == 0)
+    for row in (sessions or {}).get("rows", []):
+        who = row["who"].replace("_", " ")
+        p50 = row["p50_ms"]
+        add(f"session of {sessions['recent_movies']}, {who}, 1 in flight: p50", p50, f"<= {TARGET_SESSION_P50_MS}",
+            p50 is not None and p50 <= TARGET_SESSION_P50_MS, "ms")
+        add(f"session of {sessions['recent_movies']}, {who}: failed calls", row["errors"], "== 0", row["errors"] == 0)
     return targets
 
 
@@ -635,6 +768,15 @@ def print_report(report: dict) -> None:
               f"{_fmt(echo['p50_ms']):>8} {_fmt(echo['p99_ms']):>8} {_fmt(echo['calls_per_s'], 0):>9} | "
               f"{_share(entry['share_of_echo']):>6} | {_fmt(ours['server_cpu_us_per_call'], 0):>16} "
               f"{_fmt(echo['server_cpu_us_per_call'], 0):>5}")
+    sessions = report["sessions"]
+    print()
+    print(f"Sessions of {sessions['recent_movies']} recent movies, {sessions['in_flight']} in flight:")
+    if sessions.get("skipped"):
+        print(f"  skipped: {sessions['skipped']}")
+    for row in sessions["rows"]:
+        print(f"  {row['who'].replace('_', ' '):>12} | p50 {_fmt(row['p50_ms'])} ms, p95 {_fmt(row['p95_ms'])} ms, "
+              f"p99 {_fmt(row['p99_ms'])} ms, {_fmt(row['calls_per_s'], 0)} calls/s, {row['errors']} errors, "
+              f"server CPU {_fmt(row['server_cpu_us_per_call'], 0)} us/call")
     reload = report["reload"]
     print()
     print(f"Reloads: {reload['versions_published']} versions published "
@@ -661,7 +803,8 @@ def print_report(report: dict) -> None:
     print()
     for t in report["targets"]:
         unit = f" {t['unit']}" if t["unit"] else ""
-        print(f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {_fmt(t['value'], 3)}{unit} (target {t['limit']}{unit})")
+        print(f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {_fmt(t['value'], 3)}{unit} "
+              f"(target {t['limit']}{unit})")
     print(f"\nWrote {report['out']}")
 
 
@@ -676,7 +819,7 @@ def main(argv=None) -> int:
     ours = echo = sampler = None
     try:
         print("Building the model...", flush=True)
-        artifact, model_info = build_model(args, root)
+        artifact, model_info, shared_metadata = build_model(args, root)
         users_file = work / "users.json"
         users_file.write_text(json.dumps([str(u) for u in artifact.user_ids.tolist()]))
 
@@ -694,8 +837,10 @@ def main(argv=None) -> int:
         print(f"Load levels {args.levels} ({args.seconds_per_level} s each, echo and ours interleaved)...", flush=True)
         levels = level_phase(args, work, users_file, ours, echo)
         echo.stop()  # idle, but nothing else should share the CPUs during reloads
+        print(f"Sessions ({SESSION_MOVIES} recent movies, 1 in flight)...", flush=True)
+        sessions = session_phase(args, work, ours, artifact)
         print(f"Reload phase: {args.reload_versions} versions, {args.reload_interval} s apart...", flush=True)
-        reload = reload_phase(args, work, users_file, ours, artifact, root, sampler)
+        reload = reload_phase(args, work, users_file, ours, artifact, root, sampler, shared_metadata)
         print("Correctness phase...", flush=True)
         correctness = correctness_phase(args, work, ours, root)
         sampler.stop()
@@ -717,11 +862,12 @@ def main(argv=None) -> int:
                        "load_generator": "separate process, asyncio grpc.aio, one channel, closed loop"},
             "model": model_info,
             "levels": levels,
+            "sessions": sessions,
             "reload": reload,
             "correctness": correctness,
             "wall_seconds": round(time.monotonic() - started, 1),
         }
-        report["targets"] = evaluate_targets(levels, reload, correctness)
+        report["targets"] = evaluate_targets(levels, reload, correctness, sessions)
         report["passed"] = all(t["passed"] for t in report["targets"])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as handle:

@@ -21,6 +21,7 @@ from .errors import (
     Cancelled,
     ConfigurationError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     MovieRecError,
     NotFound,
@@ -71,5 +72,6 @@ __all__ = [
     "PermissionDenied",
     "DeadlineExceeded",
     "Cancelled",
+    "FailedPrecondition",
     "ConfigurationError",
 ]

@@ -26,7 +26,7 @@ from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
 from movierec.v1 import trainer_pb2
 
-from .types import HYPERPARAMETERS, Job, ModelStatus, Recommendations, SimilarItems
+from .types import HYPERPARAMETERS, Job, ModelStatus
 from trainer_service import synth  # numpy only: the generator runs locally, without TensorFlow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
     recommend.add_argument(
         "--include-seen", action="store_true", help="also recommend movies the user already rated"
+    )
+    recommend.add_argument(
+        "--recent",
+        type=_movie_id_list,
+        metavar="ID,ID,...",
+        help="movies the user just interacted with, oldest first (at most 1,000): a session; "
+        "an unknown user then gets a personal answer",
     )
     similar = command("similar", cmd_similar, "movies similar to a movie")
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
@@ -195,6 +202,8 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     ev.add_argument("--min-recall", type=float, metavar="X", help="quality gate: minimum validation Recall@10")
     ev.add_argument("--require-no-regression", action="store_true", help="refuse a model worse than the served one")
     ev.add_argument("--no-quality-gate", action="store_true", help="publish regardless of the default floor")
+    ev.add_argument("--no-refit", action="store_true",
+                    help="publish the evaluated model itself instead of training it again on all the data")
     train.add_argument("--idempotency-key", metavar="KEY", help="resubmitting the same key returns the same job")
     train.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
 
@@ -204,6 +213,16 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _movie_id_list(text: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated movie ids, oldest first, e.g. 50,181,7; got {text!r}"
+        ) from None
 
 
 def _positive_float(text: str) -> float:
@@ -265,6 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             require_no_regression=args.require_no_regression,
             workers=args.workers,
             quality_gate_disabled=args.no_quality_gate,
+            refit=False if args.no_refit else None,
         )
         if args.watch:
             return _watch(tc, job, args)
@@ -338,10 +358,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     with _recommender(args) as rc:
-        recs = rc.recommend(args.user_id, k=args.k, exclude_seen=False if args.include_seen else None)
+        recs = rc.recommend(
+            args.user_id, k=args.k, exclude_seen=False if args.include_seen else None, recent=args.recent
+        )
     if args.json:
         _print_json(recs)
         return EXIT_OK
+    if recs.unknown_movie_ids:
+        unknown = ", ".join(str(movie_id) for movie_id in recs.unknown_movie_ids)
+        print(f"note: model version {recs.model_version} does not know recent movie(s) {unknown}; ignored",
+              file=sys.stderr)
     _print_items(recs.items)
     print(f"model version {recs.model_version}, cold start: {_yes_no(recs.cold_start)}")
     return EXIT_OK

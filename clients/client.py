@@ -207,13 +207,21 @@ class RecommenderClient(_Client):
         k: int = 10,
         *,
         exclude_seen: bool | None = None,
+        recent: Iterable[int] | None = None,
         timeout: float | None = None,
     ) -> t.Recommendations:
         """The top ``k`` movies for a user; an unknown user gets the popularity list
-        (``cold_start=True``). ``exclude_seen=None`` leaves the server default (True)."""
-        request = recommender_pb2.RecommendRequest(user_id=str(user_id), k=k)
-        if exclude_seen is not None:
-            request.exclude_seen = exclude_seen
+        (``cold_start=True``). ``exclude_seen=None`` leaves the server default (True).
+
+        ``recent``: movie ids the user just interacted with, oldest first (at
+        most 1,000). They count as the newest part of a known user's history,
+        and as the whole history of an unknown one, whose answer is then
+        personal (``cold_start=False``); with ``exclude_seen`` they are left
+        out of the answer. Ids the model does not know come back in
+        ``unknown_movie_ids``. A model version published before sessions
+        existed raises ``FailedPrecondition``.
+        """
+        request = t.recommend_request(user_id, k, exclude_seen=exclude_seen, recent=recent)
         response = self._call("Recommend", self._stub.Recommend, request, timeout)
         return t.recommendations_from_proto(response)
 
@@ -284,6 +292,7 @@ class TrainerClient(_Client):
         require_no_regression: bool = False,
         quality_gate_disabled: bool = False,
         workers: int | None = None,
+        refit: bool | None = None,
         timeout: float | None = None,
     ) -> t.Job:
         """Queue a training job and return it at once (state ``QUEUED``).
@@ -297,6 +306,8 @@ class TrainerClient(_Client):
         pass your own to make retries across program runs safe too.
         ``workers`` asks for that many data-parallel workers (at most the
         trainer's ``--workers``; ``None`` takes the trainer's own number).
+        ``refit=False`` publishes the evaluated model itself instead of one
+        trained again on all the data (``None``: the trainer's default, a refit).
         """
         request = t.train_request(
             model,
@@ -312,6 +323,7 @@ class TrainerClient(_Client):
             require_no_regression=require_no_regression,
             quality_gate_disabled=quality_gate_disabled,
             workers=workers,
+            refit=refit,
         )
         request.dataset.name = dataset or ""
         return t.job_from_proto(self._call("Train", self._stub.Train, request, timeout))

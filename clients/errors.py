@@ -24,6 +24,7 @@ __all__ = [
     "PermissionDenied",
     "DeadlineExceeded",
     "Cancelled",
+    "FailedPrecondition",
     "ConfigurationError",
     "from_rpc_error",
 ]
@@ -115,6 +116,16 @@ class Cancelled(MovieRecError):
     default_code = grpc.StatusCode.CANCELLED
 
 
+class FailedPrecondition(MovieRecError):
+    """The server cannot answer this request in its current state; retrying will not help.
+
+    E.g. ``recent`` movies sent to a model version published before sessions
+    existed: a retrained version answers them.
+    """
+
+    default_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ConfigurationError(MovieRecError, ValueError):
     """The client itself is mis-configured (unreadable token file, cert without key...).
 
@@ -136,6 +147,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MovieRecError]] = {
         PermissionDenied,
         DeadlineExceeded,
         Cancelled,
+        FailedPrecondition,
     )
 }
 

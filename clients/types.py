@@ -6,14 +6,16 @@ an unset ``Timestamp`` reads as 1970), enums are bare ints, and maps are
 special containers. Callers should see ``None``, ``"SUCCEEDED"``, aware
 ``datetime`` objects and plain dicts, and should not need to import generated
 code. Every proto <-> Python conversion is in this module (the ``*_from_proto``
-functions and ``train_request``), so the wire format is handled in one place.
+functions, ``recommend_request`` and ``train_request``), so the wire format is
+handled in one place.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+import numbers
+from typing import Iterable, Iterator, Mapping
 
 from google.protobuf import timestamp_pb2
 
@@ -58,7 +60,9 @@ class Item:
 class Recommendations:
     items: list[Item]
     model_version: int
-    cold_start: bool  # unknown user: the popularity list was returned
+    cold_start: bool  # unknown user (and no known recent movie): the popularity list was returned
+    # recent movies the serving model version does not know (ignored), in request order, each once
+    unknown_movie_ids: list[int] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -143,7 +147,7 @@ class ModelStatus:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    phase: str  # "queued", "loading data", "training", "evaluating", "publishing", "done"
+    phase: str  # "queued", "loading data", "training", "evaluating", "refitting", "publishing", "done"
     epoch: int  # epochs completed
     total_epochs: int
     step: int  # within the current epoch
@@ -217,7 +221,36 @@ def recommendations_from_proto(response: recommender_pb2.RecommendResponse) -> R
         items=[item_from_proto(i) for i in response.items],
         model_version=response.model_version,
         cold_start=response.cold_start,
+        unknown_movie_ids=list(response.unknown_movie_ids),
     )
+
+
+def recommend_request(
+    user_id: str | int,
+    k: int,
+    *,
+    exclude_seen: bool | None = None,
+    recent: Iterable[int] | None = None,
+) -> recommender_pb2.RecommendRequest:
+    """Build a RecommendRequest; ``exclude_seen=None`` leaves the server default (true)."""
+    try:
+        request = recommender_pb2.RecommendRequest(user_id=str(user_id), k=k)
+        if exclude_seen is not None:
+            request.exclude_seen = exclude_seen
+        if recent is not None:
+            request.recent_movie_ids.extend(_movie_ids(recent))
+    except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
+        raise ConfigurationError(f"invalid recommend request: {exc}") from exc
+    return request
+
+
+def _movie_ids(values: Iterable[int]) -> list[int]:
+    ids = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"recent movies must be integer movie ids, got {value!r}")
+        ids.append(int(value))
+    return ids
 
 
 def batch_from_proto(response: recommender_pb2.RecommendBatchResponse) -> BatchRecommendations:
@@ -314,15 +347,16 @@ def train_request(
     require_no_regression: bool = False,
     quality_gate_disabled: bool = False,
     workers: int | None = None,
+    refit: bool | None = None,
 ) -> trainer_pb2.TrainRequest:
-    """Build a TrainRequest; ``None`` means "the server's default" (proto zero)."""
+    """Build a TrainRequest; ``None`` means "the server's default" (proto zero, or an unset optional)."""
     unknown = sorted(set(hyperparameters or {}) - set(HYPERPARAMETERS))
     if unknown:
         raise ConfigurationError(
             f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETERS)}"
         )
     try:
-        return trainer_pb2.TrainRequest(
+        request = trainer_pb2.TrainRequest(
             model=model,
             dataset=trainer_pb2.DatasetSpec(ratings_path=ratings_path or "", items_path=items_path or ""),
             epochs=epochs or 0,
@@ -339,5 +373,8 @@ def train_request(
             ),
             workers=workers or 0,
         )
+        if refit is not None:
+            request.evaluation.refit = refit
     except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
         raise ConfigurationError(f"invalid training request: {exc}") from exc
+    return request

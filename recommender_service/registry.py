@@ -12,6 +12,10 @@ until its folder changes, not one per poll.
 A version with an approximate index (see movierec_common.ann_index) is served
 through it; its smoke test measures the index's recall against the exact
 signature instead of demanding identical answers.
+
+A version's ``query_encoder`` (how sessions become queries, see
+movierec_common.session_query) is read here too: absent, the version serves
+everything but sessions; present but unusable, the version is rejected.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from movierec_common import ann_index
+from movierec_common import ann_index, session_query
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import (
     download, exists, folder_fingerprint, is_local, join, list_versions, version_dir, write_serving_marker,
 )
 from recommender_service.retrieval import (
-    RANKING_BUDGET_BYTES, BruteForce, Catalogue, FaissIVF, Rankings, Retriever, TopK,
+    RANKING_BUDGET_BYTES, BruteForce, Catalogue, FaissIVF, Rankings, Retriever, TopK, serving_layout,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,7 @@ class ValidatedVersion:
     item_vectors: np.ndarray | None   # exact backend only
     item_norms: np.ndarray | None     # index backend only (cosine for SimilarItems)
     smoke: dict[str, float]
+    query_encoder: session_query.QueryEncoder | None = None  # None: published before sessions
 
 
 SMOKE_PROBES = 8
@@ -163,6 +168,36 @@ def _check_approximate_answer(retriever, artifact, user, user_id, ids, scores, t
         raise artifact_format.ArtifactError(f"smoke query for user {user_id} {problem}")
 
 
+def read_query_encoder(metadata: dict[str, Any], num_items: int, dim: int) -> session_query.QueryEncoder | None:
+    """The version's session rule; None for versions published before sessions existed."""
+    if session_query.METADATA_KEY not in metadata:
+        return None
+    try:
+        return session_query.QueryEncoder.from_json(metadata[session_query.METADATA_KEY], num_items, dim)
+    except session_query.EncoderError as exc:
+        raise artifact_format.ArtifactError(str(exc)) from None
+
+
+def _session_smoke_test(retriever: Retriever) -> None:
+    """A session of the most popular movies must be answerable, with finite scores, for a visitor and a user.
+
+    Catches an encoder that parses but does not fit the served arrays (a
+    pooled part reading the wrong columns, scales that overflow) before a
+    caller does.
+    """
+    if retriever.sessions is None:
+        return
+    catalogue = retriever.catalogue
+    recent = catalogue.movie_ids[catalogue.popular[:3]].tolist()
+    k = min(SMOKE_K, catalogue.num_items)
+    for user_id in ("\x00session-smoke", str(catalogue.user_ids[0])):
+        answer = retriever.recommend_session(user_id, k, recent, exclude_seen=False)
+        if len(answer.items) != k or not all(np.isfinite(item.score) for item in answer.items):
+            raise artifact_format.ArtifactError(
+                f"smoke query: a session of {len(recent)} movies did not get {k} finitely scored movies "
+                f"({session_query.METADATA_KEY} does not fit the model's vectors)")
+
+
 def open_backend(version: ValidatedVersion, path: str) -> TopK:
     """The TopK backend a validated version is served with, in the calling process."""
     params = version.index_params
@@ -200,24 +235,27 @@ def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES
             f"metadata.json says the version has an index, but its manifest does not list {params.file}")
     clock.lap("manifest")
     artifact, module = artifact_format.load(path)
+    encoder = read_query_encoder(metadata, artifact.num_items, int(artifact.item_vectors.shape[1]))
     catalogue = Catalogue.from_artifact(artifact)
     norms = None
     if params is not None:
         norms = np.maximum(np.linalg.norm(artifact.item_vectors, axis=1), 1e-12).astype(np.float32)
     version = ValidatedVersion(catalogue=catalogue, rankings=None, metadata=metadata, index_params=params,
-                               item_vectors=None if params is not None else artifact.item_vectors,
-                               item_norms=norms, smoke={})
+                               item_vectors=None if params is not None else serving_layout(artifact.item_vectors),
+                               item_norms=norms, smoke={}, query_encoder=encoder)
     clock.lap("savedmodel")
     backend = open_backend(version, path)
     if params is not None:
         _check_index_holds_the_model(backend, artifact)
     clock.lap("index")
-    retriever = Retriever(catalogue, backend, ranking_budget_bytes=ranking_budget_bytes)
+    retriever = Retriever(catalogue, backend, ranking_budget_bytes=ranking_budget_bytes, query_encoder=encoder)
     clock.lap("rankings")
     smoke = _smoke_test(retriever, artifact, module)
+    _session_smoke_test(retriever)
     clock.lap("smoke")
     return ValidatedVersion(catalogue=catalogue, rankings=retriever.rankings, metadata=metadata, index_params=params,
-                            item_vectors=version.item_vectors, item_norms=norms, smoke={**smoke, **clock.laps})
+                            item_vectors=version.item_vectors, item_norms=norms, smoke={**smoke, **clock.laps},
+                            query_encoder=encoder)
 
 
 class _PhaseClock:
@@ -236,7 +274,8 @@ class _PhaseClock:
 def serving_facts(retriever: Retriever, version: ValidatedVersion) -> dict[str, float]:
     """How a version is served, for GetModelStatus (prefixed, beside its held-out metrics)."""
     facts = {"serving_ann": 0.0 if retriever.top_k.exact else 1.0,
-             "serving_ranked_users": float(retriever.rankings.num_users)}
+             "serving_ranked_users": float(retriever.rankings.num_users),
+             "serving_sessions": 0.0 if retriever.sessions is None else 1.0}
     if version.index_params is not None:
         facts.update(serving_ann_nlist=float(version.index_params.nlist),
                      serving_ann_nprobe=float(version.index_params.nprobe))
@@ -245,7 +284,8 @@ def serving_facts(retriever: Retriever, version: ValidatedVersion) -> dict[str, 
 
 
 def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
-    retriever = Retriever(version.catalogue, open_backend(version, path), rankings=version.rankings)
+    retriever = Retriever(version.catalogue, open_backend(version, path), rankings=version.rankings,
+                          query_encoder=version.query_encoder)
     # Warm the request path (first calls allocate and fault pages in).
     user_ids = version.catalogue.user_ids
     for user_id in user_ids[:32].tolist() + ["\x00cold"]:
@@ -253,6 +293,10 @@ def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
     for user_index in range(min(4, len(user_ids))):
         retriever.recommend_live(user_index, 10)
     retriever.similar_items(int(version.catalogue.movie_ids[0]), 10)
+    if retriever.sessions is not None:
+        recent = version.catalogue.movie_ids[:10].tolist()
+        for user_id in [*user_ids[:4].tolist(), "\x00cold"]:
+            retriever.recommend_session(user_id, 10, recent)
     return retriever
 
 
@@ -298,21 +342,36 @@ class _HandoffPickler(pickle.Pickler):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.folder = folder
         self.count = 0
+        # One array referenced twice (a catalogue's history that is its seen
+        # list) crosses once and arrives as one mapping.
+        self._written: dict[int, str] = {}
 
     def persistent_id(self, obj):
         if isinstance(obj, np.ndarray) and obj.dtype != object and obj.nbytes >= HANDOFF_MIN_BYTES:
+            if id(obj) in self._written:
+                return self._written[id(obj)]
             self.count += 1
             path = os.path.join(self.folder, f"{self.count}.npy")
-            np.save(path, np.ascontiguousarray(obj), allow_pickle=False)
+            # Either memory order crosses as it is (.npy records it): the exact
+            # backend's wide item matrices are column-major on purpose.
+            contiguous = obj.flags.c_contiguous or obj.flags.f_contiguous
+            np.save(path, obj if contiguous else np.ascontiguousarray(obj), allow_pickle=False)
+            self._written[id(obj)] = path
             return path
         return None
 
 
 class _HandoffUnpickler(pickle.Unpickler):
+    def __init__(self, file):
+        super().__init__(file)
+        self._mapped: dict[str, np.ndarray] = {}
+
     def persistent_load(self, path):
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-        os.unlink(path)  # the mapping keeps the data; nothing is left behind on disk
-        return mapped.view(np.ndarray)
+        if path not in self._mapped:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            os.unlink(path)  # the mapping keeps the data; nothing is left behind on disk
+            self._mapped[path] = mapped.view(np.ndarray)
+        return self._mapped[path]
 
 
 def _validate_for_handoff(path: str, ranking_budget_bytes: int) -> tuple[str, bytes]:

@@ -7,9 +7,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from recommender_service.registry import LoadedModel, ModelRegistry
-from recommender_service.retrieval import Scored, UnknownMovie
+from recommender_service.retrieval import Recommendation, Scored, UnknownMovie
+from recommender_service.sessions import SessionsUnsupported
 
 MAX_K = 1000
+# A session is what the caller just did, not a whole history; this bounds the
+# work one call can ask for (and the message stays far below 4 MB).
+MAX_RECENT_MOVIES = 1000
 MAX_USER_ID_BYTES = 256
 MAX_BATCH_USERS = 1000
 # Keeps a batch answer under the default 4 MB message limit of gRPC clients.
@@ -34,12 +38,19 @@ def _check_user_id(user_id: str, context, field: str = "user_id") -> None:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_USER_ID_BYTES} bytes")
 
 
+def _check_recent(recent_movie_ids, context) -> None:
+    if len(recent_movie_ids) > MAX_RECENT_MOVIES:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"recent_movie_ids holds {len(recent_movie_ids)} movies; at most {MAX_RECENT_MOVIES} are "
+                      f"accepted: send the newest {MAX_RECENT_MOVIES}")
+
+
 def _exclude_seen(request) -> bool:
     return request.exclude_seen if request.HasField("exclude_seen") else True
 
 
-# Answers are a pure function of (version, user, k, exclude_seen), so each
-# version keeps the ones it has built; a hit skips building ten messages,
+# Answers without a session are a pure function of (version, user, k,
+# exclude_seen), so each version keeps the ones it has built; a hit skips building ten messages,
 # which matters less for its ~10 us than for the GIL hand-offs it saves when
 # eight request threads share two cores. Bounded: about 1 KB an entry.
 MAX_CACHED_RESPONSES = 20_000
@@ -72,8 +83,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def Recommend(self, request, context):
         _check_user_id(request.user_id, context)
         _check_k(request.k, context)
+        _check_recent(request.recent_movie_ids, context)
         model = self._model(context)
         exclude = _exclude_seen(request)
+        if request.recent_movie_ids:  # sessions vary call by call: never cached
+            return self._recommend_session(model, request, exclude, context)
         cache = self._cached_responses(model)
         key = (request.user_id, request.k, exclude)
         response = cache.get(key)
@@ -84,6 +98,19 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             if len(cache) < MAX_CACHED_RESPONSES:
                 cache[key] = response
         return response
+
+    @staticmethod
+    def _recommend_session(model: LoadedModel, request, exclude: bool, context):
+        try:
+            result: Recommendation = model.retriever.recommend_session(
+                request.user_id, request.k, list(request.recent_movie_ids), exclude)
+        except SessionsUnsupported:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"model version {model.version} was published before sessions were supported; "
+                          f"retrain to answer recent_movie_ids")
+        return recommender_pb2.RecommendResponse(
+            items=_items(result.items), model_version=model.version, cold_start=result.cold_start,
+            unknown_movie_ids=result.unknown_movie_ids)
 
     def RecommendBatch(self, request, context):
         if not request.user_ids:

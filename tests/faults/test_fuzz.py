@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from clients import RecommenderClient
 from movierec.v1 import recommender_pb2, trainer_pb2
+from movierec_common.session_query import METADATA_KEY, POOLED, Part, QueryEncoder
 from tests.artifacts import tiny_artifact
 from tests.datagen import write_grouplens_files
 from tests.servers import start_recommender, start_trainer
@@ -86,6 +87,7 @@ HISTOGRAM: dict[str, Counter] = defaultdict(Counter)
 TIMINGS: dict[str, float] = {}
 
 MAX_K = 1000
+MAX_RECENT_MOVIES = 1000  # recent_movie_ids per Recommend
 MAX_USER_ID_BYTES = 256
 MAX_BATCH_USERS = 1000
 MAX_BATCH_ITEMS = 100_000   # users x k per RecommendBatch (recommender_service.servicer.MAX_BATCH_ITEMS)
@@ -252,9 +254,26 @@ user_ids = texts(*USER_IDS, "9999", "0")
 ks = int32s(MAX_K, MAX_K + 1, len(MOVIE_IDS), len(MOVIE_IDS) + 1)
 
 
+movie_id_values = int64s(*MOVIE_IDS[:3], 0, -1, max(MOVIE_IDS) + 1)
+
+
+@st.composite
+def recent_movie_lists(draw) -> list[int]:
+    """Mostly none; else a few known and unknown ids, repeats, or lists around the 1,000 limit."""
+    size = draw(st.sampled_from([0] * 6 + [1, 3, 10, 999, 1000, 1001, 1500]))
+    if size == 0:
+        return []
+    style = draw(st.sampled_from(["known", "mixed", "unknown"]))
+    pool = {"known": st.sampled_from(MOVIE_IDS), "mixed": st.one_of(st.sampled_from(MOVIE_IDS), movie_id_values),
+            "unknown": movie_id_values}[style]
+    head = draw(st.lists(pool, min_size=1, max_size=min(size, 12)))
+    return [head[i % len(head)] for i in range(size)]
+
+
 @st.composite
 def recommend_requests(draw):
-    request = recommender_pb2.RecommendRequest(user_id=draw(user_ids), k=draw(ks))
+    request = recommender_pb2.RecommendRequest(user_id=draw(user_ids), k=draw(ks),
+                                               recent_movie_ids=draw(recent_movie_lists()))
     exclude = draw(optional(st.booleans()))
     if exclude is not None:
         request.exclude_seen = exclude
@@ -539,7 +558,8 @@ def recommender(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("fuzz-recommender")
     model_root = base / "models"
-    version = publish(str(model_root), ARTIFACT, {"model_kind": "test"})
+    encoder = QueryEncoder((Part(POOLED, ARTIFACT.user_vectors.shape[1]),))  # sessions: the mean of their movies
+    version = publish(str(model_root), ARTIFACT, {"model_kind": "test", METADATA_KEY: encoder.to_json()})
     server = start_recommender(model_root, base)
     with RecommenderClient(server.address, timeout=10) as client:
         client.wait_until_serving(timeout=120)
@@ -564,7 +584,9 @@ def print_histogram():
 # --------------------------------------------------------------------------- answers that must be right
 
 
-def check_items(items, k: int, *, user: str | None, exclude_seen: bool, cold_start: bool) -> None:
+def check_items(items, k: int, *, user: str | None, exclude_seen: bool, cold_start: bool,
+                recent: tuple[int, ...] = ()) -> None:
+    """``recent``: the request's session movies that the model knows."""
     ids = [item.movie_id for item in items]
     assert len(ids) == len(set(ids)), f"duplicate movies: {ids}"
     assert set(ids) <= set(MOVIE_IDS), f"movies the model does not know: {set(ids) - set(MOVIE_IDS)}"
@@ -574,10 +596,11 @@ def check_items(items, k: int, *, user: str | None, exclude_seen: bool, cold_sta
     scores = [item.score for item in items]
     assert scores == sorted(scores, reverse=True), f"not best first: {scores}"
     known = user in SEEN
-    assert cold_start == (not known), f"cold_start={cold_start} for user {user!r}"
-    if known and exclude_seen:
-        assert not set(ids) & SEEN[user], f"seen movies recommended to {user}: {set(ids) & SEEN[user]}"
-        assert len(ids) == min(k, len(MOVIE_IDS) - len(SEEN[user]))
+    assert cold_start == (not known and not recent), f"cold_start={cold_start} for user {user!r}"
+    excluded = (SEEN[user] if known else set()) | set(recent) if exclude_seen else set()
+    assert not set(ids) & excluded, f"seen or session movies recommended to {user}: {set(ids) & excluded}"
+    if known or recent:
+        assert len(ids) == min(k, len(MOVIE_IDS) - len(excluded))
     else:
         assert len(ids) == min(k, len(MOVIE_IDS))
 
@@ -649,7 +672,7 @@ def test_fuzz_recommend(recommender):
             return
         request = request or recommender_pb2.RecommendRequest.FromString(data)
         must_refuse = bad_user_id(request.user_id)
-        if not 1 <= request.k <= MAX_K:
+        if not 1 <= request.k <= MAX_K or len(request.recent_movie_ids) > MAX_RECENT_MOVIES:
             must_refuse = True
         if must_refuse is True:
             assert code == Code.INVALID_ARGUMENT, f"{code.name} for {request!r:.300}"
@@ -658,8 +681,11 @@ def test_fuzz_recommend(recommender):
         if code == Code.OK:
             assert response.model_version == recommender["version"]
             exclude = request.exclude_seen if request.HasField("exclude_seen") else True
+            recent = list(request.recent_movie_ids)
+            unknown = list(dict.fromkeys(m for m in recent if m not in TITLES))
+            assert list(response.unknown_movie_ids) == unknown, (list(response.unknown_movie_ids), unknown)
             check_items(response.items, request.k, user=request.user_id, exclude_seen=exclude,
-                        cold_start=response.cold_start)
+                        cold_start=response.cold_start, recent=tuple(m for m in recent if m in TITLES))
 
     fuzz()
     TIMINGS["Recommend"] = time.monotonic() - started

@@ -69,6 +69,32 @@ def test_recommend_include_seen_and_cold_start(run, servers):
     assert request.HasField("exclude_seen") and request.exclude_seen is False and request.k == 10
 
 
+def test_recommend_with_recent_movies(run, servers):
+    from movierec.v1 import recommender_pb2
+
+    servers.recommender.handlers["Recommend"] = lambda r, c: recommender_pb2.RecommendResponse(
+        items=[], model_version=4, unknown_movie_ids=[99999, 5]
+    )
+    code, out, err = run("recommend", "nobody", "--recent", "50, 181,99999,5")
+
+    assert code == 0, err
+    (request,) = servers.recommender.requests("Recommend")
+    assert list(request.recent_movie_ids) == [50, 181, 99999, 5]
+    assert out.splitlines()[-1] == "model version 4, cold start: no"
+    assert err.strip() == "note: model version 4 does not know recent movie(s) 99999, 5; ignored"
+    code, out, _ = run("--json", "recommend", "nobody", "--recent", "50")
+    assert code == 0 and json.loads(out)["unknown_movie_ids"] == [99999, 5]
+
+
+@pytest.mark.parametrize("value", ["50,star-wars", "50,,181", "", "1.5"])
+def test_recommend_bad_recent_is_a_usage_error(run, servers, value):
+    code, out, err = run("recommend", "42", "--recent", value)
+
+    assert code == 2 and out == ""
+    assert "--recent: must be comma-separated movie ids, oldest first, e.g. 50,181,7" in err
+    assert servers.recommender.requests("Recommend") == []
+
+
 def test_recommend_json_keeps_unicode(run):
     code, out, _ = run("--json", "recommend", "42", "-k", "2")
 
@@ -132,6 +158,15 @@ def test_train_prints_the_job_and_sends_the_options(run, servers):
     assert request.hyperparameters.learning_rate == pytest.approx(0.1)
     assert (request.evaluation.holdout, request.evaluation.holdout_size) == ("ua", 10)
     assert (request.dataset.ratings_path, request.dataset.items_path) == ("ml/u.data", "ml/u.item")
+    assert not request.evaluation.HasField("refit")  # the trainer's default: refit
+
+
+def test_train_no_refit(run, servers):
+    code, _, err = run("train", "--model", "ease", "--no-refit")
+
+    assert code == 0, err
+    (request,) = servers.trainer.requests("Train")
+    assert request.evaluation.HasField("refit") and request.evaluation.refit is False
 
 
 def test_train_watch_shows_progress_then_metrics(run, servers):

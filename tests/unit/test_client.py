@@ -17,6 +17,7 @@ import time
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -25,6 +26,7 @@ from clients import (
     Cancelled,
     ConfigurationError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     Item,
     Job,
@@ -356,6 +358,37 @@ def test_recommend_reports_cold_start(rc, servers):
     assert recs.cold_start is True and recs.model_version == 3
 
 
+def test_recommend_with_recent_movies_sends_them_in_order_and_reports_unknown_ones(rc, servers):
+    servers.recommender.handlers["Recommend"] = lambda request, context: recommender_pb2.RecommendResponse(
+        items=rec_items(2), model_version=9, unknown_movie_ids=[99999]
+    )
+    recs = rc.recommend("nobody", k=2, recent=(m for m in [50, 99999, np.int64(181), 50]))
+
+    (request,) = servers.recommender.requests("Recommend")
+    assert list(request.recent_movie_ids) == [50, 99999, 181, 50]  # oldest first, as given
+    assert recs.unknown_movie_ids == [99999] and recs.model_version == 9
+    servers.recommender.handlers.clear()
+    assert rc.recommend("nobody").unknown_movie_ids == []
+    assert list(servers.recommender.requests("Recommend")[1].recent_movie_ids) == []
+
+
+def test_recent_movies_must_be_integers(rc, servers):
+    for bad in (["50"], [1.5], [True], [2**63]):
+        with pytest.raises(ConfigurationError, match="invalid recommend request"):
+            rc.recommend("1", recent=bad)
+    assert servers.recommender.requests("Recommend") == []
+
+
+def test_failed_precondition_is_its_own_exception(rc, servers):
+    servers.recommender.handlers["Recommend"] = abort(
+        grpc.StatusCode.FAILED_PRECONDITION, "model version 3 was published before sessions were supported"
+    )
+    with pytest.raises(FailedPrecondition, match="model version 3 was published before") as caught:
+        rc.recommend("1", recent=[50])
+    assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert len(servers.recommender.requests("Recommend")) == 1  # not retried
+
+
 def test_recommend_batch(rc, servers):
     batch = rc.recommend_batch([1, "999999"], k=1, exclude_seen=False)
 
@@ -440,7 +473,7 @@ def test_not_found_for_an_unknown_movie(rc, servers):
         (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
         (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
         (grpc.StatusCode.CANCELLED, Cancelled),
-        (grpc.StatusCode.FAILED_PRECONDITION, MovieRecError),
+        (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
         (grpc.StatusCode.INTERNAL, MovieRecError),
     ],
 )
@@ -676,6 +709,16 @@ def test_train_defaults_are_proto_zeros_with_a_random_idempotency_key(tc, server
     assert first.hyperparameters == trainer_pb2.Hyperparameters()
     assert len(first.idempotency_key) == 32 and first.idempotency_key != second.idempotency_key
     assert second.quality_gate.disabled
+
+
+def test_train_refit_is_sent_only_when_given(tc, servers):
+    tc.train("ease")
+    tc.train("ease", refit=False)
+    tc.train("ease", refit=True)
+
+    sent = servers.trainer.requests("Train")
+    assert [r.evaluation.HasField("refit") for r in sent] == [False, True, True]
+    assert [r.evaluation.refit for r in sent[1:]] == [False, True]
 
 
 def test_train_rejects_unknown_hyperparameters_before_sending(tc, servers):

@@ -1,9 +1,10 @@
 """The serving benchmark runs end to end and its JSON has the promised shape.
 
 Runs ``benchmarks/serve.py --tiny`` (real recommender and echo subprocesses,
-real load generator, 2 reload versions, 50 correctness users) and checks what
-must hold on any machine: every call succeeds, every published version gets
-served, and served top-k equals the exact brute force. The speed targets are
+real load generator, 2 reload versions, 50 correctness users, a row of
+sessions for unknown and for known users) and checks what must hold on any
+machine: every call succeeds, every published version gets served, and
+served top-k equals the exact brute force. The speed targets are
 machine-dependent, so they are the benchmark's verdict, not this test's.
 """
 
@@ -41,6 +42,14 @@ def test_tiny_serve_benchmark_runs_clean(tmp_path):
             assert stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
         assert level["share_of_echo"] > 0
 
+    sessions = report["sessions"]  # 10-movie sessions at 1 in flight, answered by the version's query encoder
+    assert (sessions["in_flight"], sessions["recent_movies"]) == (1, 10) and "skipped" not in sessions
+    assert [row["who"] for row in sessions["rows"]] == ["unknown_user", "known_user"]
+    for row in sessions["rows"]:
+        assert STAT_FIELDS <= row.keys()
+        assert row["errors"] == 0, row["error_details"]
+        assert row["calls"] > 0 and row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+
     reload = report["reload"]
     assert reload["versions_published"] == 2
     assert reload["versions_served"] == 2
@@ -60,7 +69,8 @@ def test_tiny_serve_benchmark_runs_clean(tmp_path):
     names = {t["name"] for t in report["targets"]}
     assert {"1 in flight: p50", "1 in flight: p99", "32 in flight: throughput share of echo",
             "reloads: failed calls", "reloads: p99 during / steady", "reloads: publish-to-served median",
-            "reloads: peak RSS / steady", "correctness: mismatches"} <= names
+            "reloads: peak RSS / steady", "correctness: mismatches",
+            "session of 10, unknown user, 1 in flight: p50", "session of 10, known user, 1 in flight: p50"} <= names
     assert isinstance(report["passed"], bool)
     # The verdicts are printed for a human, one line per target.
     assert completed.stdout.count("PASS  ") + completed.stdout.count("FAIL  ") == len(report["targets"])

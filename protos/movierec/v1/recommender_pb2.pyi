@@ -11,14 +11,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen")
+    __slots__ = ("user_id", "k", "exclude_seen", "recent_movie_ids")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    RECENT_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ...) -> None: ...
+    recent_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., recent_movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("movie_id", "title", "score")
@@ -31,14 +33,16 @@ class RecommendedItem(_message.Message):
     def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "cold_start")
+    __slots__ = ("items", "model_version", "cold_start", "unknown_movie_ids")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: int
     cold_start: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+    unknown_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., cold_start: _Optional[bool] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("user_ids", "k", "exclude_seen")

@@ -60,9 +60,12 @@ class RecommenderServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Recommend(self, request, context):
-        """INVALID_ARGUMENT for an empty or oversized user_id or k out of range;
-        UNAVAILABLE while no model is loaded (retry). An unknown user is not an
-        error: it gets the popularity list with cold_start = true.
+        """INVALID_ARGUMENT for an empty or oversized user_id, k out of range or
+        more than 1,000 recent_movie_ids; UNAVAILABLE while no model is loaded
+        (retry); FAILED_PRECONDITION for recent_movie_ids sent to a version
+        published before sessions were supported (retrain). An unknown user is
+        not an error: without recent movies it gets the popularity list with
+        cold_start = true.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
