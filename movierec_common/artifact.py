@@ -43,7 +43,9 @@ FORMAT_VERSION = 1
 # artifact cannot make the recommender allocate without bound.
 MAX_USERS = 10_000_000
 MAX_ITEMS = 10_000_000
-MAX_DIM = 4096
+# Closed-form kinds' vectors are as wide as the catalogue (the sequential kind
+# twice as wide), and the trainer allows them up to 20,000 movies.
+MAX_DIM = 40_000
 
 
 class ArtifactError(ValueError):

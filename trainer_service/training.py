@@ -289,9 +289,13 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
 
 
 def _pooled_encoder(user_vectors, item_vectors, history_csr, fixed=()) -> QueryEncoder:
-    """Neural kinds answer a session with the mean of its movies' vectors (see session_query)."""
-    scale = pooled_scale(user_vectors, item_vectors, history_csr, [d for d, _ in fixed])
-    return QueryEncoder((Part(POOLED, int(user_vectors.shape[1]), scale, 0.0, tuple(fixed)),))
+    """Neural kinds answer a session with the centred mean of its movies' vectors (see session_query)."""
+    center = item_vectors.astype(np.float64).mean(axis=0)
+    for dim, _ in fixed:
+        center[dim] = 0.0
+    scale = pooled_scale(user_vectors, item_vectors, history_csr, [d for d, _ in fixed], center)
+    return QueryEncoder((Part(POOLED, int(user_vectors.shape[1]), scale, 0.0, tuple(fixed),
+                              center=tuple(float(c) for c in center)),))
 
 
 def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, started, settings=None) -> TrainedModel:
@@ -438,7 +442,7 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
     neural_part = neural.user_vectors.shape[1]
     pooled = _pooled_encoder(user_vectors[:, n_items:], item_vectors[:, n_items:], split.train_csr())
     neural.encoder = QueryEncoder((Part(HISTORY, n_items, (1.0 - weight) / scales[0]),
-                                   Part(POOLED, neural_part, pooled.parts[0].scale)))
+                                   dataclasses.replace(pooled.parts[0], width=neural_part)))
     neural.kind = kind
     neural.user_vectors, neural.item_vectors = user_vectors, item_vectors
     neural.extra = {**chosen, **extra}
@@ -469,8 +473,8 @@ def _train_sequential(kind, split, validation, hp, seed, on_epoch, should_stop, 
         extra = {"dlae_validation_metrics": dlae_metrics, "candidates": tried}
     _cancel_point(should_stop)
     user_vectors, item_vectors, encoder = sequential.fit(
-        split, settings["l2_lambda"], settings["dlae_dropout"], settings["decay"], settings["transition_decay"],
-        settings["transition_weight"])
+        split, settings["l2_lambda"], settings["dlae_dropout"], settings["decay"], settings["floor"],
+        settings["transition_decay"], settings["transition_weight"])
     trained = _closed_form_model(kind, user_vectors, item_vectors.T, metrics, hp, validation, started, on_epoch,
                                  extra={**settings, **extra}, settings=dict(settings), encoder=encoder)
     return trained

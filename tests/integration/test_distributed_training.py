@@ -102,7 +102,9 @@ def test_two_workers_match_one_worker_and_the_version_records_the_engine(ray_tra
 
     # Progress reached the watcher: Ray's start-up, then per-epoch losses from rank 0.
     phases = [job.progress.phase for job in seen]
-    assert phases.index("starting ray workers") < phases.index("training")
+    assert phases.index("starting ray workers") < phases.index("training") < phases.index("refitting")
+    # The published model is a second Ray run on every rating, for the epochs evaluation chose.
+    assert two["refit"]["enabled"] and two["refit"]["settings"] == {"epochs": distributed.metrics["best_epoch"]}
     epochs = {job.progress.epoch: job.progress.loss for job in seen if job.progress.loss}
     assert sorted(epochs) == list(range(1, EPOCHS + 1))
     assert not list((_ray_temp_dir(ray_trainer["log"]) / "runs").iterdir()), "a finished job left Ray files"
@@ -129,7 +131,8 @@ def test_killing_a_ray_worker_fails_the_job_cleanly_and_the_next_job_succeeds(ra
         assert not list(model_root.glob(".tmp-*"))
         assert not list((_ray_temp_dir(ray_trainer["log"]) / "runs").iterdir()), "the failed job left Ray files"
 
-        after = tc.wait_for_job(tc.train("two_tower", holdout="ua", epochs=1, seed=SEED).id, timeout=300)
+        after = tc.wait_for_job(tc.train("two_tower", holdout="ua", epochs=1, seed=SEED, refit=False).id,
+                                timeout=300)
     assert after.state == "SUCCEEDED", after.error
     assert after.published and _metadata(model_root, after.model_version)["distribution"]["workers"] == 2
 

@@ -3,6 +3,7 @@ recommender, retrain, and hot-reload under a steady stream of calls."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -53,6 +54,13 @@ def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movie
         assert done.model_version == 1 and done.published
         assert done.metrics["recall_at_10"] > 0 and done.evaluation_split == "ua.base -> ua.test"
         assert (model_root / "1" / "metadata.json").is_file() and (model_root / "1" / "loss.png").is_file()
+        # Published: a refit on every rating with the epochs evaluation chose; the metrics are the evaluation's.
+        metadata = json.loads((model_root / "1" / "metadata.json").read_text())
+        assert metadata["refit"]["enabled"] and done.metrics["refit"] == 1.0
+        assert metadata["refit"]["settings"] == {"epochs": done.metrics["best_epoch"]}
+        assert metadata["refit"]["metrics_measured_on"] == "ua.base -> ua.test"
+        assert "100,000 ratings" in metadata["refit"]["trained_on"]
+        assert metadata["query_encoder"]["parts"][0]["kind"] == "pooled"
 
         rc.wait_until_serving(timeout=60)
         _wait_for_version(rc, 1, timeout=30)

@@ -58,8 +58,8 @@ def test_the_history_aware_kind_beats_ease_when_order_matters(walks):
     ease = train_model("ease", walks, resolve_hyperparameters("ease"), seed=1)
     sequential = train_model("sequential", walks, resolve_hyperparameters("sequential"), seed=1)
     assert "newest 5 per user" in sequential.validation_split  # settings chosen on a split carved by time
-    assert set(sequential.settings) == {"l2_lambda", "dlae_dropout", "decay", "transition_decay",
-                                        "transition_weight"}
+    assert set(sequential.settings) == {"l2_lambda", "dlae_dropout", "decay", "floor",
+                                        "transition_decay", "transition_weight"}
     assert _recall(sequential, walks) > 1.3 * _recall(ease, walks)
 
 
