@@ -4,26 +4,106 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from benchmarks import quality
-from trainer_service.hyperparams import MODEL_KINDS
+from trainer_service.data import load_movielens_100k, time_ordered_history
+
+# One kind per way of answering a session: pooled item vectors (two_tower),
+# the 0/1 history row (ease) and two recency-weighted history parts
+# (sequential); two_tower is also the refit target's kind. Every kind in
+# all three sections would take about 90 s.
+TEST_KINDS = ("two_tower", "ease", "sequential")
+METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_50")
 
 
-def test_tiny_benchmark_writes_table_and_json(movielens_dir, tmp_path, capsys):
+def _check_metrics(metrics: dict) -> None:
+    for name in METRICS:
+        assert 0.0 <= metrics[name] <= 1.0
+    assert metrics["users_evaluated"] == quality.TINY_USERS
+
+
+def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, capsys):
     out = tmp_path / "quality.json"
-    assert quality.main(["--tiny", "--movielens-dir", str(movielens_dir), "--out", str(out)]) == 0
+    argv = ["--tiny", "--movielens-dir", str(movielens_dir), "--out", str(out), "--kinds", ",".join(TEST_KINDS)]
+    assert quality.main(argv) == 0
     result = json.loads(out.read_text())
-    kinds = [row["kind"] for row in result["rows"]]
-    assert kinds == ["popularity", *MODEL_KINDS]
-    assert result["tiny"] is True and result["seeds"] == [0]
-    assert "ua.base -> ua.test" in result["split"]
-    for row in result["rows"]:
-        for name in ("recall_at_10", "ndcg_at_10", "recall_at_50"):
-            assert 0.0 <= row["summary"][name]["mean"] <= 1.0
-        assert row["runs"][0]["metrics"]["users_evaluated"] == quality.TINY_USERS
-    popularity = result["rows"][0]["summary"]["recall_at_10"]["mean"]
-    ease = next(r for r in result["rows"] if r["kind"] == "ease")["summary"]["recall_at_10"]["mean"]
-    assert ease > popularity  # closed form, so meaningful even on the tiny budget
+    assert result["tiny"] is True and result["seeds"] == [0] and result["sections"] == list(quality.SECTIONS)
+
+    ua = result["ua"]
+    assert "ua.base -> ua.test" in ua["split"]
+    assert [row["kind"] for row in ua["rows"]] == ["popularity", *TEST_KINDS]
+    for row in ua["rows"]:
+        _check_metrics(row["runs"][0]["metrics"])
+    ua_recall = {row["kind"]: row["summary"]["recall_at_10"]["mean"] for row in ua["rows"]}
+    assert ua_recall["ease"] > ua_recall["popularity"]  # closed form, so meaningful even on the tiny budget
+
+    temporal = result["temporal"]
+    assert "last 10 per user by timestamp" in temporal["split"]
+    assert [row["kind"] for row in temporal["rows"]] == [quality.REFERENCE, "popularity", *TEST_KINDS]
+    reference = temporal["rows"][0]
+    assert reference["runs"][0]["l2_lambda"] in quality.EASE_LAMBDAS
+    assert reference["ratio_to_reference"]["refit"] == 1.0
+    for row in temporal["rows"]:
+        for served in ("no_refit", "refit"):
+            _check_metrics(row["runs"][0][served])
+            assert row["ratio_to_reference"][served] >= 0.0
+    sequential = next(row for row in temporal["rows"] if row["kind"] == "sequential")
+    assert "newest 5 per user" in sequential["runs"][0]["settings_chosen_on"]  # chosen by time, inside the job
+    assert set(sequential["runs"][0]["settings"]) == {"l2_lambda", "dlae_dropout", "decay", "floor", "transition_decay",
+                                                      "transition_weight"}
+    reference_recall = reference["summary"]["refit"]["recall_at_10"]["mean"]
+    assert reference_recall > temporal["rows"][1]["summary"]["refit"]["recall_at_10"]["mean"]
+
+    sessions = result["sessions"]
+    assert [row["kind"] for row in sessions["rows"]] == [quality.REFERENCE, "popularity", *TEST_KINDS]
+    for row in sessions["rows"]:
+        _check_metrics(row["runs"][0]["metrics"])
+    ease_session = next(row for row in sessions["rows"] if row["kind"] == "ease")
+    # The ease kind with lambda 300 asked with the same 10 movies is the reference when it chose 300 too.
+    if reference["runs"][0]["l2_lambda"] == 300.0:
+        assert ease_session["summary"]["recall_at_10"] == sessions["rows"][0]["summary"]["recall_at_10"]
+
+    targets = {t["target"].split(":")[0]: t for t in result["targets"]}
+    assert len(targets) == 3
+    for target in targets.values():
+        assert isinstance(target["passed"], bool) and target["ratio"] >= 0.0
+
     table = capsys.readouterr().out
-    for kind in kinds:
+    for heading in ("ua:", "temporal:", "sessions:"):
+        assert heading in table
+    for kind in TEST_KINDS:
         assert kind in table
+    assert table.count("target:") == 3 and ("PASS" in table or "FAIL" in table)
     assert "Recall@10" in table and str(out) in table
+
+
+def test_one_section_can_run_alone(movielens_dir, tmp_path, capsys):
+    """Sessions alone still train the job's models (the refit needs them) but report only sessions."""
+    out = tmp_path / "quality.json"
+    argv = ["--tiny", "--movielens-dir", str(movielens_dir), "--out", str(out), "--kinds", "ease",
+            "--sections", "sessions"]
+    assert quality.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["sections"] == ["sessions"] and "ua" not in result and "temporal" not in result
+    assert [t["target"] for t in result["targets"]] == [
+        f"best session kind ≥ {quality.TARGET_RATIO}× EASE queried with the same {quality.SESSION_LENGTH} movies"]
+    assert "temporal:" not in capsys.readouterr().out
+
+
+def test_the_job_split_and_the_sessions_come_from_the_outer_train_by_time(movielens_dir):
+    outer = quality.outer_split(load_movielens_100k(str(movielens_dir))[0], tiny=True)
+    inner = quality.job_split(outer)
+    data = outer.data
+    assert inner.data is data
+    np.testing.assert_array_equal(np.sort(np.concatenate([inner.train, inner.test])), outer.train)
+    key = data.timestamps.astype(np.float64) + np.arange(len(data)) / (len(data) + 1.0)
+    session_indptr, session_items = quality.last_sessions(outer)
+    indptr, items, _ = time_ordered_history(data, outer.train)
+    for user in range(quality.TINY_USERS):
+        held_out = inner.test[data.users[inner.test] == user]
+        kept = inner.train[data.users[inner.train] == user]
+        assert held_out.size == min(quality.HOLDOUT_SIZE, kept.size + held_out.size - 1)
+        assert key[held_out].min() > key[kept].max()  # the job holds out each user's newest ratings
+        session = session_items[session_indptr[user]:session_indptr[user + 1]]
+        np.testing.assert_array_equal(session, items[indptr[user]:indptr[user + 1]][-quality.SESSION_LENGTH:])
