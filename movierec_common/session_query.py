@@ -15,7 +15,8 @@ the same way (part ``p`` occupies the same columns on both sides):
     The query is the history's indicator row over the catalogue (``width`` =
     movies), each movie weighted by its recency: the ``r``-th newest
     (``r = 0``) weighs ``exp(-r / decay) + floor``; ``decay = 0`` weighs every
-    movie 1 (the floor keeps old movies from counting for nothing). This is exactly how EASE^R/DLAE score (history row times item-item
+    movie 1 (the floor keeps old movies from counting for nothing). This is
+    exactly how EASE^R/DLAE score (history row times item-item
     weights), and with ``decay > 0`` or a transition matrix on the item side
     it is how the history-aware ``sequential`` kind scores. A known user's
     own stored vector is this same row of their history, so a history part
@@ -38,6 +39,11 @@ the same way (part ``p`` occupies the same columns on both sides):
     ``(1 - m) * user_part + m * pooled(recent)``, where ``m`` is the recent
     movies' share of the recency weight of the whole history (the recent
     movies being its newest part).
+
+A visitor (no stored vector) may have a rule of its own, ``visitor_parts``:
+the same parts with other recency settings and scales, chosen by the trainer
+for short sessions (a ten-movie session is not a whole history). Without
+them a visitor's query follows ``parts`` like everyone else's.
 
 Histories are item indices, oldest first. A movie that occurs twice counts
 once, at its latest position.
@@ -105,6 +111,7 @@ def latest_occurrences(items: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class QueryEncoder:
     parts: tuple[Part, ...]
+    visitor_parts: tuple[Part, ...] | None = None
 
     @property
     def width(self) -> int:
@@ -115,15 +122,34 @@ class QueryEncoder:
         return any(part.kind == HISTORY for part in self.parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"parts": [part.to_json() for part in self.parts]}
+        data: dict[str, Any] = {"parts": [part.to_json() for part in self.parts]}
+        if self.visitor_parts is not None:
+            data["visitor_parts"] = [part.to_json() for part in self.visitor_parts]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, num_items: int, dim: int) -> "QueryEncoder":
         """Reads and checks a description against the artifact it came with; EncoderError says what is wrong."""
         if not isinstance(data, dict) or not isinstance(data.get("parts"), list) or not data["parts"]:
             raise EncoderError(f"{METADATA_KEY} must be an object with a non-empty list of parts")
+        parts = cls._parts_from_json(data["parts"], num_items, "part")
+        visitor_parts = None
+        if data.get("visitor_parts") is not None:
+            if not isinstance(data["visitor_parts"], list):
+                raise EncoderError(f"{METADATA_KEY} visitor_parts must be a list of parts")
+            visitor_parts = cls._parts_from_json(data["visitor_parts"], num_items, "visitor part")
+            if [(p.kind, p.width) for p in visitor_parts] != [(p.kind, p.width) for p in parts]:
+                raise EncoderError(f"{METADATA_KEY} visitor_parts must have the kinds and widths of parts")
+        encoder = cls(parts, visitor_parts)
+        if encoder.width != dim:
+            raise EncoderError(f"{METADATA_KEY} parts add up to width {encoder.width}, "
+                               f"but the model's vectors have {dim} dimensions")
+        return encoder
+
+    @staticmethod
+    def _parts_from_json(raw_parts: list, num_items: int, name: str) -> tuple[Part, ...]:
         parts = []
-        for position, raw in enumerate(data["parts"]):
+        for position, raw in enumerate(raw_parts):
             try:
                 fixed = tuple((int(d), float(v)) for d, v in raw.get("fixed", []))
                 center = tuple(float(v) for v in raw.get("center", []))
@@ -131,34 +157,32 @@ class QueryEncoder:
                             decay=float(raw.get("decay", 0.0)), fixed=fixed, floor=float(raw.get("floor", 0.0)),
                             center=center)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise EncoderError(f"{METADATA_KEY} part {position} is malformed: {exc}") from None
+                raise EncoderError(f"{METADATA_KEY} {name} {position} is malformed: {exc}") from None
             if part.kind not in PART_KINDS:
-                raise EncoderError(f"{METADATA_KEY} part {position} has unknown kind {part.kind!r}")
+                raise EncoderError(f"{METADATA_KEY} {name} {position} has unknown kind {part.kind!r}")
             if part.kind == HISTORY and part.width != num_items:
-                raise EncoderError(f"{METADATA_KEY} part {position} is a history part of width {part.width}, "
+                raise EncoderError(f"{METADATA_KEY} {name} {position} is a history part of width {part.width}, "
                                    f"but the catalogue has {num_items} movies")
             if not (np.isfinite(part.scale) and np.isfinite(part.decay) and part.decay >= 0 and part.width > 0
                     and np.isfinite(part.floor) and part.floor >= 0):
-                raise EncoderError(f"{METADATA_KEY} part {position} needs a positive width, a finite scale "
+                raise EncoderError(f"{METADATA_KEY} {name} {position} needs a positive width, a finite scale "
                                    f"and a decay and floor >= 0")
             if part.center and (len(part.center) != part.width or not np.all(np.isfinite(part.center))):
-                raise EncoderError(f"{METADATA_KEY} part {position} has a center of {len(part.center)} finite "
+                raise EncoderError(f"{METADATA_KEY} {name} {position} has a center of {len(part.center)} finite "
                                    f"values or fewer, not {part.width}")
             if any(not 0 <= d < part.width or not np.isfinite(v) for d, v in part.fixed):
-                raise EncoderError(f"{METADATA_KEY} part {position} fixes a dimension outside its width")
+                raise EncoderError(f"{METADATA_KEY} {name} {position} fixes a dimension outside its width")
             parts.append(part)
-        encoder = cls(tuple(parts))
-        if encoder.width != dim:
-            raise EncoderError(f"{METADATA_KEY} parts add up to width {encoder.width}, "
-                               f"but the model's vectors have {dim} dimensions")
-        return encoder
+        return tuple(parts)
 
-    def encode(self, history: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        """The query of someone whose whole history is ``history`` (item indices, oldest first)."""
+    def encode(self, history: np.ndarray, item_vectors: np.ndarray, visitor: bool = True) -> np.ndarray:
+        """The query of someone whose whole history is ``history`` (item indices, oldest first):
+        a visitor's (``visitor_parts`` when there are any), or with ``visitor=False`` a stored user's."""
         history = latest_occurrences(history)
         query = np.zeros(self.width, dtype=np.float32)
         offset = 0
-        for part in self.parts:
+        parts = self.visitor_parts if visitor and self.visitor_parts is not None else self.parts
+        for part in parts:
             weights = part.weights(history.size)
             if part.kind == HISTORY:
                 query[offset + history] = part.scale * weights

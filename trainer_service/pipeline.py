@@ -205,7 +205,8 @@ def _train(spec: TrainSpec, split, hp, seed, workers: int, job_id: str, ctx: Job
                            refit_settings=refit_settings)
     if ray_training is None:
         raise RuntimeError(f"job asks for {workers} workers but this trainer has no Ray set up (--workers 1)")
-    return ray_training.train(spec.model, split, hp, seed, workers, job_id if phase == "training" else f"{job_id}-{phase}",
+    run_name = job_id if phase == "training" else f"{job_id}-{phase}"
+    return ray_training.train(spec.model, split, hp, seed, workers, run_name,
                               on_epoch=on_epoch, should_stop=ctx.should_stop, refit_settings=refit_settings,
                               on_phase=lambda name: ctx.report(phase=phase if name == "training" else name))
 

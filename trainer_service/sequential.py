@@ -38,6 +38,7 @@ from movierec_common.session_query import HISTORY, Part, QueryEncoder, recency_w
 
 from . import models
 from .data import Split, time_ordered_history
+from .evaluation import evaluate_score_rows
 
 TRANSITION_WINDOW = 3
 TRANSITION_SMOOTHING = 20.0
@@ -45,6 +46,8 @@ DECAYS = (3.0, 5.0, 10.0, 20.0)
 FLOORS = (0.0, 0.05, 0.2)
 TRANSITION_DECAYS = (1.0, 3.0)
 TRANSITION_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+# How long a visitor's session is taken to be when its rule is chosen on validation.
+SESSION_LENGTH = 10
 # Selection scores are (users x movies) float32 matrices, one per decay and
 # transition decay; past this many users a fixed sample stands for them.
 _SELECTION_MAX_USERS = 20_000
@@ -73,8 +76,12 @@ def transition_weights(indptr: np.ndarray, items: np.ndarray, n_items: int,
 
 
 def fit(split: Split, l2_lambda: float, dropout: float, decay: float, floor: float, transition_decay: float,
-        transition_weight: float):
-    """User and item vectors and the query encoder of the kind on ``split.train``."""
+        transition_weight: float, visitor: dict | None = None):
+    """User and item vectors and the query encoder of the kind on ``split.train``.
+
+    ``visitor`` holds the (decay, floor, transition_decay, transition_weight)
+    of visitors' sessions, when they differ from users'.
+    """
     n_items = split.data.n_items
     indptr, items, _ = time_ordered_history(split.data, split.train)
     binary = models.binary_history((indptr, items), n_items)
@@ -84,29 +91,35 @@ def fit(split: Split, l2_lambda: float, dropout: float, decay: float, floor: flo
     user_vectors = np.hstack([weighted_history(indptr, items, n_items, decay, floor=floor),
                               transition_weight * weighted_history(indptr, items, n_items, transition_decay)])
     item_vectors = np.hstack([weights.T, transitions.T])
-    encoder = QueryEncoder((Part(HISTORY, n_items, 1.0, decay, floor=floor),
-                            Part(HISTORY, n_items, transition_weight, transition_decay)))
+    encoder = QueryEncoder(_parts(n_items, decay, floor, transition_decay, transition_weight),
+                           _parts(n_items, **visitor) if visitor else None)
     return user_vectors, np.ascontiguousarray(item_vectors), encoder
 
 
-def select(validation: Split, dlae_choice: tuple[float, float], evaluate, cancel_point) -> tuple[dict, dict, list]:
-    """The (decay, floor, transition decay, beta) with the best validation Recall@10 (NDCG@10 breaks ties).
+def _parts(n_items: int, decay: float, floor: float, transition_decay: float,
+           transition_weight: float) -> tuple[Part, Part]:
+    return (Part(HISTORY, n_items, 1.0, decay, floor=floor),
+            Part(HISTORY, n_items, transition_weight, transition_decay))
 
-    ``dlae_choice`` is DLAE's (lambda, dropout), chosen on the same
-    validation split; ``evaluate(scores)`` returns validation metrics of a
-    users x movies score matrix. Scores are linear in beta, so each (decay,
-    transition decay) pair costs two products and every beta is a sum.
+
+def _last(indptr: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each history cut to its newest ``n`` movies (a visitor's session), still oldest first."""
+    ends = indptr[1:]
+    starts = np.maximum(indptr[:-1], ends - n)
+    lengths = ends - starts
+    cut = np.zeros_like(indptr)
+    np.cumsum(lengths, out=cut[1:])
+    positions = np.repeat(starts - cut[:-1], lengths) + np.arange(cut[-1])
+    return cut, items[positions]
+
+
+def _best_rule(indptr, items, users, weights, transitions, score, cancel_point) -> tuple[dict, dict, list]:
+    """The (decay, floor, transition decay, beta) whose queries of ``users``' histories score best.
+
+    Scores are linear in beta, so each (decay, floor) and each transition
+    decay cost one product and every beta is a sum.
     """
-    n_items = validation.data.n_items
-    indptr, items, _ = time_ordered_history(validation.data, validation.train)
-    test_counts = np.diff(validation.test_csr()[0])
-    users = np.flatnonzero(test_counts > 0)
-    if users.size > _SELECTION_MAX_USERS:
-        users = np.sort(np.random.default_rng(0).choice(users, _SELECTION_MAX_USERS, replace=False))
-    binary = models.binary_history((indptr, items), n_items)
-    weights = models.dlae_item_weights(models.item_gram(binary), *dlae_choice)
-    del binary
-    transitions = transition_weights(indptr, items, n_items)
+    n_items = weights.shape[0]
     transition_scores = {td: weighted_history(indptr, items, n_items, td, users) @ transitions
                          for td in TRANSITION_DECAYS}
     best, tried = None, []
@@ -116,7 +129,7 @@ def select(validation: Split, dlae_choice: tuple[float, float], evaluate, cancel
             base = weighted_history(indptr, items, n_items, decay, users, floor) @ weights
             for td, extra in transition_scores.items():
                 for beta in TRANSITION_WEIGHTS:
-                    metrics = evaluate(users, base + beta * extra)
+                    metrics = score(base + beta * extra)
                     choice = {"decay": decay, "floor": floor, "transition_decay": td, "transition_weight": beta}
                     tried.append({**choice, **metrics})
                     key = (metrics["recall_at_10"], metrics["ndcg_at_10"])
@@ -124,3 +137,40 @@ def select(validation: Split, dlae_choice: tuple[float, float], evaluate, cancel
                         best = (key, choice, metrics)
     _, choice, metrics = best
     return choice, metrics, tried
+
+
+def select(validation: Split, dlae_choice: tuple[float, float], cancel_point) -> dict:
+    """Settings chosen on ``validation`` (carved by time), for users and for visitors.
+
+    ``dlae_choice`` is DLAE's (lambda, dropout), chosen on the same split.
+    The users' rule queries each validation user's whole held-in history;
+    the visitors' rule queries only its newest ``SESSION_LENGTH`` movies, with
+    nothing else excluded, as serving sees a visitor: a ten-movie session is
+    not a whole history, and on MovieLens 100K it wants a steeper recency
+    and more weight on transitions. Returns {"user": (choice, metrics, tried),
+    "visitor": (...)}.
+    """
+    n_items = validation.data.n_items
+    indptr, items, _ = time_ordered_history(validation.data, validation.train)
+    test_csr = validation.test_csr()
+    users = np.flatnonzero(np.diff(test_csr[0]) > 0)
+    if users.size > _SELECTION_MAX_USERS:
+        users = np.sort(np.random.default_rng(0).choice(users, _SELECTION_MAX_USERS, replace=False))
+    binary = models.binary_history((indptr, items), n_items)
+    weights = models.dlae_item_weights(models.item_gram(binary), *dlae_choice)
+    del binary
+    transitions = transition_weights(indptr, items, n_items)
+    session_indptr, session_items = _last(indptr, items, SESSION_LENGTH)
+
+    def scorer(train_csr):
+        def score(rows):
+            found = evaluate_score_rows(rows, users, train_csr, test_csr)
+            return {k: v for k, v in found.items() if k in ("recall_at_10", "ndcg_at_10", "recall_at_50")}
+        return score
+
+    return {
+        "user": _best_rule(indptr, items, users, weights, transitions, scorer(validation.train_csr()),
+                           cancel_point),
+        "visitor": _best_rule(session_indptr, session_items, users, weights, transitions,
+                              scorer((session_indptr, np.asarray(session_items, dtype=np.int32))), cancel_point),
+    }

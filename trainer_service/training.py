@@ -27,7 +27,7 @@ from movierec_common.session_query import HISTORY, POOLED, Part, QueryEncoder, h
 
 from . import models, sequential
 from .data import Split, carve_validation
-from .evaluation import evaluate_score_rows, evaluate_scores
+from .evaluation import evaluate_scores
 from .hyperparams import MODEL_KINDS, Hyperparameters
 
 tf = tensorflow()
@@ -461,23 +461,18 @@ def _train_sequential(kind, split, validation, hp, seed, on_epoch, should_stop, 
     metrics = {}
     if settings is None:
         _, _, dlae_choice, dlae_metrics, _ = select_dlae(hp, validation, split.data.n_items, should_stop)
-        train_csr, test_csr = validation.train_csr(), validation.test_csr()
-
-        def evaluate(users, scores):
-            found = evaluate_score_rows(scores, users, train_csr, test_csr)
-            return {k: v for k, v in found.items() if k in ("recall_at_10", "ndcg_at_10", "recall_at_50")}
-
-        choice, metrics, tried = sequential.select(validation, dlae_choice, evaluate,
-                                                   lambda: _cancel_point(should_stop))
-        settings = {"l2_lambda": dlae_choice[0], "dlae_dropout": dlae_choice[1], **choice}
-        extra = {"dlae_validation_metrics": dlae_metrics, "candidates": tried}
+        rules = sequential.select(validation, dlae_choice, lambda: _cancel_point(should_stop))
+        choice, metrics, tried = rules["user"]
+        visitor, visitor_metrics, _ = rules["visitor"]
+        settings = {"l2_lambda": dlae_choice[0], "dlae_dropout": dlae_choice[1], **choice, "visitor": visitor}
+        extra = {"dlae_validation_metrics": dlae_metrics, "visitor_validation_metrics": visitor_metrics,
+                 "candidates": tried}
     _cancel_point(should_stop)
     user_vectors, item_vectors, encoder = sequential.fit(
         split, settings["l2_lambda"], settings["dlae_dropout"], settings["decay"], settings["floor"],
-        settings["transition_decay"], settings["transition_weight"])
-    trained = _closed_form_model(kind, user_vectors, item_vectors.T, metrics, hp, validation, started, on_epoch,
-                                 extra={**settings, **extra}, settings=dict(settings), encoder=encoder)
-    return trained
+        settings["transition_decay"], settings["transition_weight"], settings.get("visitor"))
+    return _closed_form_model(kind, user_vectors, item_vectors.T, metrics, hp, validation, started, on_epoch,
+                              extra={**settings, **extra}, settings=dict(settings), encoder=encoder)
 
 
 # Kinds whose validation split is each user's newest ratings rather than random ones.

@@ -51,7 +51,7 @@ def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, 
     sequential = next(row for row in temporal["rows"] if row["kind"] == "sequential")
     assert "newest 5 per user" in sequential["runs"][0]["settings_chosen_on"]  # chosen by time, inside the job
     assert set(sequential["runs"][0]["settings"]) == {
-        "l2_lambda", "dlae_dropout", "decay", "floor", "transition_decay", "transition_weight"}
+        "l2_lambda", "dlae_dropout", "decay", "floor", "transition_decay", "transition_weight", "visitor"}
     reference_recall = reference["summary"]["refit"]["recall_at_10"]["mean"]
     assert reference_recall > temporal["rows"][1]["summary"]["refit"]["recall_at_10"]["mean"]
 

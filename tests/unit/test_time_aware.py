@@ -59,7 +59,10 @@ def test_the_history_aware_kind_beats_ease_when_order_matters(walks):
     sequential = train_model("sequential", walks, resolve_hyperparameters("sequential"), seed=1)
     assert "newest 5 per user" in sequential.validation_split  # settings chosen on a split carved by time
     assert set(sequential.settings) == {"l2_lambda", "dlae_dropout", "decay", "floor",
-                                        "transition_decay", "transition_weight"}
+                                        "transition_decay", "transition_weight", "visitor"}
+    # Visitors' short sessions get a rule of their own, chosen on the same split.
+    assert set(sequential.settings["visitor"]) == {"decay", "floor", "transition_decay", "transition_weight"}
+    assert sequential.encoder.visitor_parts is not None
     assert _recall(sequential, walks) > 1.3 * _recall(ease, walks)
 
 
@@ -71,7 +74,7 @@ def test_every_closed_form_query_rebuilt_from_the_time_ordered_history_is_the_st
         model = train_model(kind, walks, hp, seed=1)
         encoder = QueryEncoder.from_json(model.encoder.to_json(), walks.data.n_items, model.user_vectors.shape[1])
         for user in (0, 17, 299):
-            query = encoder.encode(items[indptr[user]:indptr[user + 1]], model.item_vectors)
+            query = encoder.encode(items[indptr[user]:indptr[user + 1]], model.item_vectors, visitor=False)
             history_part = encoder.parts[0].width
             np.testing.assert_allclose(query[:history_part], model.user_vectors[user, :history_part],
                                        rtol=1e-5, atol=1e-6, err_msg=kind)
@@ -87,6 +90,7 @@ def test_a_refit_trains_on_every_rating_with_the_settings_it_is_given(walks, kin
     refit = train_model(kind, everything, hp, seed=1, refit_settings=evaluated.settings)
     assert refit.refit and not evaluated.refit
     assert refit.settings == evaluated.settings
+    assert refit.encoder == evaluated.encoder or kind == "bpr"  # the same rule (bpr's centre moves with it)
     assert refit.validation_metrics == {} and refit.validation_split == ""
     if kind == "bpr":
         assert refit.epochs_run == evaluated.best_epoch
