@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, as an operator would run it: start both services on one model
 # root, train a two-tower model on MovieLens 100K remotely, wait until the
-# recommender serves it, print the top 10 for user 42, stop the services.
+# recommender serves it, print the top 10 for user 42 and for a visitor's
+# session, stop the services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +40,6 @@ done
 
 echo "== top 10 for user 42 =="
 "$BIN/movierec" recommend 42 -k 10
+
+echo "== top 10 for a visitor who just watched Star Wars, Return of the Jedi and The Empire Strikes Back =="
+"$BIN/movierec" recommend visitor -k 10 --recent 50,181,172

@@ -14,7 +14,7 @@ from tests.datagen import write_grouplens_files
 from tests.servers import start_trainer
 
 pytestmark = pytest.mark.slow
-KILLS = 12
+KILLS = 8
 
 
 def _assert_every_version_complete(model_root) -> list[int]:

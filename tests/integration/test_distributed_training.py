@@ -77,7 +77,7 @@ def test_two_workers_match_one_worker_and_the_version_records_the_engine(ray_tra
     request = {"holdout": "ua", "epochs": EPOCHS, "seed": SEED, "hyperparameters": {"learning_rate": 0.01},
                "quality_gate_disabled": True}
     with TrainerClient(ray_trainer["trainer"].address, timeout=30) as tc:
-        local = tc.train("two_tower", workers=1, **request)
+        local = tc.train("two_tower", workers=1, refit=False, **request)  # the Ray job's refit is what is checked
         ray_job = tc.train("two_tower", **request)  # 0 = the trainer's --workers, 2
         local = tc.wait_for_job(local.id, timeout=300)
         seen = list(tc.watch_job(ray_job.id, timeout=300))

@@ -86,7 +86,7 @@ def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movie
         loop = threading.Thread(target=hammer)
         loop.start()
         try:
-            second = tc.wait_for_job(tc.train("two_tower", epochs=2, holdout="ua", seed=7).id, timeout=600)
+            second = tc.wait_for_job(tc.train("two_tower", epochs=2, holdout="ua", seed=7, refit=False).id, timeout=600)
             assert second.state == "SUCCEEDED", second.error
             assert second.model_version == 2
             _wait_for_version(rc, 2, timeout=30)

@@ -124,7 +124,7 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
             assert v3.state == "REJECTED" and "checksum" in v3.reason, v3
 
             # Retention on the store: keep 2, never the served one.
-            job = tc.wait_for_job(tc.train("two_tower", epochs=1, ratings_path="ratings.data",
+            job = tc.wait_for_job(tc.train("two_tower", epochs=1, refit=False, ratings_path="ratings.data",
                                            items_path="items.item", holdout_size=2).id, timeout=300)
             assert job.state == "SUCCEEDED" and job.model_version == 5, job.error
             assert model_root.list_versions(ROOT) == [4, 5]
