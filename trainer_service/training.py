@@ -439,10 +439,8 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
     user_vectors, item_vectors = _blend(history, weights, neural.user_vectors, neural.item_vectors, weight, scales)
     chosen = {"epochs": neural.best_epoch, "l2_lambda": l2_lambda, "dlae_dropout": dropout, "blend_weight": weight,
               "scales": [float(scales[0]), float(scales[1])]}
-    neural_part = neural.user_vectors.shape[1]
     pooled = _pooled_encoder(user_vectors[:, n_items:], item_vectors[:, n_items:], split.train_csr())
-    neural.encoder = QueryEncoder((Part(HISTORY, n_items, (1.0 - weight) / scales[0]),
-                                   dataclasses.replace(pooled.parts[0], width=neural_part)))
+    neural.encoder = QueryEncoder((Part(HISTORY, n_items, (1.0 - weight) / scales[0]), *pooled.parts))
     neural.kind = kind
     neural.user_vectors, neural.item_vectors = user_vectors, item_vectors
     neural.extra = {**chosen, **extra}
