@@ -186,20 +186,18 @@ def trained_artifact(movielens_dir: str, epochs: int, seed: int, kind: str = "tw
     split = datasets.make_split(ratings, "random", 5, seed, grouplens_dir)
     hp = resolve_hyperparameters(kind, {"epochs": epochs} if kind == "two_tower" else {})
     trained = train_model(kind, split, hp, seed)
-    return _artifact_for(split, trained.user_vectors, trained.item_vectors), getattr(trained, "encoder", None)
+    return _artifact_for(split, trained.user_vectors, trained.item_vectors), trained.encoder
 
 
 def session_encoder(artifact, kind: str):
-    """The session rule of a model the trainer did not describe: EASE^R's is its history row; a two-tower-shaped
-    model's the mean of the history's item vectors, scaled to a typical user vector as the trainer scales it."""
+    """The session rule of a synthetic model (no trainer described it), the one the trainer gives its shape:
+    EASE^R's is its history row; a two-tower-shaped model's the pooled item vectors."""
     from movierec_common import session_query
 
     if kind == "ease":
         return session_query.history_encoder(artifact.num_items)
-    scale = session_query.pooled_scale(artifact.user_vectors, artifact.item_vectors,
-                                       (artifact.seen_indptr, artifact.seen_indices))
-    dim = int(artifact.item_vectors.shape[1])
-    return session_query.QueryEncoder((session_query.Part(session_query.POOLED, dim, scale=scale),))
+    return session_query.pooled_encoder(artifact.user_vectors, artifact.item_vectors,
+                                        (artifact.seen_indptr, artifact.seen_indices))
 
 
 def build_model(args, root: str) -> tuple[object, dict, dict]:

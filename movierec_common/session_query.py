@@ -231,6 +231,18 @@ class QueryEncoder:
         return pooled
 
 
+def pooled_encoder(user_vectors: np.ndarray, item_vectors: np.ndarray, history_csr,
+                   fixed: tuple[tuple[int, float], ...] = ()) -> QueryEncoder:
+    """A factorisation model's rule: the centred mean of the history's item vectors, scaled to a
+    typical user vector (``fixed``: dims constant in every user vector, as BPR's bias)."""
+    center = item_vectors.astype(np.float64).mean(axis=0)
+    for dim, _ in fixed:
+        center[dim] = 0.0
+    scale = pooled_scale(user_vectors, item_vectors, history_csr, [d for d, _ in fixed], center)
+    return QueryEncoder((Part(POOLED, int(user_vectors.shape[1]), scale, 0.0, tuple(fixed),
+                              center=tuple(float(c) for c in center)),))
+
+
 def history_encoder(num_items: int, scale: float = 1.0, decay: float = 0.0) -> QueryEncoder:
     """EASE^R and DLAE: the query is the (binary) history row."""
     return QueryEncoder((Part(HISTORY, num_items, scale, decay),))

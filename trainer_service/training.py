@@ -23,7 +23,7 @@ import numpy as np
 
 from movierec_common.tfenv import tensorflow
 
-from movierec_common.session_query import HISTORY, POOLED, Part, QueryEncoder, history_encoder, pooled_scale
+from movierec_common.session_query import HISTORY, Part, QueryEncoder, history_encoder, pooled_encoder
 
 from . import models, sequential
 from .data import Split, carve_validation
@@ -272,7 +272,7 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
         # Users' full training history (validation ratings included) is what the
         # vectors should reflect for serving.
         user_vectors, item_vectors = model.export_vectors(split.train_csr())
-        encoder = _pooled_encoder(user_vectors, item_vectors, split.train_csr(),
+        encoder = pooled_encoder(user_vectors, item_vectors, split.train_csr(),
                                   fixed=((user_vectors.shape[1] - 1, 1.0),) if kind == "bpr" else ())
     best = supervisor.best_epoch
     return TrainedModel(
@@ -286,16 +286,6 @@ def _train_neural(kind, split, validation, hp, seed, on_epoch, should_stop, star
         distribution={**in_process_distribution(), "num_replicas_in_sync": replicas},
         settings={"epochs": best}, encoder=encoder, refit=validation is None,
     )
-
-
-def _pooled_encoder(user_vectors, item_vectors, history_csr, fixed=()) -> QueryEncoder:
-    """Neural kinds answer a session with the centred mean of its movies' vectors (see session_query)."""
-    center = item_vectors.astype(np.float64).mean(axis=0)
-    for dim, _ in fixed:
-        center[dim] = 0.0
-    scale = pooled_scale(user_vectors, item_vectors, history_csr, [d for d, _ in fixed], center)
-    return QueryEncoder((Part(POOLED, int(user_vectors.shape[1]), scale, 0.0, tuple(fixed),
-                              center=tuple(float(c) for c in center)),))
 
 
 def _train_ease(kind, split, validation, hp, seed, on_epoch, should_stop, started, settings=None) -> TrainedModel:
@@ -439,7 +429,7 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
     user_vectors, item_vectors = _blend(history, weights, neural.user_vectors, neural.item_vectors, weight, scales)
     chosen = {"epochs": neural.best_epoch, "l2_lambda": l2_lambda, "dlae_dropout": dropout, "blend_weight": weight,
               "scales": [float(scales[0]), float(scales[1])]}
-    pooled = _pooled_encoder(user_vectors[:, n_items:], item_vectors[:, n_items:], split.train_csr())
+    pooled = pooled_encoder(user_vectors[:, n_items:], item_vectors[:, n_items:], split.train_csr())
     neural.encoder = QueryEncoder((Part(HISTORY, n_items, (1.0 - weight) / scales[0]), *pooled.parts))
     neural.kind = kind
     neural.user_vectors, neural.item_vectors = user_vectors, item_vectors
