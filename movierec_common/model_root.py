@@ -33,6 +33,8 @@ TMP_PREFIX = ".tmp-"
 JOBS_DIR = ".jobs"
 SERVING_DIR = ".serving"
 SERVING_MARKER_TTL_SECONDS = 300.0
+# The operator's pin: every replica serves this version instead of the newest.
+PIN_FILE = ".pin.json"
 
 # Each S3 request gives up after a few seconds instead of botocore's default
 # minute, so a watcher notices an outage promptly and retries on its next poll.
@@ -190,3 +192,36 @@ def versions_in_use(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> set[i
         except Exception:
             continue
     return in_use
+
+
+def write_pin(root: str, version: int | None) -> None:
+    """Pins every replica watching root to version (None unpins).
+
+    The pin is one small file in the root, written whole, so it survives
+    restarts of every process and each replica sees it on its next poll.
+    """
+    location = join(root, PIN_FILE)
+    if version is None:
+        fs, path = filesystem(location)
+        if fs.exists(path):
+            fs.rm_file(path)
+        return
+    write_bytes(location, json.dumps({"version": int(version), "updated": time.time()}).encode())
+
+
+def read_pin(root: str) -> int | None:
+    """The pinned version, or None when nothing is pinned.
+
+    Raises when the pin cannot be read (an unreachable store, a damaged
+    file): a watcher then keeps what it serves rather than guess.
+    """
+    location = join(root, PIN_FILE)
+    fs, path = filesystem(location)
+    try:
+        record = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    version = int(record["version"])
+    if version < 1:
+        raise ValueError(f"{location} names version {version}; versions are positive")
+    return version

@@ -52,6 +52,8 @@ class TrainerConfig:
     max_dataset_bytes: int = datasets.MAX_FILE_BYTES  # larger dataset files are refused unread
     workers: int = 1  # data-parallel workers a job may use (and uses by default); 1 = in-process, no Ray
     ray_address: str | None = None  # an existing Ray cluster; None = a local Ray started when first needed
+    # TensorBoard event files per job: <tensorboard_dir>/<job id>/; None = <model root>/.runs
+    tensorboard_dir: str | None = None
 
 
 def hyperparameters_for(spec: TrainSpec) -> Hyperparameters:

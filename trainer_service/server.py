@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ray-address", default=None, metavar="ADDR",
                         help="run multi-worker jobs on this existing Ray cluster (default: a local Ray the "
                              "trainer starts on first use and stops with itself)")
+    parser.add_argument("--tensorboard-dir", default=None, metavar="DIR",
+                        help="where each job writes TensorBoard event files, in a folder per job id "
+                             "(default: <model root>/.runs)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     security.add_arguments(parser)
     return parser.parse_args(argv)
@@ -79,7 +82,7 @@ def main(argv=None) -> None:
         queue_size=args.queue_size, keep_versions=args.keep_versions, min_validation_recall_at_10=args.min_recall,
         **({} if args.ann_min_items is None else {"ann_min_items": args.ann_min_items}),
         **({} if args.max_dataset_bytes is None else {"max_dataset_bytes": args.max_dataset_bytes}),
-        workers=args.workers, ray_address=args.ray_address,
+        workers=args.workers, ray_address=args.ray_address, tensorboard_dir=args.tensorboard_dir,
     )
     remove_stale_temp_folders(config.model_root)
     ray_training = None
