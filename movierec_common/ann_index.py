@@ -91,7 +91,7 @@ class IndexParams:
         return {"backend": BACKEND_FAISS, **asdict(self)}
 
     @classmethod
-    def from_metadata(cls, retrieval: Any) -> "IndexParams | None":
+    def from_metadata(cls, retrieval: Any) -> IndexParams | None:
         """None for an exact version; ArtifactError for a record serving cannot trust."""
         if retrieval is None:
             return None
@@ -197,7 +197,7 @@ def _calibrate(index, vectors: np.ndarray, queries: np.ndarray, rng) -> tuple[in
         nprobe = min(nprobe, index.nlist)
         index.nprobe = nprobe
         _, found = index.search(queries, k)
-        recall = float(np.mean([np.intersect1d(t, f).size / k for t, f in zip(truth, found)]))
+        recall = float(np.mean([np.intersect1d(t, f).size / k for t, f in zip(truth, found, strict=True)]))
         best = (nprobe, recall)
         if recall >= TARGET_RECALL or nprobe >= index.nlist:
             break

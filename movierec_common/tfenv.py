@@ -48,14 +48,14 @@ def tensorflow():
     global _tf
     if _tf is None:
         with _native_stderr_silenced():
-            import tensorflow as tf  # noqa: PLC0415 - deliberately late
-            import tensorflow_recommenders  # noqa: F401,PLC0415 - loads its kernels now, quietly
+            import tensorflow as tf
+            import tensorflow_recommenders  # noqa: F401 - loads its kernels now, quietly
 
             tf.constant(0.0) + 1.0  # initialises the CPU device, which logs too
 
         tf.get_logger().setLevel(logging.ERROR)
         try:
-            from absl import logging as absl_logging  # noqa: PLC0415
+            from absl import logging as absl_logging
 
             absl_logging.set_verbosity(absl_logging.ERROR)
         except ImportError:  # pragma: no cover - absl ships with TF

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 
@@ -372,7 +372,7 @@ class Titles:
         self._bytes = memoryview(blob)
 
     @classmethod
-    def from_strings(cls, titles) -> "Titles":
+    def from_strings(cls, titles) -> Titles:
         encoded = [str(t).encode("utf-8") for t in titles]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
@@ -388,7 +388,7 @@ class Titles:
         starts = self.offsets[indices].tolist()
         ends = self.offsets[np.asarray(indices) + 1].tolist()
         view = self._bytes
-        return [str(view[s:e], "utf-8") for s, e in zip(starts, ends)]
+        return [str(view[s:e], "utf-8") for s, e in zip(starts, ends, strict=True)]
 
     def tolist(self) -> list[str]:
         return self.take(np.arange(len(self)))
@@ -422,7 +422,7 @@ class Catalogue(UserMovieIndex):
     history_indices: np.ndarray  # [nnz'] int32
 
     @classmethod
-    def from_artifact(cls, artifact: ModelArtifact) -> "Catalogue":
+    def from_artifact(cls, artifact: ModelArtifact) -> Catalogue:
         users, items = artifact.num_users, artifact.num_items
         rows = np.repeat(np.arange(users, dtype=np.int64), np.diff(artifact.seen_indptr))
         keys = np.unique(rows * items + artifact.seen_indices.astype(np.int64))
@@ -487,7 +487,7 @@ class Rankings:
 
     @classmethod
     def compute(cls, catalogue: Catalogue, top_k: TopK, budget_bytes: int = RANKING_BUDGET_BYTES,
-                top: int = PRECOMPUTED_TOP) -> "Rankings":
+                top: int = PRECOMPUTED_TOP) -> Rankings:
         users, items = catalogue.num_users, catalogue.num_items
         top = min(top, items)
         ranked = min(users, max(0, budget_bytes) // cls.bytes_per_user(top))
@@ -505,8 +505,8 @@ class Rankings:
         starts, ends = catalogue.seen_indptr[chosen], catalogue.seen_indptr[chosen + 1]
         indptr = np.zeros(chosen.size + 1, dtype=np.int64)
         np.cumsum(ends - starts, out=indptr[1:])
-        seen = (np.concatenate([catalogue.seen_indices[s:e] for s, e in zip(starts.tolist(), ends.tolist())])
-                if indptr[-1] else _NO_ITEMS)
+        pieces = [catalogue.seen_indices[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        seen = np.concatenate(pieces) if indptr[-1] else _NO_ITEMS
         indices, scores, counts = top_k.top_k_batch(catalogue.user_vectors[chosen], top, indptr, seen)
         return cls(top, rows, indices, scores, counts)
 
@@ -529,7 +529,7 @@ class Retriever:
     without a ``query_encoder`` answers everything else but refuses them.
     """
 
-    def __init__(self, source: Union[ModelArtifact, Catalogue], top_k: TopK | None = None, *,
+    def __init__(self, source: ModelArtifact | Catalogue, top_k: TopK | None = None, *,
                  rankings: Rankings | None = None, ranking_budget_bytes: int = RANKING_BUDGET_BYTES,
                  query_encoder: QueryEncoder | None = None):
         if isinstance(source, ModelArtifact):
@@ -634,4 +634,4 @@ class Retriever:
     def _scored(self, indices: np.ndarray, scores: np.ndarray) -> list[Scored]:
         # One gather and one tolist() per field instead of a numpy scalar per item.
         return [Scored(movie_id, title, score) for movie_id, title, score in
-                zip(self._movie_ids[indices].tolist(), self._titles.take(indices), scores.tolist())]
+                zip(self._movie_ids[indices].tolist(), self._titles.take(indices), scores.tolist(), strict=True)]

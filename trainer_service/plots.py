@@ -7,7 +7,7 @@ A picture of the loss curve is the quickest check that a model really trained
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def loss_plot_png(loss_history: Sequence[float], validation_recall: Sequence[float], title: str) -> bytes:

@@ -29,9 +29,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -320,8 +320,8 @@ def synthesize(users: int, movies: int, ratings: int, seed: int = 0, clusters: i
 
 def _titles(rng: np.random.Generator, count: int):
     """Titles, some holding commas and quotes the way GroupLens's do ("Lost River, The (1994)")."""
-    import pyarrow as pa  # noqa: PLC0415 - writing only
-    import pyarrow.compute as pc  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     adjective = pc.take(pa.array(_ADJECTIVES), pa.array(rng.integers(0, len(_ADJECTIVES), size=count)))
     noun = pc.take(pa.array(_NOUNS), pa.array(rng.integers(0, len(_NOUNS), size=count)))
@@ -339,7 +339,7 @@ def _titles(rng: np.random.Generator, count: int):
 
 def _csv_field(values):
     """Quote values holding commas or quotes, doubling their quotes (RFC 4180)."""
-    import pyarrow.compute as pc  # noqa: PLC0415
+    import pyarrow.compute as pc
 
     needs = pc.or_(pc.match_substring(values, ","), pc.match_substring(values, '"'))
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(values, '"', '""'), '"', "")
@@ -347,7 +347,7 @@ def _csv_field(values):
 
 
 def _write_atomically(path: Path, write) -> None:
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -359,8 +359,8 @@ def _write_atomically(path: Path, write) -> None:
 
 
 def _write_ratings(data: Synthetic, path: Path) -> None:
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.csv as pacsv  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
     stars = pa.array(_STARS)
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
@@ -381,8 +381,8 @@ def _write_ratings(data: Synthetic, path: Path) -> None:
 
 
 def _write_movies(data: Synthetic, path: Path) -> None:
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.compute as pc  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     # A stream of its own, so titles do not depend on how the ratings were drawn.
     rng = np.random.default_rng([data.seed, 1])
