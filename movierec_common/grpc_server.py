@@ -12,14 +12,15 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from movierec_common import metrics
 from movierec_common.logs import event
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,47 @@ def _tolerant(deserializer):
     return deserialize
 
 
-class MalformedRequestInterceptor(grpc.ServerInterceptor):
+def _non_blocking(behavior) -> bool:
+    """A stream handler that answers through a callback and returns at once (grpc_health's Watch).
+
+    A wrapper must keep that shape: a generator in its place makes grpcio call
+    the behavior the blocking way, which holds a request thread for as long as
+    the watcher stays connected, and a few load balancers watching health
+    would then starve the requests.
+    """
+    return bool(getattr(behavior, "experimental_non_blocking", False))
+
+
+class _WrappingInterceptor(grpc.ServerInterceptor):
+    """An interceptor that wraps each method's handler once, not once per call.
+
+    grpcio asks the interceptors for a handler on every call, and the
+    servicers' handlers are the same object each time; so the wrapper made for
+    a handler is kept and handed out again while the handler below stays the
+    same object (an interceptor below that answers with a handler of its own,
+    like a refused token, just gets wrapped anew).
+    """
+
+    def __init__(self):
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class MalformedRequestInterceptor(_WrappingInterceptor):
     """Answers bytes that are not a valid request message with INVALID_ARGUMENT.
 
     grpcio itself would answer INTERNAL ("Exception deserializing request!")
@@ -65,22 +106,28 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
     blames the server for the caller's mistake.
     """
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+    def _wrap(self, handler, method):
+        if handler.request_streaming or handler.request_deserializer is None:
             return handler
-        message = f"the request is not a valid protobuf message for {handler_call_details.method}"
+        message = f"the request is not a valid protobuf message for {method}"
+        deserializer = _tolerant(handler.request_deserializer)
 
         if handler.response_streaming:
             behavior = handler.unary_stream
+            if _non_blocking(behavior):
+                def unary_stream(request, context, send_response_callback):
+                    if isinstance(request, _Malformed):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+                    return behavior(request, context, send_response_callback)
 
-            def unary_stream(request, context):
-                if isinstance(request, _Malformed):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-                yield from behavior(request, context)
+                unary_stream.experimental_non_blocking = True
+            else:
+                def unary_stream(request, context):
+                    if isinstance(request, _Malformed):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+                    yield from behavior(request, context)
 
-            return handler._replace(request_deserializer=_tolerant(handler.request_deserializer),
-                                    unary_stream=unary_stream)
+            return handler._replace(request_deserializer=deserializer, unary_stream=unary_stream)
         behavior = handler.unary_unary
 
         def unary_unary(request, context):
@@ -88,7 +135,192 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             return behavior(request, context)
 
-        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer), unary_unary=unary_unary)
+        return handler._replace(request_deserializer=deserializer, unary_unary=unary_unary)
+
+
+# -- Prometheus: the go-grpc-prometheus server metrics -------------------------
+
+_OK, _UNKNOWN = grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN
+
+
+def _code_label(code: grpc.StatusCode) -> str:
+    """The code as Go's ``codes.Code.String()`` spells it ("OK", "InvalidArgument", "Canceled"), as
+    go-grpc-prometheus labels it: dashboards and alerts written for it match these strings."""
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    if code is _OK:
+        return "OK"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+def _grpc_type(request_streaming: bool, response_streaming: bool) -> str:
+    if request_streaming:
+        return "bidi_stream" if response_streaming else "client_stream"
+    return "server_stream" if response_streaming else "unary"
+
+
+class _MethodMetrics:
+    """One method's metric children, looked up once (``labels()`` per call would hash and lock)."""
+
+    __slots__ = ("_handled", "_labels", "seconds", "started")
+
+    def __init__(self, method: str, grpc_type: str):
+        service, _, name = method.lstrip("/").partition("/")
+        self._labels = (grpc_type, service, name)
+        self.started = metrics.GRPC_STARTED.labels(*self._labels)
+        self.seconds = metrics.GRPC_SECONDS.labels(*self._labels)
+        self._handled: dict[grpc.StatusCode | None, object] = {}
+
+    def handled(self, code: grpc.StatusCode | None):
+        child = self._handled.get(code)
+        if child is None:  # a race makes labels() run twice and return the same child: harmless
+            child = self._handled[code] = metrics.GRPC_HANDLED.labels(*self._labels, _code_label(code or _OK))
+        return child
+
+    def done(self, code: grpc.StatusCode | None, started_at: float) -> None:
+        """``code`` None: the handler set none, so the call ends OK."""
+        self.seconds.observe(time.perf_counter() - started_at)
+        self.handled(code).inc()
+
+
+def _stream_end_code(context) -> grpc.StatusCode:
+    """Why a call ended before its handler did: the caller left or ran out of time."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _failure_code(context) -> grpc.StatusCode:
+    """The code of a call whose handler raised: the one ``abort`` set; else UNKNOWN, as grpcio answers, unless
+    the caller had already gone (a request stream raises when its caller cancels)."""
+    code = context.code()
+    if code is not None:
+        return code
+    return _UNKNOWN if context.is_active() else _stream_end_code(context)
+
+
+class MetricsInterceptor(_WrappingInterceptor):
+    """Counts and times every call: ``grpc_server_started_total``, ``grpc_server_handled_total`` and
+    ``grpc_server_handling_seconds``, with go-grpc-prometheus's labels.
+
+    The code is the one the caller receives: ``context.abort`` raises, and the
+    code it set is read back from the context (an exception without one is
+    UNKNOWN, as grpcio answers it); a stream is counted when it ends, as
+    Canceled (or DeadlineExceeded) when it ends because its caller left. Outermost in the chain, so calls that
+    the interceptors below refuse (a malformed request, a missing token) are
+    counted under their codes too. Calls grpcio refuses before any interceptor
+    runs (no such method, over ``maximum_concurrent_rpcs``) are not counted, as
+    in go-grpc-prometheus.
+
+    Per call this costs two clock reads and four additions under locks, about
+    3 us of CPU (measured), against the ~250 us a Recommend costs the server.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._methods: dict[str, _MethodMetrics] = {}
+
+    @staticmethod
+    def preregister(service_names: Iterable[str]) -> None:
+        """Exports every method's started and OK counts at 0 before its first call: rate() and increase()
+        miss the first call of a series that appears already at 1. (Histograms appear with their first call:
+        a row per bucket for each method nobody calls would be most of the scrape.)"""
+        from google.protobuf import descriptor_pool
+
+        pool = descriptor_pool.Default()
+        for service_name in service_names:
+            try:
+                service = pool.FindServiceByName(service_name)
+            except KeyError:
+                continue
+            for method in service.methods:
+                labels = (_grpc_type(method.client_streaming, method.server_streaming), service.full_name, method.name)
+                metrics.GRPC_STARTED.labels(*labels)
+                metrics.GRPC_HANDLED.labels(*labels, _code_label(_OK))
+
+    def _wrap(self, handler, method):
+        observed = self._methods.get(method)
+        if observed is None:
+            observed = self._methods.setdefault(
+                method, _MethodMetrics(method, _grpc_type(handler.request_streaming, handler.response_streaming)))
+        if handler.request_streaming and handler.response_streaming:
+            return handler._replace(stream_stream=_observed_stream(handler.stream_stream, observed))
+        if handler.request_streaming:
+            return handler._replace(stream_unary=_observed_unary(handler.stream_unary, observed))
+        if handler.response_streaming:
+            return handler._replace(unary_stream=_observed_stream(handler.unary_stream, observed))
+        return handler._replace(unary_unary=_observed_unary(handler.unary_unary, observed))
+
+
+def _observed_unary(behavior, observed: _MethodMetrics):
+    started = observed.started
+    done = observed.done
+    perf_counter = time.perf_counter
+
+    def call(request, context):
+        started.inc()
+        started_at = perf_counter()
+        try:
+            response = behavior(request, context)
+        except BaseException:
+            done(_failure_code(context), started_at)
+            raise
+        done(context.code(), started_at)
+        return response
+
+    return call
+
+
+def _observed_stream(behavior, observed: _MethodMetrics):
+    if _non_blocking(behavior):
+        return _observed_callback_stream(behavior, observed)
+
+    def stream(request, context):
+        observed.started.inc()
+        started_at = time.perf_counter()
+        code = _UNKNOWN
+        try:
+            yield from behavior(request, context)
+            # A handler that ends its stream because the caller left (WatchJob does) answered no one.
+            code = context.code() or (None if context.is_active() else _stream_end_code(context))
+        except GeneratorExit:  # grpcio stopped pulling: the caller is gone
+            code = _stream_end_code(context)
+            raise
+        except BaseException:
+            code = _failure_code(context)
+            raise
+        finally:
+            observed.done(code, started_at)
+
+    return stream
+
+
+def _observed_callback_stream(behavior, observed: _MethodMetrics):
+    """A non-blocking stream ends when its handler sends ``None`` (the status) through the callback."""
+
+    def stream(request, context, send_response_callback):
+        observed.started.inc()
+        started_at = time.perf_counter()
+        ended = threading.Event()
+
+        def send(response):
+            if response is None and not ended.is_set():
+                ended.set()
+                observed.done(context.code() or (_OK if context.is_active() else _stream_end_code(context)),
+                              started_at)
+            send_response_callback(response)
+
+        try:
+            return behavior(request, context, send)
+        except BaseException:
+            if not ended.is_set():
+                ended.set()
+                observed.done(_failure_code(context), started_at)
+            raise
+
+    stream.experimental_non_blocking = True
+    return stream
 
 
 def build_server(
@@ -99,11 +331,20 @@ def build_server(
     max_workers: int = 16,
     interceptors: Iterable[grpc.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    with_metrics: bool = False,
 ) -> ServerHandle:
-    """Creates and starts a server with the given servicers, health and reflection."""
+    """Creates and starts a server with the given servicers, health and reflection.
+
+    ``with_metrics`` counts and times every call (:class:`MetricsInterceptor`);
+    off, nothing of it is on the request path.
+    """
+    chain: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor(), *interceptors]
+    observer = MetricsInterceptor() if with_metrics else None
+    if observer is not None:
+        chain.insert(0, observer)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[MalformedRequestInterceptor(), *interceptors],
+        interceptors=chain,
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -115,9 +356,10 @@ def build_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    everything = (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(everything, server)
+    if observer is not None:
+        observer.preregister(everything)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -11,10 +11,10 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402 - after the thread settings above
-import logging  # noqa: E402
+import argparse
+import logging
 
-from movierec_common import logs, security
+from movierec_common import logs, metrics, security
 from movierec_common.grpc_server import build_server, wait_for_termination
 from movierec_common.logs import event
 
@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--require-token", action="store_true",
                         help="protect every Recommender call with a bearer token (health stays open)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
+    metrics.add_arguments(parser)
     security.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.poll_seconds <= 0:
@@ -61,6 +62,7 @@ def main(argv=None) -> None:
             what="--require-token")
     except security.SecurityConfigError as exc:
         raise SystemExit(f"movierec-recommender: {exc}") from exc
+    with_metrics = metrics.serve_from_args(args, "recommender")
     from movierec.v1 import recommender_pb2_grpc
     from movierec_common.ann_index import faiss
     from recommender_service.registry import IsolatedLoader, ModelRegistry
@@ -76,12 +78,14 @@ def main(argv=None) -> None:
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server),
-        max_workers=args.threads, interceptors=interceptors, credentials=credentials,
+        max_workers=args.threads, interceptors=interceptors, credentials=credentials, with_metrics=with_metrics,
     )
     registry.on_change = lambda model: handle.set_serving(True)
     registry.start()
     event(log, "recommender listening", port=handle.port, model_root=args.model_root, pinned_version=args.version)
     print(f"movierec-recommender listening on {args.host}:{handle.port}", flush=True)
+    if with_metrics:
+        print(f"movierec-recommender metrics at http://{args.host}:{args.metrics_port}/metrics", flush=True)
     wait_for_termination(handle, on_stop=lambda: (registry.stop(), loader.shutdown()))
 
 

@@ -7,7 +7,7 @@ import atexit
 import logging
 import os
 
-from movierec_common import logs, security
+from movierec_common import logs, metrics, security
 from movierec_common.grpc_server import build_server, wait_for_termination
 from movierec_common.logs import event
 
@@ -24,7 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(S3 settings from the AWS_* environment)")
     parser.add_argument("--data-root", default=None, help="folder that custom dataset paths are relative to")
     parser.add_argument("--movielens-dir", default=os.environ.get("MOVIELENS_DIR"),
-                        help="GroupLens ml-100k folder or ml-100k.zip (default: $MOVIELENS_DIR, then tensorflow-datasets)")
+                        help="GroupLens ml-100k folder or ml-100k.zip "
+                             "(default: $MOVIELENS_DIR, then tensorflow-datasets)")
     parser.add_argument("--queue-size", type=int, default=4, help="jobs that may wait behind the running one")
     parser.add_argument("--keep-versions", type=int, default=5, help="published versions to keep (0 = all)")
     parser.add_argument("--min-recall", type=float, default=0.0,
@@ -44,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where each job writes TensorBoard event files, in a folder per job id "
                              "(default: <model root>/.runs)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
+    metrics.add_arguments(parser)
     security.add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -55,8 +57,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# Changing what is trained or published needs a token; reading job state does not.
-MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob")
+# Changing what is trained, published or served needs a token; reading job state does not.
+MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob", f"/{SERVICE_NAME}/PinVersion")
 
 
 def main(argv=None) -> None:
@@ -68,6 +70,7 @@ def main(argv=None) -> None:
             what=f"a trainer listening on {args.host} (beyond loopback)")
     except security.SecurityConfigError as exc:
         raise SystemExit(f"movierec-trainer: {exc}") from exc
+    with_metrics = metrics.serve_from_args(args, "trainer")
     # Imported after logging is set up: they import TensorFlow.
     from movierec.v1 import trainer_pb2_grpc
     from trainer_service.job_manager import JobManager
@@ -109,11 +112,13 @@ def main(argv=None) -> None:
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server),
-        interceptors=interceptors, credentials=credentials,
+        interceptors=interceptors, credentials=credentials, with_metrics=with_metrics,
     )
     handle.set_serving(True)
     event(log, "trainer listening", port=handle.port, model_root=config.model_root, workers=config.workers)
     print(f"movierec-trainer listening on {args.host}:{handle.port}", flush=True)
+    if with_metrics:
+        print(f"movierec-trainer metrics at http://{args.host}:{args.metrics_port}/metrics", flush=True)
 
     def stop() -> None:
         manager.shutdown(timeout=30)
