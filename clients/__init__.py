@@ -18,17 +18,23 @@ the healthy ones (see ``clients.targets``).
 
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import (
+    Aborted,
+    AlreadyExists,
     Cancelled,
     ConfigurationError,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     MovieRecError,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from .types import (
     HYPERPARAMETERS,
@@ -39,10 +45,13 @@ from .types import (
     Job,
     ModelStatus,
     ModelVersionInfo,
+    Pin,
     Progress,
+    PublishedVersion,
     Recommendations,
     SimilarItems,
     UserRecommendations,
+    Versions,
 )
 
 __all__ = [
@@ -57,6 +66,9 @@ __all__ = [
     "SimilarItems",
     "ModelStatus",
     "ModelVersionInfo",
+    "Versions",
+    "PublishedVersion",
+    "Pin",
     "Job",
     "Progress",
     "JOB_STATES",
@@ -73,5 +85,11 @@ __all__ = [
     "DeadlineExceeded",
     "Cancelled",
     "FailedPrecondition",
+    "AlreadyExists",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "DataLoss",
     "ConfigurationError",
 ]

@@ -20,18 +20,19 @@ import datetime as dt
 import json
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from movierec.v1 import trainer_pb2
+from movierec_common.security import refuse_token_flags
+from movierec_common.vocabulary import HOLDOUTS, MODEL_KINDS
+from trainer_service import synth  # numpy only: the generator runs locally, without TensorFlow
 
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
-from movierec.v1 import trainer_pb2
-
-from .types import HYPERPARAMETERS, Job, ModelStatus
-from trainer_service import synth  # numpy only: the generator runs locally, without TensorFlow
+from .types import HYPERPARAMETERS, Job, ModelStatus, Versions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend")  # the trainer lists all it knows
-HOLDOUTS = ("random", "last_n_per_user", "ua", "ub", "u1", "u2", "u3", "u4", "u5")
 DATASET_NAMES = ("movielens/100k-ratings", "movielens/1m-ratings", "movielens/20m-ratings",
                  "movielens/25m-ratings", "movielens/latest-small-ratings")  # the trainer lists all it knows
 
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "what the recommender is serving (with several replicas: one healthy "
             "replica's view; give one address to ask that replica)")
 
+    command("versions", cmd_versions, "list the versions in the model root: metrics, pin, which recommenders "
+            "serve each")
+    pin = command("pin", cmd_pin, "serve this version on every recommender (rollback) until `movierec unpin`")
+    pin.add_argument("version", metavar="VERSION", type=_positive_int)
+    command("unpin", cmd_unpin, "let every recommender follow the newest valid version again")
+
     # Local work, no server: no connection options.
     synth_help = "write a synthetic dataset in MovieLens 25M's format (ratings.csv, movies.csv)"
     synth_command = commands.add_parser("synth", help=synth_help, description=synth_help)
@@ -176,6 +183,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         ("--token-file", "file holding the bearer token"),
     ):
         group.add_argument(flag, metavar="FILE", default=default(None), help=what if defaults else argparse.SUPPRESS)
+    # Without this, argparse would take `--token X` for `--token-file X` and print the token back.
+    refuse_token_flags(group, environment="MOVIEREC_TOKEN")
 
 
 def _add_train_options(train: argparse.ArgumentParser) -> None:
@@ -395,6 +404,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        versions = tc.list_versions()
+    if args.json:
+        _print_json(versions)
+    else:
+        _print_versions(versions)
+    return EXIT_OK
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        pin = tc.pin_version(args.version)
+    if args.json:
+        _print_json(pin)
+    else:
+        print(f"pinned version {pin.pinned_version} (before: {_or_none(pin.previous_pinned_version)}); "
+              "every recommender serves it after its next poll (`movierec status` shows one replica's view)")
+    return EXIT_OK
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        pin = tc.unpin()
+    if args.json:
+        _print_json(pin)
+    else:
+        print(f"unpinned (before: {_or_none(pin.previous_pinned_version)}); "
+              "recommenders follow the newest valid version again")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- watching
 
 
@@ -509,8 +550,13 @@ def _print_status(status: ModelStatus) -> None:
         print("served version: none (no model loaded yet)")
     else:
         print(f"served version: {status.served_version} ({status.model_kind}), loaded {_when(status.loaded_at)}")
-    pinned = status.pinned_version if status.pinned_version is not None else "none (follows the newest valid version)"
-    print(f"pinned version: {pinned}")
+    if status.pinned_version is None:
+        print("pinned version: none (follows the newest valid version)")
+    else:
+        source = _PIN_SOURCES.get(status.pin_source or "", status.pin_source or "unknown source")
+        print(f"pinned version: {status.pinned_version} ({source})")
+    if status.pin_problem:
+        print(f"pin problem:    {status.pin_problem}")
     print(f"model root:     {status.model_root or '-'}")
     print(f"users / items:  {status.num_users} / {status.num_items}")
     if status.metrics:
@@ -524,13 +570,55 @@ def _print_status(status: ModelStatus) -> None:
         _print_table(["version", "state", "kind", "recall@10", "reason"], rows, numeric={0, 3})
 
 
+_PIN_SOURCES = {"MODEL_ROOT": "the model root's pin, for every replica",
+                "VERSION_FLAG": "this replica's --version, over the model root's pin"}
+
+
+def _print_versions(versions: Versions) -> None:
+    if not versions:
+        print("no complete versions in the model root")
+    else:
+        rows = [
+            [
+                v.version,
+                v.model_kind or "-",
+                _metric(v.metrics, "recall_at_10"),
+                _when(v.created_at),
+                _size(v.size_bytes),
+                "yes" if v.pinned else "",
+                ", ".join(v.served_by) or "-",
+            ]
+            for v in versions
+        ]
+        _print_table(["version", "kind", "recall@10", "created", "size", "pinned", "served by"], rows,
+                     numeric={0, 2, 4})
+    if versions.pinned_version is None:
+        print("pinned: none (recommenders follow the newest valid version)")
+    elif versions.pinned_version not in {v.version for v in versions}:
+        print(f"pinned: {versions.pinned_version}, which is no longer in the model root: recommenders keep what "
+              f"they serve; `movierec pin N` or `movierec unpin`", file=sys.stderr)
+    else:
+        print(f"pinned: {versions.pinned_version} (`movierec unpin` to follow the newest valid version)")
+
+
+def _size(size_bytes: int) -> str:
+    if size_bytes < 1024:
+        return f"{size_bytes} B"
+    size = size_bytes / 1024
+    for unit in ("KB", "MB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
 def _print_table(headers: list[str], rows: list[list[Any]], *, numeric: set[int] = frozenset()) -> None:
     cells = [headers] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         parts = [
             cell.rjust(width) if i in numeric else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths))
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(parts).rstrip())
 
@@ -560,6 +648,10 @@ def _when(moment: dt.datetime | None) -> str:
 
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _or_none(value: Any) -> str:
+    return "none" if value is None else str(value)
 
 
 def _yes_no(flag: bool) -> str:

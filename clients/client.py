@@ -21,11 +21,13 @@ defaults they do not have to know about:
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import time
 import uuid
 import warnings
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,7 +36,7 @@ from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trai
 
 from . import credentials as creds
 from . import types as t
-from .errors import DeadlineExceeded, MovieRecError, from_rpc_error
+from .errors import ConfigurationError, DeadlineExceeded, MovieRecError, from_rpc_error
 from .targets import channel_target
 
 __all__ = ["TrainerClient", "RecommenderClient", "DEFAULT_TIMEOUT"]
@@ -56,6 +58,20 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
+
+
+# wait_until_serving keeps waiting on these: the server is not up yet, is
+# restarting, does not know the service yet (Check), or the stream was cut.
+_NOT_YET = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class _Client:
@@ -137,34 +153,47 @@ class _Client:
         return self.timeout if timeout is None else timeout
 
     def wait_until_serving(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:
-        """Block until the server's health check reports this service SERVING.
+        """Block until the server's health service reports this service SERVING.
 
-        Uses the standard ``grpc.health.v1.Health/Check``; an unreachable server
-        or a service not registered yet counts as "not yet". With several
-        replicas, returns once any of them serves. Raises
-        ``DeadlineExceeded`` after ``timeout`` seconds.
+        Follows the standard ``grpc.health.v1.Health/Watch`` stream, so it
+        returns the moment the server turns SERVING instead of at the next
+        poll. A server that is not up yet, restarts or ends the stream counts
+        as "not yet": the stream is opened again ``poll_interval`` seconds
+        later, until the deadline. A server without ``Watch``
+        (UNIMPLEMENTED) is asked with ``Check`` every ``poll_interval``
+        instead. With several replicas, returns once any of them serves.
+        Raises ``DeadlineExceeded`` after ``timeout`` seconds, naming the last
+        status seen.
         """
         deadline = time.monotonic() + timeout
         request = health_pb2.HealthCheckRequest(service=self.SERVICE)
         last = "no answer"
+        watch = True
         while True:
             remaining = deadline - time.monotonic()
+            method = "Health/Watch" if watch else "Health/Check"
             try:
-                response = self._health.Check(
-                    request, timeout=max(0.01, min(self.timeout, remaining)), metadata=self._metadata
-                )
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                if watch:
+                    with contextlib.closing(self._health_statuses(request, remaining)) as statuses:
+                        for status in statuses:
+                            if status == _SERVING:
+                                return
+                            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                else:
+                    check_timeout = max(0.01, min(self.timeout, remaining))
+                    status = self._health.Check(request, timeout=check_timeout, metadata=self._metadata).status
+                    if status == _SERVING:
+                        return
+                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, target=self.target, method="Health/Check")
-                if error.code not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.NOT_FOUND,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
+                error = from_rpc_error(exc, target=self.target, method=method)
+                if watch and error.code == grpc.StatusCode.UNIMPLEMENTED:
+                    watch = False  # an older health service: poll with Check
+                    continue
+                if error.code not in _NOT_YET:
                     raise error from exc
-                last = f"{error.code.name}: {error.details}"
+                if error.code != grpc.StatusCode.DEADLINE_EXCEEDED or last == "no answer":
+                    last = f"{error.code.name}: {error.details}"  # the deadline itself says less than a status seen
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(
@@ -173,6 +202,15 @@ class _Client:
                     method="wait_until_serving",
                 )
             time.sleep(min(poll_interval, remaining))
+
+    def _health_statuses(self, request, remaining: float) -> Iterator[int]:
+        """The statuses one Watch stream delivers until it ends or the deadline passes."""
+        call = self._health.Watch(request, timeout=max(0.01, remaining), metadata=self._metadata)
+        try:
+            for response in call:
+                yield response.status
+        finally:
+            call.cancel()  # no-op when the stream ended; frees the stream when the caller stops at SERVING
 
 
 class RecommenderClient(_Client):
@@ -263,8 +301,9 @@ class TrainerClient(_Client):
 
     SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
     DEFAULT_TARGET = "localhost:50051"
-    # Train is safe to retry because every request carries an idempotency key.
-    _RETRIED = ("Train", "GetJob", "ListJobs", "WatchJob", "CancelJob")
+    # Train is safe to retry because every request carries an idempotency key;
+    # a pin sent twice leaves the same pin.
+    _RETRIED = ("Train", "GetJob", "ListJobs", "WatchJob", "CancelJob", "ListVersions", "PinVersion")
 
     #: consecutive failed reconnects before ``watch_job``/``wait_for_job`` give up
     max_reconnects = 8
@@ -343,6 +382,33 @@ class TrainerClient(_Client):
         request = trainer_pb2.CancelJobRequest(job_id=job_id)
         return t.job_from_proto(self._call("CancelJob", self._stub.CancelJob, request, timeout))
 
+    def list_versions(self, *, timeout: float | None = None) -> t.Versions:
+        """Every complete version in the model root, newest first, with the pin and the replicas serving each."""
+        response = self._call("ListVersions", self._stub.ListVersions, trainer_pb2.ListVersionsRequest(), timeout)
+        return t.versions_from_proto(response)
+
+    def pin_version(self, version: int, *, timeout: float | None = None) -> t.Pin:
+        """Hold every recommender on ``version`` (a rollback) until ``unpin()``; needs a token when tokens are on.
+
+        The pin is kept in the model root: each recommender follows it within
+        one poll (``model_status().pin_problem`` says why one could not), and
+        it survives restarts. ``NotFound`` for a version that is not complete
+        in the model root.
+        """
+        if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+            raise ConfigurationError(f"version must be a version number, got {version!r}")
+        if version == 0:
+            raise ConfigurationError("version 0 is not a version; call unpin() to follow the newest version again")
+        return self._pin(int(version), timeout)
+
+    def unpin(self, *, timeout: float | None = None) -> t.Pin:
+        """Let every recommender follow the newest valid version again."""
+        return self._pin(0, timeout)
+
+    def _pin(self, version: int, timeout: float | None) -> t.Pin:
+        request = trainer_pb2.PinVersionRequest(version=version)
+        return t.pin_from_proto(self._call("PinVersion", self._stub.PinVersion, request, timeout))
+
     def watch_job(self, job_id: str, *, timeout: float | None = None, reconnect: bool = True) -> Iterator[t.Job]:
         """Yield the job on every change until it ends; the last item is the final state.
 
@@ -356,8 +422,8 @@ class TrainerClient(_Client):
     def wait_for_job(self, job_id: str, *, timeout: float | None = 600.0) -> t.Job:
         """Block until the job ends and return its final state."""
         last = None
-        for last in self.watch_job(job_id, timeout=timeout):
-            pass
+        for job in self.watch_job(job_id, timeout=timeout):
+            last = job
         assert last is not None and last.done
         return last
 

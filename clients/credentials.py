@@ -19,10 +19,12 @@ are written down once:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grpc
+
+from movierec_common.security import is_loopback  # noqa: F401 - one definition, shared with the servers
 
 from .errors import ConfigurationError
 
@@ -113,9 +115,3 @@ def open_channel(
     if credentials is None:
         return grpc.insecure_channel(target, options=all_options)
     return grpc.secure_channel(target, credentials, options=all_options)
-
-
-def is_loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0] if not target.startswith("unix:") else "unix"
-    host = host.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").strip("[]")
-    return host in {"localhost", "127.0.0.1", "::1", "unix"} or host.startswith("127.")

@@ -25,6 +25,12 @@ __all__ = [
     "DeadlineExceeded",
     "Cancelled",
     "FailedPrecondition",
+    "AlreadyExists",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "DataLoss",
     "ConfigurationError",
     "from_rpc_error",
 ]
@@ -126,6 +132,38 @@ class FailedPrecondition(MovieRecError):
     default_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class AlreadyExists(MovieRecError):
+    """An idempotency key was reused with a different training request."""
+
+    default_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(MovieRecError):
+    """The server gave up on the call part-way (e.g. a concurrency conflict); it may be retried."""
+
+    default_code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(MovieRecError):
+    default_code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(MovieRecError):
+    """The server does not offer this call: it runs an older movierec than this client (upgrade it)."""
+
+    default_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(MovieRecError):
+    """The server failed in a way it did not expect; its log has the details."""
+
+    default_code = grpc.StatusCode.INTERNAL
+
+
+class DataLoss(MovieRecError):
+    default_code = grpc.StatusCode.DATA_LOSS
+
+
 class ConfigurationError(MovieRecError, ValueError):
     """The client itself is mis-configured (unreadable token file, cert without key...).
 
@@ -148,6 +186,12 @@ _BY_CODE: dict[grpc.StatusCode, type[MovieRecError]] = {
         DeadlineExceeded,
         Cancelled,
         FailedPrecondition,
+        AlreadyExists,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        DataLoss,
     )
 }
 

@@ -44,7 +44,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from .credentials import RETRY_POLICY
 from .errors import ConfigurationError
@@ -93,10 +94,10 @@ def channel_target(
     parsed = [_host_port(a) for a in addresses]
     resolved = [_resolve(host, port) for host, port in parsed]
     if all(v4 for v4, _ in resolved):
-        backends = [f"{ip}:{port}" for (v4, _), (_, port) in zip(resolved, parsed) for ip in v4]
+        backends = [f"{ip}:{port}" for (v4, _), (_, port) in zip(resolved, parsed, strict=True) for ip in v4]
         scheme = "ipv4:"
     elif all(v6 for _, v6 in resolved):
-        backends = [f"[{ip}]:{port}" for (_, v6), (_, port) in zip(resolved, parsed) for ip in v6]
+        backends = [f"[{ip}]:{port}" for (_, v6), (_, port) in zip(resolved, parsed, strict=True) for ip in v6]
         scheme = "ipv6:"
     else:
         raise ConfigurationError(

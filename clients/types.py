@@ -13,13 +13,15 @@ handled in one place.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 import numbers
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
 from movierec.v1 import recommender_pb2, trainer_pb2
+from movierec_common.vocabulary import FINAL_JOB_STATES as TERMINAL_STATES
+from movierec_common.vocabulary import JOB_STATES, SUCCEEDED  # trainer.proto's TrainJob.State names
 
 from .errors import ConfigurationError
 
@@ -31,6 +33,9 @@ __all__ = [
     "SimilarItems",
     "ModelVersionInfo",
     "ModelStatus",
+    "PublishedVersion",
+    "Versions",
+    "Pin",
     "Progress",
     "Job",
     "JOB_STATES",
@@ -38,8 +43,6 @@ __all__ = [
     "HYPERPARAMETERS",
 ]
 
-JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 # Names accepted in ``TrainerClient.train(hyperparameters=...)``.
 HYPERPARAMETERS = tuple(f.name for f in trainer_pb2.Hyperparameters.DESCRIPTOR.fields)
 
@@ -119,7 +122,7 @@ class SimilarItems:
 @dataclass(frozen=True, slots=True)
 class ModelVersionInfo:
     version: int
-    state: str  # "SERVING", "AVAILABLE", "LOADING", "REJECTED", "RETIRED"
+    state: str  # one of movierec_common.vocabulary.VERSION_STATES: "SERVING", "AVAILABLE", "LOADING", ...
     reason: str  # why it was rejected
     model_kind: str
     metrics: dict[str, float]
@@ -136,6 +139,8 @@ class ModelStatus:
     num_items: int
     pinned_version: int | None  # None: follows the newest valid version
     model_root: str
+    pin_source: str | None = None  # "MODEL_ROOT" (Trainer.PinVersion), "VERSION_FLAG" (the replica's --version)
+    pin_problem: str = ""  # why the pinned version is not the served one ("" when it is)
 
     @property
     def serving(self) -> bool:
@@ -183,7 +188,38 @@ class Job:
 
     @property
     def succeeded(self) -> bool:
-        return self.state == "SUCCEEDED"
+        return self.state == SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedVersion:
+    """A complete version in the model root, as the trainer lists it."""
+
+    version: int
+    model_kind: str
+    metrics: dict[str, float]  # held-out metrics of the job that published it
+    created_at: dt.datetime | None
+    size_bytes: int
+    pinned: bool
+    served_by: list[str]  # replica ids of the recommenders serving it now
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    versions: list[PublishedVersion]  # newest first
+    pinned_version: int | None  # None: recommenders follow the newest valid version
+
+    def __iter__(self) -> Iterator[PublishedVersion]:
+        return iter(self.versions)
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    pinned_version: int | None  # pinned now; None: recommenders follow the newest valid version
+    previous_pinned_version: int | None
 
 
 # --------------------------------------------------------------------------- translation
@@ -193,7 +229,7 @@ def _time(message, name: str) -> dt.datetime | None:
     if not message.HasField(name):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    return stamp.ToDatetime(tzinfo=dt.timezone.utc)
+    return stamp.ToDatetime(tzinfo=dt.UTC)
 
 
 def _metrics(values: Mapping[str, float]) -> dict[str, float]:
@@ -295,6 +331,34 @@ def model_status_from_proto(status: recommender_pb2.ModelStatus) -> ModelStatus:
         num_items=status.num_items,
         pinned_version=_version(status.pinned_version),
         model_root=status.model_root,
+        pin_source=(_enum_name(recommender_pb2.ModelStatus.PinSource, status.pin_source)
+                    if status.pin_source else None),
+        pin_problem=status.pin_problem,
+    )
+
+
+def versions_from_proto(response: trainer_pb2.ListVersionsResponse) -> Versions:
+    return Versions(
+        versions=[
+            PublishedVersion(
+                version=v.version,
+                model_kind=v.model_kind,
+                metrics=_metrics(v.metrics),
+                created_at=_time(v, "created_at"),
+                size_bytes=v.size_bytes,
+                pinned=v.pinned,
+                served_by=list(v.served_by),
+            )
+            for v in response.versions
+        ],
+        pinned_version=_version(response.pinned_version),
+    )
+
+
+def pin_from_proto(response: trainer_pb2.PinVersionResponse) -> Pin:
+    return Pin(
+        pinned_version=_version(response.pinned_version),
+        previous_pinned_version=_version(response.previous_pinned_version),
     )
 
 

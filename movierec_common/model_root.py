@@ -2,7 +2,11 @@
 
 Like TF Serving, a version is a folder whose name is a positive integer;
 anything else (``.tmp-*`` work folders, ``.jobs``, ``.serving``) is invisible
-to serving.
+to serving. State every replica must share lives here too, under dot-names:
+which version each replica serves (``.serving/<replica>.json``, read by
+retention and ListVersions) and the operator's pin (``.pin.json``, read by
+every replica at each poll), so it needs no coordination service and
+survives restarts of every process.
 
 A root is a local folder or an object-store URL (``s3://bucket/prefix``),
 reached through fsspec: TensorFlow 2.21 has no s3 filesystem, and serving
@@ -174,24 +178,40 @@ def write_serving_marker(root: str, replica: str, version: int) -> None:
     write_bytes(join(root, SERVING_DIR, f"{replica}.json"), record)
 
 
-def versions_in_use(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> set[int]:
-    """Versions some live recommender serves (markers refreshed within ttl).
+def remove_serving_marker(root: str, replica: str) -> None:
+    """A replica that stops says so at once, instead of being listed as serving until its marker ages out."""
+    fs, path = filesystem(join(root, SERVING_DIR, f"{replica}.json"))
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
 
-    Raises when the markers cannot be listed: "none in use" would let
+
+def serving_replicas(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> dict[str, int]:
+    """The version each live recommender serves, by replica id (markers refreshed within ttl).
+
+    A marker's file name is its replica's id, so the trainer can say who
+    serves what (ListVersions) without asking any recommender. Raises when
+    the markers cannot be listed: "nobody serves anything" would let
     retention delete what replicas serve.
     """
     folder = join(root, SERVING_DIR)
-    in_use: set[int] = set()
+    replicas: dict[str, int] = {}
     for name in list_names(folder, strict=True):
         if not name.endswith(".json") or name.startswith("."):
             continue
         try:
             marker = json.loads(read_bytes(join(folder, name)))
             if time.time() - float(marker["updated"]) <= ttl:
-                in_use.add(int(marker["version"]))
-        except Exception:
+                replicas[name[: -len(".json")]] = int(marker["version"])
+        except Exception:  # removed since the listing, or not a marker: not a live replica
             continue
-    return in_use
+    return replicas
+
+
+def versions_in_use(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> set[int]:
+    """Versions some live recommender serves (see serving_replicas); raises when unreadable."""
+    return set(serving_replicas(root, ttl).values())
 
 
 def write_pin(root: str, version: int | None) -> None:
@@ -203,25 +223,37 @@ def write_pin(root: str, version: int | None) -> None:
     location = join(root, PIN_FILE)
     if version is None:
         fs, path = filesystem(location)
-        if fs.exists(path):
+        try:
             fs.rm_file(path)
+        except FileNotFoundError:  # nothing was pinned
+            pass
         return
     write_bytes(location, json.dumps({"version": int(version), "updated": time.time()}).encode())
+
+
+class PinDamaged(ValueError):
+    """The pin file exists but does not name a version; writing a new pin (or unpinning) repairs it."""
 
 
 def read_pin(root: str) -> int | None:
     """The pinned version, or None when nothing is pinned.
 
-    Raises when the pin cannot be read (an unreachable store, a damaged
-    file): a watcher then keeps what it serves rather than guess.
+    Raises when the pin cannot be read: PinDamaged for a file that does not
+    name a positive version, the store's own error when it is unreachable.
+    Either way a watcher keeps what it serves rather than guess.
     """
     location = join(root, PIN_FILE)
     fs, path = filesystem(location)
     try:
-        record = json.loads(fs.cat_file(path))
+        raw = fs.cat_file(path)
     except FileNotFoundError:
         return None
-    version = int(record["version"])
+    try:
+        version = json.loads(raw)["version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"the version is {version!r}, not a whole number")
+    except (ValueError, KeyError, TypeError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise PinDamaged(f"{location} does not name a version ({type(exc).__name__}: {exc})") from None
     if version < 1:
-        raise ValueError(f"{location} names version {version}; versions are positive")
+        raise PinDamaged(f"{location} names version {version}; versions are positive")
     return version

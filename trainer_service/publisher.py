@@ -25,21 +25,43 @@ per root (it queues its own jobs) and scale its training out with --workers.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
+import numbers
 import os
 import shutil
 import tempfile
+import threading
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
 
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import (
-    TMP_PREFIX, exists, filesystem, files_under, is_local, join, list_names, list_versions, remove_tree, version_dir,
+    TMP_PREFIX,
+    PinDamaged,
+    exists,
+    files_under,
+    filesystem,
+    is_local,
+    join,
+    list_names,
+    list_versions,
+    read_pin,
+    remove_tree,
+    serving_replicas,
+    version_dir,
     versions_in_use,
+    write_pin,
 )
 
 log = logging.getLogger(__name__)
+
+# Retention deletes versions and a pin names one; both decide on a listing of
+# the root, so they take turns, or a pin could land on a version retention is
+# deleting. One trainer owns a root (see above), so a lock in the process is enough.
+_VERSIONS_LOCK = threading.Lock()
 
 
 class PublishCancelled(Exception):
@@ -124,18 +146,135 @@ def publish(
 
 
 def apply_retention(root: str, keep: int) -> list[int]:
-    """Deletes all but the newest ``keep`` versions, sparing any a recommender serves."""
+    """Deletes all but the newest ``keep`` versions, sparing any a recommender serves and the pinned one."""
     if keep <= 0:
         return []
-    try:
-        versions = list_versions(root, strict=True)
-        protected = versions_in_use(root)
-    except Exception as exc:  # the root cannot be read right now: delete nothing, try after the next publish
-        event(log, "retention skipped: the model root cannot be listed", logging.WARNING, error=str(exc))
-        return []
-    doomed = [v for v in versions[:-keep] if v not in protected]
-    for version in doomed:
-        remove_tree(version_dir(root, version))
+    with _VERSIONS_LOCK:
+        try:
+            versions = list_versions(root, strict=True)
+            protected = versions_in_use(root)
+            pinned = read_pin(root)
+        except Exception as exc:  # the root (or its pin) cannot be read: delete nothing, try after the next publish
+            event(log, "retention skipped: the model root cannot be read", logging.WARNING, error=str(exc))
+            return []
+        if pinned is not None:
+            protected.add(pinned)
+        doomed = [v for v in versions[:-keep] if v not in protected]
+        for version in doomed:
+            remove_tree(version_dir(root, version))
     if doomed:
         event(log, "old versions removed", versions=doomed, kept=versions[-keep:], protected=sorted(protected))
     return doomed
+
+
+# --------------------------------------------------------------------------- versions and the pin
+
+
+class VersionNotFound(LookupError):
+    """The version is not complete in the model root; the message names the ones that are."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedVersion:
+    """A complete version as its metadata.json describes it, with who serves it."""
+
+    version: int
+    model_kind: str
+    metrics: dict[str, float]
+    created_at: float | None  # seconds since the epoch; None when metadata.json does not say
+    size_bytes: int
+    pinned: bool = False
+    served_by: tuple[str, ...] = ()  # replica ids, from their serving markers
+
+
+@dataclasses.dataclass(frozen=True)
+class RootVersions:
+    versions: list[PublishedVersion]  # newest first
+    pinned_version: int | None  # may name a version not listed (a folder deleted by hand)
+
+
+def published_version(root: str, version: int) -> PublishedVersion | None:
+    """The version if it is complete, else None (missing, still being written, or damaged).
+
+    Complete as the publishing protocol defines it: ``metadata.json`` parses
+    and every file of its manifest is there with its size. A publish in
+    progress on an object store, or two publishes mixed into one folder,
+    fail this; the sha256 of each file is left to the recommender, which
+    verifies it before loading, because hashing every byte of every version
+    for a listing would read the whole root. Raises when the root cannot be read.
+    """
+    path = version_dir(root, version)
+    try:
+        metadata = artifact_format.read_metadata(path)
+    except artifact_format.ArtifactError:
+        return None
+    files = files_under(path)
+    manifest = metadata.get("files")
+    if not isinstance(manifest, dict) or not manifest:
+        return None
+    for name, entry in manifest.items():
+        if not isinstance(entry, dict) or (files.get(name) or {}).get("size") != entry.get("size"):
+            return None
+    metrics = metadata.get("metrics")
+    return PublishedVersion(
+        version=version,
+        model_kind=str(metadata.get("model_kind", "")),
+        metrics={str(k): float(v) for k, v in (metrics.items() if isinstance(metrics, dict) else ())
+                 if isinstance(v, numbers.Real) and not isinstance(v, bool)},
+        created_at=_seconds(metadata.get("created_at")),
+        size_bytes=sum(int(info.get("size") or 0) for info in files.values()),
+    )
+
+
+def _seconds(moment) -> float | None:
+    try:
+        stamp = dt.datetime.fromisoformat(str(moment))
+    except ValueError:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def root_versions(root: str) -> RootVersions:
+    """Every complete version, newest first, with the pin and the replicas serving each.
+
+    Raises when the root, its serving markers or its pin cannot be read
+    (PinDamaged for a pin file that names no version).
+    """
+    pinned = read_pin(root)
+    serving = serving_replicas(root)
+    found = []
+    for version in reversed(list_versions(root, strict=True)):
+        info = published_version(root, version)
+        if info is not None:
+            replicas = tuple(sorted(replica for replica, served in serving.items() if served == version))
+            found.append(dataclasses.replace(info, pinned=version == pinned, served_by=replicas))
+    return RootVersions(versions=found, pinned_version=pinned)
+
+
+def pin_version(root: str, version: int | None) -> int | None:
+    """Pins every recommender watching root to ``version`` (None unpins); returns the previous pin.
+
+    Only a complete version can be pinned (VersionNotFound otherwise), and
+    retention then keeps it. A damaged pin file is simply replaced.
+    """
+    if version is not None and version < 1:
+        raise ValueError(f"versions are positive, got {version}")
+    with _VERSIONS_LOCK:
+        try:
+            previous = read_pin(root)
+        except PinDamaged:
+            previous = None
+        if version is not None and published_version(root, version) is None:
+            complete = [v for v in list_versions(root, strict=True) if published_version(root, v) is not None]
+            known = ", ".join(map(str, complete[-10:])) if complete else "none yet"
+            if len(complete) > 10:
+                known = f"..., {known}"
+            raise VersionNotFound(
+                f"version {version} is not a complete version in the model root {root} (never published, still "
+                f"being written, or deleted); complete versions: {known}. `movierec versions` lists them")
+        write_pin(root, version)
+    if version is None:
+        event(log, "versions unpinned: recommenders follow the newest valid version", previous=previous)
+    else:
+        event(log, "version pinned", version=version, previous=previous)
+    return previous

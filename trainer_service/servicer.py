@@ -10,6 +10,7 @@ from movierec.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_service.job_manager import IdempotencyConflict, JobManager, JobNotFound, QueueFull
 from trainer_service.jobs import JobRecord, TrainSpec
 from trainer_service.pipeline import InvalidRequest, TrainerConfig, resolve_workers, validate_spec
+from trainer_service.publisher import PinDamaged, PublishedVersion, VersionNotFound, pin_version, root_versions
 
 MAX_KEY_LENGTH = 128
 MAX_NAME_LENGTH = 64
@@ -114,6 +115,14 @@ def job_to_proto(job: JobRecord) -> trainer_pb2.TrainJob:
     )
 
 
+def version_to_proto(version: PublishedVersion) -> trainer_pb2.VersionInfo:
+    return trainer_pb2.VersionInfo(
+        version=version.version, model_kind=version.model_kind, metrics=version.metrics,
+        created_at=_timestamp(version.created_at or 0.0), size_bytes=version.size_bytes, pinned=version.pinned,
+        served_by=version.served_by,
+    )
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, manager: JobManager, config: TrainerConfig):
         self._manager = manager
@@ -148,6 +157,33 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     def CancelJob(self, request, context):
         return job_to_proto(self._job(request.job_id, context, lambda: self._manager.cancel(request.job_id)))
+
+    def ListVersions(self, request, context):
+        try:
+            listing = root_versions(self._config.model_root)
+        except PinDamaged as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{exc}; `movierec pin N` or `movierec unpin` replaces it")
+        except Exception as exc:  # an unreachable store, a permission error
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the model root cannot be read: {str(exc)[:500]}")
+        return trainer_pb2.ListVersionsResponse(versions=[version_to_proto(v) for v in listing.versions],
+                                                pinned_version=listing.pinned_version or 0)
+
+    def PinVersion(self, request, context):
+        if request.version < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"version must be a published version number, or 0 to unpin; got {request.version}")
+        try:
+            previous = pin_version(self._config.model_root, request.version or None)
+        except VersionNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except PermissionError as exc:  # retrying will not help
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"the trainer may not write the pin into the model root: {str(exc)[:500]}")
+        except Exception as exc:  # an unreachable store
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"the pin could not be written to the model root: {str(exc)[:500]}")
+        return trainer_pb2.PinVersionResponse(pinned_version=request.version, previous_pinned_version=previous or 0)
 
     @staticmethod
     def _job(job_id: str, context, call):

@@ -130,7 +130,15 @@ class ModelVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., reason: _Optional[str] = ..., model_kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items")
+    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem")
+    class PinSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PIN_SOURCE_UNSPECIFIED: _ClassVar[ModelStatus.PinSource]
+        VERSION_FLAG: _ClassVar[ModelStatus.PinSource]
+        MODEL_ROOT: _ClassVar[ModelStatus.PinSource]
+    PIN_SOURCE_UNSPECIFIED: ModelStatus.PinSource
+    VERSION_FLAG: ModelStatus.PinSource
+    MODEL_ROOT: ModelStatus.PinSource
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +155,8 @@ class ModelStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     NUM_USERS_FIELD_NUMBER: _ClassVar[int]
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PIN_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PIN_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     served_version: int
     model_kind: str
     loaded_at: _timestamp_pb2.Timestamp
@@ -156,4 +166,6 @@ class ModelStatus(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     num_users: int
     num_items: int
-    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ...) -> None: ...
+    pin_source: ModelStatus.PinSource
+    pin_problem: str
+    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ...) -> None: ...

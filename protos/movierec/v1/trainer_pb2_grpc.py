@@ -59,6 +59,16 @@ class TrainerStub:
                 request_serializer=movierec_dot_v1_dot_trainer__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_trainer__pb2.TrainJob.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/movierec.v1.Trainer/ListVersions',
+                request_serializer=movierec_dot_v1_dot_trainer__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_trainer__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.PinVersion = channel.unary_unary(
+                '/movierec.v1.Trainer/PinVersion',
+                request_serializer=movierec_dot_v1_dot_trainer__pb2.PinVersionRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_trainer__pb2.PinVersionResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -103,6 +113,30 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVersions(self, request, context):
+        """Every complete version in the model root, newest first: what it is,
+        whether it is pinned, and which recommenders serve it. UNAVAILABLE when
+        the model root cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinVersion(self, request, context):
+        """Pins every recommender watching the model root to one version (a
+        rollback, or holding a version while newer ones are published); version
+        0 unpins, and the recommenders return to the newest valid version. The
+        pin is kept in the model root: each recommender follows it within one
+        poll, and it survives restarts. A recommender started with --version
+        keeps that version instead. Needs a token whenever tokens are configured.
+        NOT_FOUND for a version that is not complete in the model root (never
+        published, still being written, or deleted); INVALID_ARGUMENT for a
+        negative version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +164,16 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=movierec_dot_v1_dot_trainer__pb2.CancelJobRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_trainer__pb2.TrainJob.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=movierec_dot_v1_dot_trainer__pb2.ListVersionsRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_trainer__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'PinVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinVersion,
+                    request_deserializer=movierec_dot_v1_dot_trainer__pb2.PinVersionRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_trainer__pb2.PinVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +311,60 @@ class Trainer:
             '/movierec.v1.Trainer/CancelJob',
             movierec_dot_v1_dot_trainer__pb2.CancelJobRequest.SerializeToString,
             movierec_dot_v1_dot_trainer__pb2.TrainJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.Trainer/ListVersions',
+            movierec_dot_v1_dot_trainer__pb2.ListVersionsRequest.SerializeToString,
+            movierec_dot_v1_dot_trainer__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.Trainer/PinVersion',
+            movierec_dot_v1_dot_trainer__pb2.PinVersionRequest.SerializeToString,
+            movierec_dot_v1_dot_trainer__pb2.PinVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
