@@ -30,9 +30,9 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from movierec_common import tfenv  # its import sets the TensorFlow environment that workers are given
+from movierec_common import launch, tfenv  # tfenv's import sets the TensorFlow environment that workers are given
 from movierec_common.logs import event
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,9 @@ class RayTraining:
                 self._own_dir = tempfile.mkdtemp(prefix="movierec-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
                 self._runs_dir = os.path.join(self._own_dir, "runs")
                 os.makedirs(self._runs_dir)
+                # Everything this Ray starts ends with the trainer, also one killed with SIGKILL: Ray's own
+                # fate-sharing misses its agents (upstream issue #52385), so a watchdog reaps them.
+                launch.reap_at_exit(self._own_dir)
                 # Enough CPU slots for the largest job even on a smaller machine (oversubscribed then, not stuck).
                 ray.init(num_cpus=max(os.cpu_count() or 1, self.max_workers), _temp_dir=self._own_dir,
                          include_dashboard=False, **quiet)
@@ -329,8 +332,9 @@ class RayTraining:
                                 "worker_train_seconds": round(trained.train_seconds, 3)}
         trained.train_seconds = time.monotonic() - started
         event(log, "ray training finished", job_id=run_name, workers=workers,
-              num_replicas_in_sync=trained.distribution["num_replicas_in_sync"], seconds=round(trained.train_seconds, 1),
-              workers_ready_seconds=round(ready, 1), worker_train_seconds=round(trained.distribution["worker_train_seconds"], 1))
+              num_replicas_in_sync=trained.distribution["num_replicas_in_sync"],
+              seconds=round(trained.train_seconds, 1), workers_ready_seconds=round(ready, 1),
+              worker_train_seconds=round(trained.distribution["worker_train_seconds"], 1))
         return trained
 
     def shutdown(self) -> None:

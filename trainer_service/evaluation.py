@@ -19,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 # Rows of scores held at once: at most this many floats (128 MB) per chunk.
-_CHUNK_SCORES = 1 << 25
+# Public with FULL_SORT_MAX_ITEMS so a test can take both paths on small data.
+CHUNK_SCORES = 1 << 25
 _MAX_CHUNK_USERS = 512
 # Up to this many movies a full stable sort is cheap and its tie order is the
 # reference; beyond it a partial sort finds the top k (same order, except that
 # which of several movies tied exactly at the k-th place gets in may differ).
-_FULL_SORT_MAX_ITEMS = 50_000
+FULL_SORT_MAX_ITEMS = 50_000
 _SAMPLE_SEED = 0
 # The score budget of a job's held-out evaluation: every user up to ML-25M's
 # 10^10 pairs would take minutes, so 2 x 10^9 scores (all of MovieLens 100K
@@ -43,7 +44,7 @@ def _sample_users(evaluated: np.ndarray, n_items: int, max_scores: int | None) -
 
 def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
     """The k best columns per row, best first, lower index first on ties."""
-    if scores.shape[1] <= _FULL_SORT_MAX_ITEMS or k >= scores.shape[1]:
+    if scores.shape[1] <= FULL_SORT_MAX_ITEMS or k >= scores.shape[1]:
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     values = np.take_along_axis(scores, part, axis=1)
@@ -106,7 +107,7 @@ def evaluate_ranking(score_rows, n_items: int, train_csr, test_csr, ks=(10, 50),
 
     test_counts = np.diff(test_indptr)
     evaluated = _sample_users(np.flatnonzero(test_counts > 0), n_items, max_scores)
-    chunk = int(max(1, min(_MAX_CHUNK_USERS, _CHUNK_SCORES // max(n_items, 1))))
+    chunk = int(max(1, min(_MAX_CHUNK_USERS, CHUNK_SCORES // max(n_items, 1))))
     sums = {f"{name}_at_{k}": 0.0 for k in ks for name in ("recall", "ndcg", "precision")}
     for start in range(0, len(evaluated), chunk):
         users = evaluated[start:start + chunk]

@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
+from movierec_common import metrics as prometheus_metrics
 from movierec_common.logs import event
 from trainer_service.jobs import (
     CANCELLED,
@@ -23,6 +24,7 @@ from trainer_service.jobs import (
     RUNNING,
     SUCCEEDED,
     JobRecord,
+    JobResult,
     JobStore,
     TrainSpec,
     new_job_id,
@@ -50,7 +52,7 @@ class JobCancelled(Exception):
 class JobContext:
     """What a running job may do: report progress and ask whether to stop."""
 
-    def __init__(self, manager: "JobManager", job_id: str, cancel: threading.Event):
+    def __init__(self, manager: JobManager, job_id: str, cancel: threading.Event):
         self._manager = manager
         self.job_id = job_id
         self._cancel = cancel
@@ -66,7 +68,7 @@ class JobContext:
             raise JobCancelled("cancelled")
 
 
-Runner = Callable[[JobRecord, JobContext], dict]
+Runner = Callable[[JobRecord, JobContext], JobResult]
 
 
 class JobManager:
@@ -111,6 +113,7 @@ class JobManager:
             if spec.idempotency_key:
                 self._keys[spec.idempotency_key] = job.id
             self._queue.append(job.id)
+            prometheus_metrics.job_queued(len(self._queue))
             self._store.save(job)
             self._changed.notify_all()
             event(log, "job queued", job_id=job.id, model=spec.model, queue_length=len(self._queue))
@@ -133,11 +136,13 @@ class JobManager:
             self._cancel_events[job_id].set()
             if job.state == QUEUED:
                 self._queue.remove(job_id)
+                prometheus_metrics.jobs_queued(len(self._queue))
                 self._finish(job, CANCELLED, error="cancelled before it started")
             event(log, "job cancel requested", job_id=job_id)
             return copy.deepcopy(job)
 
-    def watch(self, job_id: str, is_active: Callable[[], bool] = lambda: True, heartbeat: float = 0.5) -> Iterator[JobRecord]:
+    def watch(self, job_id: str, is_active: Callable[[], bool] = lambda: True,
+              heartbeat: float = 0.5) -> Iterator[JobRecord]:
         """Yields the job now and after every change, until it ends or the caller leaves."""
         seen = -1
         while True:
@@ -163,6 +168,7 @@ class JobManager:
             for job_id in list(self._queue):
                 self._finish(self._jobs[job_id], CANCELLED, error="cancelled: the trainer shut down")
             self._queue.clear()
+            prometheus_metrics.jobs_queued(0)
             for job in self._jobs.values():
                 if job.state == RUNNING:
                     self._cancel_events[job.id].set()
@@ -186,6 +192,7 @@ class JobManager:
             if not job.done:
                 was = job.state.lower()
                 job.state = FAILED
+                prometheus_metrics.job_reached(FAILED)
                 job.phase = "done"
                 job.error = f"interrupted: the trainer stopped while the job was {was}"
                 job.finished_at = time.time()
@@ -210,12 +217,14 @@ class JobManager:
             for name, value in fields.items():
                 setattr(job, name, value)
             self._announce(job, persist=persist)
+        prometheus_metrics.job_progress(fields)
 
     def _finish(self, job: JobRecord, state: str, **fields) -> None:
         """Caller holds the lock."""
         for name, value in fields.items():
             setattr(job, name, value)
         job.state = state
+        prometheus_metrics.job_reached(state)
         job.phase = "done"
         job.finished_at = time.time()
         self._announce(job)
@@ -229,6 +238,7 @@ class JobManager:
                 return None
             job = self._jobs[self._queue.popleft()]
             job.state = RUNNING
+            prometheus_metrics.job_started(len(self._queue))
             job.phase = "starting"
             job.started_at = time.time()
             self._announce(job)
@@ -252,4 +262,5 @@ class JobManager:
                     self._finish(job, FAILED, error=str(exc) or type(exc).__name__)
             else:
                 with self._changed:
-                    self._finish(job, SUCCEEDED, **result)
+                    result.apply_to(job)
+                    self._finish(job, SUCCEEDED)

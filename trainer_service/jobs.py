@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from movierec_common.model_root import JOBS_DIR, join, list_names, read_bytes, remove_tree, write_bytes
+from movierec_common.vocabulary import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED  # noqa: F401 - re-exported
+from movierec_common.vocabulary import FINAL_JOB_STATES as FINAL_STATES
 
 log = logging.getLogger(__name__)
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,45 @@ class JobRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         data = dict(data)
         data["spec"] = TrainSpec(**data["spec"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job that ran to its end came out: what a runner returns and its record keeps.
+
+    One typed value, applied to the record in one place (``apply_to``, called
+    by the job manager), so a runner cannot set arbitrary attributes of the
+    record, and an outcome that contradicts itself (published without a
+    version, refused without a reason) fails where it is made.
+    """
+
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    evaluation_split: str
+    loss_history: tuple[float, ...]
+    published: bool
+    model_version: int = 0
+    not_published_reason: str = ""
+
+    def __post_init__(self):
+        if self.published != (self.model_version > 0):
+            raise ValueError(f"a published result names its version and only then (published={self.published}, "
+                             f"model_version={self.model_version})")
+        if not self.published and not self.not_published_reason:
+            raise ValueError("an unpublished result says why")
+
+    def apply_to(self, job: JobRecord) -> None:
+        job.metrics = dict(self.metrics)
+        job.baseline_metrics = dict(self.baseline_metrics)
+        job.evaluation_split = self.evaluation_split
+        job.loss_history = list(self.loss_history)
+        job.published = self.published
+        job.model_version = self.model_version
+        job.not_published_reason = self.not_published_reason
 
 
 def new_job_id() -> str:

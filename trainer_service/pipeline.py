@@ -17,23 +17,21 @@ import numpy as np
 from movierec_common import ann_index, session_query
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
-from movierec_common.model_root import list_versions, version_dir
+from movierec_common.model_root import list_versions, read_pin, version_dir, versions_in_use
 from trainer_service import data as datasets
 from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_scores, popularity_vectors
 from trainer_service.hyperparams import MODEL_KINDS, Hyperparameters, resolve_hyperparameters
-from trainer_service.job_manager import JobContext
-from trainer_service.jobs import JobRecord, TrainSpec
+from trainer_service.job_manager import JobCancelled, JobContext
+from trainer_service.jobs import JobRecord, JobResult, TrainSpec
 from trainer_service.plots import loss_plot_png
-from trainer_service.publisher import apply_retention, publish
-from trainer_service.training import CLOSED_FORM_KINDS, EpochReport, catalogue_refusal, train_model
+from trainer_service.publisher import PublishCancelled, apply_retention, publish
+from trainer_service.tensorboard_runs import REFIT_RUN, JobRun, runs_dir
+from trainer_service.training import CLOSED_FORM_KINDS, EpochReport, TrainingCancelled, catalogue_refusal, train_model
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
 MAX_HOLDOUT_SIZE = 100
-# Custom datasets up to this size are parsed inside the Train call, so a
-# malformed file is reported to the caller at once instead of failing later.
-SYNC_VALIDATION_BYTES = 16 * 1024 * 1024
 
 
 class InvalidRequest(ValueError):
@@ -64,7 +62,15 @@ def hyperparameters_for(spec: TrainSpec) -> Hyperparameters:
 
 
 def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
-    """Raises InvalidRequest for anything a caller must fix before the job can run."""
+    """Raises InvalidRequest for anything a caller must fix that is known without reading a dataset.
+
+    Runs on the Train call's thread, so it only looks at the request and
+    ``stat``s files: names, ranges, paths confined to the data root, file
+    sizes. A dataset's content (malformed lines, its catalogue's size for a
+    closed-form kind) is the job's to read, and fails the job with the same
+    message (see :func:`load_split`); a named release's catalogue size is
+    known, so a kind that cannot hold it is refused here.
+    """
     if spec.model not in MODEL_KINDS:
         raise InvalidRequest(f"unknown model kind {spec.model!r}; choose one of: {', '.join(MODEL_KINDS)}")
     try:
@@ -78,7 +84,8 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
     if not 0.0 <= spec.min_validation_recall_at_10 <= 1.0:
         raise InvalidRequest("quality_gate.min_validation_recall_at_10 must be between 0 and 1")
     if bool(spec.ratings_path) != bool(spec.items_path):
-        raise InvalidRequest("dataset.ratings_path and dataset.items_path go together: give both, or neither for MovieLens 100K")
+        raise InvalidRequest("dataset.ratings_path and dataset.items_path go together: "
+                             "give both, or neither for MovieLens 100K")
     movies = datasets.ML_100K.movies
     if spec.dataset_name:
         if spec.ratings_path:
@@ -95,8 +102,14 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
         if not config.data_root:
             raise InvalidRequest("this trainer was started without --data-root, so it accepts no dataset paths")
         if spec.holdout in datasets.PREDEFINED_SPLITS:
-            raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; use 'random' or 'last_n_per_user' for your own files")
-        movies = _validate_dataset_files(spec, config)
+            raise InvalidRequest(f"holdout {spec.holdout!r} is a MovieLens 100K split; "
+                                 "use 'random' or 'last_n_per_user' for your own files")
+        try:
+            datasets.check_dataset_files(config.data_root, spec.ratings_path, spec.items_path,
+                                         max_bytes=config.max_dataset_bytes)
+        except datasets.DatasetError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        movies = 0  # unknown until the job counts them
     # Known catalogue sizes refuse a kind that cannot fit now; otherwise the job fails before training.
     refusal = catalogue_refusal(spec.model, movies)
     if refusal:
@@ -114,25 +127,19 @@ def resolve_workers(requested: int, config: TrainerConfig) -> int:
     return requested or config.workers
 
 
-def _validate_dataset_files(spec: TrainSpec, config: TrainerConfig) -> int:
-    """Small files are parsed now, so a malformed line is the caller's INVALID_ARGUMENT, not a failed job.
-
-    Returns the catalogue's size where it matters now (closed-form kinds have a bound), else 0.
-    """
-    try:
-        if datasets.dataset_files_size(config.data_root, spec.ratings_path, spec.items_path) <= SYNC_VALIDATION_BYTES:
-            return datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path,
-                                               config.max_dataset_bytes).n_items
-        if spec.model in CLOSED_FORM_KINDS:
-            return datasets.items_file_movies(config.data_root, spec.items_path, config.max_dataset_bytes)
-    except datasets.DatasetError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    return 0
-
-
 def load_split(spec: TrainSpec, config: TrainerConfig) -> datasets.Split:
+    """The job's data, read and split; a malformed file or a catalogue the kind cannot hold fails the job.
+
+    A closed-form kind counts the movies first (cheap), so it is refused
+    before the ratings, possibly millions, are parsed.
+    """
     seed = spec.seed or DEFAULT_SEED
     if spec.ratings_path:
+        if spec.model in CLOSED_FORM_KINDS:
+            refusal = catalogue_refusal(spec.model, datasets.items_file_movies(
+                config.data_root, spec.items_path, config.max_dataset_bytes))
+            if refusal:
+                raise InvalidRequest(refusal)
         ratings = datasets.load_ratings_files(config.data_root, spec.ratings_path, spec.items_path,
                                               config.max_dataset_bytes)
     else:
@@ -150,18 +157,57 @@ def _quality_gate(spec: TrainSpec, config: TrainerConfig, validation_recall: flo
     if validation_recall < floor:
         return f"validation Recall@10 {validation_recall:.4f} is below the floor {floor:.4f}"
     if spec.require_no_regression:
-        versions = list_versions(config.model_root)
-        if versions:
+        return regression(config.model_root, validation_recall, split)
+    return ""
+
+
+def regression(root: str, validation_recall: float, split: datasets.Split) -> str:
+    """Why publishing a model of this validation Recall@10 would be a regression; "" when it would not.
+
+    A regression is against what callers get, not against whatever is newest
+    on disk (after a rollback the newest may be the version nobody should
+    serve). The version(s) compared against, the first rule that names a
+    version with readable metadata:
+
+    1. the pinned version (``model_root.read_pin``): every replica follows it;
+    2. else every version a live recommender serves (its serving marker,
+       ``model_root.versions_in_use``): the new model must be no worse than
+       any of them, since during a rollout some callers get each;
+    3. else (nothing pinned, no live recommender) the newest published version.
+
+    Only a version evaluated on the same data (dataset fingerprint and
+    evaluation split) is comparable; equal is not a regression. When the pin
+    or the markers cannot be read, nothing is published: which version is
+    served is unknown, so a regression cannot be ruled out.
+    """
+    try:
+        pinned = read_pin(root)
+        served = sorted(versions_in_use(root))
+        versions = list_versions(root, strict=True)
+    except Exception as exc:  # an unreachable store, a damaged pin
+        return (f"cannot tell which version is served ({type(exc).__name__}: {exc}), so a regression "
+                f"cannot be ruled out")
+    rules = [([pinned] if pinned is not None else [], "the pinned version"),
+             (served, "served by a live recommender"),
+             (versions[-1:], "the newest published version")]
+    for candidates, rule in rules:
+        compared = []
+        for version in candidates:
             try:
-                current = artifact_format.read_metadata(version_dir(config.model_root, versions[-1]))
+                current = artifact_format.read_metadata(version_dir(root, version))
             except artifact_format.ArtifactError:
-                return ""
+                continue  # deleted or damaged: nobody can be served it
+            compared.append(version)
             same_data = (current.get("dataset", {}).get("fingerprint") == split.data.fingerprint
                          and current.get("evaluation_split") == split.name)
             previous = current.get("metrics", {}).get("validation_recall_at_10")
             if same_data and previous is not None and validation_recall < previous:
-                return (f"validation Recall@10 {validation_recall:.4f} is below the published version "
-                        f"{versions[-1]}'s {previous:.4f} on the same data")
+                return (f"validation Recall@10 {validation_recall:.4f} is below version {version}'s "
+                        f"{previous:.4f} on the same data ({rule})")
+        if compared:
+            event(log, "no regression", versions=compared, rule=rule,
+                  validation_recall_at_10=round(validation_recall, 4))
+            return ""
     return ""
 
 
@@ -177,7 +223,8 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def _artifact_for(split: datasets.Split, user_vectors: np.ndarray, item_vectors: np.ndarray) -> artifact_format.ModelArtifact:
+def artifact_for(split: datasets.Split, user_vectors: np.ndarray,
+                 item_vectors: np.ndarray) -> artifact_format.ModelArtifact:
     """Serving excludes everything the user is known to have rated (train and held out),
     and reads each user's history in time order."""
     data = split.data
@@ -238,16 +285,57 @@ def _refit(spec: TrainSpec, split: datasets.Split, trained, hp, seed, workers, j
     }
 
 
-def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training=None) -> dict:
-    """Runs one job; returns the fields that end it (metrics, version, gate outcome).
+def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training=None) -> JobResult:
+    """Runs one job; returns how it came out (metrics, version or why it was not published).
 
     ``ray_training`` (a ``distributed.RayTraining``) runs neural kinds whose
-    job has more than one worker; closed-form kinds always train here.
+    job has more than one worker; closed-form kinds always train here. The
+    job's TensorBoard run (see ``tensorboard_runs``) is fed from here, so it
+    is written the same way whichever engine trained.
     """
     spec = job.spec
     hp = hyperparameters_for(spec)
     seed = spec.seed or DEFAULT_SEED
     workers = 1 if spec.model in CLOSED_FORM_KINDS else resolve_workers(spec.workers, config)
+    board = JobRun(runs_dir(config.model_root, config.tensorboard_dir), job.id,
+                   _board_hparams(spec, hp, seed, workers), started=job.started_at or None)
+    try:
+        result = _run(job, ctx, config, ray_training, hp, seed, workers, board)
+    except BaseException as exc:
+        cancelled = isinstance(exc, (JobCancelled, TrainingCancelled, PublishCancelled))
+        board.failed(f"cancelled: {exc}" if cancelled else f"failed: {type(exc).__name__}: {exc}")
+        raise
+    else:
+        outcome = (f"published as version {result.model_version}" if result.published
+                   else f"not published: {result.not_published_reason}")
+        board.finish(result.metrics, result.baseline_metrics, outcome,
+                     step=max(1, int(result.metrics.get("epochs_run", 1))))
+        return result
+    finally:
+        board.close()
+
+
+def _board_hparams(spec: TrainSpec, hp: Hyperparameters, seed: int, workers: int) -> dict:
+    """What the job was asked to do, as TensorBoard's hparams plugin compares runs."""
+    return {"model_kind": spec.model, **hp.as_dict(), "holdout": spec.holdout, "holdout_size": spec.holdout_size,
+            "seed": seed, "dataset": spec.dataset_name or spec.ratings_path or datasets.ML_100K.key,
+            "workers": workers, "refit": spec.refit}
+
+
+def _json_ready(value):
+    """``value`` with numpy scalars as Python numbers and tuples as lists, for metadata.json."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _run(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training, hp: Hyperparameters, seed: int,
+         workers: int, board: JobRun) -> JobResult:
+    spec = job.spec
     ctx.report(phase="loading data", total_epochs=hp.epochs)
     split = load_split(spec, config)
     ctx.check_cancelled()
@@ -255,7 +343,9 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     loss_history: list[float] = []
 
     def on_epoch(report: EpochReport) -> None:
-        loss_history.append(report.loss)
+        if report.has_loss:
+            loss_history.append(report.loss)
+        board.epoch(report.epoch, report.loss if report.has_loss else None, report.validation)
         ctx.report(
             epoch=report.epoch, total_epochs=report.epochs, loss=report.loss, step=report.step,
             steps_per_epoch=report.steps_per_epoch, elapsed_seconds=report.elapsed_seconds,
@@ -263,6 +353,7 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
         )
 
     trained = _train(spec, split, hp, seed, workers, job.id, ctx, on_epoch, ray_training)
+    board.settings(trained.settings, step=max(1, trained.epochs_run))
     ctx.report(phase="evaluating")
     train_csr, test_csr = split.train_csr(), split.test_csr()
     metrics = evaluate_scores(trained.user_vectors, trained.item_vectors, train_csr, test_csr,
@@ -281,17 +372,19 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     if trained.loss_history:
         metrics["final_loss"] = float(trained.loss_history[-1])
     outcome = dict(metrics=metrics, baseline_metrics=baseline, evaluation_split=split.name,
-                   loss_history=list(trained.loss_history))
+                   loss_history=tuple(trained.loss_history))
     event(log, "job evaluated", job_id=job.id, model=spec.model, split=split.name,
           recall_at_10=round(metrics["recall_at_10"], 4), ndcg_at_10=round(metrics["ndcg_at_10"], 4),
           popularity_recall_at_10=round(baseline["recall_at_10"], 4), train_seconds=round(trained.train_seconds, 1),
           engine=trained.distribution["engine"], workers=trained.distribution["workers"])
     refusal = _quality_gate(spec, config, validation_recall, split)
     if refusal:
-        return {**outcome, "published": False, "not_published_reason": refusal}
+        return JobResult(**outcome, published=False, not_published_reason=refusal)
     ctx.check_cancelled()
 
     def on_refit_epoch(report: EpochReport) -> None:  # progress only: the loss history stays the evaluated run's
+        if report.has_loss:
+            board.epoch(report.epoch, report.loss, report.validation, run=REFIT_RUN)
         ctx.report(epoch=report.epoch, total_epochs=report.epochs, loss=report.loss, step=report.step,
                    steps_per_epoch=report.steps_per_epoch, elapsed_seconds=report.elapsed_seconds)
 
@@ -304,7 +397,7 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     metadata = {
         "model_kind": spec.model,
         "job_id": job.id,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "hyperparameters": hp.as_dict(),
         "seed": seed,
         "dataset": {
@@ -320,8 +413,13 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
         # What the served vectors were trained on: a refit on all ratings with the
         # evaluation run's settings, or (enabled false) the evaluated model itself.
         "refit": refit,
-        "settings": dict(trained.settings),
+        # What validation chose (epochs, lambda, dropout, blend weight, scales,
+        # recency rules): what the served model was trained with, where
+        # "hyperparameters" holds the request (0 there = choose on validation).
+        "settings": _json_ready(trained.settings),
         "settings_chosen_on": trained.validation_split,
+        # What the choice compared: each candidate's validation metrics, each part's.
+        "selection": _json_ready({k: v for k, v in trained.extra.items() if k not in trained.settings}),
         "history_order": "time",
         session_query.METADATA_KEY: served.encoder.to_json(),
         "metrics": metrics,
@@ -334,11 +432,11 @@ def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training
     }
     png = loss_plot_png(trained.loss_history, [v.get("recall_at_10", 0.0) for v in trained.validation_history],
                         f"{spec.model} ({job.id})")
-    artifact = _artifact_for(split, served.user_vectors, served.item_vectors)
+    artifact = artifact_for(split, served.user_vectors, served.item_vectors)
     index_files, metadata["retrieval"] = ann_index.files_for_version(
         artifact.item_vectors, artifact.user_vectors, min_items=config.ann_min_items, seed=seed)
     ctx.check_cancelled()
     version = publish(config.model_root, artifact, metadata, {artifact_format.LOSS_PLOT_FILE: png, **index_files},
                       should_stop=ctx.should_stop)
     apply_retention(config.model_root, config.keep_versions)
-    return {**outcome, "published": True, "model_version": version}
+    return JobResult(**outcome, published=True, model_version=version)

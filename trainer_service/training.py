@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from movierec_common.tfenv import tensorflow
-
 from movierec_common.session_query import HISTORY, Part, QueryEncoder, history_encoder, pooled_encoder
+from movierec_common.tfenv import tensorflow
 
 from . import models, sequential
 from .data import Split, carve_validation
@@ -51,6 +50,9 @@ class EpochReport:
     validation: dict[str, float]
     step: int
     steps_per_epoch: int
+    # False for the closed-form kinds' single report: they minimise no loss, and
+    # its 0.0 must not be read (or plotted) as one.
+    has_loss: bool = True
 
 
 @dataclass
@@ -197,7 +199,7 @@ FULL_SHUFFLE_MAX_EXAMPLES = 2_000_000
 
 
 def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int,
-                     shard_by_data: bool = False) -> "tf.data.Dataset":
+                     shard_by_data: bool = False) -> tf.data.Dataset:
     """Batches of ``features`` streamed from the arrays, in a seeded order that changes every epoch.
 
     ``batch_size`` is the global batch. With ``shard_by_data`` every worker
@@ -219,7 +221,7 @@ def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int
     return dataset
 
 
-def _batches(features, n_examples: int, batch_size: int, seed: int) -> "tf.data.Dataset":
+def _batches(features, n_examples: int, batch_size: int, seed: int) -> tf.data.Dataset:
     if n_examples <= FULL_SHUFFLE_MAX_EXAMPLES:
         return (tf.data.Dataset.from_tensor_slices(features)
                 .shuffle(n_examples, seed=seed, reshuffle_each_iteration=True)
@@ -309,7 +311,7 @@ def _closed_form_model(kind, history, weights, metrics, hp, validation, started,
     elapsed = time.monotonic() - started
     if on_epoch is not None:
         on_epoch(EpochReport(epoch=1, epochs=1, loss=0.0, elapsed_seconds=elapsed, validation=metrics,
-                             step=1, steps_per_epoch=1))
+                             step=1, steps_per_epoch=1, has_loss=False))
     return TrainedModel(
         kind=kind, user_vectors=history, item_vectors=np.ascontiguousarray(weights.T),
         loss_history=[], validation_history=[metrics] if metrics else [], validation_metrics=metrics,
@@ -405,8 +407,8 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
     n_items = split.data.n_items
     if settings is None:
         neural = _train_neural("two_tower", split, validation, hp, seed, on_epoch, should_stop, started)
-        held_in, held_in_weights, (l2_lambda, dropout), dlae_metrics, _ = select_dlae(hp, validation, n_items,
-                                                                                      should_stop)
+        held_in, held_in_weights, (l2_lambda, dropout), dlae_metrics, dlae_tried = select_dlae(
+            hp, validation, n_items, should_stop)
         scales = (_unseen_score_std(held_in, held_in_weights.T, held_in),
                   _unseen_score_std(neural.user_vectors, neural.item_vectors, held_in))
         candidates = (hp.blend_weight,) if hp.blend_weight > 0 else BLEND_GRID
@@ -417,7 +419,9 @@ def _train_ease_blend(kind, split, validation, hp, seed, on_epoch, should_stop, 
                                                   neural.item_vectors, weight, scales), validation)
             scored.append(((metrics["recall_at_10"], metrics["ndcg_at_10"]), weight, metrics))
         _, weight, metrics = max(scored, key=lambda entry: entry[0])
-        extra = {"neural_validation_metrics": neural.validation_metrics, "dlae_validation_metrics": dlae_metrics}
+        extra = {"neural_validation_metrics": neural.validation_metrics, "dlae_validation_metrics": dlae_metrics,
+                 "dlae_candidates": dlae_tried,
+                 "blend_candidates": [{"blend_weight": w, **m} for _, w, m in scored]}
     else:
         neural = _train_neural("two_tower", split, None, dataclasses.replace(hp, epochs=settings["epochs"]),
                                seed, on_epoch, should_stop, started)
@@ -448,13 +452,13 @@ def _train_sequential(kind, split, validation, hp, seed, on_epoch, should_stop, 
     extra = {}
     metrics = {}
     if settings is None:
-        _, _, dlae_choice, dlae_metrics, _ = select_dlae(hp, validation, split.data.n_items, should_stop)
+        _, _, dlae_choice, dlae_metrics, dlae_tried = select_dlae(hp, validation, split.data.n_items, should_stop)
         rules = sequential.select(validation, dlae_choice, lambda: _cancel_point(should_stop))
         choice, metrics, tried = rules["user"]
         visitor, visitor_metrics, _ = rules["visitor"]
         settings = {"l2_lambda": dlae_choice[0], "dlae_dropout": dlae_choice[1], **choice, "visitor": visitor}
         extra = {"dlae_validation_metrics": dlae_metrics, "visitor_validation_metrics": visitor_metrics,
-                 "candidates": tried}
+                 "candidates": tried, "dlae_candidates": dlae_tried}
     _cancel_point(should_stop)
     user_vectors, item_vectors, encoder = sequential.fit(
         split, settings["l2_lambda"], settings["dlae_dropout"], settings["decay"], settings["floor"],
@@ -488,7 +492,7 @@ def catalogue_refusal(kind: str, n_items: int) -> str:
 def train_model(kind: str, split: Split, hparams: Hyperparameters, seed: int,
                 on_epoch: Callable[[EpochReport], None] | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                strategy: "tf.distribute.Strategy | None" = None,
+                strategy: tf.distribute.Strategy | None = None,
                 refit_settings: dict | None = None) -> TrainedModel:
     """Train ``kind`` on ``split``'s training ratings and export user/item vectors.
 

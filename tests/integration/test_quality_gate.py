@@ -1,15 +1,27 @@
-"""The quality gate: a model below the floor, or worse than the published one
-on the same data, ends SUCCEEDED but unpublished, with the reason."""
+"""The quality gate: a model below the floor, or worse than the version
+callers get on the same data, ends SUCCEEDED but unpublished, with the reason.
+
+"The version callers get" is the pinned one, else the ones live recommenders
+serve, else the newest (pipeline.regression); the test sets each up so that
+comparing with the newest instead would decide the other way.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from clients import TrainerClient
+from movierec_common.model_root import write_pin, write_serving_marker
 from tests.datagen import write_grouplens_files
 from tests.servers import start_trainer
 
-DATA = dict(ratings_path="ratings.data", items_path="items.item", holdout_size=2)
+DATA = dict(ratings_path="ratings.data", items_path="items.item", holdout_size=2, refit=False)
+# A learning rate this small leaves the seeded initial weights almost as they
+# were: a worse model than GOOD, and the same one every time it is trained.
+BAD = dict(epochs=1, hyperparameters={"learning_rate": 1e-6}, **DATA)
+GOOD = dict(epochs=5, **DATA)
+# The trainer's --min-recall is 0.99; these jobs ask for a floor every model here passes.
+NO_REGRESSION = dict(require_no_regression=True, min_validation_recall_at_10=0.001)
 
 
 def _versions(model_root):
@@ -24,25 +36,49 @@ def gated_trainer(tmp_path):
     trainer.terminate()
 
 
+def _recall(job) -> float:
+    return job.metrics["validation_recall_at_10"]
+
+
 def test_floor_and_regression_gates(gated_trainer):
     trainer, model_root = gated_trainer
+    root = str(model_root)
     with TrainerClient(trainer.address, timeout=30) as tc:
-        refused = tc.wait_for_job(tc.train("two_tower", epochs=3, **DATA).id, timeout=300)
+        def run(kind="two_tower", **request):
+            return tc.wait_for_job(tc.train(kind, **request).id, timeout=300)
+
+        refused = run("ease", **DATA)
         assert refused.state == "SUCCEEDED" and not refused.published and refused.model_version is None
         assert "below the floor 0.9900" in refused.not_published_reason
         assert _versions(model_root) == []
 
-        good = tc.wait_for_job(tc.train("two_tower", epochs=5, quality_gate_disabled=True, **DATA).id, timeout=300)
-        assert good.published and good.model_version == 1
+        bad = run(**BAD, quality_gate_disabled=True)
+        assert bad.model_version == 1
+        # Nothing pinned or served: the newest (version 1) is the one to beat.
+        good = run(**GOOD, **NO_REGRESSION)
+        assert good.published and good.model_version == 2, good.not_published_reason
+        assert _recall(good) > _recall(bad)
 
-        worse = tc.wait_for_job(tc.train(
-            "two_tower", epochs=1, hyperparameters={"learning_rate": 1e-6}, require_no_regression=True,
-            min_validation_recall_at_10=0.001, **DATA).id, timeout=300)
+        worse = run(**BAD, **NO_REGRESSION)
         assert worse.state == "SUCCEEDED" and not worse.published
-        assert "below the published version 1's" in worse.not_published_reason
-        assert worse.metrics["validation_recall_at_10"] < good.metrics["validation_recall_at_10"]
-        assert _versions(model_root) == [1]
+        assert "below version 2's" in worse.not_published_reason
+        assert "(the newest published version)" in worse.not_published_reason
+        assert _versions(model_root) == [1, 2]
 
-        same = tc.wait_for_job(tc.train("two_tower", epochs=5, require_no_regression=True,
-                                        min_validation_recall_at_10=0.001, **DATA).id, timeout=300)
-        assert same.published and same.model_version == 2  # equal is not a regression
+        # Pinned to version 1 (as PinVersion does): the same bad model again equals
+        # what callers get, so it is published, where the newest (2) would refuse it.
+        write_pin(root, 1)
+        same = run(**BAD, **NO_REGRESSION)
+        assert same.published and same.model_version == 3, same.not_published_reason
+        assert _recall(same) == _recall(bad) < _recall(good)  # equal, so equal is not a regression
+        assert same.loss_history == pytest.approx(bad.loss_history, rel=1e-5)  # the same training, too
+
+        # Unpinned, and a live recommender serves version 2 (its watcher's serving
+        # marker): the newest (3) equals the candidate, but what is served is better.
+        write_pin(root, None)
+        write_serving_marker(root, "replica-a", 2)
+        behind_served = run(**BAD, **NO_REGRESSION)
+        assert not behind_served.published and _recall(behind_served) == _recall(same)
+        assert "below version 2's" in behind_served.not_published_reason
+        assert "(served by a live recommender)" in behind_served.not_published_reason
+        assert _versions(model_root) == [1, 2, 3]
