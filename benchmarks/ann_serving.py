@@ -404,7 +404,7 @@ def main(argv=None) -> int:
 
         report = {
             "benchmark": "ann_serving",
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
             "out": args.out,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "grpcio": grpc.__version__, "numpy": np.__version__, "faiss": faiss.__version__},

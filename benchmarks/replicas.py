@@ -89,7 +89,7 @@ class Watcher(threading.Thread):
 
     def went_backwards(self) -> bool:
         served = [v for _, v in self.versions]
-        return any(b < a for a, b in zip(served, served[1:]))
+        return any(b < a for a, b in zip(served, served[1:], strict=False))
 
 
 def main(argv=None) -> int:

@@ -141,9 +141,10 @@ def child_train(data: str, epochs: int, batch_size: int, seed: int) -> dict:
                            max_scores=EVALUATION_MAX_SCORES)
     popular = evaluate_scores(*popularity_vectors(train_csr, ratings.n_items), train_csr, test_csr,
                               max_scores=EVALUATION_MAX_SCORES)
-    return {"epochs": epochs_seen, "softmax": model.extra.get("softmax"), "train_seconds": round(model.train_seconds, 1),
-            "train_ratings": int(len(split.train)), "batch_size": batch_size,
-            "recall_at_10": round(ours["recall_at_10"], 4), "popularity_recall_at_10": round(popular["recall_at_10"], 4),
+    return {"epochs": epochs_seen, "softmax": model.extra.get("softmax"),
+            "train_seconds": round(model.train_seconds, 1), "train_ratings": int(len(split.train)),
+            "batch_size": batch_size, "recall_at_10": round(ours["recall_at_10"], 4),
+            "popularity_recall_at_10": round(popular["recall_at_10"], 4),
             "users_evaluated": int(ours["users_evaluated"]), "evaluate_seconds": round(time.monotonic() - started, 1),
             "peak_rss_mb": _peak_rss_mb()}
 
@@ -207,7 +208,7 @@ def exact_answers(version_dir: str, user_ids: list[str], k: int) -> dict[str, li
     for start in range(0, len(user_ids), 16):
         block = user_ids[start:start + 16]
         out = signature(user_id=tf.constant(block), k=tf.constant(k, tf.int32))
-        for user, ids in zip(block, out["movie_ids"].numpy().tolist()):
+        for user, ids in zip(block, out["movie_ids"].numpy().tolist(), strict=True):
             answers[user] = ids
     return answers
 
@@ -282,7 +283,7 @@ def part_a(args, work: Path, sizes: dict) -> dict:
                                holdout="last_n_per_user", holdout_size=1, seed=args.seed or None,
                                refit=False)  # the figures are one training run's; a refit would double it
             job = client.wait_for_job(job.id, timeout=4 * 3600)
-        if job.state != "SUCCEEDED" or not job.model_version:
+        if not job.succeeded or not job.model_version:
             raise RuntimeError(f"training job ended {job.state}: {job.error}")
         version = job.model_version
         version_dir = root / str(version)
@@ -442,7 +443,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        report: dict = {"benchmark": "scale", "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        report: dict = {"benchmark": "scale", "created_at": dt.datetime.now(dt.UTC).isoformat(),
                         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                     "python": platform.python_version()},
                         "config": {k: v for k, v in vars(args).items() if k not in ("child", "data", "out")}}

@@ -179,14 +179,14 @@ def trained_artifact(movielens_dir: str, epochs: int, seed: int, kind: str = "tw
     """
     from trainer_service import data as datasets
     from trainer_service.hyperparams import resolve_hyperparameters
-    from trainer_service.pipeline import _artifact_for
+    from trainer_service.pipeline import artifact_for
     from trainer_service.training import train_model
 
     ratings, grouplens_dir = datasets.load_movielens_100k(movielens_dir)
     split = datasets.make_split(ratings, "random", 5, seed, grouplens_dir)
     hp = resolve_hyperparameters(kind, {"epochs": epochs} if kind == "two_tower" else {})
     trained = train_model(kind, split, hp, seed)
-    return _artifact_for(split, trained.user_vectors, trained.item_vectors), trained.encoder
+    return artifact_for(split, trained.user_vectors, trained.item_vectors), trained.encoder
 
 
 def session_encoder(artifact, kind: str):
@@ -422,7 +422,7 @@ def level_phase(args, work: Path, users_file: Path, ours: Server, echo: Server) 
                 result = run_loadgen(work, server.target, users_file, concurrency=level,
                                      seconds=args.seconds_per_level, warmup=args.warmup, k=args.k,
                                      seed=args.seed + repeat, tag=f"{name}-{level}-{repeat}",
-                                     on_measuring=lambda _t, pid=server.process.pid: cpu_at_start.append(
+                                     on_measuring=lambda _t, pid=server.process.pid, into=cpu_at_start: into.append(
                                          cpu_seconds(pid)))
                 server_cpu = cpu_seconds(server.process.pid) - cpu_at_start[0]
                 stats = latency_stats(result)
@@ -502,7 +502,8 @@ def session_phase(args, work: Path, ours: Server, artifact) -> dict:
             run = run_loadgen(work, ours.target, None, concurrency=1, seconds=args.seconds_per_level,
                               warmup=args.warmup, k=args.k, seed=args.seed + repeat, tag=f"session-{who}-{repeat}",
                               sessions_file=sessions_file,
-                              on_measuring=lambda _t, pid=ours.process.pid: cpu_at_start.append(cpu_seconds(pid)))
+                              on_measuring=lambda _t, pid=ours.process.pid, into=cpu_at_start: into.append(
+                                  cpu_seconds(pid)))
             stats = latency_stats(run)
             stats["server_cpu_us_per_call"] = round(
                 (cpu_seconds(ours.process.pid) - cpu_at_start[0]) / max(stats["calls"], 1) * 1e6, 1)
@@ -682,7 +683,7 @@ def correctness_phase(args, work: Path, ours: Server, root: str) -> dict:
     seconds = time.monotonic() - started
     mismatches = []
     errors = 0
-    for user_index, served in zip(chosen.tolist(), result["results"]):
+    for user_index, served in zip(chosen.tolist(), result["results"], strict=True):
         if served is None or "error" in served:
             errors += 1
         why = compare(artifact, user_index, served or {"error": "no answer"}, args.k, version)
@@ -848,7 +849,7 @@ def main(argv=None) -> int:
 
         report = {
             "benchmark": "serve",
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
             "out": args.out,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "grpcio": grpc.__version__,

@@ -109,7 +109,8 @@ class ModelArtifact(UserMovieIndex):
              f"{self.user_vectors.shape} vs {self.item_vectors.shape}"),
             (self.titles.shape == (i,), f"titles shape {self.titles.shape} does not match {i} movies"),
             (self.popularity.shape == (i,), f"popularity shape {self.popularity.shape} does not match {i} movies"),
-            (self.seen_indptr.shape == (u + 1,), f"seen_indptr shape {self.seen_indptr.shape} does not match {u} users"),
+            (self.seen_indptr.shape == (u + 1,),
+             f"seen_indptr shape {self.seen_indptr.shape} does not match {u} users"),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,12 +136,16 @@ def _decode(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def _build_module(artifact: ModelArtifact):
+def build_module(artifact: ModelArtifact):
     """A tf.Module whose variables hold the artifact and whose function ranks movies.
 
     The ranking mirrors the recommender's numpy path exactly: seen movies are
     pushed to -inf, unknown users get the popularity order, ties break by
     index (top_k is stable), so the smoke test can compare the two.
+
+    :func:`save` is the way to write a version; this is public for the tests
+    that must write SavedModels validation has to refuse (an artifact that
+    :meth:`ModelArtifact.validate` would stop, a signature that lies).
     """
     tf = tensorflow()
 
@@ -148,12 +153,16 @@ def _build_module(artifact: ModelArtifact):
         def __init__(self):
             super().__init__(name="movierec")
             self.user_ids = tf.Variable(artifact.user_ids.astype(str).astype(bytes), trainable=False, name="user_ids")
-            self.user_vectors = tf.Variable(artifact.user_vectors.astype(np.float32), trainable=False, name="user_vectors")
+            self.user_vectors = tf.Variable(artifact.user_vectors.astype(np.float32), trainable=False,
+                                            name="user_vectors")
             self.movie_ids = tf.Variable(artifact.movie_ids.astype(np.int64), trainable=False, name="movie_ids")
-            self.titles = tf.Variable(np.array([t.encode("utf-8") for t in artifact.titles]), trainable=False, name="titles")
-            self.item_vectors = tf.Variable(artifact.item_vectors.astype(np.float32), trainable=False, name="item_vectors")
+            self.titles = tf.Variable(np.array([t.encode("utf-8") for t in artifact.titles]), trainable=False,
+                                      name="titles")
+            self.item_vectors = tf.Variable(artifact.item_vectors.astype(np.float32), trainable=False,
+                                            name="item_vectors")
             self.seen_indptr = tf.Variable(artifact.seen_indptr.astype(np.int64), trainable=False, name="seen_indptr")
-            self.seen_indices = tf.Variable(artifact.seen_indices.astype(np.int64), trainable=False, name="seen_indices")
+            self.seen_indices = tf.Variable(artifact.seen_indices.astype(np.int64), trainable=False,
+                                            name="seen_indices")
             self.popularity = tf.Variable(artifact.popularity.astype(np.float32), trainable=False, name="popularity")
             timestamps = artifact.seen_timestamps if artifact.time_ordered else np.zeros(0, dtype=np.int64)
             self.seen_timestamps = tf.Variable(timestamps.astype(np.int64), trainable=False, name="seen_timestamps")
@@ -197,7 +206,7 @@ def save(artifact: ModelArtifact, path: str) -> None:
     """Writes the artifact as a SavedModel at path (which must not exist yet)."""
     artifact.validate()
     tf = tensorflow()
-    module = _build_module(artifact)
+    module = build_module(artifact)
     tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: module.recommend})
 
 
@@ -301,6 +310,7 @@ def verify_manifest(version_dir: str, manifest: Any) -> None:
         if found is None:
             raise ArtifactError(f"{relative} is missing")
         if found["size"] != expected.get("size"):
-            raise ArtifactError(f"{relative} is {found['size']} bytes, expected {expected.get('size')} (truncated or altered)")
+            raise ArtifactError(f"{relative} is {found['size']} bytes, expected {expected.get('size')} "
+                                "(truncated or altered)")
         if found["sha256"] != expected.get("sha256"):
             raise ArtifactError(f"{relative} does not match its checksum (corrupt or altered)")

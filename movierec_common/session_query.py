@@ -128,7 +128,7 @@ class QueryEncoder:
         return data
 
     @classmethod
-    def from_json(cls, data: Any, num_items: int, dim: int) -> "QueryEncoder":
+    def from_json(cls, data: Any, num_items: int, dim: int) -> QueryEncoder:
         """Reads and checks a description against the artifact it came with; EncoderError says what is wrong."""
         if not isinstance(data, dict) or not isinstance(data.get("parts"), list) or not data["parts"]:
             raise EncoderError(f"{METADATA_KEY} must be an object with a non-empty list of parts")

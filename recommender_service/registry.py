@@ -9,6 +9,13 @@ version it started with. Any failure leaves the current version serving and is
 remembered with the folder's fingerprint, so a bad version costs one attempt
 until its folder changes, not one per poll.
 
+What is served is the newest valid version unless a pin says otherwise: the
+replica's own ``--version``, else the pin in the model root, which every
+replica reads at each poll (so an operator's rollback reaches all of them
+within one poll and a load). A pin that cannot be honoured (a missing or
+rejected version, a pin that cannot be read) changes nothing: the current
+version keeps serving and ``GetModelStatus`` says why.
+
 A version with an approximate index (see movierec_common.ann_index) is served
 through it; its smoke test measures the index's recall against the exact
 signature instead of demanding identical answers.
@@ -21,35 +28,57 @@ everything but sessions; present but unusable, the version is rejected.
 from __future__ import annotations
 
 import ctypes
+import glob
 import io
 import logging
 import os
 import pickle
 import shutil
-import signal
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from movierec_common import ann_index, session_query
+from movierec_common import ann_index, launch, session_query
 from movierec_common import artifact as artifact_format
+from movierec_common import metrics as prometheus_metrics
 from movierec_common.logs import event
 from movierec_common.model_root import (
-    download, exists, folder_fingerprint, is_local, join, list_versions, version_dir, write_serving_marker,
+    PinDamaged,
+    download,
+    exists,
+    folder_fingerprint,
+    is_local,
+    join,
+    list_versions,
+    read_pin,
+    remove_serving_marker,
+    version_dir,
+    write_serving_marker,
 )
+from movierec_common.vocabulary import AVAILABLE, LOADING, REJECTED, RETIRED, SERVING
+from recommender_service.answers import AnswerCache
 from recommender_service.retrieval import (
-    RANKING_BUDGET_BYTES, BruteForce, Catalogue, FaissIVF, Rankings, Retriever, TopK, serving_layout,
+    RANKING_BUDGET_BYTES,
+    BruteForce,
+    Catalogue,
+    FaissIVF,
+    Rankings,
+    Recommendation,
+    Retriever,
+    TopK,
+    serving_layout,
 )
 
 log = logging.getLogger(__name__)
 
-SERVING, AVAILABLE, LOADING, REJECTED, RETIRED = "SERVING", "AVAILABLE", "LOADING", "REJECTED", "RETIRED"
 MARKER_REFRESH_SECONDS = 60.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,10 +88,27 @@ class LoadedModel:
     metadata: dict[str, Any]
     loaded_at: float
     serving: dict[str, float] = field(default_factory=dict)  # how it is served (GetModelStatus shows it)
+    answers: AnswerCache = field(default_factory=AnswerCache, repr=False, compare=False)  # dies with the version
 
     @property
     def model_kind(self) -> str:
         return str(self.metadata.get("model_kind", ""))
+
+    def recommend(self, user_id: str, k: int, exclude_seen: bool,
+                  render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = ()) -> T:
+        """One Recommend answer as ``render(self, ranked)`` makes it; answers without a session are kept
+        (see recommender_service.answers), so a hit costs a dict lookup.
+
+        Raises SessionsUnsupported for a session on a version published before sessions.
+        """
+        if len(recent_movie_ids):  # a session varies call by call: never kept
+            return render(self, self.retriever.recommend_session(user_id, k, list(recent_movie_ids), exclude_seen))
+        key = (user_id, k, exclude_seen)
+        answer = self.answers.get(key)
+        if answer is None:
+            answer = render(self, self.retriever.recommend(user_id, k, exclude_seen))
+            self.answers.put(key, answer)
+        return answer
 
 
 @dataclass
@@ -102,7 +148,7 @@ SMOKE_MIN_RECALL = 0.8
 INDEX_CHECK_SAMPLE = 256
 
 
-def _smoke_test(retriever: Retriever, artifact: artifact_format.ModelArtifact, loaded_module) -> dict[str, float]:
+def smoke_test(retriever: Retriever, artifact: artifact_format.ModelArtifact, loaded_module) -> dict[str, float]:
     """The serving paths and the SavedModel's own exact signature must agree.
 
     Catches vectors that load but are garbage for the signature's graph, and
@@ -250,7 +296,7 @@ def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES
     clock.lap("index")
     retriever = Retriever(catalogue, backend, ranking_budget_bytes=ranking_budget_bytes, query_encoder=encoder)
     clock.lap("rankings")
-    smoke = _smoke_test(retriever, artifact, module)
+    smoke = smoke_test(retriever, artifact, module)
     _session_smoke_test(retriever)
     clock.lap("smoke")
     return ValidatedVersion(catalogue=catalogue, rankings=retriever.rankings, metadata=metadata, index_params=params,
@@ -300,28 +346,21 @@ def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
     return retriever
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The loader runs at the lowest CPU priority: a reload may take a little
+# longer, but it no longer competes with callers on a busy machine.
+LOADER_NICENESS = 19
+# What a loader leaves in the temp folder while it works, named after its
+# server's pid (launch.owned_prefix) so that a server killed meanwhile leaves
+# nothing the next one does not remove.
+HANDOFF_PREFIX, WARM_UP_PREFIX = "movierec-handoff-", "movierec-warm-"
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """A server killed with SIGKILL runs no clean-up, and its helper (holding
-    TensorFlow and hundreds of MB) would live on as an orphan; the kernel
-    kills it instead when the server goes."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the orphan case stays
-        return
-    if os.getppid() != parent_pid:  # the server died before the line above
-        os._exit(1)
+def _configure_loader_process() -> None:
+    """Runs in the helper before each task: its batched index searches use every
+    core but one, which stays with the request threads even while it is busy.
 
-
-def _helper_init(parent_pid: int) -> None:
-    """The loader dies with the server and yields the CPU to request threads:
-    a reload may take a little longer, but it no longer competes with callers
-    on a busy machine. Its batched index searches use every core but one,
-    which stays with the request threads even while the loader is busy."""
-    _die_with_parent(parent_pid)
-    os.nice(19)
+    Not in the pool's initializer, which must stay light (see launch.init_helper).
+    """
     ann_index.faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
@@ -330,7 +369,7 @@ def _helper_init(parent_pid: int) -> None:
 HANDOFF_MIN_BYTES = 1 << 16
 
 
-class _HandoffPickler(pickle.Pickler):
+class HandoffPickler(pickle.Pickler):
     """Writes each large numpy array to its own .npy file and pickles only its name.
 
     Unpickling a 100 MB array holds the GIL for ~0.1 s in the serving process
@@ -361,7 +400,7 @@ class _HandoffPickler(pickle.Pickler):
         return None
 
 
-class _HandoffUnpickler(pickle.Unpickler):
+class HandoffUnpickler(pickle.Unpickler):
     def __init__(self, file):
         super().__init__(file)
         self._mapped: dict[str, np.ndarray] = {}
@@ -376,10 +415,11 @@ class _HandoffUnpickler(pickle.Unpickler):
 
 def _validate_for_handoff(path: str, ranking_budget_bytes: int) -> tuple[str, bytes]:
     """Runs in the helper: validates, then hands the result over through a temp folder."""
-    folder = tempfile.mkdtemp(prefix="movierec-handoff-")
+    _configure_loader_process()
+    folder = tempfile.mkdtemp(prefix=launch.owned_prefix(HANDOFF_PREFIX, os.getppid()))
     try:
         buffer = io.BytesIO()
-        _HandoffPickler(buffer, folder).dump(validate_version(path, ranking_budget_bytes))
+        HandoffPickler(buffer, folder).dump(validate_version(path, ranking_budget_bytes))
         return folder, buffer.getvalue()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -407,7 +447,8 @@ def _warm_up() -> None:
         movie_ids=np.array([1, 2, 3], dtype=np.int64), titles=np.array(["a", "b", "c"], dtype=object),
         item_vectors=rng.normal(size=(3, 4)).astype(np.float32), seen_indptr=np.array([0, 1, 1], dtype=np.int64),
         seen_indices=np.array([0], dtype=np.int32), popularity=np.ones(3, dtype=np.float32))
-    folder = tempfile.mkdtemp(prefix="movierec-warm-")
+    _configure_loader_process()
+    folder = tempfile.mkdtemp(prefix=launch.owned_prefix(WARM_UP_PREFIX, os.getppid()))
     try:
         path = os.path.join(folder, "1")
         artifact_format.write_version(path, artifact, {"model_kind": "warm-up"})
@@ -431,7 +472,7 @@ class IsolatedLoader:
     p99); a crash inside TensorFlow on a corrupt file would take the server
     down. In a helper process at the lowest CPU priority neither reaches the
     requests. What comes back is flat arrays, handed over as files this
-    process maps (see :class:`_HandoffPickler`), and never the item vectors of
+    process maps (see :class:`HandoffPickler`), and never the item vectors of
     a version with an index: this process reads the index file itself.
     """
 
@@ -446,7 +487,12 @@ class IsolatedLoader:
         per process (7-9 s of a first load on this 2-core machine with three
         replicas starting together); paid at start-up, they are not part of
         the time between a publish and the replica serving it.
+
+        Temp folders a killed server's loader left behind go first.
         """
+        for prefix in (HANDOFF_PREFIX, WARM_UP_PREFIX):
+            for path in launch.remove_orphaned_folders(tempfile.gettempdir(), prefix):
+                event(log, "removed a dead server's loader folder", path=path)
         self._ensure_pool().submit(_warm_up).add_done_callback(_log_warm_up_failure)
 
     def _ensure_pool(self):
@@ -454,8 +500,14 @@ class IsolatedLoader:
         from concurrent.futures import ProcessPoolExecutor
 
         if self._pool is None:
+            # The helper ends with this process (launch.exit_with_parent), and so
+            # does multiprocessing's resource tracker, which exits when the last
+            # holder of its pipe (this process, the helper) is gone. The pool is
+            # made on the main thread at start() and, after a crash, on the watcher
+            # thread: both live as long as the server, as PR_SET_PDEATHSIG requires.
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_helper_init, initargs=(os.getpid(),))
+                                             initializer=launch.init_helper,
+                                             initargs=(os.getpid(), LOADER_NICENESS))
         return self._pool
 
     def __call__(self, path: str) -> ValidatedVersion:
@@ -470,15 +522,29 @@ class IsolatedLoader:
             folder, data = future.result()
         except BrokenProcessPool as exc:
             self._pool = None
+            # One task at a time: whatever hand-over folder of this server exists now was the dead helper's.
+            for leftover in glob.glob(os.path.join(tempfile.gettempdir(), launch.owned_prefix(HANDOFF_PREFIX) + "*")):
+                shutil.rmtree(leftover, ignore_errors=True)
             raise artifact_format.ArtifactError("the loader process died while loading this version") from exc
         try:
-            return _HandoffUnpickler(io.BytesIO(data)).load()
+            return HandoffUnpickler(io.BytesIO(data)).load()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     def shutdown(self) -> None:
+        """Ends the helper at once; a validation it was running is of no use any more.
+
+        Waiting for it instead would hold the server's exit (Python joins a
+        pool's processes at exit) for as long as the lowest-priority process
+        of a busy machine takes to be scheduled: 20-30 s measured beside ten
+        busy processes on two cores.
+        """
         if self._pool is not None:
+            # ProcessPoolExecutor offers no public way to stop its workers before Python 3.14.
+            helpers = list(getattr(self._pool, "_processes", {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
+            for helper in helpers:
+                helper.kill()
 
 
 class RootUnavailable(Exception):
@@ -539,7 +605,11 @@ class ModelRegistry:
         self._cache = None if is_local(model_root) else VersionCache(cache_dir)
         self._validate = loader
         self.poll_seconds = poll_seconds
-        self.pinned_version = pinned_version
+        # --version holds this replica alone and wins over the model root's pin,
+        # which every replica reads at each poll (see poll_once).
+        self._version_flag = pinned_version
+        self._root_pin: int | None = None  # as last read
+        self._pin_problem = ""
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self._current: LoadedModel | None = None
         self._versions: dict[int, VersionInfo] = {}
@@ -561,6 +631,23 @@ class ModelRegistry:
                               key=lambda v: v.version, reverse=True)
         return self._current, versions
 
+    @property
+    def pinned_version(self) -> int | None:
+        """The version this replica is held to: its --version, else the model root's pin; None: the newest."""
+        return self._version_flag if self._version_flag is not None else self._root_pin
+
+    @property
+    def pin_source(self) -> str:
+        """Where pinned_version comes from: "VERSION_FLAG", "MODEL_ROOT", or "" when nothing is pinned."""
+        if self._version_flag is not None:
+            return "VERSION_FLAG"
+        return "MODEL_ROOT" if self._root_pin is not None else ""
+
+    @property
+    def pin_problem(self) -> str:
+        """Why the served version is not the pinned one ("" when it is, or nothing is pinned)."""
+        return self._pin_problem
+
     # -- watcher --------------------------------------------------------------
 
     def start(self) -> None:
@@ -571,6 +658,11 @@ class ModelRegistry:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._current is not None:
+            try:  # no longer serving: retention and ListVersions should know now, not when the marker ages out
+                remove_serving_marker(self.model_root, self.replica_id)
+            except Exception:  # a read-only or unreachable root: the marker ages out instead
+                pass
         if self._cache is not None:
             self._cache.close()
 
@@ -588,13 +680,64 @@ class ModelRegistry:
         with self._lock:
             for v in versions:
                 self._versions.setdefault(v, VersionInfo(version=v, state=AVAILABLE))
+        if self._read_root_pin():
+            if self.pinned_version is not None:
+                self._follow_pin(self.pinned_version, versions)
+            else:
+                self._follow_newest(versions)
+        self._refresh_marker()  # at once after a swap, so ListVersions' served_by and retention see it
+
+    def _read_root_pin(self) -> bool:
+        """Reads the model root's pin; False when it cannot be read, and nothing should change."""
+        if self._version_flag is not None:
+            return True  # this replica's own pin wins; the root's is not consulted
+        try:
+            pin = read_pin(self.model_root)
+        except Exception as exc:  # unreachable store or damaged file: keep serving what is served, do not guess
+            problem = str(exc) if isinstance(exc, PinDamaged) else f"{type(exc).__name__} reading the pin"
+            self._note_pin_problem(f"the model root's pin cannot be read: {problem}", error=str(exc))
+            return False
+        if pin != self._root_pin:
+            event(log, "model root pin changed", pinned_version=pin, previous=self._root_pin)
+            self._root_pin = pin
+        return True
+
+    def _follow_pin(self, pinned: int, versions: list[int]) -> None:
+        """Serves the pinned version, whether older or newer than the current one; on any failure keeps the current."""
+        current = self._current
+        if current is not None and current.version == pinned:
+            self._note_pin_problem("")
+            return
+        keeps = f"version {current.version} keeps serving" if current else "nothing is served until it can be"
+        if pinned not in versions:
+            self._note_pin_problem(f"pinned version {pinned} is not in the model root; {keeps}")
+            return
+        path = version_dir(self.model_root, pinned)
+        fingerprint = folder_fingerprint(path)
+        if fingerprint is None:
+            return  # unreadable right now: try again next poll
+        info = self._versions[pinned]
+        if not (info.state == REJECTED and info.fingerprint == fingerprint):
+            outcome = self._try_load(pinned, path, fingerprint)
+            if outcome is not False:  # serving it, or the root was unreachable (the next poll retries)
+                if outcome:
+                    self._note_pin_problem("")
+                return
+        self._note_pin_problem(f"pinned version {pinned} was rejected ({self._versions[pinned].reason}); {keeps}")
+
+    def _note_pin_problem(self, problem: str, **fields) -> None:
+        """Keeps the problem for GetModelStatus and logs it once, not once per poll."""
+        if problem != self._pin_problem:
+            self._pin_problem = problem
+            if problem:
+                event(log, "pin not followed", logging.WARNING, problem=problem, **fields)
+
+    def _follow_newest(self, versions: list[int]) -> None:
+        """Serves the newest valid version; never goes back to an older one than the current."""
+        self._note_pin_problem("")
         current = self._current
         for v in sorted(versions, reverse=True):
-            if self.pinned_version is not None and v != self.pinned_version:
-                continue
-            if current is not None and v == current.version:
-                break
-            if current is not None and self.pinned_version is None and v < current.version:
+            if current is not None and v <= current.version:
                 break
             path = version_dir(self.model_root, v)
             fingerprint = folder_fingerprint(path)
@@ -606,7 +749,6 @@ class ModelRegistry:
             outcome = self._try_load(v, path, fingerprint)
             if outcome is not False:
                 break  # served, or the root is unreachable (None): either way, not an older version now
-        self._refresh_marker()
 
     def _try_load(self, version: int, path: str, fingerprint: str) -> bool | None:
         """True: now serving; False: rejected (an older version may be tried); None: the root was unreachable."""
@@ -628,6 +770,7 @@ class ModelRegistry:
             self._set_state(version, AVAILABLE, reason=f"{exc}; will retry", fingerprint=fingerprint)
             event(log, "version not loaded: model root unreachable", logging.WARNING, version=version,
                   reason=str(exc))
+            prometheus_metrics.model_reload_failed("unreachable")
             if self._cache is not None:
                 self._cache.discard(local)
             return None
@@ -635,6 +778,7 @@ class ModelRegistry:
             reason = str(exc) if isinstance(exc, artifact_format.ArtifactError) else f"{type(exc).__name__}: {exc}"
             self._set_state(version, REJECTED, reason=reason, fingerprint=fingerprint)
             event(log, "version rejected", logging.WARNING, version=version, reason=reason)
+            prometheus_metrics.model_reload_failed("rejected")
             if self._cache is not None:
                 self._cache.discard(local)
             return False
@@ -655,6 +799,7 @@ class ModelRegistry:
               model_kind=model.model_kind, backend=retriever.top_k.name, movies=retriever.num_items,
               ranked_users=retriever.rankings.num_users, load_seconds=load_seconds,
               **{name: value for name, value in validated.smoke.items()})
+        prometheus_metrics.model_loaded(version, load_seconds)
         self._marker_written = 0.0
         self.on_change(model)
         return True

@@ -6,6 +6,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
+from movierec_common import metrics as prometheus_metrics
 from recommender_service.registry import LoadedModel, ModelRegistry
 from recommender_service.retrieval import Recommendation, Scored, UnknownMovie
 from recommender_service.sessions import SessionsUnsupported
@@ -20,6 +21,7 @@ MAX_BATCH_USERS = 1000
 MAX_BATCH_ITEMS = 100_000
 
 _STATE = recommender_pb2.ModelVersion.State
+_PIN_SOURCE = recommender_pb2.ModelStatus.PinSource
 
 
 def _items(scored: list[Scored]) -> list[recommender_pb2.RecommendedItem]:
@@ -49,24 +51,14 @@ def _exclude_seen(request) -> bool:
     return request.exclude_seen if request.HasField("exclude_seen") else True
 
 
-# Answers without a session are a pure function of (version, user, k,
-# exclude_seen), so each version keeps the ones it has built; a hit skips building ten messages,
-# which matters less for its ~10 us than for the GIL hand-offs it saves when
-# eight request threads share two cores. Bounded: about 1 KB an entry.
-MAX_CACHED_RESPONSES = 20_000
+def _recommend_response(model: LoadedModel, result: Recommendation) -> recommender_pb2.RecommendResponse:
+    return recommender_pb2.RecommendResponse(items=_items(result.items), model_version=model.version,
+                                             cold_start=result.cold_start, unknown_movie_ids=result.unknown_movie_ids)
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def __init__(self, registry: ModelRegistry):
         self._registry = registry
-        self._responses: tuple[int, dict] = (0, {})
-
-    def _cached_responses(self, model: LoadedModel) -> dict:
-        version, cache = self._responses
-        if version != model.version:
-            cache = {}
-            self._responses = (model.version, cache)
-        return cache
 
     def _model(self, context) -> LoadedModel:
         """The version this call will use from start to end; checked before any work."""
@@ -85,32 +77,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         _check_k(request.k, context)
         _check_recent(request.recent_movie_ids, context)
         model = self._model(context)
-        exclude = _exclude_seen(request)
-        if request.recent_movie_ids:  # sessions vary call by call: never cached
-            return self._recommend_session(model, request, exclude, context)
-        cache = self._cached_responses(model)
-        key = (request.user_id, request.k, exclude)
-        response = cache.get(key)
-        if response is None:
-            result = model.retriever.recommend(request.user_id, request.k, exclude)
-            response = recommender_pb2.RecommendResponse(
-                items=_items(result.items), model_version=model.version, cold_start=result.cold_start)
-            if len(cache) < MAX_CACHED_RESPONSES:
-                cache[key] = response
-        return response
-
-    @staticmethod
-    def _recommend_session(model: LoadedModel, request, exclude: bool, context):
-        try:
-            result: Recommendation = model.retriever.recommend_session(
-                request.user_id, request.k, list(request.recent_movie_ids), exclude)
+        if request.recent_movie_ids:
+            prometheus_metrics.session_request()
+        try:  # the model keeps the answers it gives without a session (recommender_service.answers)
+            return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
+                                   request.recent_movie_ids)
         except SessionsUnsupported:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"model version {model.version} was published before sessions were supported; "
                           f"retrain to answer recent_movie_ids")
-        return recommender_pb2.RecommendResponse(
-            items=_items(result.items), model_version=model.version, cold_start=result.cold_start,
-            unknown_movie_ids=result.unknown_movie_ids)
 
     def RecommendBatch(self, request, context):
         if not request.user_ids:
@@ -150,6 +125,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         status = recommender_pb2.ModelStatus(
             model_root=self._registry.model_root,
             pinned_version=self._registry.pinned_version or 0,
+            pin_source=_PIN_SOURCE.Value(self._registry.pin_source or "PIN_SOURCE_UNSPECIFIED"),
+            pin_problem=self._registry.pin_problem,
             versions=[
                 recommender_pb2.ModelVersion(
                     version=v.version, state=_STATE.Value(v.state), reason=v.reason,

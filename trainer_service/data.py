@@ -23,20 +23,19 @@ import os
 import re
 import socket
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 import numpy as np
 
+from movierec_common.vocabulary import HOLDOUTS, PREDEFINED_SPLITS
 from trainer_service import formats
 from trainer_service.formats import Catalogue, DatasetError, RatingColumns
 
 # Large enough for ML-25M's ratings.csv (about 680 MB); the trainer's
 # --max-dataset-bytes lowers or raises it.
 MAX_FILE_BYTES = 2 * 1024 ** 3
-PREDEFINED_SPLITS = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")
-HOLDOUTS = ("random", "last_n_per_user") + PREDEFINED_SPLITS
 GROUPLENS_HOST = ("files.grouplens.org", 443)  # probed before a TFDS download
 _TFDS_PROBE_SECONDS = 3.0
 _TFDS_BATCH = 1 << 16
@@ -144,7 +143,7 @@ def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray
     return indptr, items[order].astype(np.int32)
 
 
-def time_order_key(data: "Ratings", positions: np.ndarray) -> np.ndarray:
+def time_order_key(data: Ratings, positions: np.ndarray) -> np.ndarray:
     """Sort key of ratings in time: the timestamp, ties broken by position in the file.
 
     MovieLens 100K rates many films within the same second, so the position
@@ -154,7 +153,7 @@ def time_order_key(data: "Ratings", positions: np.ndarray) -> np.ndarray:
     return data.timestamps[positions].astype(np.float64) + positions / (len(data) + 1.0)
 
 
-def time_ordered_history(data: "Ratings", positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def time_ordered_history(data: Ratings, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indptr, items, timestamps): each user's ratings among ``positions``, oldest first."""
     positions = np.asarray(positions, dtype=np.int64)
     users = data.users[positions]
@@ -206,7 +205,8 @@ class _FolderReader:
             raise DatasetPathError("empty file path")
         candidate = Path(relative)
         if candidate.is_absolute() or PurePosixPath(relative).is_absolute():
-            raise DatasetPathError(f"{relative!r}: absolute paths are not allowed; give a path relative to the data root")
+            raise DatasetPathError(f"{relative!r}: absolute paths are not allowed; "
+                                   "give a path relative to the data root")
         if ".." in candidate.parts or ".." in PurePosixPath(relative).parts:
             raise DatasetPathError(f"{relative!r}: '..' is not allowed in data paths")
         if "\x00" in relative:
@@ -214,7 +214,8 @@ class _FolderReader:
         try:
             resolved = (self.root / candidate).resolve()
             if not resolved.is_relative_to(self.root):
-                raise DatasetPathError(f"{relative!r} resolves to {str(resolved)!r}, outside the data root {str(self.root)!r}")
+                raise DatasetPathError(f"{relative!r} resolves to {str(resolved)!r}, "
+                                       f"outside the data root {str(self.root)!r}")
             if not resolved.is_file():
                 raise DatasetPathError(f"{relative!r}: no such file under the data root {str(self.root)!r}")
         except (OSError, RuntimeError, ValueError) as exc:  # name too long, symlink loop, ...
@@ -420,23 +421,28 @@ def load_ratings_files(data_root: str, ratings_path: str, items_path: str, max_b
     return _load_from_reader(_FolderReader(data_root, max_bytes), ratings_path, items_path)
 
 
-def dataset_files_size(data_root: str, *relative_paths: str) -> int:
-    """Total bytes of files under ``data_root``, checking each path is confined to it.
+def check_dataset_files(data_root: str, *relative_paths: str, max_bytes: int = MAX_FILE_BYTES) -> None:
+    """Refuses paths that leave ``data_root`` or name no file, and files over ``max_bytes``, reading none.
 
-    Lets the trainer decide, before reading anything, whether a dataset is
-    small enough to validate inside the Train call.
+    What the Train call may check on its request thread: a few ``stat``
+    calls. The content is parsed by the job (see :func:`load_ratings_files`),
+    whose failure names the file and line.
     """
-    reader = _FolderReader(data_root)
-    return sum(reader.resolve(path).stat().st_size for path in relative_paths)
+    reader = _FolderReader(data_root, max_bytes)
+    for relative in relative_paths:
+        size = reader.resolve(relative).stat().st_size
+        if size > max_bytes:
+            raise DatasetError(f"{relative}: file is {size} bytes, over the {max_bytes}-byte limit")
 
 
 def items_file_movies(data_root: str, items_path: str, max_bytes: int = MAX_FILE_BYTES) -> int:
     """Movies in an items file, counted by its lines without parsing it.
 
-    Cheap enough for the Train call, so a request that cannot fit (a
-    closed-form kind on a huge catalogue) is refused before it is queued. A
-    quoted title spanning lines would be over-counted, which only matters
-    within a line of a kind's bound; the training itself checks exactly.
+    A job asks before it parses the ratings, so a kind that cannot hold the
+    catalogue (closed form on a huge one) fails in a second instead of after
+    parsing millions of ratings. A quoted title spanning lines would be
+    over-counted, which only matters within a line of a kind's bound; the
+    training itself checks exactly.
     """
     return formats.count_items(_FolderReader(data_root, max_bytes).read(items_path), items_path)
 
@@ -509,8 +515,12 @@ def _int_ids(values) -> np.ndarray:
     return values.astype(np.int64) if values.dtype.kind in "iu" else values.astype("S").astype(np.int64)
 
 
-def _ratings_from_tfds(batches, release: Release, where: str) -> Ratings:
-    """Ratings from TFDS's movielens examples (ids as byte strings), batch by batch."""
+def ratings_from_tfds(batches, release: Release, where: str) -> Ratings:
+    """Ratings from TFDS's movielens examples (ids as byte strings), batch by batch.
+
+    Takes the batches as numpy dicts, not the TFDS dataset, so the conversion
+    can be tested without TFDS or its download.
+    """
     users, movies, values, stamps = [], [], [], []
     title_ids, titles, seen = [], [], np.zeros(0, dtype=np.int64)
     for batch in batches:
@@ -542,10 +552,10 @@ def _ratings_from_tfds(batches, release: Release, where: str) -> Ratings:
 
 def _tfds_movielens(release: Release, local_problem: str = "") -> tuple[Ratings, str]:
     """The TFDS copy of ``release``; only if it is cached or the download host answers quickly."""
-    from movierec_common.tfenv import tensorflow  # noqa: PLC0415 - TF only when needed
+    from movierec_common.tfenv import tensorflow  # TF only when needed
 
     tensorflow()
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    import tensorflow_datasets as tfds
 
     builder = tfds.builder(release.tfds_name)
     if not builder.is_prepared():
@@ -557,11 +567,11 @@ def _tfds_movielens(release: Release, local_problem: str = "") -> tuple[Ratings,
                 release, f"{why}{GROUPLENS_HOST[0]} is unreachable for a TFDS download ({error})")) from None
         try:
             builder.download_and_prepare()
-        except Exception as error:  # noqa: BLE001 - any download failure means "not found"
+        except Exception as error:  # any download failure means "not found"
             raise MovieLensNotFound(_not_found_message(release, f"{why}the TFDS download failed ({error})")) from None
     keys = ("user_id", "movie_id", "user_rating", "timestamp", "movie_title")
     dataset = builder.as_dataset(split="train", batch_size=_TFDS_BATCH).map(lambda e: {k: e[k] for k in keys})
-    return _ratings_from_tfds(tfds.as_numpy(dataset), release, str(builder.data_dir)), str(builder.data_dir)
+    return ratings_from_tfds(tfds.as_numpy(dataset), release, str(builder.data_dir)), str(builder.data_dir)
 
 
 def load_movielens(name: str = "", movielens_dir: str | None = None, *,

@@ -31,8 +31,8 @@ from __future__ import annotations
 import csv
 import re
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa

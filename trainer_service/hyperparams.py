@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend", "sequential")
+from movierec_common.vocabulary import MODEL_KINDS
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ tf = tensorflow()
 import tensorflow_recommenders as tfrs  # noqa: E402 - must follow tensorflow()
 
 
-def _tower(n_rows: int, hp: Hyperparameters, name: str) -> "tf.keras.Sequential":
+def _tower(n_rows: int, hp: Hyperparameters, name: str) -> tf.keras.Sequential:
     return tf.keras.Sequential(
         [
             tf.keras.layers.Embedding(n_rows, hp.embedding_dim, name=f"{name}_embedding"),

@@ -1,0 +1,55 @@
+"""The names the services, the client and the benchmarks share, each defined once.
+
+Where the contract defines a set of names (a job's state in trainer.proto, a
+version's state in recommender.proto) it is read from the generated
+descriptors, so the code cannot drift from the .proto: a state added there
+without a place here fails at import. Model kinds and holdouts are plain
+strings on the wire (``TrainRequest.model``, ``EvaluationSpec.holdout``); the
+trainer decides which it accepts, and the list lives here rather than in the
+trainer's modules so the client can name them without importing TensorFlow
+or pyarrow. The trainer's per-kind tables (defaults, models, closed-form
+trainers) are checked against :data:`MODEL_KINDS` by the tests.
+
+Light on purpose: generated protobuf modules only.
+"""
+
+from __future__ import annotations
+
+from movierec.v1 import recommender_pb2, trainer_pb2
+
+_JOB = trainer_pb2.TrainJob.State
+_VERSION = recommender_pb2.ModelVersion.State
+
+
+def enum_names(enum) -> tuple[str, ...]:
+    """An enum's names in the order the .proto declares them, without proto3's zero value (unset)."""
+    return tuple(value.name for value in enum.DESCRIPTOR.values if value.number != 0)
+
+
+# ---------------------------------------------------------------- jobs (trainer.proto TrainJob.State)
+
+JOB_STATES = enum_names(_JOB)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    _JOB.Name(_JOB.QUEUED), _JOB.Name(_JOB.RUNNING), _JOB.Name(_JOB.SUCCEEDED), _JOB.Name(_JOB.FAILED),
+    _JOB.Name(_JOB.CANCELLED))
+# A job in one of these never changes again (the proto's WatchJob ends on them).
+FINAL_JOB_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+# ---------------------------------------------------------------- versions (recommender.proto ModelVersion.State)
+
+VERSION_STATES = enum_names(_VERSION)
+SERVING, AVAILABLE, LOADING, REJECTED, RETIRED = (
+    _VERSION.Name(_VERSION.SERVING), _VERSION.Name(_VERSION.AVAILABLE), _VERSION.Name(_VERSION.LOADING),
+    _VERSION.Name(_VERSION.REJECTED), _VERSION.Name(_VERSION.RETIRED))
+
+if set(JOB_STATES) != {QUEUED, RUNNING, CANCELLED} | FINAL_JOB_STATES or \
+        set(VERSION_STATES) != {SERVING, AVAILABLE, LOADING, REJECTED, RETIRED}:
+    raise ImportError(f"the .proto declares states this code does not handle: jobs {JOB_STATES}, "
+                      f"versions {VERSION_STATES}")
+
+# ---------------------------------------------------------------- what a TrainRequest may name
+
+MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend", "sequential")
+# MovieLens 100K's own train/test files (ua.base/ua.test, ...): only that release has them.
+PREDEFINED_SPLITS = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")
+HOLDOUTS = ("random", "last_n_per_user") + PREDEFINED_SPLITS

@@ -1,0 +1,53 @@
+"""Names both services and the client use are defined once (movierec_common.vocabulary, security.is_loopback)
+and agree with the .proto files and the trainer's per-kind tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from movierec.v1 import recommender_pb2, trainer_pb2
+from movierec_common import security, vocabulary
+
+
+def test_job_and_version_states_are_the_protos_and_everyone_uses_them():
+    from clients import TERMINAL_STATES, credentials
+    from clients import types as client_types
+    from recommender_service import registry
+    from trainer_service import jobs
+
+    job_enum, version_enum = trainer_pb2.TrainJob.State, recommender_pb2.ModelVersion.State
+    assert vocabulary.JOB_STATES == tuple(name for name in job_enum.keys() if name != "STATE_UNSPECIFIED")
+    assert vocabulary.VERSION_STATES == tuple(name for name in version_enum.keys() if name != "STATE_UNSPECIFIED")
+    for name in vocabulary.JOB_STATES:
+        assert job_enum.Name(job_enum.Value(name)) == name
+    assert vocabulary.FINAL_JOB_STATES == {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+    assert jobs.FINAL_STATES is vocabulary.FINAL_JOB_STATES and TERMINAL_STATES is vocabulary.FINAL_JOB_STATES
+    assert client_types.JOB_STATES is vocabulary.JOB_STATES
+    assert (registry.SERVING, registry.AVAILABLE, registry.LOADING, registry.REJECTED, registry.RETIRED) == \
+        vocabulary.VERSION_STATES
+    assert credentials.is_loopback is security.is_loopback
+
+
+def test_every_model_kind_has_defaults_and_exactly_one_trainer():
+    from clients import cli
+    from trainer_service import hyperparams, models, training
+
+    kinds = set(vocabulary.MODEL_KINDS)
+    assert set(hyperparams.DEFAULTS) == kinds
+    neural, closed_form = set(models.NEURAL_KINDS), set(training.CLOSED_FORM_KINDS)
+    assert neural | closed_form == kinds and not neural & closed_form
+    assert cli.MODEL_KINDS is vocabulary.MODEL_KINDS and cli.HOLDOUTS is vocabulary.HOLDOUTS
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("127.0.0.1:50051", True), ("[::1]:50051", True), ("localhost:50051", True), ("LocalHost:1", True),
+    ("dns:///localhost:50051", True), ("dns://8.8.8.8/localhost:1", True), ("dns:localhost:1", True),
+    ("ipv4:127.0.0.1:1,127.0.0.2:2", True), ("ipv6:[::1]:1", True), ("unix:/run/movierec.sock", True),
+    ("", False), ("0.0.0.0", False), ("[::]", False), ("::", False), ("10.1.2.3:50051", False),
+    ("example.com:50051", False), ("dns:///example.com:1", False), ("ipv4:127.0.0.1:1,10.0.0.1:2", False),
+    ("localhost.example.com", False),
+])
+def test_one_loopback_test_for_hosts_addresses_and_targets(address, loopback):
+    assert security.is_loopback(address) is loopback
