@@ -9,11 +9,12 @@ and they reveal nothing private.
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import ipaddress
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import grpc
 
@@ -45,11 +46,34 @@ def load_tokens(token_file: str | None) -> list[str]:
     return tokens
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` reaches this machine only; the one test both sides use.
+
+    A server asks it of the host it binds (a trainer beyond loopback needs
+    tokens), a client of each backend it calls (a token in plaintext beyond
+    loopback is warned about). So it takes a bare host (``127.0.0.1``,
+    ``::1``, ``localhost``), ``host:port``, ``[v6]:port`` or a gRPC target
+    (``dns:///localhost:50051``, ``ipv4:127.0.0.1:1,127.0.0.1:2``, ``unix:path``).
+    An empty host or ``0.0.0.0`` means every interface, and a name other
+    than ``localhost`` may resolve anywhere: neither is loopback.
+    """
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    if address.startswith("dns:"):  # dns:host:port, dns:///host:port, dns://authority/host:port
+        address = address.removeprefix("dns:")
+        if address.startswith("//"):
+            address = address[2:].partition("/")[2]
+    elif address.startswith(("ipv4:", "ipv6:")):  # one or more addresses: all must be loopback
+        return all(is_loopback(part) for part in address[5:].split(","))
+    host = address
+    if host.startswith("["):  # [::1] or [::1]:port
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -126,6 +150,34 @@ def server_credentials(cert_file: str | None, key_file: str | None, client_ca_fi
                                        require_client_auth=client_ca is not None)
 
 
+class _RefuseTokenFlag(argparse.Action):
+    """``--token VALUE``: refused, without repeating the value.
+
+    A token given as a flag is readable by every user of the machine in the
+    process list and stays in shell history. Without this option argparse
+    would take ``--token`` for an abbreviation of ``--token-file``, so the
+    token would be used as a file name and printed back in the error.
+    """
+
+    def __init__(self, *args, environment: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environment = environment
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not accepted: a token on the command line is visible to every user "
+                     f"of this machine; put it in a file given by --token-file, or in ${self.environment}")
+
+
+def refuse_token_flags(parser, environment: str = "MOVIEREC_TOKENS") -> None:
+    """Adds ``--token``/``--tokens``, hidden, which stop the program with a usage error (see _RefuseTokenFlag).
+
+    ``environment`` names the variable the program reads tokens from instead
+    (servers: MOVIEREC_TOKENS; the client: MOVIEREC_TOKEN).
+    """
+    parser.add_argument("--token", "--tokens", action=_RefuseTokenFlag, environment=environment,
+                        help=argparse.SUPPRESS)
+
+
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("security")
     group.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
@@ -133,6 +185,7 @@ def add_arguments(parser) -> None:
     group.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to; enables mutual TLS")
     group.add_argument("--token-file", help="file of accepted bearer tokens, one per line "
                                             "(default: $MOVIEREC_TOKENS or $MOVIEREC_TOKEN)")
+    refuse_token_flags(group)
 
 
 def from_args(args, *, protected: Iterable[str] | None, require_tokens: bool, what: str):

@@ -293,8 +293,20 @@ class FaissIVF(TopK):
                 fetch = min(total, fetch * 4)
 
     def top_k(self, query, k, exclude=_NO_ITEMS):
-        found = self.candidates(query, k, exclude)
-        return _ranked(found, self.vectors(found) @ query)
+        """As the exact backend answers, ties included: a movie tied with the k-th
+        on its exact score wins over it when its index is lower. The index
+        returns tied movies in no particular order, so candidates are widened
+        until the first one left out scores strictly below the k-th (one more
+        candidate than k, in the common case of no tie there)."""
+        if k <= 0:
+            return _NO_ITEMS, np.zeros(0, dtype=np.float32)
+        want = k + 1
+        while True:
+            found = self.candidates(query, want, exclude)
+            indices, scores = _ranked(found, self.vectors(found) @ query)
+            if found.size < want or scores[k] < scores[k - 1]:
+                return indices[:k], scores[:k]
+            want *= 4
 
     def similar(self, index, k):
         """Cosine neighbours among the item's inner-product neighbours (over-fetched 4x)."""
@@ -305,19 +317,23 @@ class FaissIVF(TopK):
         return found[best], cosine[best]
 
     def top_k_batch(self, queries, k, exclude_indptr, exclude_indices):
-        """Batched index searches, one per over-fetch size (k + seen, rounded up
-        to a power of two), with seen movies filtered for the whole batch at
-        once; the rare row left short falls back to :meth:`top_k`."""
+        """Batched index searches, one per over-fetch size (k + seen + 1, rounded
+        up to a power of two), with seen movies filtered for the whole batch at
+        once. The rare row left short, or with a tie across the k-th place,
+        falls back to :meth:`top_k`, so a ranking computed here is the answer
+        the live path gives."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         batch, total = queries.shape[0], self.num_items
         k = min(k, total)
         excluded = np.diff(exclude_indptr)
         need = np.minimum(k, total - excluded)
-        wanted = np.minimum(np.maximum(k + excluded, 1), min(self._max_first_fetch, total))
+        # One past the k-th, to see whether a tie crosses the cut (see top_k).
+        wanted = np.minimum(k + excluded + 1, min(self._max_first_fetch, total))
         fetch = np.minimum(2 ** np.ceil(np.log2(wanted)).astype(np.int64), total)
         indices = np.zeros((batch, k), dtype=np.int32)
         scores = np.zeros((batch, k), dtype=np.float32)
         counts = np.zeros(batch, dtype=np.int32)
+        after = np.full(batch, -1, dtype=np.int64)  # the first unseen candidate past the k-th, -1: none found
         for size in np.unique(fetch).tolist():
             rows_of_size = np.flatnonzero(fetch == size)
             chunk = max(1, (1 << 22) // size)  # bounds the label matrix at ~32 MB
@@ -339,16 +355,26 @@ class FaissIVF(TopK):
                 r, c = np.nonzero(take)
                 indices[rows[r], rank[r, c] - 1] = labels[r, c]
                 counts[rows] = got
-        for row in np.flatnonzero(counts < need).tolist():  # over-fetch was not enough
-            found = self.candidates(queries[row], k, exclude_indices[exclude_indptr[row]:exclude_indptr[row + 1]])
-            counts[row] = found.size
-            indices[row, :found.size] = found
+                r, c = np.nonzero(keep & (rank == k + 1))
+                after[rows[r]] = labels[r, c]
         for row in range(batch):  # exact scores, the same way the live path computes them
             n = counts[row]
             found = indices[row, :n].astype(np.int64)
             found, values = _ranked(found, self.vectors(found) @ queries[row])
             indices[row, :n] = found
             scores[row, :n] = values
+        # Rows the batch cannot answer as the live path would: too few candidates (over-fetch was not enough),
+        # a tie across the k-th place, or nothing fetched past it to tell.
+        unsure = np.flatnonzero((counts < need) | ((counts == k) & (after < 0) & (fetch < total)))
+        tied = np.flatnonzero((counts == k) & (after >= 0))
+        if tied.size:
+            past = np.einsum("ij,ij->i", self.vectors(after[tied]), queries[tied])
+            unsure = np.union1d(unsure, tied[past >= scores[tied, k - 1]])
+        for row in unsure.tolist():
+            found, values = self.top_k(queries[row], k, exclude_indices[exclude_indptr[row]:exclude_indptr[row + 1]])
+            counts[row] = found.size
+            indices[row, :found.size] = found
+            scores[row, :found.size] = values
         return indices, scores, counts
 
 

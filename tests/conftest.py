@@ -18,6 +18,17 @@ def _movielens_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_session():
+    """Stops any server a test started and did not stop (a fixture that failed before its clean-up)."""
+    yield
+    from tests.servers import stop_leftovers
+
+    left = stop_leftovers()
+    if left:
+        print(f"\nstopped {len(left)} server(s) a test left running: {', '.join(left)}")
+
+
 @pytest.fixture(scope="session")
 def movielens_dir() -> Path:
     """The GroupLens ml-100k folder. Missing data fails under CI and skips elsewhere."""

@@ -35,8 +35,8 @@ def write_movielens_dat_zip(path: Path, *, users: int = 60, movies: int = 50, ra
     from trainer_service import synth
 
     data = synth.synthesize(users, movies, ratings, seed=seed)
-    rating_lines = [f"{u}::{m}::{max(1, s // 2)}::{t}" for u, m, s, t in
-                    zip(data.user_ids.tolist(), data.movie_ids.tolist(), data.stars.tolist(), data.timestamps.tolist())]
+    columns = (data.user_ids.tolist(), data.movie_ids.tolist(), data.stars.tolist(), data.timestamps.tolist())
+    rating_lines = [f"{u}::{m}::{max(1, s // 2)}::{t}" for u, m, s, t in zip(*columns, strict=True)]
     movie_lines = [f"{m}::Misérables {m}, Les (1995)::Drama" for m in data.catalogue.tolist()]
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:

@@ -1,20 +1,47 @@
 """Starts the real servers as subprocesses on free loopback ports (see
-movierec_common.launch)."""
+movierec_common.launch).
+
+Every server started here ends with the test run: it gets SIGTERM when the
+pytest process dies, however it dies, and any still running when the session
+ends is stopped then (see ``tests/conftest.py``), so a failing fixture or a
+killed run leaves no server, and none of its helpers, behind.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
+import psutil
+
 from movierec_common.launch import ServerProcess as _Launched
+
+STARTED: weakref.WeakSet = weakref.WeakSet()
 
 
 class ServerProcess(_Launched):
     """A server started as ``python -m <module> --port 0 <args>``."""
 
     def __init__(self, module: str, args: list[str], log_path: Path, env: dict | None = None):
-        super().__init__(module, [sys.executable, "-m", module, "--port", "0", *args], log_path, env)
+        super().__init__(module, [sys.executable, "-m", module, "--port", "0", *args], log_path, env,
+                         end_with_launcher=True)
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        # The parent-death signal follows the starting thread: only pytest's main thread outlives the server.
+        self.end_with_launcher = threading.current_thread() is threading.main_thread()
+        STARTED.add(self)
+        return super().start(timeout)
+
+
+def stop_leftovers() -> list[str]:
+    """Stops every server started here that is still running; returns their names."""
+    left = [server for server in list(STARTED) if server.alive()]
+    for server in left:
+        server.terminate(timeout=20)
+    return [f"{server.name} ({server.log_path})" for server in left]
 
 
 def start_trainer(model_root: Path, log_dir: Path, *extra: str, env: dict | None = None) -> ServerProcess:
@@ -37,3 +64,27 @@ def rejection_reason(rc, version: int, timeout: float = 60.0) -> str:
                 return info.reason
         time.sleep(0.1)
     raise AssertionError(f"version {version} was not rejected within {timeout}s")
+
+
+def still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of ``processes`` still alive after up to ``timeout`` seconds (a zombie has exited: only its
+    exit status is left for a parent that is gone or has not collected it yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for process in processes:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def describe(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid}: {' '.join(process.cmdline())[:120]} ({process.memory_info().rss >> 20} MB)"
+    except psutil.Error:
+        return str(process.pid)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from clients import ResourceExhausted, TrainerClient
+from clients import InvalidArgument, ResourceExhausted, TrainerClient
 from movierec_common import artifact as artifact_format
 from tests.datagen import write_grouplens_files
 from tests.servers import start_trainer
@@ -92,10 +92,8 @@ def test_sigterm_cancels_the_running_job_and_publishes_nothing(tmp_path):
     with TrainerClient(trainer.address, timeout=30) as tc:
         job = tc.train("two_tower", epochs=200, hyperparameters={"patience": 200}, **_job_kwargs())
         _wait_for_phase(tc, job.id, {"training"})
-    started = time.monotonic()
-    code = trainer.terminate(timeout=60)
+    code = trainer.terminate(timeout=60)  # SIGTERM, and SIGKILL (a negative status) if it is not out in time
     assert code == 0, f"exit status {code}; the trainer's log ends:\n{trainer.log_tail()}"
-    assert time.monotonic() - started < 45
     assert not [p for p in model_root.iterdir() if not p.name.startswith(".")]
     trainer = start_trainer(model_root, tmp_path, "--data-root", str(data_root))
     try:
@@ -107,49 +105,48 @@ def test_sigterm_cancels_the_running_job_and_publishes_nothing(tmp_path):
 
 
 def test_fifty_concurrent_trains_with_ten_keys_make_ten_jobs_and_the_queue_is_bounded(tmp_path):
-    data_root = write_grouplens_files(tmp_path / "data")
-    trainer = start_trainer(tmp_path / "models", tmp_path, "--data-root", str(data_root), "--queue-size", "12")
+    """With the worker held by a long job, nothing leaves the queue: the ten keys make exactly ten queued
+    jobs, exactly QUEUE_SIZE - 10 more fit, the next is RESOURCE_EXHAUSTED naming the bound, and
+    cancelling one queued job makes room for exactly one."""
+    queue_size = 12
+    data_root = write_grouplens_files(tmp_path / "data", users=200, items=120, per_user=20)
+    trainer = start_trainer(tmp_path / "models", tmp_path, "--data-root", str(data_root),
+                            "--queue-size", str(queue_size))
     try:
         with TrainerClient(trainer.address, timeout=30) as tc:
+            blocker = tc.train("two_tower", epochs=200, hyperparameters={"patience": 200}, **_job_kwargs())
+            _wait_for_phase(tc, blocker.id, {"training"})
+
             def submit(i):
                 return tc.train("bpr", epochs=1, idempotency_key=f"key-{i % 10}", **_job_kwargs()).id
 
             with ThreadPoolExecutor(max_workers=50) as pool:
                 ids = list(pool.map(submit, range(50)))
             assert len(set(ids)) == 10
-            assert len(tc.list_jobs(limit=100)) == 10
-            for i in range(50):  # fill whatever room is left, then one more must bounce
-                try:
-                    tc.train("bpr", epochs=1, idempotency_key=f"fill-{i}", **_job_kwargs())
-                except ResourceExhausted as exc:
-                    assert "queue is full" in exc.details
-                    break
-            else:
-                pytest.fail("the queue never filled")
+
+            def queued() -> list[str]:
+                jobs = tc.list_jobs(limit=100)
+                assert [j.id for j in jobs if j.state == "RUNNING"] == [blocker.id], "the worker moved on"
+                return [j.id for j in jobs if j.state == "QUEUED"]
+
+            assert sorted(queued()) == sorted(set(ids))
+            fill = [tc.train("bpr", epochs=1, idempotency_key=f"fill-{i}", **_job_kwargs()).id
+                    for i in range(queue_size - 10)]
+            with pytest.raises(ResourceExhausted) as caught:
+                tc.train("bpr", epochs=1, idempotency_key="one-too-many", **_job_kwargs())
+            assert f"the training queue is full ({queue_size} jobs waiting)" in caught.value.details
+            assert len(queued()) == queue_size
+
+            tc.cancel_job(fill[0])
+            tc.train("bpr", epochs=1, idempotency_key="room-for-one", **_job_kwargs())
+            with pytest.raises(ResourceExhausted):
+                tc.train("bpr", epochs=1, idempotency_key="one-too-many-again", **_job_kwargs())
+            assert len(queued()) == queue_size
     finally:
         trainer.kill()
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b"1\t1\t5\n", "ratings.bad:1"),                               # wrong column count
-    (b"1\tone\t5\t880000000\n", "ratings.bad:1"),                  # non-numeric id
-    (b"1\t99999\t5\t880000000\n", "99999"),                        # unknown movie id
-    (b"", "empty"),                                                # empty file
-    ("1\t1\t5\t88\u00e90000\n".encode("utf-16"), "ratings.bad"),   # wrong encoding
-])
-def test_malformed_ratings_files_are_refused_with_a_clear_message(tmp_path, content, fragment):
-    from trainer_service import pipeline
-    from trainer_service.jobs import TrainSpec
-
-    data_root = write_grouplens_files(tmp_path / "data")
-    (data_root / "ratings.bad").write_bytes(content)
-    spec = TrainSpec(model="two_tower", ratings_path="ratings.bad", items_path="items.item")
-    with pytest.raises(pipeline.InvalidRequest) as caught:
-        pipeline.validate_spec(spec, pipeline.TrainerConfig(model_root=str(tmp_path / "m"), data_root=str(data_root)))
-    assert fragment in str(caught.value)
-
-
-def test_a_1_gb_ratings_file_fails_its_job_not_the_server(tmp_path):
+def test_a_1_gb_ratings_file_is_refused_unread_and_the_server_keeps_training(tmp_path):
     data_root = write_grouplens_files(tmp_path / "data")
     with open(data_root / "huge.data", "wb") as handle:  # sparse: 1 GB without using the disk
         handle.truncate(1024 ** 3)
@@ -158,10 +155,10 @@ def test_a_1_gb_ratings_file_fails_its_job_not_the_server(tmp_path):
                             "--max-dataset-bytes", str(200 * 1000 ** 2))
     try:
         with TrainerClient(trainer.address, timeout=30) as tc:
-            job = tc.wait_for_job(tc.train("two_tower", ratings_path="huge.data", items_path="items.item").id,
-                                  timeout=120)
-            assert job.state == "FAILED"
-            assert "limit" in job.error and "huge.data" in job.error
+            with pytest.raises(InvalidArgument) as caught:  # its size is a stat away: no job is queued
+                tc.train("two_tower", ratings_path="huge.data", items_path="items.item")
+            assert "huge.data: file is 1073741824 bytes, over the 200000000-byte limit" in caught.value.details
+            assert tc.list_jobs() == []
             ok = tc.wait_for_job(tc.train("bpr", epochs=1, **_job_kwargs()).id, timeout=300)
             assert ok.state == "SUCCEEDED", ok.error
         assert trainer.alive()

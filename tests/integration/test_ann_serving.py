@@ -61,7 +61,7 @@ def test_served_answers_recall_the_exact_signature_and_exclude_seen(ann_stack):
     position = {int(m): i for i, m in enumerate(art.movie_ids)}
     recalls = []
     with RecommenderClient(ann_stack["recommender"].address, timeout=10) as rc:
-        for row, (user, user_id) in enumerate(zip(users, user_ids)):
+        for row, (user, user_id) in enumerate(zip(users, user_ids, strict=True)):
             recs = rc.recommend(user_id, k=K)
             ids = [item.movie_id for item in recs.items]
             assert recs.model_version == ann_stack["version"] and not recs.cold_start

@@ -26,27 +26,36 @@ def _served_version(model_root) -> int:
     return max(int(p.name) for p in model_root.iterdir() if p.name.isdigit())
 
 
+def _bad_version(model_root, good: int, version: int, damage) -> None:
+    """A copy of version ``good``, damaged while it is still a ``.tmp-*`` folder (which the recommender
+    ignores), then renamed into place at once, as the publisher does: no poll can see it half-made."""
+    tmp = model_root / f".tmp-{version}-test"
+    shutil.copytree(model_root / str(good), tmp)
+    damage(tmp)
+    tmp.rename(model_root / str(version))
+
+
 def test_incomplete_and_corrupt_versions_are_rejected_and_old_one_keeps_serving(small_stack):
     model_root = small_stack["model_root"]
     good = _served_version(model_root)
     with RecommenderClient(small_stack["recommender"].address, timeout=10) as rc:
         assert rc.recommend("1", k=5).model_version == good
 
-        no_metadata = model_root / str(good + 1)
-        shutil.copytree(model_root / str(good), no_metadata)
-        (no_metadata / "metadata.json").unlink()
+        _bad_version(model_root, good, good + 1, lambda tmp: (tmp / "metadata.json").unlink())
         info = _status_of(rc, good + 1)
         assert "metadata.json is missing" in info.reason
 
-        corrupt = model_root / str(good + 2)
-        shutil.copytree(model_root / str(good), corrupt)
-        pb = corrupt / "saved_model.pb"
-        pb.write_bytes(b"\x00garbage" + pb.read_bytes()[: len(pb.read_bytes()) // 3])
+        def truncate_the_graph(tmp):
+            pb = tmp / "saved_model.pb"
+            pb.write_bytes(b"\x00garbage" + pb.read_bytes()[: len(pb.read_bytes()) // 3])
+
+        _bad_version(model_root, good, good + 2, truncate_the_graph)
         info = _status_of(rc, good + 2)
         assert "saved_model.pb" in info.reason
+        no_metadata, corrupt = model_root / str(good + 1), model_root / str(good + 2)
 
-        for _ in range(50):
-            assert rc.recommend("1", k=5).model_version == good
+        for user in range(1, 61):  # every user of the small stack, k on both sides of the 100 ranked at load
+            assert rc.recommend(str(user), k=user * 3).model_version == good
         status = rc.model_status()
         assert status.served_version == good
 

@@ -1,7 +1,7 @@
 """Data-parallel training on Ray Train through the real trainer (``--workers 2``,
 a local Ray it starts itself): the limit is enforced, two workers match one,
-a killed worker fails the job cleanly, and a SIGTERM mid-job cancels the job
-and takes the trainer's Ray with it.
+a killed worker fails the job cleanly, a SIGTERM mid-job cancels the job
+and takes the trainer's Ray with it, and so does a SIGKILL of the trainer.
 
 The tests share one trainer and run in file order (the last one stops it);
 MovieLens 100K's ``ua`` split with a couple of epochs keeps the file under
@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from clients import InvalidArgument, TrainerClient
-from tests.servers import start_trainer
+from tests.servers import describe, start_trainer, still_running
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +169,24 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_kill_9_of_the_trainer_leaves_no_ray_process_behind(tmp_path):
+    """Ray's own fate-sharing lets its agents (ray::DashboardAgent, ray::RuntimeEnvAgent) outlive a
+    driver killed with SIGKILL (upstream Ray issue #52385); the trainer's watchdog reaps them, and
+    everything else of the private Ray, within 5 s, and removes Ray's temp folder."""
+    trainer = start_trainer(tmp_path / "models", tmp_path, "--workers", "2")
+    tree: list[psutil.Process] = []
+    try:
+        ray_dir = _ray_temp_dir(tmp_path / "trainer.log")  # logged once ray.init returned
+        tree = psutil.Process(trainer.process.pid).children(recursive=True)
+        titles = " ".join(" ".join(p.cmdline()) for p in tree)
+        assert "raylet" in titles and "ray::DashboardAgent" in titles, titles
+        trainer.kill()
+        left = still_running(tree, timeout=5.0)
+        assert left == [], [describe(p) for p in left]
+        assert not ray_dir.exists()
+    finally:
+        trainer.kill()
+        for process in still_running(tree, timeout=0):
+            process.kill()

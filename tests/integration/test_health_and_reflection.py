@@ -4,8 +4,6 @@ servers expose reflection, so grpcurl needs no proto files."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -60,6 +58,4 @@ def test_trainer_reflection_and_health(tmp_path):
         assert "movierec.v1.Trainer" in _services(channel)
         channel.close()
     finally:
-        start = time.monotonic()
-        assert trainer.terminate() == 0
-        assert time.monotonic() - start < 30
+        assert trainer.terminate() == 0  # SIGTERM; SIGKILL (a negative status) had it not stopped in 30 s

@@ -4,9 +4,9 @@ recommender copying, verifying, serving and reloading from it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import threading
 import time
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from clients import RecommenderClient, TrainerClient
 from movierec_common import model_root
 from tests.datagen import write_grouplens_files
+from tests.load import RotatingLoad
 from tests.s3 import s3_server
 from tests.servers import rejection_reason, start_recommender, start_trainer
 from trainer_service.jobs import JobStore
@@ -55,6 +56,30 @@ def _wait_serving(rc: RecommenderClient, version: int, timeout: float = 60.0) ->
     raise AssertionError(f"version {version} was not served within {timeout}s")
 
 
+ROOT_GONE = "model root shows no versions (empty or unreachable); serving continues on the loaded one"
+
+
+def _logged(log_path, name: str) -> bool:
+    return any(json.loads(line).get("event") == name
+               for line in log_path.read_text(errors="replace").splitlines() if line.startswith("{"))
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
+
+
+def _plausible(response, user: str, k: int, exclude_seen) -> str:
+    """k distinct movies, best first (the small stack has 40 movies: fewer when k is larger)."""
+    ids = [item.movie_id for item in response.items]
+    scores = [item.score for item in response.items]
+    if not ids or len(ids) > k or len(set(ids)) != len(ids) or scores != sorted(scores, reverse=True):
+        return f"{ids} for k={k}"
+    return ""
+
+
 def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
     data_root = write_grouplens_files(tmp_path / "data")
     trainer = start_trainer(ROOT, tmp_path, "--data-root", str(data_root), "--keep-versions", "2")
@@ -92,33 +117,21 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
             _upload(local, 2, ["metadata.json"])
             _wait_serving(rc, 2)
 
-            # The store goes away for 10 s under load: no call fails, and reloads resume after.
-            failures, calls, stop = [], [0], threading.Event()
-
-            def load():
-                with RecommenderClient(recommender.address, timeout=5) as client:
-                    while not stop.is_set():
-                        try:
-                            client.recommend(str(1 + calls[0] % 60), k=10)
-                            calls[0] += 1
-                        except Exception as exc:  # every failure counts
-                            failures.append(exc)
-
-            worker = threading.Thread(target=load)
-            worker.start()
-            try:
-                time.sleep(1.0)
+            # The store goes away under load, until the replica has seen it gone: no call fails, and
+            # reloads resume after. The calls go to every user with every k and exclude_seen.
+            with RotatingLoad(recommender.address, range(1, 61), threads=1, check=_plausible) as load:
+                _wait_for(lambda: load.calls > 0)
                 s3.stop()
-                time.sleep(10.0)
+                _wait_for(lambda: _logged(tmp_path / "recommender.log", ROOT_GONE))
+                during = load.calls
+                _wait_for(lambda: load.calls > during + 200)  # answered with the store still away
                 s3.start()
                 _upload(local, 4, _files(local))
                 reload_seconds = _wait_serving(rc, 4, timeout=60)
-            finally:
-                stop.set()
-                worker.join()
-            print(f"\nS3 outage: {calls[0]} calls, {len(failures)} failed; version 4 served "
+            print(f"\nS3 outage: {load.calls} calls, {len(load.failures)} failed; version 4 served "
                   f"{reload_seconds:.1f}s after its upload")
-            assert failures == [] and calls[0] > 0
+            assert load.failures == [], load.failures[:5]
+            load.assert_rotated()
             # The outage said nothing about version 3: it is still refused for its own reason.
             [v3] = [info for info in rc.model_status().versions if info.version == 3]
             assert v3.state == "REJECTED" and "checksum" in v3.reason, v3

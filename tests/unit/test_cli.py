@@ -1,4 +1,4 @@
-"""The ``movierec`` command line against the in-process fake services of test_client.
+"""The ``movierec`` command line against the in-process fake services (fakes.py).
 
 Why through ``main([...])`` and a real server: the CLI's job is presentation
 and exit codes on top of the real client, so the tests assert on what an
@@ -13,16 +13,9 @@ import grpc
 import pytest
 
 from clients.cli import main
+from tests.unit.fakes import T0, Replica, abort, finished_job, make_job
 
-from tests.unit.test_client import (  # noqa: F401  (the fakes live there; fixtures are used by name)
-    T0,
-    Replica,
-    abort,
-    finished_job,
-    fresh,
-    make_job,
-    servers,
-)
+pytestmark = pytest.mark.usefixtures("fresh")
 
 
 @pytest.fixture

@@ -70,6 +70,7 @@ def test_loads_small_files_with_dense_indices_and_latin1_titles(tmp_path):
         (["7\t1\t5\t100", "7\t1\t3\t200"], ["u.data:2", "already rated", "line 1"]),
         ([""], ["u.data", "empty"]),
         (b"7\t1\t5\t100\n7\t2\t\xff3\t200\n", ["u.data:2", "0xff", "not valid"]),
+        ("7\t1\t5\t100\n".encode("utf-16"), ["u.data:1"]),  # a whole file in another encoding
     ],
 )
 def test_malformed_ratings_name_file_line_and_problem(tmp_path, ratings, expected):
@@ -149,24 +150,15 @@ def test_missing_movielens_says_what_to_download_and_where(tmp_path):
         load_movielens_100k(str(empty))
 
 
-def test_tfds_fallback_fails_fast_offline(monkeypatch):
-    """Without a local copy the loader may try TFDS, but must not hang when offline."""
-    monkeypatch.delenv("MOVIELENS_DIR", raising=False)
-    from movierec_common.tfenv import tensorflow
-
-    tensorflow()
-    import tensorflow_datasets as tfds
-
-    if tfds.builder("movielens/100k-ratings").is_prepared():
-        pytest.skip("TFDS already has MovieLens 100K cached here")
+def test_tfds_fallback_fails_fast_offline(offline_without_tfds_cache):
+    """Without a local copy the loader tries TFDS, and offline it fails at once, saying what to download."""
+    assert not offline_without_tfds_cache.builder("movielens/100k-ratings").is_prepared()
     started = time.monotonic()
-    try:
-        data, used = load_movielens_100k(None)
-    except MovieLensNotFound as error:
-        assert "ml-100k.zip" in str(error)
-    else:  # network available: the download worked
-        assert data.n_items == 1682 and used
-    assert time.monotonic() - started < 60
+    with pytest.raises(MovieLensNotFound) as error:
+        load_movielens_100k(None)
+    assert "https://files.grouplens.org/datasets/movielens/ml-100k.zip" in str(error.value)
+    assert "is unreachable for a TFDS download" in str(error.value)
+    assert time.monotonic() - started < 30  # a hang would be the bug; the probe alone allows 3 s
 
 
 def test_zip_and_env_var_sources(tmp_path, monkeypatch):
@@ -249,7 +241,7 @@ def test_ua_split_matches_the_grouplens_files(movielens, movielens_dir):
         user, movie, _, _ = line.split("\t")
         expected.add((user, int(movie)))
     got = {(movielens.user_ids[u], int(movielens.movie_ids[i]))
-           for u, i in zip(movielens.users[split.test], movielens.items[split.test])}
+           for u, i in zip(movielens.users[split.test], movielens.items[split.test], strict=True)}
     assert got == expected and len(split.test) == 9430
     indptr, items = split.test_csr()
     assert np.all(np.diff(indptr) == 10) and len(items) == 9430

@@ -71,9 +71,9 @@ def test_a_request_asks_for_at_most_the_trainers_workers():
 
 def _main() -> None:
     """Runs in a fresh interpreter: two logical CPUs, then the comparisons, as one JSON line."""
-    from movierec_common import tfenv  # noqa: F401 - environment first
-
     import tensorflow as tf
+
+    from movierec_common import tfenv  # noqa: F401 - environment first
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -125,7 +125,8 @@ def _main() -> None:
 
     loss, total, expected, summed = compare("two_tower")
     out["two_tower_loss_error"] = abs(loss - total)
-    out["two_tower_max_gradient_error"] = max(float(np.max(np.abs(e - s))) for e, s in zip(expected, summed))
+    out["two_tower_max_gradient_error"] = max(float(np.max(np.abs(e - s)))
+                                              for e, s in zip(expected, summed, strict=True))
     _, _, expected, summed = compare("bpr")
     def norm(grads):
         return float(np.sqrt(sum(np.sum(g ** 2) for g in grads)))

@@ -72,7 +72,7 @@ def test_popularity_on_ua_matches_the_calibrated_protocol(movielens_dir):
 
 
 def test_partial_sort_path_agrees_with_the_full_sort(monkeypatch):
-    """Past _FULL_SORT_MAX_ITEMS a partial sort ranks; on untied scores it must give the same metrics."""
+    """Past FULL_SORT_MAX_ITEMS a partial sort ranks; on untied scores it must give the same metrics."""
     from trainer_service import evaluation
 
     rng = np.random.default_rng(3)
@@ -81,8 +81,8 @@ def test_partial_sort_path_agrees_with_the_full_sort(monkeypatch):
     train = csr([sorted(rng.choice(3000, 20, replace=False).tolist()) for _ in range(40)])
     test = csr([sorted(rng.choice(3000, 5, replace=False).tolist()) for _ in range(40)])
     full = evaluate_scores(users, items, train, test)
-    monkeypatch.setattr(evaluation, "_FULL_SORT_MAX_ITEMS", 100)
-    monkeypatch.setattr(evaluation, "_CHUNK_SCORES", 3000 * 7)  # several chunks, one not full
+    monkeypatch.setattr(evaluation, "FULL_SORT_MAX_ITEMS", 100)
+    monkeypatch.setattr(evaluation, "CHUNK_SCORES", 3000 * 7)  # several chunks, one not full
     partial = evaluate_scores(users, items, train, test)
     assert partial == pytest.approx(full)
     assert full["recall_at_50"] > 0

@@ -139,7 +139,7 @@ def test_large_file_loads_through_the_vectorised_path_and_names_late_lines(tmp_p
     n_users, per_user = 2000, 50
     users = np.repeat(np.arange(1, n_users + 1), per_user)
     movies = np.tile(np.arange(1, per_user + 1), n_users)
-    lines = [f"{u},{m},4.0,{1000 + i}" for i, (u, m) in enumerate(zip(users.tolist(), movies.tolist()))]
+    lines = [f"{u},{m},4.0,{1000 + i}" for i, (u, m) in enumerate(zip(users.tolist(), movies.tolist(), strict=True))]
     (tmp_path / "movies.csv").write_bytes(_lines(["movieId,title,genres", *(f"{m},M{m},Drama" for m in range(1, 51))]))
     (tmp_path / "ratings.csv").write_bytes(_lines(["userId,movieId,rating,timestamp", *lines]))
     started = time.monotonic()
@@ -272,16 +272,10 @@ def test_grouplens_folders_and_the_environment_variable(tmp_path, monkeypatch):
     assert ratings.grouplens_root == str(hundred_k.resolve())
 
 
-def test_a_name_the_local_copy_does_not_hold_goes_to_tfds_and_fails_fast_offline(tmp_path, monkeypatch):
-    """No download: the probe is pointed at a closed local port, as an offline machine would see it."""
-    from movierec_common.tfenv import tensorflow
-
-    tensorflow()
-    import tensorflow_datasets as tfds
-
-    if tfds.builder("movielens/25m-ratings").is_prepared():
-        pytest.skip("TFDS already has MovieLens 25M cached here")
-    monkeypatch.setattr(data_module, "GROUPLENS_HOST", ("127.0.0.1", 1))
+def test_a_name_the_local_copy_does_not_hold_goes_to_tfds_and_fails_fast_offline(tmp_path,
+                                                                                  offline_without_tfds_cache):
+    """No download: TFDS has nothing cached and the probe meets a closed local port, as offline."""
+    assert not offline_without_tfds_cache.builder("movielens/25m-ratings").is_prepared()
     archive = _zip(tmp_path / "ml-1m.zip", "ml-1m", {**_copy_files("dat"), "users.dat": b""})
     started = time.monotonic()
     with pytest.raises(MovieLensNotFound) as error:
@@ -342,6 +336,6 @@ def test_tfds_examples_become_the_same_ratings():
          "movie_title": np.array([titles[m] for _, m, *_ in part], dtype=object)}
         for part in (rows[:4], rows[4:])
     ]
-    ratings = data_module._ratings_from_tfds(batches, release_named("movielens/1m-ratings"), "/tfds")
+    ratings = data_module.ratings_from_tfds(batches, release_named("movielens/1m-ratings"), "/tfds")
     assert_the_small_dataset(ratings)
     assert ratings.source == "MovieLens 1M (TFDS movielens/1m-ratings in /tfds)"

@@ -7,7 +7,9 @@ import json
 import numpy as np
 
 from benchmarks import quality
-from trainer_service.data import load_movielens_100k, time_ordered_history
+from trainer_service.data import load_movielens_100k, make_split, time_ordered_history
+from trainer_service.evaluation import evaluate_scores, popularity_vectors
+from trainer_service.training import train_model
 
 # One kind per way of answering a session: pooled item vectors (two_tower),
 # the 0/1 history row (ease) and two recency-weighted history parts
@@ -17,10 +19,23 @@ TEST_KINDS = ("two_tower", "ease", "sequential")
 METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_50")
 
 
-def _check_metrics(metrics: dict) -> None:
-    for name in METRICS:
-        assert 0.0 <= metrics[name] <= 1.0
+def _check_metrics(metrics: dict, expected: dict | None = None) -> None:
+    """``expected``: the same metrics measured here again, for the rows that are deterministic (the JSON
+    must hold exactly those numbers); every row must at least be a consistent ranking measurement."""
+    if expected is not None:
+        assert {name: metrics[name] for name in (*METRICS, "users_evaluated")} == \
+            {name: expected[name] for name in (*METRICS, "users_evaluated")}
     assert metrics["users_evaluated"] == quality.TINY_USERS
+    assert 0.0 < metrics["recall_at_10"] <= metrics["recall_at_50"] <= 1.0, metrics  # 50 finds what 10 finds
+    assert 0.0 < metrics["ndcg_at_10"] <= 1.0, metrics
+
+
+def _check_summary(row: dict, served: str | None = None) -> None:
+    """One seed: each summary is that run's number, with no spread (``served``: a temporal row's column)."""
+    run = row["runs"][0][served or "metrics"]
+    summary = row["summary"][served] if served else row["summary"]
+    for name in METRICS:
+        assert summary[name] == {"mean": run[name], "std": 0.0}, (row["kind"], name)
 
 
 def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, capsys):
@@ -30,11 +45,20 @@ def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, 
     result = json.loads(out.read_text())
     assert result["tiny"] is True and result["seeds"] == [0] and result["sections"] == list(quality.SECTIONS)
 
+    # The deterministic rows, measured again here: popularity and the closed-form ease on the ua split.
+    data = load_movielens_100k(str(movielens_dir))[0]
+    split = quality.subset_users(make_split(data, "ua", 0, seed=0), quality.TINY_USERS)
+    train_csr, test_csr = split.train_csr(), split.test_csr()
+    ease = train_model("ease", split, quality.hyperparameters("ease", True), seed=0)
+    again = {"popularity": evaluate_scores(*popularity_vectors(train_csr, split.data.n_items), train_csr, test_csr),
+             "ease": evaluate_scores(ease.user_vectors, ease.item_vectors, train_csr, test_csr)}
+
     ua = result["ua"]
     assert "ua.base -> ua.test" in ua["split"]
     assert [row["kind"] for row in ua["rows"]] == ["popularity", *TEST_KINDS]
     for row in ua["rows"]:
-        _check_metrics(row["runs"][0]["metrics"])
+        _check_metrics(row["runs"][0]["metrics"], again.get(row["kind"]))
+        _check_summary(row)
     ua_recall = {row["kind"]: row["summary"]["recall_at_10"]["mean"] for row in ua["rows"]}
     assert ua_recall["ease"] > ua_recall["popularity"]  # closed form, so meaningful even on the tiny budget
 
@@ -44,10 +68,25 @@ def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, 
     reference = temporal["rows"][0]
     assert reference["runs"][0]["l2_lambda"] in quality.EASE_LAMBDAS
     assert reference["ratio_to_reference"]["refit"] == 1.0
+    outer = quality.outer_split(data, tiny=True)
+    inner = quality.job_split(outer)
+    chosen = quality.ease_reference(outer, 0)
+    assert chosen.l2_lambda == reference["runs"][0]["l2_lambda"]
+    pop_inner = popularity_vectors(inner.train_csr(), outer.data.n_items)
+    pop_outer = popularity_vectors(outer.train_csr(), outer.data.n_items)
+    again_temporal = {
+        quality.REFERENCE: dict.fromkeys(("no_refit", "refit"), evaluate_scores(
+            chosen.history, chosen.item_vectors, outer.train_csr(), outer.test_csr())),
+        "popularity": {"no_refit": evaluate_scores(*pop_inner, outer.train_csr(), outer.test_csr()),
+                       "refit": evaluate_scores(*pop_outer, outer.train_csr(), outer.test_csr())},
+    }
+    reference_means = {served: reference["summary"][served]["recall_at_10"]["mean"] for served in ("no_refit", "refit")}
     for row in temporal["rows"]:
         for served in ("no_refit", "refit"):
-            _check_metrics(row["runs"][0][served])
-            assert row["ratio_to_reference"][served] >= 0.0
+            _check_metrics(row["runs"][0][served], again_temporal.get(row["kind"], {}).get(served))
+            _check_summary(row, served)
+            assert row["ratio_to_reference"][served] == \
+                row["summary"][served]["recall_at_10"]["mean"] / reference_means[served], (row["kind"], served)
     sequential = next(row for row in temporal["rows"] if row["kind"] == "sequential")
     assert "newest 5 per user" in sequential["runs"][0]["settings_chosen_on"]  # chosen by time, inside the job
     assert set(sequential["runs"][0]["settings"]) == {
@@ -57,8 +96,14 @@ def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, 
 
     sessions = result["sessions"]
     assert [row["kind"] for row in sessions["rows"]] == [quality.REFERENCE, "popularity", *TEST_KINDS]
+    popularity_sessions = quality.popularity_session_metrics(outer, quality.last_sessions(outer))
     for row in sessions["rows"]:
-        _check_metrics(row["runs"][0]["metrics"])
+        metrics = row["runs"][0]["metrics"]
+        assert metrics["users_evaluated"] == popularity_sessions["users_evaluated"] > 0  # same users for every row
+        if row["kind"] == "popularity":
+            assert {n: metrics[n] for n in METRICS} == {n: popularity_sessions[n] for n in METRICS}
+        assert 0.0 < metrics["recall_at_10"] <= metrics["recall_at_50"] <= 1.0, metrics
+        _check_summary(row)
     ease_session = next(row for row in sessions["rows"] if row["kind"] == "ease")
     # The ease kind with lambda 300 asked with the same 10 movies is the reference when it chose 300 too.
     if reference["runs"][0]["l2_lambda"] == 300.0:
@@ -67,7 +112,8 @@ def test_tiny_benchmark_writes_tables_targets_and_json(movielens_dir, tmp_path, 
     targets = {t["target"].split(":")[0]: t for t in result["targets"]}
     assert len(targets) == 3
     for target in targets.values():
-        assert isinstance(target["passed"], bool) and target["ratio"] >= 0.0
+        assert target["ratio"] == target["recall_at_10"] / target["baseline_recall_at_10"], target
+        assert target["passed"] is (target["ratio"] >= target["threshold"]), target
 
     table = capsys.readouterr().out
     for heading in ("ua:", "temporal:", "sessions:"):

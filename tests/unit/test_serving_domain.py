@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import numpy as np
@@ -12,12 +13,13 @@ import pytest
 
 from movierec_common import artifact as artifact_format
 from movierec_common.model_root import list_versions, write_serving_marker
-from recommender_service.registry import REJECTED, SERVING, ModelRegistry
+from recommender_service.registry import REJECTED, SERVING, ModelRegistry, validate_version
 from recommender_service.retrieval import Retriever, top_k_indices
 from tests.artifacts import tiny_artifact
 from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
 
 METADATA = {"model_kind": "test", "metrics": {"recall_at_10": 0.5}}
+NO_ITEMS = np.zeros(0, np.int32)
 
 
 def test_top_k_matches_brute_force_and_breaks_ties_by_index():
@@ -107,18 +109,22 @@ def test_registry_serves_newest_valid_and_does_not_retry_a_bad_folder(tmp_path):
     shutil.copytree(root / "1", root / "3")
     (root / "3" / "metadata.json").write_text("{not json")
 
-    registry = ModelRegistry(str(root))
+    attempts = []
+
+    def loader(path):  # the registry's own validation, counted
+        attempts.append(int(os.path.basename(path)))
+        return validate_version(path)
+
+    registry = ModelRegistry(str(root), loader=loader)
     registry.poll_once()
-    assert registry.current().version == 1
+    assert registry.current().version == 1 and attempts == [3, 2, 1]
     _, versions = registry.status()
     states = {v.version: (v.state, v.reason) for v in versions}
     assert states[1][0] == SERVING
     assert states[2][0] == REJECTED and "variables.data" in states[2][1]
     assert states[3][0] == REJECTED and "not valid JSON" in states[3][1]
 
-    attempts = []
-    original = registry._try_load
-    registry._try_load = lambda *a: attempts.append(a[0]) or original(*a)
+    attempts.clear()
     registry.poll_once()
     assert attempts == []  # unchanged bad folders are not retried
 
@@ -160,7 +166,7 @@ def test_the_loader_hands_arrays_over_as_mapped_files_and_leaves_none_behind(tmp
     import io
     import os
 
-    from recommender_service.registry import _HandoffPickler, _HandoffUnpickler, validate_version
+    from recommender_service.registry import HandoffPickler, HandoffUnpickler
 
     root = tmp_path / "models"
     publish(str(root), tiny_artifact(users=300, items=500, seed=2), METADATA)
@@ -168,10 +174,10 @@ def test_the_loader_hands_arrays_over_as_mapped_files_and_leaves_none_behind(tmp
     folder = tmp_path / "handoff"
     folder.mkdir()
     buffer = io.BytesIO()
-    pickler = _HandoffPickler(buffer, str(folder))
+    pickler = HandoffPickler(buffer, str(folder))
     pickler.dump(validated)
     assert pickler.count >= 1 and len(buffer.getvalue()) < 100_000
-    received = _HandoffUnpickler(io.BytesIO(buffer.getvalue())).load()
+    received = HandoffUnpickler(io.BytesIO(buffer.getvalue())).load()
     assert os.listdir(folder) == []
     np.testing.assert_array_equal(received.rankings.indices, validated.rankings.indices)
     assert received.catalogue.titles.tolist() == validated.catalogue.titles.tolist()
@@ -179,7 +185,7 @@ def test_the_loader_hands_arrays_over_as_mapped_files_and_leaves_none_behind(tmp
 
 
 def test_the_smoke_test_holds_an_approximate_backend_to_the_exact_signature(tmp_path):
-    from recommender_service.registry import _smoke_test
+    from recommender_service.registry import smoke_test
     from recommender_service.retrieval import BruteForce
 
     class Honest(BruteForce):
@@ -188,13 +194,53 @@ def test_the_smoke_test_holds_an_approximate_backend_to_the_exact_signature(tmp_
     class Worst(Honest):
         """k distinct unseen movies with their true scores: the worst ones."""
 
-        def top_k(self, query, k, exclude=np.zeros(0, np.int32)):
+        def top_k(self, query, k, exclude=NO_ITEMS):
             found, _ = super().top_k(-query, k, exclude)
             return found, self._items[found] @ query
 
     art = tiny_artifact(users=30, items=300, seed=6)
     publish(str(tmp_path / "models"), art, METADATA)
     loaded, module = artifact_format.load(str(tmp_path / "models" / "1"))
-    assert _smoke_test(Retriever(art, Honest(art.item_vectors)), loaded, module)["smoke_recall_at_10"] == 1.0
+    assert smoke_test(Retriever(art, Honest(art.item_vectors)), loaded, module)["smoke_recall_at_10"] == 1.0
     with pytest.raises(artifact_format.ArtifactError, match="approximate index finds 0.00 of"):
-        _smoke_test(Retriever(art, Worst(art.item_vectors)), loaded, module)
+        smoke_test(Retriever(art, Worst(art.item_vectors)), loaded, module)
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss_ivf"])
+def test_rankings_computed_at_load_and_the_live_path_give_the_same_answers_with_ties(backend):
+    """Every (user, k) the precomputed rankings answer must get the live backend's answer, and k past
+    their depth must extend it: on a catalogue larger than PRECOMPUTED_TOP whose integer vectors make
+    exact ties everywhere, across the k-th place too, where the exact backend's rule (ties to the lower
+    index) must hold. The index probes every cell here, so it owes the exact answer."""
+    from movierec_common import ann_index
+    from recommender_service.retrieval import PRECOMPUTED_TOP, BruteForce, FaissIVF
+
+    rng = np.random.default_rng(7)
+    users, items, dim = 40, 3 * PRECOMPUTED_TOP, 4
+    art = dataclasses.replace(tiny_artifact(users=users, items=items, dim=dim, seed=7),
+                              user_vectors=rng.integers(-2, 3, size=(users, dim)).astype(np.float32),
+                              item_vectors=rng.integers(-2, 3, size=(items, dim)).astype(np.float32))
+    if backend == "exact":
+        top_k = BruteForce(art.item_vectors)
+    else:
+        index, params = ann_index.build(art.item_vectors, nlist=4, nprobe=4)
+        index = ann_index.deserialize(ann_index.serialize(index), params, items, dim)
+        top_k = FaissIVF(index, np.linalg.norm(art.item_vectors, axis=1).astype(np.float32), params.max_first_fetch)
+    retriever = Retriever(art, top_k)
+    assert retriever.rankings.num_users == users and retriever.rankings.top == PRECOMPUTED_TOP
+
+    ties_at_the_cut = 0
+    for user in range(users):
+        user_id = art.user_ids[user]
+        scores = art.item_vectors @ art.user_vectors[user]
+        seen = set(art.seen_items(user).tolist())
+        brute = sorted((i for i in range(items) if i not in seen), key=lambda i: (-scores[i], i))
+        ties_at_the_cut += scores[brute[PRECOMPUTED_TOP - 1]] == scores[brute[PRECOMPUTED_TOP]]
+        for k in (1, 7, PRECOMPUTED_TOP - 1, PRECOMPUTED_TOP):
+            precomputed = retriever.recommend(user_id, k).items
+            assert precomputed == retriever.recommend_live(user, k).items, (user, k)
+            assert [s.movie_id for s in precomputed] == art.movie_ids[brute[:k]].tolist(), (user, k)
+        deeper = retriever.recommend(user_id, PRECOMPUTED_TOP + 50).items  # past the rankings: live
+        assert [s.movie_id for s in deeper] == art.movie_ids[brute[:PRECOMPUTED_TOP + 50]].tolist()
+        assert deeper[:PRECOMPUTED_TOP] == retriever.recommend(user_id, PRECOMPUTED_TOP).items
+    assert ties_at_the_cut >= users // 2  # the data does what it is for

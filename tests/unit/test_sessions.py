@@ -212,7 +212,7 @@ def _publish(root, version: int, art: ModelArtifact, metadata: dict) -> str:
 
 
 def test_the_encoder_and_the_history_cross_the_loader_hand_off(tmp_path):
-    from recommender_service.registry import _HandoffPickler, _HandoffUnpickler, warmed_retriever
+    from recommender_service.registry import HandoffPickler, HandoffUnpickler, warmed_retriever
 
     art, encoder = ease_like(users=30, items=300)
     folder = _publish(tmp_path / "models", 1, art, {METADATA_KEY: encoder.to_json()})
@@ -220,8 +220,8 @@ def test_the_encoder_and_the_history_cross_the_loader_hand_off(tmp_path):
     handoff = tmp_path / "handoff"
     handoff.mkdir()
     buffer = io.BytesIO()
-    _HandoffPickler(buffer, str(handoff)).dump(validated)
-    received = _HandoffUnpickler(io.BytesIO(buffer.getvalue())).load()
+    HandoffPickler(buffer, str(handoff)).dump(validated)
+    received = HandoffUnpickler(io.BytesIO(buffer.getvalue())).load()
     assert os.listdir(handoff) == []
 
     assert received.query_encoder == encoder
