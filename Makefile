@@ -4,7 +4,7 @@ VENV ?= .venv
 SHARED_MOVIELENS := $(abspath ../shared/data/ml-100k)
 export MOVIELENS_DIR ?= $(if $(wildcard $(SHARED_MOVIELENS)/u.data),$(SHARED_MOVIELENS),)
 
-.PHONY: setup demo test protos clean
+.PHONY: setup demo test lint protos clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ setup: $(VENV)/.installed
 demo: setup
 	VENV=$(VENV) scripts/demo.sh
 
+# Lint first: a ruff finding fails the test command (and CI) in seconds.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 protos: setup
 	$(VENV)/bin/python protos/generate.py
