@@ -33,6 +33,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from movierec_common.logs import event
+from movierec_common.vocabulary import JOB_STATES
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,6 @@ SESSION_REQUESTS = Counter(
 
 # -- Trainer -------------------------------------------------------------------
 
-JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 JOBS = Counter("movierec_jobs_total", "Training jobs that reached each state in this process.", ["state"],
                registry=None)
 JOBS_QUEUED = Gauge("movierec_jobs_queued", "Training jobs waiting behind the running one.", registry=None)

@@ -257,7 +257,7 @@ class JobManager:
                 with self._changed:
                     self._finish(job, CANCELLED, error="cancelled while running; nothing was published")
             except Exception as exc:  # the job fails, never the server
-                log.warning("job failed", exc_info=True, extra={"fields": {"job_id": job.id}})
+                event(log, "job failed", logging.WARNING, exc_info=True, job_id=job.id)
                 with self._changed:
                     self._finish(job, FAILED, error=str(exc) or type(exc).__name__)
             else:
