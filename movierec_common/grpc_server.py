@@ -207,7 +207,9 @@ class MetricsInterceptor(_WrappingInterceptor):
     The code is the one the caller receives: ``context.abort`` raises, and the
     code it set is read back from the context (an exception without one is
     UNKNOWN, as grpcio answers it); a stream is counted when it ends, as
-    Canceled (or DeadlineExceeded) when it ends because its caller left. Outermost in the chain, so calls that
+    Canceled (or DeadlineExceeded) when it ends because its caller left (except a request stream cancelled
+    while its handler waits for the next request: grpcio may end the requests before the cancel shows on the
+    context, and the call then counts as its handler ended it). Outermost in the chain, so calls that
     the interceptors below refuse (a malformed request, a missing token) are
     counted under their codes too. Calls grpcio refuses before any interceptor
     runs (no such method, over ``maximum_concurrent_rpcs``) are not counted, as
