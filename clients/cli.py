@@ -297,11 +297,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.watch:
             return _watch(tc, job, args)
-    if args.json:
-        _print_json(job)
-    else:
-        print(f"job {job.id} {job.state}")
-    return EXIT_OK
+    return _show(args, job, _print_job_state)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -343,11 +339,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_job(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         job = tc.get_job(args.job_id)
-    if args.json:
-        _print_json(job)
-    else:
-        _print_job(job)
-    return EXIT_OK
+    return _show(args, job, _print_job)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -358,11 +350,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         job = tc.cancel_job(args.job_id)
-    if args.json:
-        _print_json(job)
-    else:
-        print(f"job {job.id} {job.state}")
-    return EXIT_OK
+    return _show(args, job, _print_job_state)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -397,43 +385,29 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with _recommender(args) as rc:
         status = rc.model_status()
-    if args.json:
-        _print_json(status)
-    else:
-        _print_status(status)
-    return EXIT_OK
+    return _show(args, status, _print_status)
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         versions = tc.list_versions()
-    if args.json:
-        _print_json(versions)
-    else:
-        _print_versions(versions)
-    return EXIT_OK
+    return _show(args, versions, _print_versions)
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         pin = tc.pin_version(args.version)
-    if args.json:
-        _print_json(pin)
-    else:
-        print(f"pinned version {pin.pinned_version} (before: {_or_none(pin.previous_pinned_version)}); "
-              "every recommender serves it after its next poll (`movierec status` shows one replica's view)")
-    return EXIT_OK
+    return _show(args, pin, lambda pin: print(
+        f"pinned version {pin.pinned_version} (before: {_or_none(pin.previous_pinned_version)}); "
+        "every recommender serves it after its next poll (`movierec status` shows one replica's view)"))
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         pin = tc.unpin()
-    if args.json:
-        _print_json(pin)
-    else:
-        print(f"unpinned (before: {_or_none(pin.previous_pinned_version)}); "
-              "recommenders follow the newest valid version again")
-    return EXIT_OK
+    return _show(args, pin, lambda pin: print(
+        f"unpinned (before: {_or_none(pin.previous_pinned_version)}); "
+        "recommenders follow the newest valid version again"))
 
 
 # --------------------------------------------------------------------------- watching
@@ -621,6 +595,19 @@ def _print_table(headers: list[str], rows: list[list[Any]], *, numeric: set[int]
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(parts).rstrip())
+
+
+def _show(args: argparse.Namespace, value: Any, for_people: Callable[[Any], None]) -> int:
+    """What every command ends with: ``--json`` prints the value for programs, otherwise ``for_people`` prints it."""
+    if args.json:
+        _print_json(value)
+    else:
+        for_people(value)
+    return EXIT_OK
+
+
+def _print_job_state(job: Job) -> None:
+    print(f"job {job.id} {job.state}")
 
 
 def _print_json(value: Any) -> None:
