@@ -9,13 +9,16 @@ killed run leaves no server, and none of its helpers, behind.
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
+import urllib.request
 import weakref
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from movierec_common.launch import ServerProcess as _Launched
 
@@ -88,3 +91,34 @@ def describe(process: psutil.Process) -> str:
         return f"{process.pid}: {' '.join(process.cmdline())[:120]} ({process.memory_info().rss >> 20} MB)"
     except psutil.Error:
         return str(process.pid)
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a flag that takes a port number (``--metrics-port``)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Scrape:
+    """One scrape of a server's ``/metrics``, parsed as Prometheus parses it; a series not exported reads 0."""
+
+    def __init__(self, port: int):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            self.text = response.read().decode("utf-8")
+        self.samples: dict[tuple[str, frozenset], float] = {}
+        self.names: set[str] = set()
+        for family in text_string_to_metric_families(self.text):
+            self.names.add(family.name)
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def __call__(self, name: str, **labels) -> float:
+        """The one series with exactly these labels."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str, **labels) -> float:
+        """The sum over every series of ``name`` that has these labels, whatever its others."""
+        wanted = set(labels.items())
+        return sum(value for (sample, have), value in self.samples.items() if sample == name and wanted <= have)

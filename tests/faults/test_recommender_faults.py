@@ -9,16 +9,13 @@ import dataclasses
 import json
 import shutil
 import signal
-import socket
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from clients import RecommenderClient, Unavailable
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -27,7 +24,7 @@ from movierec_common.model_root import SERVING_DIR
 from movierec_common.tfenv import tensorflow
 from tests.artifacts import tiny_artifact
 from tests.load import RotatingLoad, checker
-from tests.servers import describe, rejection_reason, start_recommender, still_running
+from tests.servers import Scrape, describe, free_port, rejection_reason, start_recommender, still_running
 from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
@@ -221,22 +218,11 @@ def test_model_root_unavailable_for_a_while(tmp_path):
         recommender.terminate()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _calls_in_flight(metrics_port: int, method: str) -> float:
     """RPCs of ``method`` the server has started and not finished, from its own /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode("utf-8")
-    totals = {"grpc_server_started_total": 0.0, "grpc_server_handled_total": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in totals and sample.labels.get("grpc_method") == method:
-                totals[sample.name] += sample.value
-    return totals["grpc_server_started_total"] - totals["grpc_server_handled_total"]
+    scrape = Scrape(metrics_port)
+    return (scrape.total("grpc_server_started_total", grpc_method=method)
+            - scrape.total("grpc_server_handled_total", grpc_method=method))
 
 
 def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(tmp_path):
@@ -251,7 +237,7 @@ def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(tmp_path):
     root = tmp_path / "models"
     art = tiny_artifact(users=1000, items=40_000, dim=64)
     publish(str(root), art, {"model_kind": "good"})
-    metrics_port = _free_port()
+    metrics_port = free_port()
     recommender = start_recommender(root, tmp_path, "--ranking-mb", "0", "--metrics-port", str(metrics_port))
     # New calls go through a bare channel: the client's own retries would turn a refusal into a wait.
     channel = grpc.insecure_channel(recommender.address, options=[("grpc.enable_retries", 0)])

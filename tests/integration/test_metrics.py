@@ -9,48 +9,21 @@ the server, and nothing else calls these servers meanwhile.
 from __future__ import annotations
 
 import math
-import socket
 import time
-import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from clients import RecommenderClient, TrainerClient
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.datagen import write_grouplens_files
-from tests.servers import start_recommender, start_trainer
+from tests.servers import Scrape, free_port, start_recommender, start_trainer
 
 RECOMMENDER = "movierec.v1.Recommender"
 TRAINER = "movierec.v1.Trainer"
 REQUEST_THREADS = 2  # the recommender's --threads: few, so a health watcher holding one would show
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Scrape:
-    """One scrape of ``/metrics``: every sample by name and labels; a series not exported reads 0."""
-
-    def __init__(self, port: int):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            assert response.status == 200
-            self.text = response.read().decode("utf-8")
-        self.samples: dict[tuple[str, frozenset], float] = {}
-        self.names: set[str] = set()
-        for family in text_string_to_metric_families(self.text):
-            self.names.add(family.name)
-            for sample in family.samples:
-                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-
-    def __call__(self, name: str, **labels) -> float:
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def _grpc(method: str, service: str = RECOMMENDER, grpc_type: str = "unary") -> dict:
@@ -62,7 +35,7 @@ def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("metrics")
     data_root = write_grouplens_files(base / "data")
     model_root = base / "models"
-    trainer_metrics, recommender_metrics = _free_port(), _free_port()
+    trainer_metrics, recommender_metrics = free_port(), free_port()
     trainer = start_trainer(model_root, base, "--data-root", str(data_root), "--metrics-port", str(trainer_metrics))
     recommender = start_recommender(model_root, base, "--metrics-port", str(recommender_metrics),
                                     "--threads", str(REQUEST_THREADS))
