@@ -17,13 +17,15 @@ setup: $(VENV)/.installed
 demo: setup
 	VENV=$(VENV) scripts/demo.sh
 
-# Lint first: a ruff finding fails the test command (and CI) in seconds.
+# Lint and type-check first: a ruff or mypy finding fails the test command (and CI) in seconds.
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 protos: setup
 	$(VENV)/bin/python protos/generate.py

@@ -178,11 +178,13 @@ def build_index(args, artifact) -> tuple[dict, dict, float]:
 
 def publish_timed(root: str, artifact, retrieval: dict, files: dict, variant: int) -> tuple[int, float, float]:
     """(version, publish seconds, monotonic time the version became visible)."""
+    from movierec_common.artifact import VersionMetadata
     from trainer_service.publisher import publish
 
     started = time.monotonic()
-    version = publish(root, artifact, {"model_kind": "synthetic", "benchmark": "ann_serving", "variant": variant,
-                                       "retrieval": retrieval}, files)
+    metadata = VersionMetadata(model_kind="synthetic", retrieval=retrieval,
+                               extra={"benchmark": "ann_serving", "variant": variant})
+    version = publish(root, artifact, metadata, files)
     done = time.monotonic()
     return version, round(done - started, 1), done
 

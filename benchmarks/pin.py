@@ -155,13 +155,14 @@ def _wait_all(watchers, version: int, since: float, timeout: float) -> list[tupl
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from movierec_common.artifact import VersionMetadata
     from trainer_service.publisher import publish
 
     work = Path(tempfile.mkdtemp(prefix="movierec-pin-"))
     root = str(work / "models")
     artifact = synthetic_artifact(args.seed)
-    publish(root, artifact, {"model_kind": "two_tower", "benchmark": "pin", "variant": 0})
-    publish(root, variant(artifact, 1, args.seed), {"model_kind": "two_tower", "benchmark": "pin", "variant": 1})
+    for number, published in enumerate((artifact, variant(artifact, 1, args.seed))):
+        publish(root, published, VersionMetadata(model_kind="two_tower", extra={"benchmark": "pin", "variant": number}))
     trainer = None
     results = []
     try:

@@ -109,6 +109,7 @@ def main(argv=None) -> int:
 
 
 def run(args, work: Path, root: str) -> int:
+    from movierec_common.artifact import VersionMetadata
     from movierec_common.model_root import list_versions
     from trainer_service.publisher import publish
 
@@ -116,7 +117,7 @@ def run(args, work: Path, root: str) -> int:
         artifact, source = synthetic_artifact(args.seed), "synthetic (MovieLens 100K shape)"
     else:
         artifact, source = trained_artifact(args.movielens_dir, args.train_epochs, args.seed), "two_tower on ML-100K"
-    publish(root, artifact, {"model_kind": "two_tower", "benchmark": "replicas", "variant": 0})
+    publish(root, artifact, VersionMetadata(model_kind="two_tower", extra={"benchmark": "replicas", "variant": 0}))
 
     replicas, watchers, rows = [], [], []
     try:
@@ -131,8 +132,8 @@ def run(args, work: Path, root: str) -> int:
             w.start()
         for repeat in range(1, args.repeats + 1):
             time.sleep(2.0)  # let the load settle between publishes
-            version = publish(root, variant(artifact, repeat, args.seed),
-                              {"model_kind": "two_tower", "benchmark": "replicas", "variant": repeat})
+            metadata = VersionMetadata(model_kind="two_tower", extra={"benchmark": "replicas", "variant": repeat})
+            version = publish(root, variant(artifact, repeat, args.seed), metadata)
             published = time.monotonic()
             deadline = published + 120
             while any(w.first_seen(version) is None for w in watchers) and time.monotonic() < deadline:

@@ -50,6 +50,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
 
 from benchmarks.ann_serving import MemorySampler, load_seconds_from_log, start_recommender  # noqa: E402
 from benchmarks.serve import latency_stats, run_loadgen, wait_for_version  # noqa: E402
+from movierec_common.artifact import read_metadata  # noqa: E402
 from movierec_common.launch import ServerProcess  # noqa: E402
 
 SIZES = {
@@ -292,16 +293,16 @@ def part_a(args, work: Path, sizes: dict) -> dict:
         published = version_dir.stat().st_ctime  # the rename into place
         wait_for_version(recommender.target, version, 600)
         publish_to_served = round(time.time() - published, 1)
-        metadata = json.loads((version_dir / "metadata.json").read_text())
-        retrieval = metadata.get("retrieval", {})
+        metadata = read_metadata(str(version_dir))
+        retrieval = metadata.retrieval or {}
         train_seconds = float(job.metrics["train_seconds"])
-        train_ratings = metadata["dataset"]["num_ratings"] - metadata["dataset"]["num_users"]
+        train_ratings = metadata.dataset.num_ratings - metadata.dataset.num_users
         epochs_run = int(job.metrics["epochs_run"])
         print(f"  trained in {train_seconds:.0f} s; version {version} served {publish_to_served} s after publish",
               flush=True)
 
         user_ids = [str(u) for u in np.random.default_rng(args.seed).permutation(
-            np.arange(1, metadata["dataset"]["num_users"] + 1)).tolist()]
+            np.arange(1, metadata.dataset.num_users + 1)).tolist()]
         users_file = work / "users.json"
         users_file.write_text(json.dumps(user_ids))
         time.sleep(2.0)

@@ -203,11 +203,10 @@ def session_encoder(artifact, kind: str):
 def build_model(args, root: str) -> tuple[object, dict, dict]:
     """Publishes version 1 into root; returns (artifact, description for the JSON, metadata every version gets)."""
     from movierec_common import artifact as artifact_format
-    from movierec_common import session_query
     from movierec_common.model_root import list_versions, version_dir
     from trainer_service.publisher import publish
 
-    shared: dict = {}  # the session rule, given to the reload variants too
+    shared: dict = {}  # the session rule (query_encoder), given to the reload variants too
     if args.model_root:
         versions = list_versions(args.model_root)
         if not versions:
@@ -216,9 +215,9 @@ def build_model(args, root: str) -> tuple[object, dict, dict]:
         shutil.copytree(source, os.path.join(root, "1"))
         artifact, _ = artifact_format.load(source)
         metadata = artifact_format.read_metadata(source)
-        info = {"source": "model_root", "path": source, "model_kind": metadata.get("model_kind", "")}
-        if session_query.METADATA_KEY in metadata:
-            shared[session_query.METADATA_KEY] = metadata[session_query.METADATA_KEY]
+        info = {"source": "model_root", "path": source, "model_kind": metadata.model_kind}
+        if metadata.query_encoder is not None:
+            shared["query_encoder"] = metadata.query_encoder
     else:
         info = {}
         artifact = encoder = None
@@ -243,8 +242,9 @@ def build_model(args, root: str) -> tuple[object, dict, dict]:
             info = {**info, "source": "synthetic", "model_kind": "synthetic"}
         info["query_encoder_from"] = "trainer" if encoder is not None else "benchmark"
         encoder = encoder or session_encoder(artifact, info["model_kind"])
-        shared[session_query.METADATA_KEY] = encoder.to_json()
-        publish(root, artifact, {"model_kind": info["model_kind"], "benchmark": "serve", "variant": 0, **shared})
+        shared["query_encoder"] = encoder.to_json()
+        publish(root, artifact, artifact_format.VersionMetadata(
+            model_kind=info["model_kind"], extra={"benchmark": "serve", "variant": 0}, **shared))
     info.update(num_users=artifact.num_users, num_items=artifact.num_items,
                 dim=int(artifact.item_vectors.shape[1]), seen_ratings=int(artifact.seen_indices.size))
     return artifact, info, shared
@@ -521,6 +521,7 @@ def session_phase(args, work: Path, ours: Server, artifact) -> dict:
 
 def reload_phase(args, work: Path, users_file: Path, ours: Server, base_artifact, root: str,
                  sampler: RssSampler, shared_metadata: dict | None = None) -> dict:
+    from movierec_common.artifact import VersionMetadata
     from trainer_service.publisher import publish
 
     first_version = served_version(ours.target)
@@ -544,8 +545,8 @@ def reload_phase(args, work: Path, users_file: Path, ours: Server, base_artifact
             due = begin + i * args.reload_interval
             time.sleep(max(0.0, due - time.monotonic()))
             started = time.monotonic()
-            version = publish(root, artifact, {"model_kind": "benchmark_variant", "variant": i + 1,
-                                               **(shared_metadata or {})})
+            version = publish(root, artifact, VersionMetadata(model_kind="benchmark_variant", extra={"variant": i + 1},
+                                                              **(shared_metadata or {})))
             publishes.append({"version": version, "publish_started": started, "published": time.monotonic()})
 
     thread = threading.Thread(target=publisher, name="publisher", daemon=True)

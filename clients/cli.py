@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from movierec.v1 import trainer_pb2
+from movierec.v1.vocabulary import HOLDOUTS, MODEL_KINDS
 from movierec_common.security import refuse_token_flags
-from movierec_common.vocabulary import HOLDOUTS, MODEL_KINDS
 from trainer_service import synth  # numpy only: the generator runs locally, without TensorFlow
 
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from google.protobuf import timestamp_pb2
 
 from movierec.v1 import recommender_pb2, trainer_pb2
-from movierec_common.vocabulary import FINAL_JOB_STATES as TERMINAL_STATES
-from movierec_common.vocabulary import JOB_STATES, SUCCEEDED  # trainer.proto's TrainJob.State names
+from movierec.v1.vocabulary import FINAL_JOB_STATES as TERMINAL_STATES
+from movierec.v1.vocabulary import JOB_STATES, SUCCEEDED  # trainer.proto's TrainJob.State names
 
 from .errors import ConfigurationError
 
@@ -122,7 +122,7 @@ class SimilarItems:
 @dataclass(frozen=True, slots=True)
 class ModelVersionInfo:
     version: int
-    state: str  # one of movierec_common.vocabulary.VERSION_STATES: "SERVING", "AVAILABLE", "LOADING", ...
+    state: str  # one of movierec.v1.vocabulary.VERSION_STATES: "SERVING", "AVAILABLE", "LOADING", ...
     reason: str  # why it was rejected
     model_kind: str
     metrics: dict[str, float]

@@ -24,10 +24,16 @@ magnitude faster per call than entering the TF runtime.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import hashlib
 import json
+import numbers
 import os
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -136,7 +142,7 @@ def _decode(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def build_module(artifact: ModelArtifact):
+def build_module(artifact: ModelArtifact) -> Any:
     """A tf.Module whose variables hold the artifact and whose function ranks movies.
 
     The ranking mirrors the recommender's numpy path exactly: seen movies are
@@ -149,8 +155,8 @@ def build_module(artifact: ModelArtifact):
     """
     tf = tensorflow()
 
-    class RecommenderModule(tf.Module):
-        def __init__(self):
+    class RecommenderModule(tf.Module):  # type: ignore[misc, name-defined] # TensorFlow ships no types
+        def __init__(self) -> None:
             super().__init__(name="movierec")
             self.user_ids = tf.Variable(artifact.user_ids.astype(str).astype(bytes), trainable=False, name="user_ids")
             self.user_vectors = tf.Variable(artifact.user_vectors.astype(np.float32), trainable=False,
@@ -164,7 +170,9 @@ def build_module(artifact: ModelArtifact):
             self.seen_indices = tf.Variable(artifact.seen_indices.astype(np.int64), trainable=False,
                                             name="seen_indices")
             self.popularity = tf.Variable(artifact.popularity.astype(np.float32), trainable=False, name="popularity")
-            timestamps = artifact.seen_timestamps if artifact.time_ordered else np.zeros(0, dtype=np.int64)
+            timestamps = artifact.seen_timestamps
+            if timestamps is None or not artifact.time_ordered:
+                timestamps = np.zeros(0, dtype=np.int64)
             self.seen_timestamps = tf.Variable(timestamps.astype(np.int64), trainable=False, name="seen_timestamps")
             self.user_table = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(
@@ -174,11 +182,11 @@ def build_module(artifact: ModelArtifact):
                 default_value=-1,
             )
 
-        @tf.function(input_signature=[
+        @tf.function(input_signature=[  # type: ignore[untyped-decorator] # TensorFlow ships no types
             tf.TensorSpec([None], tf.string, name="user_id"),
             tf.TensorSpec([], tf.int32, name="k"),
         ])
-        def recommend(self, user_id, k):
+        def recommend(self, user_id: Any, k: Any) -> dict[str, Any]:
             index = self.user_table.lookup(user_id)
             known = index >= 0
             safe = tf.maximum(index, 0)
@@ -210,7 +218,7 @@ def save(artifact: ModelArtifact, path: str) -> None:
     tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: module.recommend})
 
 
-def write_version(folder: str, artifact: ModelArtifact, metadata: dict[str, Any],
+def write_version(folder: str, artifact: ModelArtifact, metadata: VersionMetadata,
                   files: dict[str, bytes] | None = None) -> None:
     """Writes a complete version into a new local folder: the SavedModel, the
     side files, then ``metadata.json`` (with the manifest of all the others)
@@ -219,9 +227,9 @@ def write_version(folder: str, artifact: ModelArtifact, metadata: dict[str, Any]
     for name, data in (files or {}).items():
         with open(os.path.join(folder, name), "wb") as handle:
             handle.write(data)
-    record = {**metadata, "format_version": FORMAT_VERSION, "files": file_manifest(folder)}
+    record = dataclasses.replace(metadata, format_version=FORMAT_VERSION, files=file_manifest(folder))
     with open(os.path.join(folder, METADATA_FILE), "w") as handle:
-        handle.write(json.dumps(record, indent=2, sort_keys=True, default=str))
+        handle.write(record.to_text())
 
 
 def load(path: str) -> tuple[ModelArtifact, Any]:
@@ -261,56 +269,270 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-def read_metadata(version_dir: str) -> dict[str, Any]:
-    """Reads metadata.json, the completeness marker of a version folder (local or remote)."""
+def read_metadata(version_dir: str) -> VersionMetadata:
+    """Reads metadata.json, the completeness marker of a version folder (local or remote).
+
+    Raises ArtifactError for a missing or unusable record, RootUnreachable
+    when the store cannot be read.
+    """
     path = model_root.join(version_dir, METADATA_FILE)
     try:
         raw = model_root.read_bytes(path)
     except FileNotFoundError:
         raise ArtifactError(f"{METADATA_FILE} is missing (the version was not completely published)") from None
-    try:
-        metadata = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{METADATA_FILE} is not valid JSON: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{METADATA_FILE} is not a movierec format_version {FORMAT_VERSION} record")
-    return metadata
+    return VersionMetadata.from_text(raw)
 
 
-def file_manifest(version_dir: str) -> dict[str, dict[str, Any]]:
+def file_manifest(version_dir: str) -> dict[str, FileEntry]:
     """Size and sha256 of every file under version_dir (metadata.json aside).
 
     Stored in metadata.json, it lets the recommender prove that a folder is
     complete and intact, whatever order a copy tool wrote its files in.
     """
-    import hashlib
-
-    fs, root = model_root.filesystem(version_dir)
-    manifest: dict[str, dict[str, Any]] = {}
+    manifest: dict[str, FileEntry] = {}
     for relative in sorted(model_root.files_under(version_dir)):
         if relative == METADATA_FILE:
             continue
         digest = hashlib.sha256()
         size = 0
-        with fs.open(f"{root.rstrip('/')}/{relative}", "rb") as handle:
+        with model_root.open_for_reading(model_root.join(version_dir, relative)) as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-        manifest[relative] = {"size": size, "sha256": digest.hexdigest()}
+        manifest[relative] = FileEntry(size=size, sha256=digest.hexdigest())
     return manifest
 
 
-def verify_manifest(version_dir: str, manifest: Any) -> None:
+def verify_manifest(version_dir: str, manifest: dict[str, FileEntry]) -> None:
     """Raises ArtifactError naming the first missing, truncated or altered file."""
-    if not isinstance(manifest, dict) or not manifest:
+    if not manifest:
         raise ArtifactError(f"{METADATA_FILE} has no file manifest")
     actual = file_manifest(version_dir)
     for relative, expected in sorted(manifest.items()):
         found = actual.get(relative)
         if found is None:
             raise ArtifactError(f"{relative} is missing")
-        if found["size"] != expected.get("size"):
-            raise ArtifactError(f"{relative} is {found['size']} bytes, expected {expected.get('size')} "
+        if found.size != expected.size:
+            raise ArtifactError(f"{relative} is {found.size} bytes, expected {expected.size} "
                                 "(truncated or altered)")
-        if found["sha256"] != expected.get("sha256"):
+        if found.sha256 != expected.sha256:
             raise ArtifactError(f"{relative} does not match its checksum (corrupt or altered)")
+
+
+# --------------------------------------------------------------------------- metadata.json, typed
+#
+# One record the trainer writes and every reader reads; nothing else reads
+# metadata.json by string keys. The rule for versions written by another
+# release, in both directions:
+#
+# * a field this reader knows but the file lacks takes the default declared
+#   below (the version was written before the field existed);
+# * a field the file has but this reader does not know is kept in ``extra``,
+#   written back unchanged by ``to_json``, and otherwise ignored (a newer
+#   trainer wrote it);
+# * a known field holding the wrong type (a string for a number, a list for
+#   an object) is an ArtifactError, and the version is not served: a record
+#   that lies about its shape cannot be trusted on the rest. One exception:
+#   in the maps of named figures (``metrics``, ``baseline_metrics``), an
+#   entry that is not a number is dropped, since a figure nobody can compare
+#   or plot says nothing (ListVersions always showed numbers only);
+#
+# ``format_version`` must equal FORMAT_VERSION; it changes only when a reader
+# of the old format could no longer serve the new one. Two parts have owners
+# of their own that validate them against the arrays they describe, and stay
+# JSON objects here: ``retrieval`` (ann_index.IndexParams.from_metadata) and
+# ``query_encoder`` (session_query.QueryEncoder.from_json).
+
+
+_FIGURES = "figures: entries that are not numbers are dropped"
+Figures = Annotated[dict[str, float], _FIGURES]
+
+
+class _Record:
+    """JSON (de)serialisation for the frozen dataclasses below, by their type hints."""
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = METADATA_FILE) -> Any:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where} is not an object")
+        hints = typing.get_type_hints(cls, include_extras=True)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        values = {name: _typed(data[name], hints[name], f"{where} '{name}'") for name in known if name in data}
+        if "extra" in hints:
+            values["extra"] = {name: value for name, value in data.items() if name not in known}
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if item.name == "extra":
+                out = {**value, **out}
+            elif value is not None:
+                out[item.name] = _plain(value)
+        return out
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as ``hint`` says, or ArtifactError naming the field."""
+    if typing.get_origin(hint) is Annotated:
+        hint, *notes = typing.get_args(hint)
+        if _FIGURES in notes:
+            figures = _typed(value, dict[str, Any], where)
+            return {name: float(v) for name, v in figures.items()
+                    if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # the first option the value fits
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        problems = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _typed(value, option, where)
+            except ArtifactError as exc:
+                problems.append(str(exc))
+        raise ArtifactError(" and ".join(problems) or f"{where} is not set")
+    if isinstance(hint, type) and issubclass(hint, _Record):
+        return hint.from_json(value, where)
+    if hint is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ArtifactError(f"{where} is not an object")
+        _, value_hint = typing.get_args(hint)
+        return {str(k): _typed(v, value_hint, f"{where}[{k!r}]") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ArtifactError(f"{where} is not a list")
+        item_hint = typing.get_args(hint)[0]
+        return tuple(_typed(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ArtifactError(f"{where} is not a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArtifactError(f"{where} is not a whole number")
+        return value
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise ArtifactError(f"{where} is not a {hint.__name__}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: records as objects, tuples as lists, numpy scalars as Python numbers."""
+    if isinstance(value, _Record):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass(frozen=True)
+class FileEntry(_Record):
+    """One file of a version's manifest."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DatasetFacts(_Record):
+    """What the version was trained on."""
+
+    source: str = ""
+    fingerprint: str = ""  # equal fingerprints: the same ratings (the regression gate compares only these)
+    ratings_path: str = ""
+    items_path: str = ""
+    num_users: int = 0
+    num_items: int = 0
+    num_ratings: int = 0
+
+
+@dataclass(frozen=True)
+class RefitRecord(_Record):
+    """Whether the served vectors are a refit on all ratings with the evaluation run's settings."""
+
+    enabled: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    settings_chosen_on: str = ""
+    metrics_measured_on: str = ""
+    trained_on: str = ""
+    train_seconds: float = 0.0
+
+
+ENGINE_IN_PROCESS = "in_process"
+
+
+@dataclass(frozen=True)
+class Distribution(_Record):
+    """How training ran: engine ("in_process" or "ray_train"), workers, and the strategy's replicas."""
+
+    engine: str = ENGINE_IN_PROCESS
+    workers: int = 1
+    num_replicas_in_sync: int = 1
+
+
+@dataclass(frozen=True)
+class VersionMetadata(_Record):
+    """A version's ``metadata.json``: what was trained, how, how it measured, and its files.
+
+    Written by the trainer (trainer_service.pipeline), read by the
+    recommender's loader, the trainer's version listing, the regression gate
+    and the benchmarks. See the comment above for old and new fields.
+    """
+
+    model_kind: str = ""
+    job_id: str = ""
+    created_at: str = ""  # ISO 8601 in UTC
+    hyperparameters: dict[str, int | float] = field(default_factory=dict)  # as requested (0 = chosen on validation)
+    seed: int = 0
+    dataset: DatasetFacts = field(default_factory=DatasetFacts)
+    evaluation_split: str = ""
+    refit: RefitRecord = field(default_factory=RefitRecord)
+    # What validation chose (epochs, lambda, dropout, weights...): the kind's own
+    # settings record as JSON (trainer_service.kinds reads it back typed).
+    settings: dict[str, Any] = field(default_factory=dict)
+    settings_chosen_on: str = ""
+    selection: dict[str, Any] = field(default_factory=dict)  # what validation compared, per candidate
+    history_order: str = ""  # "time": seen lists are oldest first; "": movie order (before time was kept)
+    query_encoder: dict[str, Any] | None = None  # session_query.QueryEncoder.to_json(); None: before sessions
+    metrics: Figures = field(default_factory=dict)  # held out
+    baseline_metrics: dict[str, Figures] = field(default_factory=dict)  # {"popularity": {...}}
+    loss_history: tuple[float, ...] = ()
+    validation_history: tuple[dict[str, float], ...] = ()
+    distribution: Distribution = field(default_factory=Distribution)
+    libraries: dict[str, str] = field(default_factory=dict)
+    retrieval: dict[str, Any] | None = None  # ann_index.IndexParams.as_metadata(); None or exact: no index
+    files: dict[str, FileEntry] = field(default_factory=dict)  # the manifest, filled in by write_version
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this release does not know, kept as read
+
+    @classmethod
+    def from_text(cls, raw: bytes | str) -> VersionMetadata:
+        """Parses metadata.json; ArtifactError unless it is a movierec record of this format."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{METADATA_FILE} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{METADATA_FILE} is not a movierec format_version {FORMAT_VERSION} record")
+        metadata: VersionMetadata = cls.from_json(data)
+        return metadata
+
+    def to_text(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    @property
+    def created_at_seconds(self) -> float | None:
+        """created_at as seconds since the epoch; None when it is not a date."""
+        try:
+            stamp = dt.datetime.fromisoformat(self.created_at)
+        except ValueError:
+            return None
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()

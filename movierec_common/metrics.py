@@ -32,8 +32,8 @@ import threading
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from movierec.v1.vocabulary import JOB_STATES
 from movierec_common.logs import event
-from movierec_common.vocabulary import JOB_STATES
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,30 @@ atomically, an object store cannot. So on a local root a version appears by
 one rename, and on an object store by writing ``metadata.json`` last, after
 every file it lists (see trainer_service.publisher); readers count a version
 only when that file exists and its manifest verifies.
+
+**One error at the boundary.** Every function here that touches storage
+raises :class:`RootUnreachable` when the store cannot answer (an OS error, a
+botocore or aiohttp error, a timeout), translated in one table
+(:data:`_STORE_ERRORS`) as httpx maps its transports' errors, and
+:class:`RootAccessDenied`, a subclass, when it answered "not allowed"
+(retrying will not help). Callers catch only those. ``FileNotFoundError`` is
+not a failure but an answer ("nothing there") and passes through where a
+function documents it. Nothing here returns an empty list or ``None`` to mean
+"could not tell".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import fsspec
 
@@ -48,6 +61,69 @@ _S3_OPTIONS = {
 }
 
 
+class RootUnreachable(Exception):
+    """The model root could not be read or written just now; says nothing about what it holds.
+
+    Serving carries on with what it has and tries again at its next poll; a
+    writer (publishing, retention, the pin) does nothing rather than act on a
+    guess. ``location`` is what was being reached.
+    """
+
+    def __init__(self, message: str, location: str = ""):
+        super().__init__(message)
+        self.location = location
+
+
+class RootAccessDenied(RootUnreachable):
+    """The store answered, and refused: these credentials may not do this. Retrying will not help."""
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What fsspec's backends raise when a store cannot answer: the one table of them.
+
+    ``OSError`` covers local folders and what s3fs translates (``PermissionError``
+    is handled before this table, ``FileNotFoundError`` is an answer, not a
+    failure); botocore's and aiohttp's own errors and timeouts reach callers
+    untranslated when the endpoint is down or slow.
+    """
+    errors: list[type[BaseException]] = [OSError, TimeoutError, asyncio.TimeoutError]
+    try:
+        import botocore.exceptions
+
+        errors += [botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError]
+    except ImportError:  # no S3 support installed: local roots only
+        pass
+    try:
+        import aiohttp
+
+        errors.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+_STORE_ERRORS = _store_errors()
+
+
+@contextlib.contextmanager
+def _boundary(action: str, location: str) -> Iterator[None]:
+    """Translates what a store raises into RootUnreachable / RootAccessDenied; FileNotFoundError passes."""
+    try:
+        yield
+    except (FileNotFoundError, RootUnreachable):
+        raise
+    except PermissionError as exc:
+        raise RootAccessDenied(f"{action} {location}: permission denied ({exc})", location) from exc
+    except _STORE_ERRORS as exc:
+        raise RootUnreachable(f"{action} {location} failed: {type(exc).__name__}: {_first_line(exc)}",
+                              location) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
 def is_local(root: str) -> bool:
     return "://" not in root or root.startswith("file://")
 
@@ -56,14 +132,21 @@ def filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding ``location`` and the path it knows it by.
 
     fsspec keeps one instance per set of options, so every call for an
-    object store shares one connection pool and event loop.
+    object store shares one connection pool and event loop. Raw access,
+    outside the error boundary: this module's own functions, and tests that
+    damage a root on purpose, use it; everything else calls the functions below.
     """
     protocol = fsspec.core.split_protocol(location)[0] or "file"
     if protocol not in ("s3", "s3a"):
-        return fsspec.core.url_to_fs(location)
+        return _url_to_fs(location)
     # The endpoint is part of the options, so a process whose AWS_ENDPOINT_URL
     # changes gets a filesystem for the new endpoint, not a cached one for the old.
-    return fsspec.core.url_to_fs(location, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), **_S3_OPTIONS)
+    return _url_to_fs(location, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), **_S3_OPTIONS)
+
+
+def _url_to_fs(location: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(location, **options)
+    return fs, str(path)
 
 
 def join(*parts: str) -> str:
@@ -71,28 +154,24 @@ def join(*parts: str) -> str:
     return "/".join([head.rstrip("/"), *[p.strip("/") for p in rest]])
 
 
-def list_names(folder: str, *, strict: bool = False) -> list[str]:
-    """Base names of the entries of folder; a missing folder has none.
-
-    A watcher passes ``strict=False``: an unreachable store then looks empty
-    and serving carries on. Whoever writes or deletes on the strength of a
-    listing (numbering versions, retention, job recovery) passes
-    ``strict=True`` and gets the error instead of a wrong "nothing there".
-    """
+def list_names(folder: str) -> list[str]:
+    """Base names of the entries of folder; a missing folder has none. Raises RootUnreachable."""
     fs, path = filesystem(folder)
     try:
-        return [posixpath.basename(name.rstrip("/")) for name in fs.ls(path, detail=False)]
+        with _boundary("listing", folder):
+            return [posixpath.basename(name.rstrip("/")) for name in fs.ls(path, detail=False)]
     except FileNotFoundError:
         return []
-    except Exception:  # PermissionError, an unreachable store
-        if strict:
-            raise
-        return []
 
 
-def list_versions(root: str, *, strict: bool = False) -> list[int]:
-    """Integer-named entries of root, ascending."""
-    return sorted(int(name) for name in list_names(root, strict=strict) if name.isdigit() and not name.startswith("0"))
+def is_version_name(name: str) -> bool:
+    """A version folder's name: a positive integer without leading zeros, as TF Serving's."""
+    return name.isdigit() and not name.startswith("0")
+
+
+def list_versions(root: str) -> list[int]:
+    """Integer-named entries of root, ascending. Raises RootUnreachable."""
+    return sorted(int(name) for name in list_names(root) if is_version_name(name))
 
 
 def version_dir(root: str, version: int) -> str:
@@ -101,12 +180,32 @@ def version_dir(root: str, version: int) -> str:
 
 def exists(location: str) -> bool:
     fs, path = filesystem(location)
-    return fs.exists(path)
+    with _boundary("checking", location):
+        return bool(fs.exists(path))
 
 
 def read_bytes(location: str) -> bytes:
+    """A whole file. Raises FileNotFoundError when it is not there, RootUnreachable when the store cannot say."""
     fs, path = filesystem(location)
-    return fs.cat_file(path)
+    with _boundary("reading", location):
+        return bytes(fs.cat_file(path))
+
+
+@contextlib.contextmanager
+def open_for_reading(location: str) -> Iterator[IO[bytes]]:
+    """A file opened for reading in binary; errors while opening or reading cross as RootUnreachable."""
+    fs, path = filesystem(location)
+    with _boundary("reading", location), fs.open(path, "rb") as handle:
+        yield handle
+
+
+def upload_file(local_path: str, location: str) -> None:
+    """Copies one local file to location (a folder's parents are made as needed)."""
+    fs, path = filesystem(location)
+    with _boundary("uploading to", location):
+        if is_local(location):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        fs.put_file(local_path, path)
 
 
 def write_bytes(location: str, data: bytes) -> None:
@@ -116,50 +215,61 @@ def write_bytes(location: str, data: bytes) -> None:
     store's PUT is already all-or-nothing.
     """
     fs, path = filesystem(location)
-    if not is_local(location):
-        fs.pipe_file(path, data)
-        return
-    parent = posixpath.dirname(path)
-    fs.makedirs(parent, exist_ok=True)
-    tmp = join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:6]}.tmp")
+    with _boundary("writing", location):
+        if not is_local(location):
+            fs.pipe_file(path, data)
+            return
+        parent = posixpath.dirname(path)
+        fs.makedirs(parent, exist_ok=True)
+        tmp = join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:6]}.tmp")
+        try:
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+        except BaseException:
+            if fs.exists(tmp):
+                fs.rm_file(tmp)
+            raise
+
+
+def remove_file(location: str) -> bool:
+    """Deletes one file; False when it was not there."""
+    fs, path = filesystem(location)
     try:
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm_file(tmp)
-        raise
+        with _boundary("removing", location):
+            fs.rm_file(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def remove_tree(location: str) -> None:
     fs, path = filesystem(location)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    with _boundary("removing", location):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def files_under(folder: str) -> dict[str, dict[str, Any]]:
-    """Every file below folder, by path relative to it, with its size and change stamp."""
+    """Every file below folder, by path relative to it, with its size and change stamp; {} for a missing folder."""
     fs, path = filesystem(folder)
     base = path.rstrip("/") + "/"
-    found = fs.find(path, detail=True)
+    with _boundary("listing", folder):
+        found = fs.find(path, detail=True)
     return {name[len(base):]: {"size": info.get("size"),
                                "stamp": info.get("ETag") or info.get("mtime") or info.get("LastModified")}
             for name, info in found.items() if name.startswith(base) and info.get("type") != "directory"}
 
 
-def folder_fingerprint(folder: str) -> str | None:
+def folder_fingerprint(folder: str) -> str:
     """Changes whenever a file under folder is added, removed, resized or rewritten.
 
     The recommender retries a rejected version only when this changes, so a
     bad folder costs one load attempt, not one per poll; on an object store it
     costs one listing, and nothing is downloaded until the version is complete.
-    None when the folder cannot be listed right now (an unreachable store):
-    nothing can be concluded about it until it can.
+    Raises RootUnreachable when the folder cannot be listed right now: nothing
+    can be concluded about it until it can.
     """
-    try:
-        files = files_under(folder)
-    except Exception:  # botocore, aiohttp and OS errors alike: no conclusion
-        return None
+    files = files_under(folder)
     digest = hashlib.sha256()
     for name, info in sorted(files.items()):
         digest.update(f"{name}:{info['size']}:{info['stamp']}\n".encode())
@@ -169,7 +279,8 @@ def folder_fingerprint(folder: str) -> str | None:
 def download(folder: str, local_folder: str) -> None:
     """Copies every file below folder into local_folder (which must not exist)."""
     fs, path = filesystem(folder)
-    fs.get(path.rstrip("/") + "/", local_folder.rstrip("/") + "/", recursive=True)
+    with _boundary("copying", folder):
+        fs.get(path.rstrip("/") + "/", local_folder.rstrip("/") + "/", recursive=True)
 
 
 def write_serving_marker(root: str, replica: str, version: int) -> None:
@@ -180,31 +291,29 @@ def write_serving_marker(root: str, replica: str, version: int) -> None:
 
 def remove_serving_marker(root: str, replica: str) -> None:
     """A replica that stops says so at once, instead of being listed as serving until its marker ages out."""
-    fs, path = filesystem(join(root, SERVING_DIR, f"{replica}.json"))
-    try:
-        fs.rm_file(path)
-    except FileNotFoundError:
-        pass
+    remove_file(join(root, SERVING_DIR, f"{replica}.json"))
 
 
 def serving_replicas(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> dict[str, int]:
     """The version each live recommender serves, by replica id (markers refreshed within ttl).
 
     A marker's file name is its replica's id, so the trainer can say who
-    serves what (ListVersions) without asking any recommender. Raises when
-    the markers cannot be listed: "nobody serves anything" would let
-    retention delete what replicas serve.
+    serves what (ListVersions) without asking any recommender. Raises
+    RootUnreachable when the markers cannot be read: "nobody serves anything"
+    would let retention delete what replicas serve.
     """
     folder = join(root, SERVING_DIR)
     replicas: dict[str, int] = {}
-    for name in list_names(folder, strict=True):
+    for name in list_names(folder):
         if not name.endswith(".json") or name.startswith("."):
             continue
         try:
             marker = json.loads(read_bytes(join(folder, name)))
             if time.time() - float(marker["updated"]) <= ttl:
                 replicas[name[: -len(".json")]] = int(marker["version"])
-        except Exception:  # removed since the listing, or not a marker: not a live replica
+        except FileNotFoundError:  # removed since the listing: the replica stopped
+            continue
+        except (ValueError, KeyError, TypeError):  # not a marker (ValueError covers bad JSON and UTF-8)
             continue
     return replicas
 
@@ -222,11 +331,7 @@ def write_pin(root: str, version: int | None) -> None:
     """
     location = join(root, PIN_FILE)
     if version is None:
-        fs, path = filesystem(location)
-        try:
-            fs.rm_file(path)
-        except FileNotFoundError:  # nothing was pinned
-            pass
+        remove_file(location)  # False: nothing was pinned
         return
     write_bytes(location, json.dumps({"version": int(version), "updated": time.time()}).encode())
 
@@ -239,13 +344,12 @@ def read_pin(root: str) -> int | None:
     """The pinned version, or None when nothing is pinned.
 
     Raises when the pin cannot be read: PinDamaged for a file that does not
-    name a positive version, the store's own error when it is unreachable.
+    name a positive version, RootUnreachable when the store cannot answer.
     Either way a watcher keeps what it serves rather than guess.
     """
     location = join(root, PIN_FILE)
-    fs, path = filesystem(location)
     try:
-        raw = fs.cat_file(path)
+        raw = read_bytes(location)
     except FileNotFoundError:
         return None
     try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -20,11 +22,11 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
-_tf = None
+_tf: Any = None
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def _native_stderr_silenced() -> Iterator[None]:
     """TensorFlow's C++ runtime logs through absl before anything can configure
     it (CUDA probing, "All log messages before absl::InitializeLog()"), ignoring
     TF_CPP_MIN_LOG_LEVEL; the only off switch is the file descriptor itself.
@@ -43,7 +45,7 @@ def _native_stderr_silenced():
         os.close(devnull)
 
 
-def tensorflow():
+def tensorflow() -> Any:
     """Return the ``tensorflow`` module, imported with the environment above."""
     global _tf
     if _tf is None:

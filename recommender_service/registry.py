@@ -40,16 +40,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
+from movierec.v1.vocabulary import AVAILABLE, LOADING, REJECTED, RETIRED, SERVING
 from movierec_common import ann_index, launch, session_query
 from movierec_common import artifact as artifact_format
 from movierec_common import metrics as prometheus_metrics
 from movierec_common.logs import event
 from movierec_common.model_root import (
     PinDamaged,
+    RootUnreachable,
     download,
     exists,
     folder_fingerprint,
@@ -61,7 +63,6 @@ from movierec_common.model_root import (
     version_dir,
     write_serving_marker,
 )
-from movierec_common.vocabulary import AVAILABLE, LOADING, REJECTED, RETIRED, SERVING
 from recommender_service.answers import AnswerCache
 from recommender_service.retrieval import (
     RANKING_BUDGET_BYTES,
@@ -85,14 +86,14 @@ T = TypeVar("T")
 class LoadedModel:
     version: int
     retriever: Retriever
-    metadata: dict[str, Any]
+    metadata: artifact_format.VersionMetadata
     loaded_at: float
     serving: dict[str, float] = field(default_factory=dict)  # how it is served (GetModelStatus shows it)
     answers: AnswerCache = field(default_factory=AnswerCache, repr=False, compare=False)  # dies with the version
 
     @property
     def model_kind(self) -> str:
-        return str(self.metadata.get("model_kind", ""))
+        return self.metadata.model_kind
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool,
                   render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = ()) -> T:
@@ -132,7 +133,7 @@ class ValidatedVersion:
 
     catalogue: Catalogue
     rankings: Rankings
-    metadata: dict[str, Any]
+    metadata: artifact_format.VersionMetadata
     index_params: ann_index.IndexParams | None
     item_vectors: np.ndarray | None   # exact backend only
     item_norms: np.ndarray | None     # index backend only (cosine for SimilarItems)
@@ -214,12 +215,13 @@ def _check_approximate_answer(retriever, artifact, user, user_id, ids, scores, t
         raise artifact_format.ArtifactError(f"smoke query for user {user_id} {problem}")
 
 
-def read_query_encoder(metadata: dict[str, Any], num_items: int, dim: int) -> session_query.QueryEncoder | None:
+def read_query_encoder(metadata: artifact_format.VersionMetadata, num_items: int,
+                       dim: int) -> session_query.QueryEncoder | None:
     """The version's session rule; None for versions published before sessions existed."""
-    if session_query.METADATA_KEY not in metadata:
+    if metadata.query_encoder is None:
         return None
     try:
-        return session_query.QueryEncoder.from_json(metadata[session_query.METADATA_KEY], num_items, dim)
+        return session_query.QueryEncoder.from_json(metadata.query_encoder, num_items, dim)
     except session_query.EncoderError as exc:
         raise artifact_format.ArtifactError(str(exc)) from None
 
@@ -273,8 +275,8 @@ def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES
     """
     clock = _PhaseClock()
     metadata = artifact_format.read_metadata(path)
-    params = ann_index.IndexParams.from_metadata(metadata.get("retrieval"))
-    manifest = metadata.get("files")
+    params = ann_index.IndexParams.from_metadata(metadata.retrieval)
+    manifest = metadata.files
     artifact_format.verify_manifest(path, manifest)
     if params is not None and params.file not in manifest:
         raise artifact_format.ArtifactError(
@@ -451,7 +453,7 @@ def _warm_up() -> None:
     folder = tempfile.mkdtemp(prefix=launch.owned_prefix(WARM_UP_PREFIX, os.getppid()))
     try:
         path = os.path.join(folder, "1")
-        artifact_format.write_version(path, artifact, {"model_kind": "warm-up"})
+        artifact_format.write_version(path, artifact, artifact_format.VersionMetadata(model_kind="warm-up"))
         validate_version(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -675,16 +677,22 @@ class ModelRegistry:
             self._stop.wait(self.poll_seconds)
 
     def poll_once(self) -> None:
-        versions = list_versions(self.model_root)
+        try:
+            versions = list_versions(self.model_root)
+        except RootUnreachable:
+            versions = []
         self._note_root_visibility(bool(versions))
         with self._lock:
             for v in versions:
                 self._versions.setdefault(v, VersionInfo(version=v, state=AVAILABLE))
-        if self._read_root_pin():
-            if self.pinned_version is not None:
-                self._follow_pin(self.pinned_version, versions)
-            else:
-                self._follow_newest(versions)
+        try:
+            if self._read_root_pin():
+                if self.pinned_version is not None:
+                    self._follow_pin(self.pinned_version, versions)
+                else:
+                    self._follow_newest(versions)
+        except RootUnreachable:  # a folder could not be listed: nothing can be concluded until the next poll
+            pass
         self._refresh_marker()  # at once after a swap, so ListVersions' served_by and retention see it
 
     def _read_root_pin(self) -> bool:
@@ -766,7 +774,7 @@ class ModelRegistry:
                 raise artifact_format.ArtifactError("the folder changed while it was validated; "
                                                     "it will be checked again")
             retriever = warmed_retriever(validated, local)
-        except RootUnavailable as exc:  # says nothing about the version: try again at the next poll
+        except (RootUnavailable, RootUnreachable) as exc:  # says nothing about the version: retry at the next poll
             self._set_state(version, AVAILABLE, reason=f"{exc}; will retry", fingerprint=fingerprint)
             event(log, "version not loaded: model root unreachable", logging.WARNING, version=version,
                   reason=str(exc))
@@ -794,7 +802,7 @@ class ModelRegistry:
             if previous is not None and previous.version in self._versions:
                 self._versions[previous.version].state = RETIRED
         self._set_state(version, SERVING, fingerprint=fingerprint, model_kind=model.model_kind,
-                        metrics=dict(metadata.get("metrics", {})))
+                        metrics=dict(metadata.metrics))
         event(log, "version serving", version=version, previous=previous.version if previous else None,
               model_kind=model.model_kind, backend=retriever.top_k.name, movies=retriever.num_items,
               ranked_users=retriever.rankings.num_users, load_seconds=load_seconds,

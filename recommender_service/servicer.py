@@ -140,7 +140,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             status.served_version = model.version
             status.model_kind = model.model_kind
             status.loaded_at.CopyFrom(loaded_at)
-            status.metrics.update({k: float(v) for k, v in model.metadata.get("metrics", {}).items()})
+            status.metrics.update(model.metadata.metrics)
             status.metrics.update(model.serving)  # serving_ann, serving_ann_nprobe, serving_smoke_recall_at_10, ...
             status.num_users = model.retriever.num_users
             status.num_items = model.retriever.num_items

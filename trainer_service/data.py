@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from movierec_common.vocabulary import HOLDOUTS, PREDEFINED_SPLITS
+from movierec.v1.vocabulary import HOLDOUTS, PREDEFINED_SPLITS
 from trainer_service import formats
 from trainer_service.formats import Catalogue, DatasetError, RatingColumns
 

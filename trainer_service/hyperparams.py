@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from movierec_common.vocabulary import MODEL_KINDS
+from movierec.v1.vocabulary import MODEL_KINDS
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from movierec.v1.vocabulary import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED  # noqa: F401 - re-exported
+from movierec.v1.vocabulary import FINAL_JOB_STATES as FINAL_STATES
 from movierec_common.model_root import JOBS_DIR, join, list_names, read_bytes, remove_tree, write_bytes
-from movierec_common.vocabulary import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED  # noqa: F401 - re-exported
-from movierec_common.vocabulary import FINAL_JOB_STATES as FINAL_STATES
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class JobStore:
 
     def load_all(self) -> list[JobRecord]:
         jobs = []
-        for name in list_names(self._dir, strict=True):  # forgetting jobs would forget idempotency keys
+        for name in list_names(self._dir):  # unreachable: raises, since forgetting jobs would forget idempotency keys
             path = join(self._dir, name)
             if name.startswith("."):
                 remove_tree(path)  # a local write cut short by a crash

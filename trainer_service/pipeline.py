@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from movierec_common import ann_index, session_query
+from movierec_common import ann_index
 from movierec_common import artifact as artifact_format
 from movierec_common.logs import event
 from movierec_common.model_root import list_versions, read_pin, version_dir, versions_in_use
@@ -183,7 +183,7 @@ def regression(root: str, validation_recall: float, split: datasets.Split) -> st
     try:
         pinned = read_pin(root)
         served = sorted(versions_in_use(root))
-        versions = list_versions(root, strict=True)
+        versions = list_versions(root)
     except Exception as exc:  # an unreachable store, a damaged pin
         return (f"cannot tell which version is served ({type(exc).__name__}: {exc}), so a regression "
                 f"cannot be ruled out")
@@ -198,9 +198,9 @@ def regression(root: str, validation_recall: float, split: datasets.Split) -> st
             except artifact_format.ArtifactError:
                 continue  # deleted or damaged: nobody can be served it
             compared.append(version)
-            same_data = (current.get("dataset", {}).get("fingerprint") == split.data.fingerprint
-                         and current.get("evaluation_split") == split.name)
-            previous = current.get("metrics", {}).get("validation_recall_at_10")
+            same_data = (current.dataset.fingerprint == split.data.fingerprint
+                         and current.evaluation_split == split.name)
+            previous = current.metrics.get("validation_recall_at_10")
             if same_data and previous is not None and validation_recall < previous:
                 return (f"validation Recall@10 {validation_recall:.4f} is below version {version}'s "
                         f"{previous:.4f} on the same data ({rule})")
@@ -270,19 +270,19 @@ def _refit(spec: TrainSpec, split: datasets.Split, trained, hp, seed, workers, j
     most recent ones. The metrics and the quality gate stay the evaluation run's.
     """
     if not spec.refit or split.test.size == 0:
-        return trained, {"enabled": False}
+        return trained, artifact_format.RefitRecord(enabled=False)
     everything = datasets.Split(data=split.data, train=np.arange(len(split.data)),
                                 test=np.zeros(0, dtype=np.int64), name="all ratings")
     refit = _train(spec, everything, hp, seed, workers, job_id, ctx, on_epoch, ray_training,
                    refit_settings=trained.settings, phase="refitting")
-    return refit, {
-        "enabled": True,
-        "settings": dict(trained.settings),
-        "settings_chosen_on": trained.validation_split,
-        "metrics_measured_on": split.name,
-        "trained_on": f"all {len(split.data):,} ratings ({split.test.size:,} held out for evaluation included)",
-        "train_seconds": refit.train_seconds,
-    }
+    return refit, artifact_format.RefitRecord(
+        enabled=True,
+        settings=_json_ready(dict(trained.settings)),
+        settings_chosen_on=trained.validation_split,
+        metrics_measured_on=split.name,
+        trained_on=f"all {len(split.data):,} ratings ({split.test.size:,} held out for evaluation included)",
+        train_seconds=refit.train_seconds,
+    )
 
 
 def run_job(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training=None) -> JobResult:
@@ -389,52 +389,47 @@ def _run(job: JobRecord, ctx: JobContext, config: TrainerConfig, ray_training, h
                    steps_per_epoch=report.steps_per_epoch, elapsed_seconds=report.elapsed_seconds)
 
     served, refit = _refit(spec, split, trained, hp, seed, workers, job.id, ctx, on_refit_epoch, ray_training)
-    metrics["refit"] = 1.0 if refit["enabled"] else 0.0
-    if refit["enabled"]:
-        metrics["refit_seconds"] = float(refit["train_seconds"])
+    metrics["refit"] = 1.0 if refit.enabled else 0.0
+    if refit.enabled:
+        metrics["refit_seconds"] = float(refit.train_seconds)
     ctx.check_cancelled()
     ctx.report(phase="publishing")
-    metadata = {
-        "model_kind": spec.model,
-        "job_id": job.id,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "hyperparameters": hp.as_dict(),
-        "seed": seed,
-        "dataset": {
-            "source": split.data.source,
-            "fingerprint": split.data.fingerprint,
-            "ratings_path": spec.ratings_path,
-            "items_path": spec.items_path,
-            "num_users": split.data.n_users,
-            "num_items": split.data.n_items,
-            "num_ratings": len(split.data),
-        },
-        "evaluation_split": split.name,
-        # What the served vectors were trained on: a refit on all ratings with the
-        # evaluation run's settings, or (enabled false) the evaluated model itself.
-        "refit": refit,
-        # What validation chose (epochs, lambda, dropout, blend weight, scales,
-        # recency rules): what the served model was trained with, where
-        # "hyperparameters" holds the request (0 there = choose on validation).
-        "settings": _json_ready(trained.settings),
-        "settings_chosen_on": trained.validation_split,
-        # What the choice compared: each candidate's validation metrics, each part's.
-        "selection": _json_ready({k: v for k, v in trained.extra.items() if k not in trained.settings}),
-        "history_order": "time",
-        session_query.METADATA_KEY: served.encoder.to_json(),
-        "metrics": metrics,
-        "baseline_metrics": {"popularity": baseline},
-        "loss_history": list(trained.loss_history),
-        "validation_history": trained.validation_history,
-        # engine ("in_process" / "ray_train"), workers, num_replicas_in_sync (from the workers' strategy)
-        "distribution": dict(trained.distribution),
-        "libraries": _library_versions(),
-    }
     png = loss_plot_png(trained.loss_history, [v.get("recall_at_10", 0.0) for v in trained.validation_history],
                         f"{spec.model} ({job.id})")
     artifact = artifact_for(split, served.user_vectors, served.item_vectors)
-    index_files, metadata["retrieval"] = ann_index.files_for_version(
+    index_files, retrieval = ann_index.files_for_version(
         artifact.item_vectors, artifact.user_vectors, min_items=config.ann_min_items, seed=seed)
+    metadata = artifact_format.VersionMetadata(
+        model_kind=spec.model,
+        job_id=job.id,
+        created_at=dt.datetime.now(dt.UTC).isoformat(),
+        hyperparameters=hp.as_dict(),
+        seed=seed,
+        dataset=artifact_format.DatasetFacts(
+            source=split.data.source, fingerprint=split.data.fingerprint, ratings_path=spec.ratings_path,
+            items_path=spec.items_path, num_users=split.data.n_users, num_items=split.data.n_items,
+            num_ratings=len(split.data)),
+        evaluation_split=split.name,
+        # What the served vectors were trained on: a refit on all ratings with the
+        # evaluation run's settings, or (enabled false) the evaluated model itself.
+        refit=refit,
+        # What validation chose (epochs, lambda, dropout, blend weight, scales,
+        # recency rules): what the served model was trained with, where
+        # "hyperparameters" holds the request (0 there = choose on validation).
+        settings=_json_ready(trained.settings),
+        settings_chosen_on=trained.validation_split,
+        # What the choice compared: each candidate's validation metrics, each part's.
+        selection=_json_ready({k: v for k, v in trained.extra.items() if k not in trained.settings}),
+        history_order="time",
+        query_encoder=served.encoder.to_json(),
+        metrics=metrics,
+        baseline_metrics={"popularity": baseline},
+        loss_history=tuple(trained.loss_history),
+        validation_history=tuple(trained.validation_history),
+        distribution=artifact_format.Distribution(**trained.distribution),
+        libraries=_library_versions(),
+        retrieval=retrieval,
+    )
     ctx.check_cancelled()
     version = publish(config.model_root, artifact, metadata, {artifact_format.LOSS_PLOT_FILE: png, **index_files},
                       should_stop=ctx.should_stop)

@@ -26,9 +26,7 @@ per root (it queues its own jobs) and scale its training out with --workers.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
-import numbers
 import os
 import shutil
 import tempfile
@@ -72,7 +70,7 @@ def remove_stale_temp_folders(root: str) -> list[str]:
     """Deletes what interrupted publishes left: local temp folders, or
     object-store versions whose metadata.json was never written."""
     removed = []
-    for name in list_names(root, strict=True):
+    for name in list_names(root):
         stale = name.startswith(TMP_PREFIX) if is_local(root) else (
             name.isdigit() and not exists(join(root, name, artifact_format.METADATA_FILE)))
         if stale:
@@ -84,7 +82,7 @@ def remove_stale_temp_folders(root: str) -> list[str]:
 
 
 def _rename_into_place(base: str, staging: str) -> int:
-    version = max(list_versions(base, strict=True), default=0) + 1
+    version = max(list_versions(base), default=0) + 1
     while os.path.exists(os.path.join(base, str(version))):
         version += 1  # taken since we listed: never overwrite
     os.rename(staging, os.path.join(base, str(version)))
@@ -93,7 +91,7 @@ def _rename_into_place(base: str, staging: str) -> int:
 
 def _upload_into_place(root: str, staging: str, should_stop) -> int:
     fs, base = filesystem(root)
-    version = max(list_versions(root, strict=True), default=0) + 1
+    version = max(list_versions(root), default=0) + 1
     while fs.find(f"{base.rstrip('/')}/{version}"):
         version += 1  # taken since we listed: never overwrite (nor, below, delete) another's files
     target = f"{base.rstrip('/')}/{version}"
@@ -116,7 +114,7 @@ def _upload_into_place(root: str, staging: str, should_stop) -> int:
 def publish(
     root: str,
     model: artifact_format.ModelArtifact,
-    metadata: Mapping,
+    metadata: artifact_format.VersionMetadata,
     files: Mapping[str, bytes] = {},
     *,
     should_stop=lambda: False,
@@ -132,7 +130,7 @@ def publish(
         work = tempfile.mkdtemp(prefix="movierec-publish-")
         staging = os.path.join(work, "version")
     try:
-        artifact_format.write_version(staging, model, dict(metadata), dict(files))
+        artifact_format.write_version(staging, model, metadata, dict(files))
         if local:
             if should_stop():
                 raise PublishCancelled("cancelled before the version was published")
@@ -151,7 +149,7 @@ def apply_retention(root: str, keep: int) -> list[int]:
         return []
     with _VERSIONS_LOCK:
         try:
-            versions = list_versions(root, strict=True)
+            versions = list_versions(root)
             protected = versions_in_use(root)
             pinned = read_pin(root)
         except Exception as exc:  # the root (or its pin) cannot be read: delete nothing, try after the next publish
@@ -209,29 +207,18 @@ def published_version(root: str, version: int) -> PublishedVersion | None:
     except artifact_format.ArtifactError:
         return None
     files = files_under(path)
-    manifest = metadata.get("files")
-    if not isinstance(manifest, dict) or not manifest:
+    if not metadata.files:
         return None
-    for name, entry in manifest.items():
-        if not isinstance(entry, dict) or (files.get(name) or {}).get("size") != entry.get("size"):
+    for name, entry in metadata.files.items():
+        if (files.get(name) or {}).get("size") != entry.size:
             return None
-    metrics = metadata.get("metrics")
     return PublishedVersion(
         version=version,
-        model_kind=str(metadata.get("model_kind", "")),
-        metrics={str(k): float(v) for k, v in (metrics.items() if isinstance(metrics, dict) else ())
-                 if isinstance(v, numbers.Real) and not isinstance(v, bool)},
-        created_at=_seconds(metadata.get("created_at")),
+        model_kind=metadata.model_kind,
+        metrics=dict(metadata.metrics),
+        created_at=metadata.created_at_seconds,
         size_bytes=sum(int(info.get("size") or 0) for info in files.values()),
     )
-
-
-def _seconds(moment) -> float | None:
-    try:
-        stamp = dt.datetime.fromisoformat(str(moment))
-    except ValueError:
-        return None
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def root_versions(root: str) -> RootVersions:
@@ -243,7 +230,7 @@ def root_versions(root: str) -> RootVersions:
     pinned = read_pin(root)
     serving = serving_replicas(root)
     found = []
-    for version in reversed(list_versions(root, strict=True)):
+    for version in reversed(list_versions(root)):
         info = published_version(root, version)
         if info is not None:
             replicas = tuple(sorted(replica for replica, served in serving.items() if served == version))
@@ -265,7 +252,7 @@ def pin_version(root: str, version: int | None) -> int | None:
         except PinDamaged:
             previous = None
         if version is not None and published_version(root, version) is None:
-            complete = [v for v in list_versions(root, strict=True) if published_version(root, v) is not None]
+            complete = [v for v in list_versions(root) if published_version(root, v) is not None]
             known = ", ".join(map(str, complete[-10:])) if complete else "none yet"
             if len(complete) > 10:
                 known = f"..., {known}"

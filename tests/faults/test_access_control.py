@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import RecommenderClient, TrainerClient, Unauthenticated, Unavailable
 from movierec.v1 import recommender_pb2, trainer_pb2
+from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
 from tests.servers import ServerProcess, start_recommender, start_trainer
 from trainer_service.publisher import publish
@@ -107,7 +108,7 @@ def test_recommender_with_required_token_and_mutual_tls(tmp_path):
     server_key, server_cert = _cert(tmp_path, "localhost")
     client_key, client_cert = _cert(tmp_path, "client")
     model_root = tmp_path / "models"
-    publish(str(model_root), tiny_artifact(), {"model_kind": "test"})
+    publish(str(model_root), tiny_artifact(), VersionMetadata(model_kind="test"))
     recommender = ServerProcess(
         "recommender_service.server",
         ["--model-root", str(model_root), "--require-token", "--tls-cert", str(server_cert),
@@ -146,7 +147,7 @@ def test_recommender_with_required_token_and_mutual_tls(tmp_path):
 
 def test_plain_recommender_stays_open_by_default(tmp_path):
     model_root = tmp_path / "models"
-    publish(str(model_root), tiny_artifact(), {"model_kind": "test"})
+    publish(str(model_root), tiny_artifact(), VersionMetadata(model_kind="test"))
     recommender = start_recommender(model_root, tmp_path)
     try:
         with RecommenderClient(recommender.address, timeout=10, token="") as rc:

@@ -51,7 +51,8 @@ from hypothesis import strategies as st
 
 from clients import RecommenderClient
 from movierec.v1 import recommender_pb2, trainer_pb2
-from movierec_common.session_query import METADATA_KEY, POOLED, Part, QueryEncoder
+from movierec_common.artifact import VersionMetadata
+from movierec_common.session_query import POOLED, Part, QueryEncoder
 from tests.artifacts import tiny_artifact
 from tests.datagen import write_grouplens_files
 from tests.servers import start_recommender, start_trainer
@@ -766,7 +767,7 @@ def trainer(tmp_path_factory):
     (data_root / "escape.data").symlink_to("/etc/passwd")
     (data_root / "loop").symlink_to("loop")
     # One published version, for ListVersions and PinVersion to find.
-    published = publish(str(base / "models"), tiny_artifact(), {"model_kind": "test"})
+    published = publish(str(base / "models"), tiny_artifact(), VersionMetadata(model_kind="test"))
     server = start_trainer(base / "models", base, "--data-root", str(data_root), "--queue-size", "2",
                            env={"MOVIELENS_DIR": str(base / "no-movielens-here")})
     channel = grpc.insecure_channel(server.address)
@@ -797,7 +798,7 @@ def recommender(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz-recommender")
     model_root = base / "models"
     encoder = QueryEncoder((Part(POOLED, ARTIFACT.user_vectors.shape[1]),))  # sessions: the mean of their movies
-    version = publish(str(model_root), ARTIFACT, {"model_kind": "test", METADATA_KEY: encoder.to_json()})
+    version = publish(str(model_root), ARTIFACT, VersionMetadata(model_kind="test", query_encoder=encoder.to_json()))
     server = start_recommender(model_root, base)
     with RecommenderClient(server.address, timeout=10) as client:
         client.wait_until_serving(timeout=120)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import RecommenderClient, Unavailable
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from movierec_common import artifact as artifact_format
+from movierec_common.artifact import VersionMetadata
 from movierec_common.model_root import SERVING_DIR
 from movierec_common.tfenv import tensorflow
 from tests.artifacts import tiny_artifact
@@ -35,9 +36,8 @@ def _write_version(root, version: int, save) -> None:
     path = root / str(version)
     tmp = root / f".tmp-{version}-test"
     save(str(tmp))
-    metadata = {"model_kind": "bad", "format_version": artifact_format.FORMAT_VERSION,
-                "files": artifact_format.file_manifest(str(tmp))}
-    (tmp / artifact_format.METADATA_FILE).write_text(json.dumps(metadata))
+    metadata = artifact_format.VersionMetadata(model_kind="bad", files=artifact_format.file_manifest(str(tmp)))
+    (tmp / artifact_format.METADATA_FILE).write_text(metadata.to_text())
     tmp.rename(path)
 
 
@@ -111,7 +111,7 @@ def _wait_for_served(rc: RecommenderClient, version: int, timeout: float = 60.0)
 def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
     root = tmp_path / "models"
     good = tiny_artifact()
-    publish(str(root), good, {"model_kind": "good"})
+    publish(str(root), good, VersionMetadata(model_kind="good"))
     recommender = start_recommender(root, tmp_path)
     log = tmp_path / "recommender.log"
     bad_versions = {}
@@ -176,7 +176,7 @@ def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
             assert rc.recommend("1", k=3).model_version == 1
             assert rejection_reason(rc, len(cases) + 1) == bad_versions[len(cases) + 1]
             newer = tiny_artifact(seed=5)
-            version = publish(str(root), newer, {"model_kind": "good"})
+            version = publish(str(root), newer, VersionMetadata(model_kind="good"))
             _wait_for_served(rc, version)
             assert checker({version: newer})(rc.recommend("2", k=7), "2", 7, None) == ""
         print(f"\nbad versions rejected: {len(bad_versions)}; calls {load.calls}, failed {len(load.failures)}")
@@ -187,7 +187,7 @@ def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
 def test_model_root_unavailable_for_a_while(tmp_path):
     root = tmp_path / "models"
     artifacts = {1: tiny_artifact(seed=1), 2: tiny_artifact(seed=2)}
-    publish(str(root), artifacts[1], {"model_kind": "good"})
+    publish(str(root), artifacts[1], VersionMetadata(model_kind="good"))
     recommender = start_recommender(root, tmp_path)
     try:
         with RecommenderClient(recommender.address, timeout=10) as rc:
@@ -208,7 +208,7 @@ def test_model_root_unavailable_for_a_while(tmp_path):
                 assert status.status == health_pb2.HealthCheckResponse.SERVING
                 calls_while_away = load.calls
                 (tmp_path / "models-away").rename(root)
-                assert publish(str(root), artifacts[2], {"model_kind": "good"}) == 2
+                assert publish(str(root), artifacts[2], VersionMetadata(model_kind="good")) == 2
                 _wait_for_served(rc, 2, timeout=30)
             assert load.failures == [], load.failures[:5]
             assert set(load.versions) == {1, 2} and calls_while_away > 0
@@ -236,7 +236,7 @@ def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(tmp_path):
     """
     root = tmp_path / "models"
     art = tiny_artifact(users=1000, items=40_000, dim=64)
-    publish(str(root), art, {"model_kind": "good"})
+    publish(str(root), art, VersionMetadata(model_kind="good"))
     metrics_port = free_port()
     recommender = start_recommender(root, tmp_path, "--ranking-mb", "0", "--metrics-port", str(metrics_port))
     # New calls go through a bare channel: the client's own retries would turn a refusal into a wait.
@@ -292,7 +292,7 @@ def test_kill_9_leaves_no_process_of_the_recommender_behind(tmp_path, moment):
     within 5 s no process of its tree is left. Found as a user would see it: its loader helper and
     multiprocessing's resource tracker lived on, re-parented to init, with ~600 MB each."""
     root = tmp_path / "models"
-    publish(str(root), tiny_artifact(), {"model_kind": "good"})
+    publish(str(root), tiny_artifact(), VersionMetadata(model_kind="good"))
     recommender = start_recommender(root, tmp_path)
     tree: list[psutil.Process] = []
     try:

@@ -22,7 +22,7 @@ def _assert_every_version_complete(model_root) -> list[int]:
     for version in versions:
         path = str(model_root / str(version))
         metadata = artifact_format.read_metadata(path)
-        artifact_format.verify_manifest(path, metadata["files"])
+        artifact_format.verify_manifest(path, metadata.files)
     return versions
 
 

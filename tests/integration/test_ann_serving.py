@@ -9,7 +9,7 @@ the good version keeps serving.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 from clients import RecommenderClient
 from movierec_common import ann_index
 from movierec_common import artifact as artifact_format
+from movierec_common.artifact import VersionMetadata
 from movierec_common.tfenv import tensorflow
 from tests.artifacts import clustered_artifact
 from tests.servers import rejection_reason, start_recommender
@@ -34,7 +35,7 @@ def ann_stack(tmp_path_factory):
     art = clustered_artifact(users=400, items=20_000, seed=11)
     files, retrieval = ann_index.files_for_version(art.item_vectors, art.user_vectors, min_items=1_000)
     assert retrieval["backend"] == "faiss"
-    version = publish(str(root), art, {"model_kind": "synthetic", "retrieval": retrieval}, files)
+    version = publish(str(root), art, VersionMetadata(model_kind="synthetic", retrieval=retrieval), files)
     recommender = start_recommender(root, base)
     try:
         with RecommenderClient(recommender.address, timeout=30) as rc:
@@ -85,7 +86,7 @@ def test_served_answers_recall_the_exact_signature_and_exclude_seen(ann_stack):
 
 def test_status_and_metadata_show_the_ann_backend(ann_stack):
     metadata = artifact_format.read_metadata(str(ann_stack["root"] / str(ann_stack["version"])))
-    assert metadata["retrieval"]["backend"] == "faiss" and ann_index.INDEX_FILE in metadata["files"]
+    assert metadata.retrieval["backend"] == "faiss" and ann_index.INDEX_FILE in metadata.files
     with RecommenderClient(ann_stack["recommender"].address, timeout=10) as rc:
         status = rc.model_status()
     assert status.served_version == ann_stack["version"]
@@ -106,9 +107,9 @@ def _copy(root, good: int, version: int):
 
 def _rewrite_manifest(folder) -> None:
     """What a buggy trainer would write: a manifest that matches the bad files."""
-    metadata = json.loads((folder / artifact_format.METADATA_FILE).read_text())
-    metadata["files"] = artifact_format.file_manifest(str(folder))
-    (folder / artifact_format.METADATA_FILE).write_text(json.dumps(metadata))
+    metadata = artifact_format.VersionMetadata.from_text((folder / artifact_format.METADATA_FILE).read_bytes())
+    metadata = dataclasses.replace(metadata, files=artifact_format.file_manifest(str(folder)))
+    (folder / artifact_format.METADATA_FILE).write_text(metadata.to_text())
 
 
 def test_bad_index_files_are_rejected_while_the_good_version_keeps_serving(ann_stack):
@@ -177,7 +178,7 @@ def test_the_trainer_ships_an_index_past_its_threshold(tmp_path):
                                            holdout_size=2).id, timeout=300)
         assert job.state == "SUCCEEDED", job.error
         metadata = artifact_format.read_metadata(str(root / str(job.model_version)))
-        assert metadata["retrieval"]["backend"] == "faiss" and ann_index.INDEX_FILE in metadata["files"]
+        assert metadata.retrieval["backend"] == "faiss" and ann_index.INDEX_FILE in metadata.files
         with RecommenderClient(recommender.address, timeout=10) as rc:
             rc.wait_until_serving(timeout=120)
             assert rc.model_status().metrics["serving_ann"] == 1.0

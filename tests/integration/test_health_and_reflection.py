@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients import RecommenderClient, Unavailable
+from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
 from tests.servers import start_recommender
 from trainer_service.publisher import publish
@@ -38,7 +39,7 @@ def test_recommender_without_a_model_then_with_one(tmp_path):
             assert "no model is loaded yet" in caught.value.details
             assert rc.model_status().served_version in (0, None)
 
-            publish(str(model_root), tiny_artifact(), {"model_kind": "test"})
+            publish(str(model_root), tiny_artifact(), VersionMetadata(model_kind="test"))
             rc.wait_until_serving(timeout=30)
             assert _health(channel, "movierec.v1.Recommender") == health_pb2.HealthCheckResponse.SERVING
             recs = rc.recommend("1", k=3)

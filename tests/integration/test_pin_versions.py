@@ -24,6 +24,7 @@ import pytest
 
 from clients import ConfigurationError, InvalidArgument, NotFound, RecommenderClient, TrainerClient, Unauthenticated
 from clients.cli import main as cli_main
+from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
 from tests.datagen import write_grouplens_files
 from tests.servers import start_recommender, start_trainer
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "pin-token-0123456789abcdef"
 POLL_SECONDS = 0.5  # what tests.servers.start_recommender passes
-METADATA = {"model_kind": "two_tower", "metrics": {"recall_at_10": 0.25}, "created_at": "2024-05-01T12:00:00+00:00"}
+METADATA = VersionMetadata(model_kind="two_tower", metrics={"recall_at_10": 0.25},
+                           created_at="2024-05-01T12:00:00+00:00")
 
 
 def _replica_id(server) -> str:

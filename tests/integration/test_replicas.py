@@ -19,6 +19,7 @@ import pytest
 
 from clients import RecommenderClient
 from clients.cli import main as cli_main
+from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
 from tests.load import RotatingLoad, checker
 from tests.servers import describe, start_recommender, still_running
@@ -73,7 +74,7 @@ class StatusWatch:
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("replicas")
     root = base / "models"
-    publish(str(root), ARTIFACTS[1], {"model_kind": "good"})
+    publish(str(root), ARTIFACTS[1], VersionMetadata(model_kind="good"))
     replicas = []
     try:
         for i in range(3):
@@ -139,7 +140,7 @@ def test_a_new_version_reaches_every_replica_and_none_goes_back(stack):
     replicas = stack["replicas"]
     with Load(stack["addresses"]) as load, StatusWatch(replicas) as watch:
         time.sleep(0.5)
-        publish(str(stack["root"]), ARTIFACTS[2], {"model_kind": "good"})
+        publish(str(stack["root"]), ARTIFACTS[2], VersionMetadata(model_kind="good"))
         published = time.monotonic()
         deadline = published + 60
         while not all(watch.first_seen(i, 2) for i in range(len(replicas))):

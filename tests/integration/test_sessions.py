@@ -17,7 +17,7 @@ import pytest
 
 from clients import FailedPrecondition, InvalidArgument, RecommenderClient
 from clients.cli import main as cli
-from movierec_common.artifact import ModelArtifact, write_version
+from movierec_common.artifact import ModelArtifact, VersionMetadata, write_version
 from movierec_common.model_root import TMP_PREFIX
 from movierec_common.session_query import HISTORY, METADATA_KEY, POOLED, Part, QueryEncoder
 from tests.artifacts import tiny_artifact
@@ -46,7 +46,7 @@ def blended() -> tuple[ModelArtifact, QueryEncoder]:
 
 def publish(root, version: int, art: ModelArtifact, metadata: dict) -> None:
     staging = root / f"{TMP_PREFIX}{version}-test"
-    write_version(str(staging), art, {"model_kind": "test", **metadata})
+    write_version(str(staging), art, VersionMetadata(model_kind="test", query_encoder=metadata.get(METADATA_KEY)))
     staging.rename(root / str(version))
 
 

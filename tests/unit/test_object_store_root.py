@@ -10,6 +10,7 @@ import pytest
 
 from movierec_common import artifact as artifact_format
 from movierec_common import model_root
+from movierec_common.artifact import VersionMetadata
 from recommender_service.registry import RootUnavailable, VersionCache
 from tests.artifacts import tiny_artifact
 from tests.s3 import s3_server
@@ -31,13 +32,13 @@ def root(s3):
 
 
 def test_publish_uploads_metadata_last_and_never_reuses_a_taken_number(root):
-    assert publish(root, tiny_artifact(), {"model_kind": "a"}) == 1
-    manifest = artifact_format.read_metadata(model_root.version_dir(root, 1))["files"]
+    assert publish(root, tiny_artifact(), VersionMetadata(model_kind="a")) == 1
+    manifest = artifact_format.read_metadata(model_root.version_dir(root, 1)).files
     assert set(model_root.files_under(model_root.version_dir(root, 1))) == {*manifest, "metadata.json"}
     # A partial upload (no metadata.json) holds number 2: the next publish takes 3 and leaves 2 alone.
     fs, base = model_root.filesystem(root)
     fs.pipe_file(f"{base}/2/saved_model.pb", b"partial")
-    assert publish(root, tiny_artifact(seed=1), {"model_kind": "b"}) == 3
+    assert publish(root, tiny_artifact(seed=1), VersionMetadata(model_kind="b")) == 3
     assert model_root.read_bytes(model_root.join(root, "2", "saved_model.pb")) == b"partial"
     # The trainer's start-up removes the crashed upload, and only it.
     assert remove_stale_temp_folders(root) == ["2"]
@@ -45,29 +46,29 @@ def test_publish_uploads_metadata_last_and_never_reuses_a_taken_number(root):
 
 
 def test_an_unreachable_store_publishes_nothing_and_retention_deletes_nothing(root, s3):
-    publish(root, tiny_artifact(), {"model_kind": "a"})
-    publish(root, tiny_artifact(seed=1), {"model_kind": "b"})
+    publish(root, tiny_artifact(), VersionMetadata(model_kind="a"))
+    publish(root, tiny_artifact(seed=1), VersionMetadata(model_kind="b"))
     s3.stop()
     try:
         # Not "no versions yet, so this is 1": the listing's error reaches the caller.
-        with pytest.raises(Exception) as refused:
-            publish(root, tiny_artifact(seed=2), {"model_kind": "c"})
-        assert not isinstance(refused.value, AssertionError)
+        with pytest.raises(model_root.RootUnreachable):
+            publish(root, tiny_artifact(seed=2), VersionMetadata(model_kind="c"))
         assert apply_retention(root, keep=1) == []
-        assert model_root.list_versions(root) == []  # a watcher sees nothing, and carries on
+        with pytest.raises(model_root.RootUnreachable):  # one error, never an empty listing
+            model_root.list_versions(root)
     finally:
         s3.start()
     assert model_root.list_versions(root) == [1, 2]
 
 
 def test_version_cache_copies_only_complete_versions_and_replicas_can_share_its_folder(root, s3, tmp_path):
-    publish(root, tiny_artifact(), {"model_kind": "a"})
+    publish(root, tiny_artifact(), VersionMetadata(model_kind="a"))
     remote = model_root.version_dir(root, 1)
     fingerprint = model_root.folder_fingerprint(remote)
     first, second = VersionCache(str(tmp_path)), VersionCache(str(tmp_path))
     try:
         copy = first.copy(1, remote, fingerprint)
-        artifact_format.verify_manifest(copy, artifact_format.read_metadata(copy)["files"])
+        artifact_format.verify_manifest(copy, artifact_format.read_metadata(copy).files)
         other = second.copy(1, remote, fingerprint)
         second.keep_only(other)
         assert os.path.isdir(copy), "one replica's clean-up removed another's copy"
@@ -79,7 +80,8 @@ def test_version_cache_copies_only_complete_versions_and_replicas_can_share_its_
 
         s3.stop()
         try:
-            assert model_root.folder_fingerprint(remote) is None  # no conclusion while unreachable
+            with pytest.raises(model_root.RootUnreachable):  # no conclusion while unreachable
+                model_root.folder_fingerprint(remote)
             with pytest.raises(RootUnavailable):
                 first.copy(1, remote, fingerprint)
         finally:

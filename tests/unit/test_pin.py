@@ -16,6 +16,7 @@ import shutil
 
 import pytest
 
+from movierec_common.artifact import VersionMetadata
 from movierec_common.model_root import (
     PIN_FILE,
     PinDamaged,
@@ -37,8 +38,9 @@ from trainer_service.publisher import (
     root_versions,
 )
 
-METADATA = {"model_kind": "two_tower", "metrics": {"recall_at_10": 0.25, "note": "not a number"},
-            "created_at": "2024-05-01T12:00:00+00:00"}
+# The non-number is what another writer might put there; a reader drops it.
+METADATA = VersionMetadata(model_kind="two_tower", metrics={"recall_at_10": 0.25, "note": "not a number"},
+                           created_at="2024-05-01T12:00:00+00:00")
 
 
 def add_copy(root, source: int, version: int, *, corrupt: bool = False) -> None:

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from movierec_common import artifact as artifact_format
+from movierec_common.artifact import VersionMetadata
 from movierec_common.model_root import list_versions, write_serving_marker
 from recommender_service.registry import REJECTED, SERVING, ModelRegistry, validate_version
 from recommender_service.retrieval import Retriever, top_k_indices
 from tests.artifacts import tiny_artifact
 from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
 
-METADATA = {"model_kind": "test", "metrics": {"recall_at_10": 0.5}}
+METADATA = VersionMetadata(model_kind="test", metrics={"recall_at_10": 0.5})
 NO_ITEMS = np.zeros(0, np.int32)
 
 
@@ -72,7 +73,7 @@ def test_publish_numbers_versions_and_the_signature_agrees_with_numpy(tmp_path):
     assert publish(root, art, METADATA) == 2
     assert list_versions(root) == [1, 2]
     metadata = artifact_format.read_metadata(f"{root}/2")
-    assert metadata["model_kind"] == "test" and "saved_model.pb" in metadata["files"]
+    assert metadata.model_kind == "test" and "saved_model.pb" in metadata.files
     loaded, module = artifact_format.load(f"{root}/2")
     np.testing.assert_array_equal(loaded.user_vectors, art.user_vectors)
     assert loaded.titles.tolist() == art.titles.tolist()
@@ -149,7 +150,7 @@ def test_registry_serves_a_version_with_an_index_through_the_index(tmp_path):
 
     art = tiny_artifact(users=40, items=200, seed=4)
     files, retrieval = ann_index.files_for_version(art.item_vectors, art.user_vectors, min_items=100)
-    publish(str(tmp_path / "models"), art, {**METADATA, "retrieval": retrieval}, files)
+    publish(str(tmp_path / "models"), art, dataclasses.replace(METADATA, retrieval=retrieval), files)
     registry = ModelRegistry(str(tmp_path / "models"))
     registry.poll_once()
     model = registry.current()

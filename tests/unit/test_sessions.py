@@ -207,7 +207,8 @@ def test_movie_indices_are_one_vectorised_lookup():
 
 def _publish(root, version: int, art: ModelArtifact, metadata: dict) -> str:
     folder = os.path.join(str(root), str(version))
-    artifact_format.write_version(folder, art, {"model_kind": "test", **metadata})
+    artifact_format.write_version(folder, art, artifact_format.VersionMetadata(
+        model_kind="test", query_encoder=metadata.get(METADATA_KEY)))
     return folder
 
 

@@ -1,12 +1,12 @@
-"""Names both services and the client use are defined once (movierec_common.vocabulary, security.is_loopback)
+"""Names both services and the client use are defined once (movierec.v1.vocabulary, security.is_loopback)
 and agree with the .proto files and the trainer's per-kind tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from movierec.v1 import recommender_pb2, trainer_pb2
-from movierec_common import security, vocabulary
+from movierec.v1 import recommender_pb2, trainer_pb2, vocabulary
+from movierec_common import security
 
 
 def test_job_and_version_states_are_the_protos_and_everyone_uses_them():

@@ -1,27 +1,30 @@
-"""The names the services, the client and the benchmarks share, each defined once.
+"""The names the services, the client and the benchmarks share, each defined once, beside the contract.
 
 Where the contract defines a set of names (a job's state in trainer.proto, a
 version's state in recommender.proto) it is read from the generated
 descriptors, so the code cannot drift from the .proto: a state added there
 without a place here fails at import. Model kinds and holdouts are plain
-strings on the wire (``TrainRequest.model``, ``EvaluationSpec.holdout``); the
-trainer decides which it accepts, and the list lives here rather than in the
-trainer's modules so the client can name them without importing TensorFlow
-or pyarrow. The trainer's per-kind tables (defaults, models, closed-form
-trainers) are checked against :data:`MODEL_KINDS` by the tests.
+strings on the wire (``TrainRequest.model``, ``EvaluationSpec.holdout``,
+``DatasetSpec.name``); the trainer decides which it accepts, and the lists
+live here, in the contract's package, so a client depends on the contract
+alone (no TensorFlow, pyarrow or trainer code). The trainer's registry of
+model kinds and its table of MovieLens releases are checked against these
+lists by the tests, so the trainer cannot drift from them.
 
 Light on purpose: generated protobuf modules only.
 """
 
 from __future__ import annotations
 
-from movierec.v1 import recommender_pb2, trainer_pb2
+from typing import Any
+
+from . import recommender_pb2, trainer_pb2
 
 _JOB = trainer_pb2.TrainJob.State
 _VERSION = recommender_pb2.ModelVersion.State
 
 
-def enum_names(enum) -> tuple[str, ...]:
+def enum_names(enum: Any) -> tuple[str, ...]:
     """An enum's names in the order the .proto declares them, without proto3's zero value (unset)."""
     return tuple(value.name for value in enum.DESCRIPTOR.values if value.number != 0)
 
@@ -53,3 +56,6 @@ MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_bl
 # MovieLens 100K's own train/test files (ua.base/ua.test, ...): only that release has them.
 PREDEFINED_SPLITS = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")
 HOLDOUTS = ("random", "last_n_per_user") + PREDEFINED_SPLITS
+# MovieLens releases a TrainRequest's dataset.name may ask for (tensorflow-datasets' names).
+DATASET_NAMES = ("movielens/100k-ratings", "movielens/1m-ratings", "movielens/20m-ratings",
+                 "movielens/25m-ratings", "movielens/latest-small-ratings")
