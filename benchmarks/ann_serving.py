@@ -52,7 +52,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.serve import latency_stats, run_loadgen, wait_for_version  # noqa: E402
-from movierec_common.launch import ServerProcess  # noqa: E402
+from movierec_common.server_process import ServerProcess  # noqa: E402
 
 # The targets.
 TARGET_PUBLISH_TO_SERVED_S = 60.0

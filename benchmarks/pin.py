@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.serve import Server, synthetic_artifact, variant  # noqa: E402 - after the sys.path fix above
+from benchmarks.serve import server_process, synthetic_artifact, variant  # noqa: E402 - after the sys.path fix above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,7 +97,7 @@ def measure(poll: float, args, work: Path, root: str, trainer, rng: random.Rando
     replicas, watchers, flips = [], [], []
     try:
         for n in range(args.replicas):
-            replicas.append(Server(f"recommender-{n}", [sys.executable, "-m", "recommender_service.server",
+            replicas.append(server_process(f"recommender-{n}", [sys.executable, "-m", "recommender_service.server",
                                                         "--port", "0", "--model-root", root,
                                                         "--poll-seconds", str(poll)],
                                    work / f"recommender-{poll}-{n}.log").start(120))
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     trainer = None
     results = []
     try:
-        trainer = Server("trainer", [sys.executable, "-m", "trainer_service.server", "--port", "0",
+        trainer = server_process("trainer", [sys.executable, "-m", "trainer_service.server", "--port", "0",
                                      "--model-root", root], work / "trainer.log").start(120)
         rng = random.Random(args.seed)
         for poll in args.poll_seconds:

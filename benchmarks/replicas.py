@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.serve import DEFAULT_MOVIELENS, Server, synthetic_artifact, trained_artifact, variant  # noqa: E402
+from benchmarks.serve import DEFAULT_MOVIELENS, server_process, synthetic_artifact, trained_artifact, variant  # noqa: E402
 
 TARGET_CONVERGENCE_SECONDS = 5.0
 
@@ -122,7 +122,7 @@ def run(args, work: Path, root: str) -> int:
     replicas, watchers, rows = [], [], []
     try:
         for n in range(args.replicas):
-            replicas.append(Server(f"recommender-{n}", [sys.executable, "-m", "recommender_service.server",
+            replicas.append(server_process(f"recommender-{n}", [sys.executable, "-m", "recommender_service.server",
                                                         "--port", "0", "--model-root", root,
                                                         "--poll-seconds", str(args.poll_seconds)],
                                    work / f"recommender-{n}.log").start(120))

@@ -57,7 +57,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from movierec_common.launch import ServerProcess  # noqa: E402 - after the sys.path fix above
+from movierec_common.server_process import ServerProcess  # noqa: E402 - after the sys.path fix above
 
 DEFAULT_MOVIELENS = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
 
@@ -262,7 +262,8 @@ def variant(artifact, number: int, seed: int):
 # Processes
 # ----------------------------------------------------------------------------
 
-def Server(name: str, command: list[str], log_path: Path) -> ServerProcess:
+def server_process(name: str, command: list[str], log_path: Path) -> ServerProcess:
+    """A server started from the repository's root (not yet running: call ``start``)."""
     return ServerProcess(name, command, log_path, cwd=REPO_ROOT)
 
 
@@ -412,7 +413,7 @@ def served_version(target: str) -> int:
         return int(stub.GetModelStatus(recommender_pb2.GetModelStatusRequest(), timeout=10).served_version)
 
 
-def level_phase(args, work: Path, users_file: Path, ours: Server, echo: Server) -> list[dict]:
+def level_phase(args, work: Path, users_file: Path, ours: ServerProcess, echo: ServerProcess) -> list[dict]:
     runs: dict[int, dict[str, list[dict]]] = {level: {"ours": [], "echo": []} for level in args.levels}
     for repeat in range(args.repeats):
         for level in args.levels:
@@ -485,7 +486,7 @@ def session_refusal(target: str, session: dict) -> str:
     return ""
 
 
-def session_phase(args, work: Path, ours: Server, artifact) -> dict:
+def session_phase(args, work: Path, ours: ServerProcess, artifact) -> dict:
     """Session calls at 1 in flight, one row per kind of caller; medians over --repeats."""
     sets = session_sets(artifact, args.seed)
     result = {"in_flight": 1, "recent_movies": min(SESSION_MOVIES, artifact.num_items), "sessions_per_row": SESSIONS}
@@ -519,7 +520,7 @@ def session_phase(args, work: Path, ours: Server, artifact) -> dict:
     return {**result, "rows": rows}
 
 
-def reload_phase(args, work: Path, users_file: Path, ours: Server, base_artifact, root: str,
+def reload_phase(args, work: Path, users_file: Path, ours: ServerProcess, base_artifact, root: str,
                  sampler: RssSampler, shared_metadata: dict | None = None) -> dict:
     from movierec_common.artifact import VersionMetadata
     from trainer_service.publisher import publish
@@ -662,7 +663,7 @@ def compare(artifact, user_index: int, served: dict, k: int, version: int) -> st
     return ""
 
 
-def correctness_phase(args, work: Path, ours: Server, root: str) -> dict:
+def correctness_phase(args, work: Path, ours: ServerProcess, root: str) -> dict:
     from movierec_common import artifact as artifact_format
     from movierec_common.model_root import version_dir
 
@@ -826,10 +827,10 @@ def main(argv=None) -> int:
 
         print("Starting the recommender and the echo baseline...", flush=True)
         threads = ["--threads", str(args.threads)]
-        ours = Server("recommender", [sys.executable, "-m", "recommender_service.server", "--port", "0",
+        ours = server_process("recommender", [sys.executable, "-m", "recommender_service.server", "--port", "0",
                                       "--model-root", root, "--poll-seconds", str(args.poll_seconds), *threads],
                       work / "recommender.log").start()
-        echo = Server("echo", [sys.executable, str(BENCH_DIR / "echo_server.py"), "--port", "0", *threads],
+        echo = server_process("echo", [sys.executable, str(BENCH_DIR / "echo_server.py"), "--port", "0", *threads],
                       work / "echo.log").start()
         wait_for_version(ours.target, 1)
         sampler = RssSampler(ours.process.pid)

@@ -20,21 +20,18 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from movierec.v1 import trainer_pb2
-from movierec.v1.vocabulary import HOLDOUTS, MODEL_KINDS
-from movierec_common.security import refuse_token_flags
-from trainer_service import synth  # numpy only: the generator runs locally, without TensorFlow
+from movierec.v1.vocabulary import DATASET_NAMES, HOLDOUTS, MODEL_KINDS
 
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
-from .types import HYPERPARAMETERS, Job, ModelStatus, Versions
+from .flags import refuse_token_flags
+from .types import HYPERPARAMETERS, Item, Job, ModelStatus, Versions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DATASET_NAMES = ("movielens/100k-ratings", "movielens/1m-ratings", "movielens/20m-ratings",
-                 "movielens/25m-ratings", "movielens/latest-small-ratings")  # the trainer lists all it knows
 
 
 # --------------------------------------------------------------------------- entry point
@@ -48,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return args.handler(args)
+        return handler(args)
     except (ConfigurationError, InvalidArgument) as exc:
         _print_error(exc)
         return EXIT_USAGE
@@ -126,12 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     pin = command("pin", cmd_pin, "serve this version on every recommender (rollback) until `movierec unpin`")
     pin.add_argument("version", metavar="VERSION", type=_positive_int)
     command("unpin", cmd_unpin, "let every recommender follow the newest valid version again")
-
-    # Local work, no server: no connection options.
-    synth_help = "write a synthetic dataset in MovieLens 25M's format (ratings.csv, movies.csv)"
-    synth_command = commands.add_parser("synth", help=synth_help, description=synth_help)
-    synth.add_arguments(synth_command)
-    synth_command.set_defaults(handler=cmd_synth)
     return parser
 
 
@@ -300,18 +292,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _show(args, job, _print_job_state)
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    try:
-        synth.run(args)
-    except ValueError as exc:  # sizes that cannot be met
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         jobs = tc.list_jobs(limit=args.limit)
@@ -435,8 +415,9 @@ def _watch(tc: TrainerClient, job: Job, args: argparse.Namespace) -> int:
     return EXIT_OK if final.state == "SUCCEEDED" else EXIT_FAILED
 
 
-def _progress_bar(job: Job, *, disable: bool):
-    from tqdm import tqdm  # imported late: only `train --watch` / `watch` need it
+def _progress_bar(job: Job, *, disable: bool) -> Any:  # a tqdm bar
+    # Imported late: only `train --watch` / `watch` need it.
+    from tqdm import tqdm
 
     return tqdm(
         total=job.progress.total_epochs or None,
@@ -448,7 +429,7 @@ def _progress_bar(job: Job, *, disable: bool):
     )
 
 
-def _advance(bar, job: Job) -> None:
+def _advance(bar: Any, job: Job) -> None:
     progress = job.progress
     if progress.total_epochs and bar.total != progress.total_epochs:
         bar.total = progress.total_epochs
@@ -514,7 +495,7 @@ def _print_metrics(job: Job) -> None:
     _print_table(["metric", "model", "popularity"], rows, numeric={1, 2})
 
 
-def _print_items(items) -> None:
+def _print_items(items: Iterable[Item]) -> None:
     rows = [[rank, item.movie_id, item.title, f"{item.score:.4f}"] for rank, item in enumerate(items, 1)]
     _print_table(["#", "movie", "title", "score"], rows, numeric={0, 1, 3})
 
@@ -586,7 +567,7 @@ def _size(size_bytes: int) -> str:
     return f"{size:.1f} GB"
 
 
-def _print_table(headers: list[str], rows: list[list[Any]], *, numeric: set[int] = frozenset()) -> None:
+def _print_table(headers: list[str], rows: list[list[Any]], *, numeric: Collection[int] = frozenset()) -> None:
     cells = [headers] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
@@ -653,7 +634,7 @@ def _tolerate_unencodable_output() -> None:
     # should get an escape, not a UnicodeEncodeError.
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # AttributeError: below
         except (AttributeError, ValueError):
             pass
 

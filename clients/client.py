@@ -26,10 +26,11 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trainer_pb2_grpc
@@ -44,7 +45,7 @@ __all__ = ["TrainerClient", "RecommenderClient", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 10.0  # seconds, for each unary call
 
 _T = TypeVar("_T")
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
 
 # A broken watch stream or a failed check is worth another try on these codes;
 # anything else (NOT_FOUND, UNAUTHENTICATED, ...) will not get better by waiting.
@@ -79,6 +80,7 @@ class _Client:
 
     SERVICE: str  # full gRPC service name, also the health-check service name
     DEFAULT_TARGET: str
+    _STUB: Callable[[grpc.Channel], Any]  # the generated stub class of SERVICE (protoc writes no types for it)
     _RETRIED: tuple[str, ...]  # methods safe to retry on UNAVAILABLE
     _BALANCED = False  # may take several addresses (see targets.channel_target)
 
@@ -123,6 +125,7 @@ class _Client:
             )
         self._channel = channel
         self._health = health_pb2_grpc.HealthStub(channel)
+        self._stub = self._STUB(channel)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -131,10 +134,10 @@ class _Client:
         if self._owns_channel:
             self._channel.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -142,7 +145,7 @@ class _Client:
 
     # -- calls -------------------------------------------------------------
 
-    def _call(self, method: str, rpc: Callable, request, timeout: float | None):
+    def _call(self, method: str, rpc: Callable[..., _T], request: Message, timeout: float | None) -> _T:
         """One unary call with deadline and token; RpcError becomes MovieRecError."""
         try:
             return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
@@ -203,7 +206,8 @@ class _Client:
                 )
             time.sleep(min(poll_interval, remaining))
 
-    def _health_statuses(self, request, remaining: float) -> Iterator[int]:
+    def _health_statuses(self, request: health_pb2.HealthCheckRequest,
+                         remaining: float) -> Generator[int, None, None]:
         """The statuses one Watch stream delivers until it ends or the deadline passes."""
         call = self._health.Watch(request, timeout=max(0.01, remaining), metadata=self._metadata)
         try:
@@ -234,10 +238,7 @@ class RecommenderClient(_Client):
     DEFAULT_TARGET = "localhost:50052"
     _BALANCED = True
     _RETRIED = ("Recommend", "RecommendBatch", "SimilarItems", "GetModelStatus")
-
-    def __init__(self, target: str | None = None, **kwargs) -> None:
-        super().__init__(target, **kwargs)
-        self._stub = recommender_pb2_grpc.RecommenderStub(self._channel)
+    _STUB = recommender_pb2_grpc.RecommenderStub
 
     def recommend(
         self,
@@ -310,33 +311,14 @@ class TrainerClient(_Client):
     #: seconds between GetJob polls when the server has no WatchJob
     poll_interval = 1.0
 
-    def __init__(self, target: str | None = None, **kwargs) -> None:
-        super().__init__(target, **kwargs)
-        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
+    _STUB = trainer_pb2_grpc.TrainerStub
 
-    def train(
-        self,
-        model: str,
-        *,
-        epochs: int | None = None,
-        ratings_path: str | None = None,
-        items_path: str | None = None,
-        dataset: str | None = None,
-        hyperparameters: Mapping[str, float] | None = None,
-        holdout: str | None = None,
-        holdout_size: int | None = None,
-        seed: int | None = None,
-        idempotency_key: str | None = None,
-        min_validation_recall_at_10: float | None = None,
-        require_no_regression: bool = False,
-        quality_gate_disabled: bool = False,
-        workers: int | None = None,
-        refit: bool | None = None,
-        timeout: float | None = None,
-    ) -> t.Job:
+    def train(self, model: str, *, timeout: float | None = None, **options: Unpack[t.TrainOptions]) -> t.Job:
         """Queue a training job and return it at once (state ``QUEUED``).
 
-        ``None`` leaves a setting to the trainer's default. ``dataset`` names a
+        ``options`` are those of :class:`clients.types.TrainOptions`
+        (``epochs=``, ``holdout=``, ``hyperparameters=``, ``refit=``, ...);
+        one left out or ``None`` is the trainer's default. ``dataset`` names a
         MovieLens release instead of files (``"movielens/1m-ratings"``,
         ``"movielens/25m-ratings"``, ...; the trainer lists them when the name
         is unknown). ``hyperparameters`` takes the names in
@@ -348,23 +330,9 @@ class TrainerClient(_Client):
         ``refit=False`` publishes the evaluated model itself instead of one
         trained again on all the data (``None``: the trainer's default, a refit).
         """
-        request = t.train_request(
-            model,
-            epochs=epochs,
-            ratings_path=ratings_path,
-            items_path=items_path,
-            hyperparameters=hyperparameters,
-            holdout=holdout,
-            holdout_size=holdout_size,
-            seed=seed,
-            idempotency_key=idempotency_key or uuid.uuid4().hex,
-            min_validation_recall_at_10=min_validation_recall_at_10,
-            require_no_regression=require_no_regression,
-            quality_gate_disabled=quality_gate_disabled,
-            workers=workers,
-            refit=refit,
-        )
-        request.dataset.name = dataset or ""
+        request = t.train_request(model, **options)
+        if not request.idempotency_key:
+            request.idempotency_key = uuid.uuid4().hex
         return t.job_from_proto(self._call("Train", self._stub.Train, request, timeout))
 
     def get_job(self, job_id: str, *, timeout: float | None = None) -> t.Job:
@@ -470,7 +438,7 @@ class TrainerClient(_Client):
             if self._expired(deadline):
                 raise self._timeout(job_id, timeout, last)
 
-    def _watch_once(self, job_id: str, deadline: float | None) -> Iterator[t.Job]:
+    def _watch_once(self, job_id: str, deadline: float | None) -> Generator[t.Job, None, None]:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         call = self._stub.WatchJob(
             trainer_pb2.GetJobRequest(job_id=job_id), timeout=remaining, metadata=self._metadata
@@ -483,7 +451,7 @@ class TrainerClient(_Client):
         finally:
             call.cancel()  # no-op when finished; frees the stream if the caller stopped early
 
-    def _get_once(self, job_id: str, deadline: float | None) -> Iterator[t.Job]:
+    def _get_once(self, job_id: str, deadline: float | None) -> Generator[t.Job, None, None]:
         yield self.get_job(job_id, timeout=self._bounded(deadline))
 
     def _bounded(self, deadline: float | None) -> float:
@@ -498,7 +466,7 @@ class TrainerClient(_Client):
 
     @staticmethod
     def _backoff(failures: int) -> float:
-        return min(5.0, 0.2 * 2 ** (failures - 1))
+        return min(5.0, 0.2 * 2.0 ** (failures - 1))
 
     @staticmethod
     def _sleep(delay: float, deadline: float | None) -> None:

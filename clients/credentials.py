@@ -18,13 +18,12 @@ are written down once:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-
-from movierec_common.security import is_loopback  # noqa: F401 - one definition, shared with the servers
 
 from .errors import ConfigurationError
 
@@ -44,7 +43,40 @@ RETRY_POLICY = {
 }
 
 
-def resolve_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` reaches this machine only; the one test the client and both servers use
+    (they take it from here, through ``movierec_common.security``).
+
+    A server asks it of the host it binds (a trainer beyond loopback needs
+    tokens), a client of each backend it calls (a token in plaintext beyond
+    loopback is warned about). So it takes a bare host (``127.0.0.1``,
+    ``::1``, ``localhost``), ``host:port``, ``[v6]:port`` or a gRPC target
+    (``dns:///localhost:50051``, ``ipv4:127.0.0.1:1,127.0.0.1:2``, ``unix:path``).
+    An empty host or ``0.0.0.0`` means every interface, and a name other
+    than ``localhost`` may resolve anywhere: neither is loopback.
+    """
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    if address.startswith("dns:"):  # dns:host:port, dns:///host:port, dns://authority/host:port
+        address = address.removeprefix("dns:")
+        if address.startswith("//"):
+            address = address[2:].partition("/")[2]
+    elif address.startswith(("ipv4:", "ipv6:")):  # one or more addresses: all must be loopback
+        return all(is_loopback(part) for part in address[5:].split(","))
+    host = address
+    if host.startswith("["):  # [::1] or [::1]:port
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> str | None:
     """The bearer token to send, or None for an unauthenticated client."""
     if token:
         return token.strip()
@@ -57,7 +89,7 @@ def resolve_token(token: str | None = None, token_file: str | os.PathLike | None
     return None
 
 
-def _read_token_file(path: str | os.PathLike) -> str:
+def _read_token_file(path: str | os.PathLike[str]) -> str:
     try:
         token = Path(path).expanduser().read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -74,9 +106,9 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 def channel_credentials(
     *,
     tls: bool = False,
-    root_certificates: str | os.PathLike | None = None,
-    client_cert: str | os.PathLike | None = None,
-    client_key: str | os.PathLike | None = None,
+    root_certificates: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
 ) -> grpc.ChannelCredentials | None:
     """TLS credentials, or None when the channel should be plaintext."""
     if (client_cert is None) != (client_key is None):
@@ -90,7 +122,7 @@ def channel_credentials(
     )
 
 
-def _read_pem(path: str | os.PathLike | None, what: str) -> bytes | None:
+def _read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:

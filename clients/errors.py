@@ -12,6 +12,9 @@ one-line message is enough to act on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 
 __all__ = [
@@ -63,11 +66,13 @@ class MovieRecError(Exception):
         where = " ".join(part for part in (self.method, self.target and f"at {self.target}") if part)
         return f"{where}: {self.details}" if where else self.details
 
-    def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
+    # Keeps pickling (multiprocessing, pytest-xdist) working.
+    def __reduce__(self) -> tuple[Callable[..., MovieRecError], tuple[Any, ...]]:
         return (_rebuild, (type(self), self.details, self.code, self.target, self.method))
 
 
-def _rebuild(cls, details, code, target, method):
+def _rebuild(cls: type[MovieRecError], details: str, code: grpc.StatusCode, target: str | None,
+             method: str | None) -> MovieRecError:
     return cls(details, code=code, target=target, method=method)
 
 
@@ -204,7 +209,7 @@ def from_rpc_error(error: grpc.RpcError, *, target: str | None, method: str | No
     return cls(details, code=code, target=target, method=method)
 
 
-def _call_attr(error: grpc.RpcError, name: str):
+def _call_attr(error: grpc.RpcError, name: str) -> Any:
     # Not every RpcError is also a grpc.Call (e.g. some channel-level failures).
     getter = getattr(error, name, None)
     try:

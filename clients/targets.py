@@ -45,7 +45,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .credentials import RETRY_POLICY
 from .errors import ConfigurationError
@@ -112,7 +112,7 @@ def channel_target(
 
 def service_config(service: str, retried: Sequence[str], balanced: bool) -> str:
     """Retries for the ``retried`` methods; with ``balanced``, round robin over healthy backends."""
-    config: dict = {
+    config: dict[str, Any] = {
         "methodConfig": [
             {"name": [{"service": service, "method": method} for method in retried], "retryPolicy": RETRY_POLICY}
         ]
@@ -167,6 +167,6 @@ def _resolve(host: str, port: int) -> tuple[list[str], list[str]]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ConfigurationError(f"cannot resolve {host!r}: {exc}") from exc
-    v4 = [info[4][0] for info in infos if info[0] == socket.AF_INET]
-    v6 = [info[4][0] for info in infos if info[0] == socket.AF_INET6]
+    v4 = [str(info[4][0]) for info in infos if info[0] == socket.AF_INET]
+    v6 = [str(info[4][0]) for info in infos if info[0] == socket.AF_INET6]
     return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))

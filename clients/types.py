@@ -16,8 +16,11 @@ import datetime as dt
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
 
 from movierec.v1 import recommender_pb2, trainer_pb2
 from movierec.v1.vocabulary import FINAL_JOB_STATES as TERMINAL_STATES
@@ -38,6 +41,7 @@ __all__ = [
     "Pin",
     "Progress",
     "Job",
+    "TrainOptions",
     "JOB_STATES",
     "TERMINAL_STATES",
     "HYPERPARAMETERS",
@@ -45,6 +49,30 @@ __all__ = [
 
 # Names accepted in ``TrainerClient.train(hyperparameters=...)``.
 HYPERPARAMETERS = tuple(f.name for f in trainer_pb2.Hyperparameters.DESCRIPTOR.fields)
+
+
+class TrainOptions(TypedDict, total=False):
+    """What a training job may set besides its model kind: ``TrainerClient.train(model, **options)``.
+
+    The one definition of these names and types (``train_request`` turns them
+    into a TrainRequest). Each is optional: left out or ``None``, the trainer
+    decides (the model kind's default, MovieLens 100K, a random holdout, ...).
+    """
+
+    epochs: int | None  # at most this many (early stopping may end sooner)
+    ratings_path: str | None  # ratings file, relative to the trainer's --data-root; with items_path
+    items_path: str | None  # movies file, relative to the trainer's --data-root
+    dataset: str | None  # a MovieLens release instead of files, e.g. "movielens/1m-ratings" (DATASET_NAMES)
+    hyperparameters: Mapping[str, float | None] | None  # names in HYPERPARAMETERS; None values are left out
+    holdout: str | None  # held-out split (movierec.v1.vocabulary.HOLDOUTS)
+    holdout_size: int | None  # ratings held out per user
+    seed: int | None
+    idempotency_key: str | None  # the same key returns the same job
+    min_validation_recall_at_10: float | None  # quality gate
+    require_no_regression: bool  # quality gate: refuse a model worse than the served one
+    quality_gate_disabled: bool  # publish regardless of the trainer's default floor
+    workers: int | None  # data-parallel workers (at most the trainer's --workers)
+    refit: bool | None  # False: publish the evaluated model itself, not one trained again on all the data
 
 
 # --------------------------------------------------------------------------- recommender
@@ -225,7 +253,7 @@ class Pin:
 # --------------------------------------------------------------------------- translation
 
 
-def _time(message, name: str) -> dt.datetime | None:
+def _time(message: Message, name: str) -> dt.datetime | None:
     if not message.HasField(name):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
@@ -240,7 +268,7 @@ def _version(value: int) -> int | None:
     return value or None
 
 
-def _enum_name(enum, value: int) -> str:
+def _enum_name(enum: EnumTypeWrapper, value: int) -> str:
     # A newer server may send a state this client does not know yet.
     try:
         return enum.Name(value)
@@ -281,7 +309,7 @@ def recommend_request(
 
 
 def _movie_ids(values: Iterable[int]) -> list[int]:
-    ids = []
+    ids: list[int] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"recent movies must be integer movie ids, got {value!r}")
@@ -396,47 +424,41 @@ def job_from_proto(job: trainer_pb2.TrainJob) -> Job:
     )
 
 
-def train_request(
-    model: str,
-    *,
-    epochs: int | None = None,
-    ratings_path: str | None = None,
-    items_path: str | None = None,
-    hyperparameters: Mapping[str, float] | None = None,
-    holdout: str | None = None,
-    holdout_size: int | None = None,
-    seed: int | None = None,
-    idempotency_key: str | None = None,
-    min_validation_recall_at_10: float | None = None,
-    require_no_regression: bool = False,
-    quality_gate_disabled: bool = False,
-    workers: int | None = None,
-    refit: bool | None = None,
-) -> trainer_pb2.TrainRequest:
-    """Build a TrainRequest; ``None`` means "the server's default" (proto zero, or an unset optional)."""
-    unknown = sorted(set(hyperparameters or {}) - set(HYPERPARAMETERS))
+def train_request(model: str, **options: Unpack[TrainOptions]) -> trainer_pb2.TrainRequest:
+    """Build a TrainRequest; an option left out or ``None`` means "the server's default" (proto zero, or an
+    unset optional). An option :class:`TrainOptions` does not name is a ``TypeError``, as for any call."""
+    unexpected = sorted(set(options) - set(TrainOptions.__optional_keys__))
+    if unexpected:
+        raise TypeError(f"unexpected training option(s) {', '.join(map(repr, unexpected))}; "
+                        f"known: {', '.join(sorted(TrainOptions.__optional_keys__))}")
+    hyperparameters = options.get("hyperparameters") or {}
+    unknown = sorted(set(hyperparameters) - set(HYPERPARAMETERS))
     if unknown:
         raise ConfigurationError(
             f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETERS)}"
         )
+    # Each proto field takes its own type; a wrong one is refused below.
+    given: dict[str, Any] = {k: v for k, v in hyperparameters.items() if v is not None}
     try:
         request = trainer_pb2.TrainRequest(
             model=model,
-            dataset=trainer_pb2.DatasetSpec(ratings_path=ratings_path or "", items_path=items_path or ""),
-            epochs=epochs or 0,
-            hyperparameters=trainer_pb2.Hyperparameters(
-                **{k: v for k, v in (hyperparameters or {}).items() if v is not None}
-            ),
-            evaluation=trainer_pb2.EvaluationSpec(holdout=holdout or "", holdout_size=holdout_size or 0),
-            seed=seed or 0,
-            idempotency_key=idempotency_key or "",
+            dataset=trainer_pb2.DatasetSpec(ratings_path=options.get("ratings_path") or "",
+                                            items_path=options.get("items_path") or "",
+                                            name=options.get("dataset") or ""),
+            epochs=options.get("epochs") or 0,
+            hyperparameters=trainer_pb2.Hyperparameters(**given),
+            evaluation=trainer_pb2.EvaluationSpec(holdout=options.get("holdout") or "",
+                                                  holdout_size=options.get("holdout_size") or 0),
+            seed=options.get("seed") or 0,
+            idempotency_key=options.get("idempotency_key") or "",
             quality_gate=trainer_pb2.QualityGate(
-                min_validation_recall_at_10=min_validation_recall_at_10 or 0.0,
-                require_no_regression=require_no_regression,
-                disabled=quality_gate_disabled,
+                min_validation_recall_at_10=options.get("min_validation_recall_at_10") or 0.0,
+                require_no_regression=options.get("require_no_regression", False),
+                disabled=options.get("quality_gate_disabled", False),
             ),
-            workers=workers or 0,
+            workers=options.get("workers") or 0,
         )
+        refit = options.get("refit")
         if refit is not None:
             request.evaluation.refit = refit
     except (TypeError, ValueError) as exc:  # wrong type / out of the field's range

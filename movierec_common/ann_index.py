@@ -139,11 +139,11 @@ class _OmpThreads:
     def __init__(self, threads: int):
         self.threads = threads
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self.previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(self.threads)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         faiss.omp_set_num_threads(self.previous)
 
 
@@ -182,8 +182,10 @@ def build(item_vectors: np.ndarray, *, queries: np.ndarray | None = None, nlist:
     return index, params
 
 
-def _calibrate(index, vectors: np.ndarray, queries: np.ndarray, rng) -> tuple[int, float]:
-    """The smallest nprobe whose recall@10 against an exact scan reaches TARGET_RECALL."""
+def _calibrate(index: Any, vectors: np.ndarray, queries: np.ndarray,
+               rng: np.random.Generator) -> tuple[int, float]:
+    """The smallest nprobe whose recall@10 against an exact scan reaches TARGET_RECALL (``index``: an
+    IndexIVFFlat; faiss's SWIG classes declare no ``nlist`` or ``nprobe``)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.shape[0] > CALIBRATION_QUERIES:
         queries = queries[rng.choice(queries.shape[0], size=CALIBRATION_QUERIES, replace=False)]

@@ -471,11 +471,16 @@ ENGINE_IN_PROCESS = "in_process"
 
 @dataclass(frozen=True)
 class Distribution(_Record):
-    """How training ran: engine ("in_process" or "ray_train"), workers, and the strategy's replicas."""
+    """How training ran: engine ("in_process" or "ray_train"), workers, and the strategy's replicas;
+    on Ray also the cluster's address ("local" for the trainer's private one), Ray's version and the
+    seconds the workers trained (without start-up and teardown)."""
 
     engine: str = ENGINE_IN_PROCESS
     workers: int = 1
     num_replicas_in_sync: int = 1
+    ray_address: str = ""
+    ray: str = ""
+    worker_train_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,26 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
 
 from movierec_common import metrics
 from movierec_common.logs import event
 
 log = logging.getLogger(__name__)
+
+# grpcio's classes are generic only in types-grpcio, so strings. A behavior is a servicer method as
+# grpcio calls it: (request or request iterator, context), plus a send callback for a non-blocking stream.
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Behavior: TypeAlias = Callable[..., Any]
 
 # One request is small; nothing legitimate comes near these.
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
@@ -48,8 +56,8 @@ class _Malformed:
     """Stands in for a request whose bytes did not parse."""
 
 
-def _tolerant(deserializer):
-    def deserialize(data: bytes):
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception:  # DecodeError, UnicodeDecodeError, ...: all "not a valid message"
@@ -58,7 +66,7 @@ def _tolerant(deserializer):
     return deserialize
 
 
-def _non_blocking(behavior) -> bool:
+def _non_blocking(behavior: _Behavior) -> bool:
     """A stream handler that answers through a callback and returns at once (grpc_health's Watch).
 
     A wrapper must keep that shape: a generator in its place makes grpcio call
@@ -79,10 +87,11 @@ class _WrappingInterceptor(grpc.ServerInterceptor):
     like a refused token, just gets wrapped anew).
     """
 
-    def __init__(self):
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -94,8 +103,13 @@ class _WrappingInterceptor(grpc.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: _Handler, method: str) -> _Handler:
         raise NotImplementedError
+
+
+def _replace(handler: _Handler, **behaviors: Any) -> _Handler:
+    """``handler`` with some fields replaced (grpcio's handlers are namedtuples)."""
+    return handler._replace(**behaviors)  # type: ignore[attr-defined, no-any-return]  # the stubs declare an ABC
 
 
 class MalformedRequestInterceptor(_WrappingInterceptor):
@@ -106,36 +120,57 @@ class MalformedRequestInterceptor(_WrappingInterceptor):
     blames the server for the caller's mistake.
     """
 
-    def _wrap(self, handler, method):
+    def _wrap(self, handler: _Handler, method: str) -> _Handler:
         if handler.request_streaming or handler.request_deserializer is None:
             return handler
         message = f"the request is not a valid protobuf message for {method}"
         deserializer = _tolerant(handler.request_deserializer)
 
         if handler.response_streaming:
-            behavior = handler.unary_stream
-            if _non_blocking(behavior):
-                def unary_stream(request, context, send_response_callback):
+            stream_behavior = _present(handler.unary_stream)
+            unary_stream: _Behavior
+            if _non_blocking(stream_behavior):
+                def non_blocking_stream(request: Any, context: grpc.ServicerContext,
+                                        send_response_callback: Callable[[Any], None]) -> Any:
                     if isinstance(request, _Malformed):
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-                    return behavior(request, context, send_response_callback)
+                    return stream_behavior(request, context, send_response_callback)
 
-                unary_stream.experimental_non_blocking = True
+                _mark_non_blocking(non_blocking_stream)
+                unary_stream = non_blocking_stream
             else:
-                def unary_stream(request, context):
+                def blocking_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                     if isinstance(request, _Malformed):
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-                    yield from behavior(request, context)
+                    yield from stream_behavior(request, context)
 
-            return handler._replace(request_deserializer=deserializer, unary_stream=unary_stream)
-        behavior = handler.unary_unary
+                unary_stream = blocking_stream
+            return _replace(handler, request_deserializer=deserializer, unary_stream=unary_stream)
+        behavior = _present(handler.unary_unary)
 
-        def unary_unary(request, context):
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
             if isinstance(request, _Malformed):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             return behavior(request, context)
 
-        return handler._replace(request_deserializer=deserializer, unary_unary=unary_unary)
+        return _replace(handler, request_deserializer=deserializer, unary_unary=unary_unary)
+
+
+def _present(behavior: _Behavior | None) -> _Behavior:
+    """The behavior a handler's streaming flags name; grpcio always sets that one (the stubs allow None)."""
+    assert behavior is not None
+    return behavior
+
+
+def _code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The code the handler set (``abort``, ``set_code``), None if it set none."""
+    code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]  # grpcio has it; the stubs lack it
+    return code
+
+
+def _mark_non_blocking(behavior: _Behavior) -> None:
+    """Tells grpcio that ``behavior`` answers through its callback and returns at once (see _non_blocking)."""
+    behavior.experimental_non_blocking = True  # type: ignore[attr-defined]  # grpcio reads this attribute
 
 
 # -- Prometheus: the go-grpc-prometheus server metrics -------------------------
@@ -164,14 +199,14 @@ class _MethodMetrics:
 
     __slots__ = ("_handled", "_labels", "seconds", "started")
 
-    def __init__(self, method: str, grpc_type: str):
+    def __init__(self, method: str, grpc_type: str) -> None:
         service, _, name = method.lstrip("/").partition("/")
         self._labels = (grpc_type, service, name)
         self.started = metrics.GRPC_STARTED.labels(*self._labels)
         self.seconds = metrics.GRPC_SECONDS.labels(*self._labels)
-        self._handled: dict[grpc.StatusCode | None, object] = {}
+        self._handled: dict[grpc.StatusCode | None, Counter] = {}
 
-    def handled(self, code: grpc.StatusCode | None):
+    def handled(self, code: grpc.StatusCode | None) -> Counter:
         child = self._handled.get(code)
         if child is None:  # a race makes labels() run twice and return the same child: harmless
             child = self._handled[code] = metrics.GRPC_HANDLED.labels(*self._labels, _code_label(code or _OK))
@@ -183,7 +218,7 @@ class _MethodMetrics:
         self.handled(code).inc()
 
 
-def _stream_end_code(context) -> grpc.StatusCode:
+def _stream_end_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why a call ended before its handler did: the caller left or ran out of time."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -191,10 +226,10 @@ def _stream_end_code(context) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
-def _failure_code(context) -> grpc.StatusCode:
+def _failure_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     """The code of a call whose handler raised: the one ``abort`` set; else UNKNOWN, as grpcio answers, unless
     the caller had already gone (a request stream raises when its caller cancels)."""
-    code = context.code()
+    code = _code(context)
     if code is not None:
         return code
     return _UNKNOWN if context.is_active() else _stream_end_code(context)
@@ -219,7 +254,7 @@ class MetricsInterceptor(_WrappingInterceptor):
     3 us of CPU (measured), against the ~250 us a Recommend costs the server.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._methods: dict[str, _MethodMetrics] = {}
 
@@ -241,26 +276,26 @@ class MetricsInterceptor(_WrappingInterceptor):
                 metrics.GRPC_STARTED.labels(*labels)
                 metrics.GRPC_HANDLED.labels(*labels, _code_label(_OK))
 
-    def _wrap(self, handler, method):
+    def _wrap(self, handler: _Handler, method: str) -> _Handler:
         observed = self._methods.get(method)
         if observed is None:
             observed = self._methods.setdefault(
                 method, _MethodMetrics(method, _grpc_type(handler.request_streaming, handler.response_streaming)))
         if handler.request_streaming and handler.response_streaming:
-            return handler._replace(stream_stream=_observed_stream(handler.stream_stream, observed))
+            return _replace(handler, stream_stream=_observed_stream(_present(handler.stream_stream), observed))
         if handler.request_streaming:
-            return handler._replace(stream_unary=_observed_unary(handler.stream_unary, observed))
+            return _replace(handler, stream_unary=_observed_unary(_present(handler.stream_unary), observed))
         if handler.response_streaming:
-            return handler._replace(unary_stream=_observed_stream(handler.unary_stream, observed))
-        return handler._replace(unary_unary=_observed_unary(handler.unary_unary, observed))
+            return _replace(handler, unary_stream=_observed_stream(_present(handler.unary_stream), observed))
+        return _replace(handler, unary_unary=_observed_unary(_present(handler.unary_unary), observed))
 
 
-def _observed_unary(behavior, observed: _MethodMetrics):
+def _observed_unary(behavior: _Behavior, observed: _MethodMetrics) -> _Behavior:
     started = observed.started
     done = observed.done
     perf_counter = time.perf_counter
 
-    def call(request, context):
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
         started.inc()
         started_at = perf_counter()
         try:
@@ -268,24 +303,24 @@ def _observed_unary(behavior, observed: _MethodMetrics):
         except BaseException:
             done(_failure_code(context), started_at)
             raise
-        done(context.code(), started_at)
+        done(_code(context), started_at)
         return response
 
     return call
 
 
-def _observed_stream(behavior, observed: _MethodMetrics):
+def _observed_stream(behavior: _Behavior, observed: _MethodMetrics) -> _Behavior:
     if _non_blocking(behavior):
         return _observed_callback_stream(behavior, observed)
 
-    def stream(request, context):
+    def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         observed.started.inc()
         started_at = time.perf_counter()
-        code = _UNKNOWN
+        code: grpc.StatusCode | None = _UNKNOWN
         try:
             yield from behavior(request, context)
             # A handler that ends its stream because the caller left (WatchJob does) answered no one.
-            code = context.code() or (None if context.is_active() else _stream_end_code(context))
+            code = _code(context) or (None if context.is_active() else _stream_end_code(context))
         except GeneratorExit:  # grpcio stopped pulling: the caller is gone
             code = _stream_end_code(context)
             raise
@@ -298,18 +333,18 @@ def _observed_stream(behavior, observed: _MethodMetrics):
     return stream
 
 
-def _observed_callback_stream(behavior, observed: _MethodMetrics):
+def _observed_callback_stream(behavior: _Behavior, observed: _MethodMetrics) -> _Behavior:
     """A non-blocking stream ends when its handler sends ``None`` (the status) through the callback."""
 
-    def stream(request, context, send_response_callback):
+    def stream(request: Any, context: grpc.ServicerContext, send_response_callback: Callable[[Any], None]) -> Any:
         observed.started.inc()
         started_at = time.perf_counter()
         ended = threading.Event()
 
-        def send(response):
+        def send(response: Any) -> None:
             if response is None and not ended.is_set():
                 ended.set()
-                observed.done(context.code() or (_OK if context.is_active() else _stream_end_code(context)),
+                observed.done(_code(context) or (_OK if context.is_active() else _stream_end_code(context)),
                               started_at)
             send_response_callback(response)
 
@@ -321,7 +356,7 @@ def _observed_callback_stream(behavior, observed: _MethodMetrics):
                 observed.done(_failure_code(context), started_at)
             raise
 
-    stream.experimental_non_blocking = True
+    _mark_non_blocking(stream)
     return stream
 
 
@@ -398,7 +433,7 @@ def wait_for_termination(handle: ServerHandle, on_stop: Callable[[], None] = lam
     """
     stop = threading.Event()
 
-    def _signal(signum, _frame):
+    def _signal(signum: int, _frame: FrameType | None) -> None:
         event(log, "shutdown requested", signal=signal.Signals(signum).name)
         stop.set()
 

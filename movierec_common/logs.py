@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 # Libraries that are chatty at INFO; their warnings still show.
 QUIET_LIBRARIES = ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "faiss", "botocore", "aiobotocore", "s3fs",
@@ -58,6 +59,7 @@ def configure(level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, *, exc_info: bool = False, **fields) -> None:
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, *, exc_info: bool = False,
+          **fields: Any) -> None:
     """Logs ``name`` with ``fields``; ``exc_info=True`` inside ``except`` adds the exception and its traceback."""
     logger.log(level, name, exc_info=exc_info, extra={"fields": fields})

@@ -28,11 +28,13 @@ import argparse
 import logging
 import math
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from movierec.v1.vocabulary import JOB_STATES
+from movierec.v1.vocabulary import JOB_STATES, QUEUED, RUNNING
 from movierec_common.logs import event
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 # Go clients export no ``*_created`` series and dashboards do not use them;
 # without this every counter and histogram child gets a second series. Read
 # when a metric is created, so it must run before the definitions below.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 prometheus_client.ProcessCollector(registry=REGISTRY)
@@ -132,7 +134,7 @@ def job_reached(state: str) -> None:
 
 def job_queued(queued: int) -> None:
     """A job joined the queue, which now holds ``queued``."""
-    JOBS.labels("QUEUED").inc()
+    JOBS.labels(QUEUED).inc()
     JOBS_QUEUED.set(queued)
 
 
@@ -143,13 +145,13 @@ def jobs_queued(queued: int) -> None:
 
 def job_started(queued: int) -> None:
     """A job left the queue and runs; its progress starts from nothing, not from the last job's final epoch."""
-    JOBS.labels("RUNNING").inc()
+    JOBS.labels(RUNNING).inc()
     JOBS_QUEUED.set(queued)
     TRAINING_EPOCH.set(0)
     TRAINING_LOSS.set(math.nan)
 
 
-def job_progress(fields: dict) -> None:
+def job_progress(fields: Mapping[str, Any]) -> None:
     """Takes a job's progress report as it is (``JobContext.report``'s fields); most carry no epoch."""
     if "epoch" in fields:
         TRAINING_EPOCH.set(fields["epoch"])
@@ -159,7 +161,7 @@ def job_progress(fields: dict) -> None:
 
 # -- The endpoint ----------------------------------------------------------------
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=_port, default=0, metavar="PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics on the gRPC --host "
                              "(0 = off, the default: then no call is counted or timed)")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import grpc
+
+# One definition each, shared with the client: a client depends on the contract alone, so they live there.
+from clients.credentials import is_loopback as is_loopback
+from clients.flags import refuse_token_flags
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
@@ -46,43 +50,15 @@ def load_tokens(token_file: str | None) -> list[str]:
     return tokens
 
 
-def is_loopback(address: str) -> bool:
-    """Whether ``address`` reaches this machine only; the one test both sides use.
-
-    A server asks it of the host it binds (a trainer beyond loopback needs
-    tokens), a client of each backend it calls (a token in plaintext beyond
-    loopback is warned about). So it takes a bare host (``127.0.0.1``,
-    ``::1``, ``localhost``), ``host:port``, ``[v6]:port`` or a gRPC target
-    (``dns:///localhost:50051``, ``ipv4:127.0.0.1:1,127.0.0.1:2``, ``unix:path``).
-    An empty host or ``0.0.0.0`` means every interface, and a name other
-    than ``localhost`` may resolve anywhere: neither is loopback.
-    """
-    if address.startswith(("unix:", "unix-abstract:")):
-        return True
-    if address.startswith("dns:"):  # dns:host:port, dns:///host:port, dns://authority/host:port
-        address = address.removeprefix("dns:")
-        if address.startswith("//"):
-            address = address[2:].partition("/")[2]
-    elif address.startswith(("ipv4:", "ipv6:")):  # one or more addresses: all must be loopback
-        return all(is_loopback(part) for part in address[5:].split(","))
-    host = address
-    if host.startswith("["):  # [::1] or [::1]:port
-        host = host[1:].partition("]")[0]
-    elif host.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
-        host = host.partition(":")[0]
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# grpcio's classes are generic only in types-grpcio, so a string.
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
-def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    def abort(_request, context):
+def _deny(handler: _Handler, message: str) -> _Handler:
+    def abort(_request: object, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    def abort_stream(_request, context):
+    def abort_stream(_request: object, context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this a generator, as the stream handler must be
 
@@ -113,7 +89,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             return False
         return self._protected is None or method in self._protected
 
-    def _valid(self, metadata) -> bool:
+    def _valid(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
         header = next((value for key, value in metadata or () if key == "authorization"), None)
         if not isinstance(header, str) or not header.startswith("Bearer "):
             return False
@@ -122,7 +98,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         matches = [hmac.compare_digest(offered, token) for token in self._tokens]
         return any(matches)
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
         handler = continuation(handler_call_details)
         if handler is None or not self._requires_token(handler_call_details.method):
             return handler
@@ -132,7 +109,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
                               "(the client reads $MOVIEREC_TOKEN or --token-file)")
 
 
-def server_credentials(cert_file: str | None, key_file: str | None, client_ca_file: str | None = None):
+def server_credentials(cert_file: str | None, key_file: str | None,
+                       client_ca_file: str | None = None) -> grpc.ServerCredentials | None:
     """TLS credentials, or None for plaintext. A client CA turns on client-certificate verification."""
     if not cert_file and not key_file:
         if client_ca_file:
@@ -150,35 +128,7 @@ def server_credentials(cert_file: str | None, key_file: str | None, client_ca_fi
                                        require_client_auth=client_ca is not None)
 
 
-class _RefuseTokenFlag(argparse.Action):
-    """``--token VALUE``: refused, without repeating the value.
-
-    A token given as a flag is readable by every user of the machine in the
-    process list and stays in shell history. Without this option argparse
-    would take ``--token`` for an abbreviation of ``--token-file``, so the
-    token would be used as a file name and printed back in the error.
-    """
-
-    def __init__(self, *args, environment: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.environment = environment
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} is not accepted: a token on the command line is visible to every user "
-                     f"of this machine; put it in a file given by --token-file, or in ${self.environment}")
-
-
-def refuse_token_flags(parser, environment: str = "MOVIEREC_TOKENS") -> None:
-    """Adds ``--token``/``--tokens``, hidden, which stop the program with a usage error (see _RefuseTokenFlag).
-
-    ``environment`` names the variable the program reads tokens from instead
-    (servers: MOVIEREC_TOKENS; the client: MOVIEREC_TOKEN).
-    """
-    parser.add_argument("--token", "--tokens", action=_RefuseTokenFlag, environment=environment,
-                        help=argparse.SUPPRESS)
-
-
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("security")
     group.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
     group.add_argument("--tls-key", help="server private key (PEM)")
@@ -188,7 +138,8 @@ def add_arguments(parser) -> None:
     refuse_token_flags(group)
 
 
-def from_args(args, *, protected: Iterable[str] | None, require_tokens: bool, what: str):
+def from_args(args: argparse.Namespace, *, protected: Iterable[str] | None, require_tokens: bool,
+              what: str) -> tuple[list[grpc.ServerInterceptor], grpc.ServerCredentials | None]:
     """(interceptors, credentials) for a server; raises SecurityConfigError when
     the configuration would leave ``what`` open where it must not be."""
     credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
@@ -197,5 +148,6 @@ def from_args(args, *, protected: Iterable[str] | None, require_tokens: bool, wh
         raise SecurityConfigError(
             f"{what} needs tokens: put them in a file given by --token-file, or in $MOVIEREC_TOKENS")
     protects_something = protected is None or bool(tuple(protected))
-    interceptors = [TokenAuthInterceptor(tokens, protected)] if tokens and protects_something else []
+    interceptors: list[grpc.ServerInterceptor] = (
+        [TokenAuthInterceptor(tokens, protected)] if tokens and protects_something else [])
     return interceptors, credentials

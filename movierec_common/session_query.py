@@ -51,10 +51,14 @@ once, at its latest position.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# Users' histories as CSR rows: (indptr, item indices); user u's items are items[indptr[u]:indptr[u + 1]].
+HistoryCsr = tuple[np.ndarray, np.ndarray]
 
 HISTORY = "history"
 POOLED = "pooled"
@@ -147,7 +151,7 @@ class QueryEncoder:
         return encoder
 
     @staticmethod
-    def _parts_from_json(raw_parts: list, num_items: int, name: str) -> tuple[Part, ...]:
+    def _parts_from_json(raw_parts: list[Any], num_items: int, name: str) -> tuple[Part, ...]:
         parts = []
         for position, raw in enumerate(raw_parts):
             try:
@@ -231,7 +235,7 @@ class QueryEncoder:
         return pooled
 
 
-def pooled_encoder(user_vectors: np.ndarray, item_vectors: np.ndarray, history_csr,
+def pooled_encoder(user_vectors: np.ndarray, item_vectors: np.ndarray, history_csr: HistoryCsr,
                    fixed: tuple[tuple[int, float], ...] = ()) -> QueryEncoder:
     """A factorisation model's rule: the centred mean of the history's item vectors, scaled to a
     typical user vector (``fixed``: dims constant in every user vector, as BPR's bias)."""
@@ -252,7 +256,8 @@ def history_encoder(num_items: int, scale: float = 1.0, decay: float = 0.0) -> Q
 _CALIBRATION_USERS = 2_000
 
 
-def pooled_scale(user_part: np.ndarray, item_part: np.ndarray, history_csr, fixed_dims=(), center=None) -> float:
+def pooled_scale(user_part: np.ndarray, item_part: np.ndarray, history_csr: HistoryCsr,
+                 fixed_dims: Sequence[int] = (), center: np.ndarray | None = None) -> float:
     """The scale that makes a pooled query as long as a typical stored user vector.
 
     The median, over up to 2,000 users with a history (a fixed sample), of

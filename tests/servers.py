@@ -1,5 +1,5 @@
 """Starts the real servers as subprocesses on free loopback ports (see
-movierec_common.launch).
+movierec_common.server_process).
 
 Every server started here ends with the test run: it gets SIGTERM when the
 pytest process dies, however it dies, and any still running when the session
@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from movierec_common.launch import ServerProcess as _Launched
+from movierec_common.server_process import ServerProcess as _Launched
 
 STARTED: weakref.WeakSet = weakref.WeakSet()
 

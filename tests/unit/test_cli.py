@@ -286,6 +286,13 @@ def test_bad_usage_exits_2(run, args):
     assert code == 2 and out == "" and "usage:" in err and "Traceback" not in err
 
 
+def test_synth_is_movierec_synth_not_a_movierec_command(run, tmp_path):
+    """The generator runs locally and needs the trainer's code; the client needs only the contract."""
+    code, out, err = run("synth", "--out", str(tmp_path / "d"))
+    assert code == 2 and out == "" and "invalid choice: 'synth'" in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_help_exits_0(run):
     code, out, _ = run("--help")
     assert code == 0 and "recommend" in out and "MOVIEREC_TOKEN" in out

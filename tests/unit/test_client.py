@@ -481,6 +481,12 @@ def test_train_rejects_unknown_hyperparameters_before_sending(tc, servers):
     assert servers.trainer.requests("Train") == []
 
 
+def test_train_refuses_an_option_it_does_not_know_before_sending(tc, servers):
+    with pytest.raises(TypeError, match="'epoch'.*known: dataset, epochs"):
+        tc.train("two_tower", epoch=5)
+    assert servers.trainer.requests("Train") == []
+
+
 def test_train_retry_keeps_the_idempotency_key(tc, servers):
     servers.trainer.handlers["Train"] = fail_first(1, grpc.StatusCode.UNAVAILABLE, FakeTrainer._train)
     tc.train("two_tower")

@@ -1,12 +1,18 @@
-"""What a killed server leaves on disk is found and removed by the next one (movierec_common.launch)."""
+"""Nothing a killed server or tool started outlives it (movierec_common.launch): what it leaves on disk is
+found and removed by the next one, and the processes a tool started are reaped by its watchdog."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
+import psutil
+import pytest
+
 from movierec_common.launch import owned_prefix, remove_orphaned_folders
+from tests.servers import describe, still_running
 
 
 def test_only_folders_of_servers_that_no_longer_run_are_removed(tmp_path):
@@ -22,3 +28,39 @@ def test_only_folders_of_servers_that_no_longer_run_are_removed(tmp_path):
         (folder / "1.npy").write_bytes(b"\0" * 10)
     assert remove_orphaned_folders(str(tmp_path), prefix) == [str(dead)]
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (mine, other_kind, not_a_pid))
+
+
+REAPED_TOOL = """
+import os, subprocess, sys, time
+from movierec_common import launch
+
+launch.reap_at_exit(sys.argv[1])
+noted = subprocess.Popen(["sleep", "120"], env={"PATH": os.environ["PATH"]})  # no tag: found as a descendant
+time.sleep(2.5)  # the watchdog looks once a second
+tagged = subprocess.Popen(["sleep", "120"])  # too new to be noted: found by the tag it inherits
+print(noted.pid, tagged.pid, launch._reapers[0].pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="the watchdog reads /proc")
+def test_what_a_tool_started_ends_when_the_tool_is_killed(tmp_path):
+    """reap_at_exit: a tool killed with SIGKILL leaves neither the processes it started nor its folder."""
+    folder = tmp_path / "tool-temp"
+    folder.mkdir()
+    tool = subprocess.Popen([sys.executable, "-c", REAPED_TOOL, str(folder)], stdout=subprocess.PIPE, text=True)
+    started: list[psutil.Process] = []
+    try:
+        line = tool.stdout.readline()
+        started = [psutil.Process(int(pid)) for pid in line.split()]
+        assert len(started) == 3, line
+        tool.send_signal(signal.SIGKILL)
+        tool.wait()
+        left = still_running(started, timeout=10)
+        assert left == [], [describe(p) for p in left]
+        assert not folder.exists()
+    finally:
+        tool.kill()
+        tool.wait()
+        for process in still_running(started, timeout=0):
+            process.kill()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import time
+from importlib import metadata
 
 import numpy as np
 import pytest
 
-from clients import cli
 from trainer_service import synth
 from trainer_service.data import load_ratings_files, make_split
 
@@ -116,13 +116,20 @@ def test_impossible_sizes_are_refused():
     assert len(np.unique(full.user_ids.astype(np.int64) * 100 + full.movie_ids)) == 50
 
 
-def test_command_lines_write_the_same_files(tmp_path, capsys):
+def test_movierec_synth_writes_what_the_library_writes(tmp_path, capsys):
+    (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "movierec-synth"]
+    assert script.load() is synth.main
     args = ["--users", "50", "--movies", "80", "--ratings", "700", "--seed", "4"]
     assert synth.main(["--out", str(tmp_path / "a"), *args]) == 0
-    assert cli.main(["synth", "--out", str(tmp_path / "b"), *args]) == 0
     library = synth.generate(tmp_path / "c", users=50, movies=80, ratings=700, seed=4)
     for name in ("ratings.csv", "movies.csv"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() == getattr(library, name.split(".")[0]).read_bytes()
     assert "700 ratings by 50 users" in capsys.readouterr().out
-    assert cli.main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--ratings", "10"]) == cli.EXIT_USAGE
+
+
+def test_movierec_synth_refuses_impossible_sizes_as_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        synth.main(["--out", str(tmp_path / "d"), "--users", "50", "--ratings", "10"])
+    assert exited.value.code == 2
+    assert "2 per user" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "ratings.csv").exists()
