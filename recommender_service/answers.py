@@ -5,7 +5,7 @@ exclude_seen), so each loaded version keeps the answers it has given, in
 the form the caller rendered them (the servicer's response messages): a hit
 skips ranking and building ten messages. That matters less for its ~10 us
 than for the GIL hand-offs it saves when eight request threads share two
-cores. The cache belongs to one :class:`~recommender_service.registry.LoadedModel`
+cores. The cache belongs to one :class:`~recommender_service.model.LoadedModel`
 and is dropped with it, so no answer outlives the version that gave it.
 
 Sessions are never kept: the movies just watched vary call by call.

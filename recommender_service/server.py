@@ -22,7 +22,7 @@ log = logging.getLogger("movierec.recommender")
 SERVICE_NAME = "movierec.v1.Recommender"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="movierec-recommender", description=__doc__)
     parser.add_argument("--port", type=int, default=50052, help="port to listen on (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level)
     try:
@@ -63,9 +63,11 @@ def main(argv=None) -> None:
     except security.SecurityConfigError as exc:
         raise SystemExit(f"movierec-recommender: {exc}") from exc
     with_metrics = metrics.serve_from_args(args, "recommender")
+    import faiss
+
     from movierec.v1 import recommender_pb2_grpc
-    from movierec_common.ann_index import faiss
-    from recommender_service.registry import IsolatedLoader, ModelRegistry
+    from recommender_service.isolation import IsolatedLoader
+    from recommender_service.registry import ModelRegistry
     from recommender_service.servicer import RecommenderServicer
 
     # One search thread per call: concurrency comes from the request threads.
@@ -86,7 +88,12 @@ def main(argv=None) -> None:
     print(f"movierec-recommender listening on {args.host}:{handle.port}", flush=True)
     if with_metrics:
         print(f"movierec-recommender metrics at http://{args.host}:{args.metrics_port}/metrics", flush=True)
-    wait_for_termination(handle, on_stop=lambda: (registry.stop(), loader.shutdown()))
+
+    def stop() -> None:
+        registry.stop()
+        loader.shutdown()
+
+    wait_for_termination(handle, on_stop=stop)
 
 
 if __name__ == "__main__":

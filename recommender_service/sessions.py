@@ -10,18 +10,18 @@ recent movies alone; a known user's is their stored history (time order,
 oldest first) with the recent movies as its newest part.
 
 Nothing here needs TensorFlow: everything is numpy on arrays already loaded.
+A version without an encoder refuses sessions with
+``recommender_service.errors.SessionsUnsupported``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from movierec_common.session_query import QueryEncoder
-
-
-class SessionsUnsupported(Exception):
-    """The version has no query encoder (published before sessions existed), so it
-    cannot turn movies into a query; retraining publishes one that can."""
 
 
 def first_occurrences(ids: np.ndarray) -> list[int]:
@@ -41,10 +41,10 @@ class ReconstructedRows:
     session needs are reconstructed from the index instead.
     """
 
-    def __init__(self, vectors):
+    def __init__(self, vectors: Callable[[np.ndarray], np.ndarray]):
         self._vectors = vectors
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: tuple[Any, Any]) -> np.ndarray:
         rows, columns = key
         return self._vectors(np.asarray(rows, dtype=np.int64))[:, columns]
 
@@ -54,7 +54,7 @@ class SessionQueries:
     time-ordered histories (CSR) and the item rows."""
 
     def __init__(self, encoder: QueryEncoder, user_vectors: np.ndarray, history_indptr: np.ndarray,
-                 history_indices: np.ndarray, item_rows):
+                 history_indices: np.ndarray, item_rows: Any):
         self.encoder = encoder
         self._user_vectors = user_vectors
         self._history_indptr = history_indptr

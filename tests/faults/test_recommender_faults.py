@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import RecommenderClient, Unavailable
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
-from movierec_common import artifact as artifact_format
+from movierec_common import artifact
 from movierec_common.artifact import VersionMetadata
 from movierec_common.model_root import SERVING_DIR
 from movierec_common.tfenv import tensorflow
@@ -36,8 +36,8 @@ def _write_version(root, version: int, save) -> None:
     path = root / str(version)
     tmp = root / f".tmp-{version}-test"
     save(str(tmp))
-    metadata = artifact_format.VersionMetadata(model_kind="bad", files=artifact_format.file_manifest(str(tmp)))
-    (tmp / artifact_format.METADATA_FILE).write_text(metadata.to_text())
+    metadata = artifact.VersionMetadata(model_kind="bad", files=artifact.file_manifest(str(tmp)))
+    (tmp / artifact.METADATA_FILE).write_text(metadata.to_text())
     tmp.rename(path)
 
 
@@ -49,14 +49,14 @@ def _copy_good(root, good: int, version: int):
 def _save_wrong_shape(path: str) -> None:
     art = tiny_artifact()
     bad = dataclasses.replace(art, user_vectors=art.user_vectors[:-3])  # fewer vectors than users
-    module = artifact_format.build_module(bad)
+    module = artifact.build_module(bad)
     tensorflow().saved_model.save(module, path, signatures={"serving_default": module.recommend})
 
 
 def _save_lying_signature(path: str) -> None:
     """Loads fine, but its signature disagrees with its own arrays: the smoke query must catch it."""
     tf = tensorflow()
-    module = artifact_format.build_module(tiny_artifact())
+    module = artifact.build_module(tiny_artifact())
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
     def lying(user_id, k):
@@ -72,7 +72,7 @@ def _save_crashing_signature(path: str) -> None:
     SIGABRT), as a crash inside TensorFlow on a corrupt file would. The smoke query runs it in the
     loader helper: the helper dies, the server must not."""
     tf = tensorflow()
-    module = artifact_format.build_module(tiny_artifact())
+    module = artifact.build_module(tiny_artifact())
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
     def crash(user_id, k):

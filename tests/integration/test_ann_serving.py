@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from clients import RecommenderClient
-from movierec_common import ann_index
-from movierec_common import artifact as artifact_format
+from movierec_common import ann_index, artifact
 from movierec_common.artifact import VersionMetadata
 from movierec_common.tfenv import tensorflow
 from tests.artifacts import clustered_artifact
@@ -49,7 +48,7 @@ def ann_stack(tmp_path_factory):
 def _exact_top_k(path, user_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The reference: the version's own exact signature, loaded here, not in the server."""
     tf = tensorflow()
-    signature = tf.saved_model.load(str(path)).signatures[artifact_format.SERVING_SIGNATURE]
+    signature = tf.saved_model.load(str(path)).signatures[artifact.SERVING_SIGNATURE]
     out = signature(user_id=tf.constant(user_ids), k=tf.constant(k, tf.int32))
     return out["movie_ids"].numpy(), out["scores"].numpy()
 
@@ -85,7 +84,7 @@ def test_served_answers_recall_the_exact_signature_and_exclude_seen(ann_stack):
 
 
 def test_status_and_metadata_show_the_ann_backend(ann_stack):
-    metadata = artifact_format.read_metadata(str(ann_stack["root"] / str(ann_stack["version"])))
+    metadata = artifact.read_metadata(str(ann_stack["root"] / str(ann_stack["version"])))
     assert metadata.retrieval["backend"] == "faiss" and ann_index.INDEX_FILE in metadata.files
     with RecommenderClient(ann_stack["recommender"].address, timeout=10) as rc:
         status = rc.model_status()
@@ -107,9 +106,9 @@ def _copy(root, good: int, version: int):
 
 def _rewrite_manifest(folder) -> None:
     """What a buggy trainer would write: a manifest that matches the bad files."""
-    metadata = artifact_format.VersionMetadata.from_text((folder / artifact_format.METADATA_FILE).read_bytes())
-    metadata = dataclasses.replace(metadata, files=artifact_format.file_manifest(str(folder)))
-    (folder / artifact_format.METADATA_FILE).write_text(metadata.to_text())
+    metadata = artifact.VersionMetadata.from_text((folder / artifact.METADATA_FILE).read_bytes())
+    metadata = dataclasses.replace(metadata, files=artifact.file_manifest(str(folder)))
+    (folder / artifact.METADATA_FILE).write_text(metadata.to_text())
 
 
 def test_bad_index_files_are_rejected_while_the_good_version_keeps_serving(ann_stack):
@@ -177,7 +176,7 @@ def test_the_trainer_ships_an_index_past_its_threshold(tmp_path):
             job = tc.wait_for_job(tc.train("ease", ratings_path="ratings.data", items_path="items.item",
                                            holdout_size=2).id, timeout=300)
         assert job.state == "SUCCEEDED", job.error
-        metadata = artifact_format.read_metadata(str(root / str(job.model_version)))
+        metadata = artifact.read_metadata(str(root / str(job.model_version)))
         assert metadata.retrieval["backend"] == "faiss" and ann_index.INDEX_FILE in metadata.files
         with RecommenderClient(recommender.address, timeout=10) as rc:
             rc.wait_until_serving(timeout=120)

@@ -9,7 +9,10 @@ import pytest
 
 from movierec_common import ann_index
 from movierec_common.artifact import ArtifactError
-from recommender_service.retrieval import BruteForce, Catalogue, FaissIVF, Rankings, Retriever
+from recommender_service.catalogue import ServingCatalogue
+from recommender_service.rankings import Rankings
+from recommender_service.retrieval import Retriever
+from recommender_service.top_k import BruteForce, FaissIVF
 from tests.artifacts import clustered_artifact, tiny_artifact
 
 
@@ -45,7 +48,7 @@ def test_params_follow_the_catalogue_and_roundtrip_through_metadata(clustered, b
 def test_roundtrip_recall_beats_095_with_seen_excluded_and_k_distinct_results(clustered, built):
     backend = _backend(clustered, built)
     exact = BruteForce(clustered.item_vectors)
-    catalogue = Catalogue.from_artifact(clustered)
+    catalogue = ServingCatalogue.from_artifact(clustered)
     recalls = []
     for user in range(0, clustered.num_users, 3):
         seen = catalogue.seen_items(user)
@@ -76,7 +79,7 @@ def test_over_fetching_widens_until_k_unseen_movies_are_found(clustered, built):
 
 def test_batched_rankings_match_the_live_path(clustered, built):
     backend = _backend(clustered, built)
-    catalogue = Catalogue.from_artifact(clustered)
+    catalogue = ServingCatalogue.from_artifact(clustered)
     rankings = Rankings.compute(catalogue, backend)
     assert rankings.num_users == clustered.num_users
     retriever = Retriever(catalogue, backend, rankings=rankings)
@@ -93,7 +96,7 @@ def test_batched_rankings_match_the_live_path(clustered, built):
 
 def test_ranking_budget_covers_the_most_active_users_first():
     art = tiny_artifact(users=50, items=40)
-    catalogue = Catalogue.from_artifact(art)
+    catalogue = ServingCatalogue.from_artifact(art)
     budget = Rankings.bytes_per_user(40) * 10
     rankings = Rankings.compute(catalogue, BruteForce(art.item_vectors), budget)
     assert rankings.num_users == 10 and (rankings.rows >= 0).sum() == 10

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from movierec_common.artifact import VersionMetadata
 from movierec_common.session_query import pooled_encoder
 from recommender_service.answers import AnswerCache
-from recommender_service.registry import LoadedModel
+from recommender_service.errors import SessionsUnsupported
+from recommender_service.model import LoadedModel
 from recommender_service.retrieval import Retriever
-from recommender_service.sessions import SessionsUnsupported
 from tests.artifacts import tiny_artifact
 
 
@@ -26,7 +27,8 @@ class Rendering:
 
 
 def loaded(version: int, art, **retriever_args) -> LoadedModel:
-    return LoadedModel(version=version, retriever=Retriever(art, **retriever_args), metadata={}, loaded_at=0.0)
+    return LoadedModel(version=version, retriever=Retriever(art, **retriever_args), metadata=VersionMetadata(),
+                       loaded_at=0.0)
 
 
 def test_a_version_renders_each_answer_once_and_a_new_version_starts_empty():
@@ -49,7 +51,8 @@ def test_a_version_renders_each_answer_once_and_a_new_version_starts_empty():
 
 def test_the_cache_is_bounded_and_answers_past_the_bound_are_still_right():
     art = tiny_artifact()
-    model = LoadedModel(version=1, retriever=Retriever(art), metadata={}, loaded_at=0.0, answers=AnswerCache(limit=4))
+    model = LoadedModel(version=1, retriever=Retriever(art), metadata=VersionMetadata(), loaded_at=0.0,
+                        answers=AnswerCache(limit=4))
     render = Rendering()
     users = [str(u) for u in art.user_ids[:10]]
     answers = [model.recommend(u, 10, True, render) for u in users]

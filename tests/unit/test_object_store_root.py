@@ -11,7 +11,7 @@ import pytest
 from movierec_common import artifact as artifact_format
 from movierec_common import model_root
 from movierec_common.artifact import VersionMetadata
-from recommender_service.registry import RootUnavailable, VersionCache
+from recommender_service.version_cache import VersionCache
 from tests.artifacts import tiny_artifact
 from tests.s3 import s3_server
 from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
@@ -82,7 +82,7 @@ def test_version_cache_copies_only_complete_versions_and_replicas_can_share_its_
         try:
             with pytest.raises(model_root.RootUnreachable):  # no conclusion while unreachable
                 model_root.folder_fingerprint(remote)
-            with pytest.raises(RootUnavailable):
+            with pytest.raises(model_root.RootUnreachable):
                 first.copy(1, remote, fingerprint)
         finally:
             s3.start()

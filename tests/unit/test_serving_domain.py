@@ -11,11 +11,14 @@ import shutil
 import numpy as np
 import pytest
 
-from movierec_common import artifact as artifact_format
+from movierec.v1.vocabulary import REJECTED, SERVING
+from movierec_common import artifact
 from movierec_common.artifact import VersionMetadata
 from movierec_common.model_root import list_versions, write_serving_marker
-from recommender_service.registry import REJECTED, SERVING, ModelRegistry, validate_version
-from recommender_service.retrieval import Retriever, top_k_indices
+from recommender_service.registry import ModelRegistry
+from recommender_service.retrieval import Retriever
+from recommender_service.top_k import top_k_indices
+from recommender_service.validation import validate_version
 from tests.artifacts import tiny_artifact
 from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
 
@@ -62,7 +65,7 @@ def test_validate_refuses_inconsistent_arrays():
         dataclasses.replace(art, movie_ids=np.zeros(art.num_items, np.int64)),
     ]
     for candidate in bad:
-        with pytest.raises(artifact_format.ArtifactError):
+        with pytest.raises(artifact.ArtifactError):
             candidate.validate()
 
 
@@ -72,9 +75,9 @@ def test_publish_numbers_versions_and_the_signature_agrees_with_numpy(tmp_path):
     assert publish(root, art, METADATA) == 1
     assert publish(root, art, METADATA) == 2
     assert list_versions(root) == [1, 2]
-    metadata = artifact_format.read_metadata(f"{root}/2")
+    metadata = artifact.read_metadata(f"{root}/2")
     assert metadata.model_kind == "test" and "saved_model.pb" in metadata.files
-    loaded, module = artifact_format.load(f"{root}/2")
+    loaded, module = artifact.load(f"{root}/2")
     np.testing.assert_array_equal(loaded.user_vectors, art.user_vectors)
     assert loaded.titles.tolist() == art.titles.tolist()
     out = module.signatures["serving_default"](user_id=np.array([b"3", b"nobody"]), k=np.int32(5))
@@ -86,7 +89,7 @@ def test_publish_numbers_versions_and_the_signature_agrees_with_numpy(tmp_path):
 def test_failed_publish_leaves_nothing_and_stale_temp_folders_are_removed(tmp_path):
     root = tmp_path / "models"
     broken = dataclasses.replace(tiny_artifact(), item_vectors=np.zeros((3, 8), np.float32))
-    with pytest.raises(artifact_format.ArtifactError):
+    with pytest.raises(artifact.ArtifactError):
         publish(str(root), broken, METADATA)
     assert list(root.iterdir()) == []
     (root / ".tmp-7-deadbeef").mkdir()
@@ -146,7 +149,7 @@ def test_registry_pinned_version_wins_over_newer(tmp_path):
 
 def test_registry_serves_a_version_with_an_index_through_the_index(tmp_path):
     from movierec_common import ann_index
-    from recommender_service.retrieval import FaissIVF
+    from recommender_service.top_k import FaissIVF
 
     art = tiny_artifact(users=40, items=200, seed=4)
     files, retrieval = ann_index.files_for_version(art.item_vectors, art.user_vectors, min_items=100)
@@ -167,7 +170,7 @@ def test_the_loader_hands_arrays_over_as_mapped_files_and_leaves_none_behind(tmp
     import io
     import os
 
-    from recommender_service.registry import HandoffPickler, HandoffUnpickler
+    from recommender_service.isolation import HandoffPickler, HandoffUnpickler
 
     root = tmp_path / "models"
     publish(str(root), tiny_artifact(users=300, items=500, seed=2), METADATA)
@@ -186,8 +189,8 @@ def test_the_loader_hands_arrays_over_as_mapped_files_and_leaves_none_behind(tmp
 
 
 def test_the_smoke_test_holds_an_approximate_backend_to_the_exact_signature(tmp_path):
-    from recommender_service.registry import smoke_test
-    from recommender_service.retrieval import BruteForce
+    from recommender_service.top_k import BruteForce
+    from recommender_service.validation import smoke_test
 
     class Honest(BruteForce):
         exact = False
@@ -201,9 +204,9 @@ def test_the_smoke_test_holds_an_approximate_backend_to_the_exact_signature(tmp_
 
     art = tiny_artifact(users=30, items=300, seed=6)
     publish(str(tmp_path / "models"), art, METADATA)
-    loaded, module = artifact_format.load(str(tmp_path / "models" / "1"))
+    loaded, module = artifact.load(str(tmp_path / "models" / "1"))
     assert smoke_test(Retriever(art, Honest(art.item_vectors)), loaded, module)["smoke_recall_at_10"] == 1.0
-    with pytest.raises(artifact_format.ArtifactError, match="approximate index finds 0.00 of"):
+    with pytest.raises(artifact.ArtifactError, match="approximate index finds 0.00 of"):
         smoke_test(Retriever(art, Worst(art.item_vectors)), loaded, module)
 
 
@@ -214,7 +217,8 @@ def test_rankings_computed_at_load_and_the_live_path_give_the_same_answers_with_
     exact ties everywhere, across the k-th place too, where the exact backend's rule (ties to the lower
     index) must hold. The index probes every cell here, so it owes the exact answer."""
     from movierec_common import ann_index
-    from recommender_service.retrieval import PRECOMPUTED_TOP, BruteForce, FaissIVF
+    from recommender_service.rankings import PRECOMPUTED_TOP
+    from recommender_service.top_k import BruteForce, FaissIVF
 
     rng = np.random.default_rng(7)
     users, items, dim = 40, 3 * PRECOMPUTED_TOP, 4

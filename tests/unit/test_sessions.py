@@ -13,24 +13,27 @@ import os
 import numpy as np
 import pytest
 
-from movierec_common import artifact as artifact_format
+from movierec.v1.vocabulary import REJECTED
+from movierec_common import artifact
 from movierec_common.artifact import ModelArtifact
 from movierec_common.session_query import HISTORY, METADATA_KEY, POOLED, Part, QueryEncoder, history_encoder
-from recommender_service.registry import REJECTED, ModelRegistry, validate_version
-from recommender_service.retrieval import BruteForce, Retriever, top_k_indices
-from recommender_service.sessions import SessionsUnsupported
+from recommender_service.errors import SessionsUnsupported
+from recommender_service.registry import ModelRegistry
+from recommender_service.retrieval import Retriever
+from recommender_service.top_k import BruteForce, top_k_indices
+from recommender_service.validation import validate_version
 from tests.artifacts import tiny_artifact
 
 
-def timed(artifact: ModelArtifact, seed: int = 0) -> ModelArtifact:
+def timed(base: ModelArtifact, seed: int = 0) -> ModelArtifact:
     """The artifact with every seen row in (shuffled) time order and timestamps beside it, as the trainer writes."""
     rng = np.random.default_rng(seed)
-    indptr, rows, stamps = artifact.seen_indptr, [], []
-    for user in range(artifact.num_users):
-        row = rng.permutation(artifact.seen_indices[indptr[user]:indptr[user + 1]])
+    indptr, rows, stamps = base.seen_indptr, [], []
+    for user in range(base.num_users):
+        row = rng.permutation(base.seen_indices[indptr[user]:indptr[user + 1]])
         rows.append(row)
         stamps.append(np.sort(rng.integers(8e8, 9e8, size=row.size)))
-    return dataclasses.replace(artifact, seen_indices=np.concatenate(rows).astype(np.int32),
+    return dataclasses.replace(base, seen_indices=np.concatenate(rows).astype(np.int32),
                                seen_timestamps=np.concatenate(stamps).astype(np.int64))
 
 
@@ -207,13 +210,14 @@ def test_movie_indices_are_one_vectorised_lookup():
 
 def _publish(root, version: int, art: ModelArtifact, metadata: dict) -> str:
     folder = os.path.join(str(root), str(version))
-    artifact_format.write_version(folder, art, artifact_format.VersionMetadata(
+    artifact.write_version(folder, art, artifact.VersionMetadata(
         model_kind="test", query_encoder=metadata.get(METADATA_KEY)))
     return folder
 
 
 def test_the_encoder_and_the_history_cross_the_loader_hand_off(tmp_path):
-    from recommender_service.registry import HandoffPickler, HandoffUnpickler, warmed_retriever
+    from recommender_service.isolation import HandoffPickler, HandoffUnpickler
+    from recommender_service.loader import warmed_retriever
 
     art, encoder = ease_like(users=30, items=300)
     folder = _publish(tmp_path / "models", 1, art, {METADATA_KEY: encoder.to_json()})

@@ -1,0 +1,363 @@
+"""Finding the k movies with the largest inner product with a query: one
+interface, two backends (as TFRS's ``layers/factorized_top_k.py``: ``TopK``
+with ``BruteForce`` and ``ScaNN``).
+
+A score is the inner product of a user vector and an item vector, whatever
+model kind produced them.
+
+* :class:`BruteForce` scans every movie with numpy. Exact, and at MovieLens
+  scale a matrix-vector product plus a partial sort, tens of microseconds:
+  below ``ann_index.MIN_ITEMS`` movies nothing is faster.
+* :class:`FaissIVF` asks the version's inverted-file index, which scans only
+  the few cells nearest to the query. Seen movies are excluded by
+  over-fetching (k + the user's seen count) and filtering, widening the
+  search until k unseen movies are found, so exactly k distinct movies come
+  back whenever k unseen ones exist; the returned scores are recomputed as
+  exact inner products, so they compare with the exact backend's.
+
+Both answer ties the same way (:func:`top_k_indices`): equal scores go to the
+lower movie index, so the approximate backend, the precomputed rankings and
+the exact signature agree on every answer, not only on most.
+
+**What may be answered** is narrowed in one place per backend: ``exclude``
+(distinct movie indices) is applied inside retrieval, before the partial sort
+(:meth:`BruteForce.scores`) or where the index's candidates are kept
+(:meth:`FaissIVF.candidates`), never after it, which is why k still come back
+whenever k are left. A request filter (ids to exclude or keep, a boolean mask
+over movies) joins ``exclude`` there, as one more argument of
+:meth:`TopK.top_k`, without a third code path (faiss can also take it inside
+the search: ``SearchParametersIVF`` carries an id selector beside ``nprobe``).
+Precomputed rankings (``recommender_service.rankings``) know no filter: a
+filtered call is answered live.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import faiss
+import numpy as np
+
+from recommender_service.sessions import ReconstructedRows
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest finite scores, best first; ties go to the lower index.
+
+    The common case (k below the number of movies, no tie across the k-th
+    place, nothing infinite among the k best) is one argpartition over the
+    raw scores plus a sort of k values: about a third of the general path's
+    cost, which matters because this runs on every Recommend call. Anything
+    else (ties at the boundary, seen movies among the k best because fewer
+    than k are left, NaN) takes the general path, so the answer never depends
+    on which path ran.
+    """
+    n = scores.shape[0]
+    if 0 < k < n:
+        part = np.argpartition(scores, n - k)[n - k:]
+        values = scores[part]
+        threshold = values.min()
+        if np.isfinite(values).all() and np.count_nonzero(scores >= threshold) == k:
+            return part[np.lexsort((part, -values))]
+    return _top_k_general(scores, k)
+
+
+def _top_k_general(scores: np.ndarray, k: int) -> np.ndarray:
+    candidates = np.flatnonzero(np.isfinite(scores))
+    k = min(k, candidates.size)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k < candidates.size:
+        values = scores[candidates]
+        threshold = values[np.argpartition(-values, k - 1)[k - 1]]
+        above = candidates[values > threshold]
+        tied = candidates[values == threshold]  # ascending index: the lowest win
+        candidates = np.concatenate([above, tied[: k - above.size]])
+    return candidates[np.lexsort((candidates, -scores[candidates]))]
+
+
+def _ranked(indices: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best score first, ties to the lower index (the exact backend's order)."""
+    order = np.lexsort((indices, -scores))
+    return indices[order], scores[order]
+
+
+# "Exclude nothing": the default of every ``exclude``, shared rather than allocated per call.
+NO_ITEMS = np.zeros(0, dtype=np.int32)
+
+
+class TopK(abc.ABC):
+    """Finds the movies with the largest inner product with a query vector."""
+
+    name: str = ""
+    exact: bool = True
+
+    @property
+    @abc.abstractmethod
+    def num_items(self) -> int: ...
+
+    @abc.abstractmethod
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, exact scores) of the min(k, movies left) best movies not in exclude, best first.
+
+        ``exclude`` must hold distinct movie indices. It is the one argument
+        that narrows what may be answered (see the module docstring): a
+        request filter arrives beside it, never as a pass over the result.
+        """
+
+    @abc.abstractmethod
+    def similar(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, cosine similarities) of the k movies nearest to movie ``index``, itself left out."""
+
+    @property
+    @abc.abstractmethod
+    def item_rows(self) -> Any:
+        """The item vectors as a query encoder reads them (``item_rows[indices, columns]``)."""
+
+    def top_k_batch(self, queries: np.ndarray, k: int, exclude_indptr: np.ndarray,
+                    exclude_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rankings for many queries at once: (indices [B, k], scores [B, k], counts [B]).
+
+        Row b excludes ``exclude_indices[exclude_indptr[b]:exclude_indptr[b + 1]]``;
+        entries past counts[b] are padding. The default answers query by query.
+        """
+        batch = queries.shape[0]
+        k = min(k, self.num_items)
+        indices = np.zeros((batch, k), dtype=np.int32)
+        scores = np.zeros((batch, k), dtype=np.float32)
+        counts = np.zeros(batch, dtype=np.int32)
+        for row in range(batch):
+            found, values = self.top_k(queries[row], k, exclude_indices[exclude_indptr[row]:exclude_indptr[row + 1]])
+            counts[row] = found.size
+            indices[row, :found.size] = found
+            scores[row, :found.size] = values
+        return indices, scores, counts
+
+
+# A query with fewer non-zeros than this share of its width is scored from
+# those columns alone. Session queries of the closed-form kinds are history
+# rows over the whole catalogue (1,682 wide at MovieLens 100K, twice that for
+# `sequential`) holding a few dozen non-zeros, where the full product reads
+# the whole item matrix for nothing. Measured on column-major items (one
+# BLAS thread): 1,682 x 1,682, dense 141 us, sparse 28 / 108 / 167 us at
+# 100 / 400 / 600 non-zeros; 1,682 x 3,364, dense 527 us, sparse 111 us at
+# 400. A quarter of the width is below both break-even points.
+SPARSE_QUERY_SHARE = 1 / 4
+# Narrower queries (two-tower and BPR vectors) are dense: looking for zeros
+# would cost about as much as the product it might save.
+SPARSE_QUERY_MIN_WIDTH = 256
+
+
+def serving_layout(item_vectors: np.ndarray) -> np.ndarray:
+    """Item vectors as :class:`BruteForce` keeps them: float32, column-major when wide.
+
+    The sparse path reads a few whole columns. Row-major, each column is
+    strided across the matrix: gathering 300 columns of 1,682 x 1,682 took
+    457 us, more than the whole dense product (169 us); column-major they are
+    contiguous (81 us), and the dense product is as fast either way. Already
+    in layout (a mapped file from the loader), nothing is copied.
+    """
+    items = np.asarray(item_vectors, dtype=np.float32)
+    if items.ndim == 2 and items.shape[1] >= SPARSE_QUERY_MIN_WIDTH:
+        return np.asfortranarray(items)
+    return np.ascontiguousarray(items)
+
+
+class BruteForce(TopK):
+    """Exact: one pass over every item vector per query (over the query's
+    non-zero columns only, when it is wide and mostly zeros)."""
+
+    name = "exact"
+    exact = True
+
+    def __init__(self, item_vectors: np.ndarray):
+        self._items = serving_layout(item_vectors)
+        # Norms instead of a normalised copy of the vectors: same cosine, a
+        # d-th of the memory.
+        self._norms = np.maximum(np.linalg.norm(self._items, axis=1), 1e-12).astype(np.float32)
+
+    @property
+    def num_items(self) -> int:
+        return self._items.shape[0]
+
+    @property
+    def item_rows(self) -> np.ndarray:
+        return self._items
+
+    def scores(self, query: np.ndarray, exclude: np.ndarray = NO_ITEMS) -> np.ndarray:
+        """Every movie's score, -inf for the excluded ones (so the partial sort never picks them)."""
+        width = query.shape[0]
+        nonzero = np.flatnonzero(query) if width >= SPARSE_QUERY_MIN_WIDTH else None
+        if nonzero is not None and nonzero.size < width * SPARSE_QUERY_SHARE:
+            scores = self._items[:, nonzero] @ query[nonzero]
+        else:
+            scores = self._items @ query
+        if exclude.size:
+            scores[exclude] = -np.inf
+        return scores
+
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.scores(query, exclude)
+        best = top_k_indices(scores, k)
+        return best, scores[best]
+
+    def similar(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = (self._items @ self._items[index]) / (self._norms * self._norms[index])
+        scores[index] = -np.inf
+        best = top_k_indices(scores, k)
+        return best, scores[best]
+
+
+class FaissIVF(TopK):
+    """Approximate: a faiss IVF inner-product index (see movierec_common.ann_index).
+
+    The index keeps the raw vectors (IVF-Flat), so exact rescoring and
+    ``similar`` reconstruct the few vectors they need from it; no second copy
+    of the item matrix is kept. Searches from many request threads at once are
+    safe: faiss's search is const, and a wider search passes its own
+    parameters instead of changing the index's.
+    """
+
+    name = "faiss_ivf"
+    exact = False
+
+    def __init__(self, index: faiss.Index, item_norms: np.ndarray, max_first_fetch: int = 2048):
+        self._index = index
+        self._ivf = faiss.extract_index_ivf(index)
+        self.nprobe = int(self._ivf.nprobe)
+        self.nlist = int(self._ivf.nlist)
+        self._norms = np.asarray(item_norms, dtype=np.float32)
+        self._max_first_fetch = max_first_fetch
+
+    @property
+    def num_items(self) -> int:
+        return int(self._index.ntotal)
+
+    def vectors(self, indices: np.ndarray) -> np.ndarray:
+        if len(indices) == 0:
+            return np.zeros((0, self._index.d), dtype=np.float32)
+        return self._index.reconstruct_batch(np.asarray(indices, dtype=np.int64))
+
+    @property
+    def item_rows(self) -> ReconstructedRows:
+        return ReconstructedRows(self.vectors)
+
+    def _search(self, queries: np.ndarray, k: int, nprobe: int) -> np.ndarray:
+        if nprobe == self.nprobe:
+            return self._index.search(queries, k)[1]
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        return self._index.search(queries, k, params=params)[1]
+
+    def candidates(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> np.ndarray:
+        """Up to k distinct indices not in exclude, in the index's order (best first).
+
+        Over-fetches k + |exclude| (at most max_first_fetch at first); when
+        filtering leaves fewer than k, asks again for four times as many, or
+        probes four times as many cells when the probed ones ran dry, until k
+        are found or the whole catalogue has been searched.
+        """
+        total = self.num_items
+        need = max(0, min(k, total - exclude.size))
+        if need == 0:
+            return NO_ITEMS
+        fetch = min(total, max(need, min(k + exclude.size, self._max_first_fetch)))
+        nprobe = self.nprobe
+        queries = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        while True:
+            labels = self._search(queries, fetch, nprobe)[0]
+            found = labels[labels >= 0]
+            kept = found[~np.isin(found, exclude)] if exclude.size else found
+            if kept.size >= need or (nprobe >= self.nlist and fetch >= total):
+                return kept[:need]
+            if found.size < fetch and nprobe < self.nlist:
+                nprobe = min(self.nlist, nprobe * 4)  # the probed cells ran dry
+            else:
+                fetch = min(total, fetch * 4)
+
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+        """As the exact backend answers, ties included: a movie tied with the k-th
+        on its exact score wins over it when its index is lower. The index
+        returns tied movies in no particular order, so candidates are widened
+        until the first one left out scores strictly below the k-th (one more
+        candidate than k, in the common case of no tie there)."""
+        if k <= 0:
+            return NO_ITEMS, np.zeros(0, dtype=np.float32)
+        want = k + 1
+        while True:
+            found = self.candidates(query, want, exclude)
+            indices, scores = _ranked(found, self.vectors(found) @ query)
+            if found.size < want or scores[k] < scores[k - 1]:
+                return indices[:k], scores[:k]
+            want *= 4
+
+    def similar(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine neighbours among the item's inner-product neighbours (over-fetched 4x)."""
+        query = self.vectors(np.array([index]))[0]
+        found = self.candidates(query, min(self.num_items, 4 * (k + 1)), np.array([index]))
+        cosine = (self.vectors(found) @ query) / (self._norms[found] * self._norms[index])
+        best = top_k_indices(cosine, k)
+        return found[best], cosine[best]
+
+    def top_k_batch(self, queries: np.ndarray, k: int, exclude_indptr: np.ndarray,
+                    exclude_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batched index searches, one per over-fetch size (k + seen + 1, rounded
+        up to a power of two), with seen movies filtered for the whole batch at
+        once. The rare row left short, or with a tie across the k-th place,
+        falls back to :meth:`top_k`, so a ranking computed here is the answer
+        the live path gives."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        batch, total = queries.shape[0], self.num_items
+        k = min(k, total)
+        excluded = np.diff(exclude_indptr)
+        need = np.minimum(k, total - excluded)
+        # One past the k-th, to see whether a tie crosses the cut (see top_k).
+        wanted = np.minimum(k + excluded + 1, min(self._max_first_fetch, total))
+        fetch = np.minimum(2 ** np.ceil(np.log2(wanted)).astype(np.int64), total)
+        indices = np.zeros((batch, k), dtype=np.int32)
+        scores = np.zeros((batch, k), dtype=np.float32)
+        counts = np.zeros(batch, dtype=np.int32)
+        after = np.full(batch, -1, dtype=np.int64)  # the first unseen candidate past the k-th, -1: none found
+        for size in np.unique(fetch).tolist():
+            rows_of_size = np.flatnonzero(fetch == size)
+            chunk = max(1, (1 << 22) // size)  # bounds the label matrix at ~32 MB
+            for start in range(0, rows_of_size.size, chunk):
+                rows = rows_of_size[start:start + chunk]
+                labels = self._search(queries[rows], size, self.nprobe)
+                keep = labels >= 0
+                seen_counts = excluded[rows]
+                if seen_counts.sum():  # one sorted key per (row, seen movie), looked up all at once
+                    owner = np.repeat(np.arange(rows.size, dtype=np.int64), seen_counts)
+                    seen = np.concatenate([exclude_indices[exclude_indptr[r]:exclude_indptr[r + 1]] for r in rows])
+                    seen_keys = np.sort(owner * total + seen)
+                    keys = np.arange(rows.size, dtype=np.int64)[:, None] * total + labels
+                    position = np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)
+                    keep &= seen_keys[position] != keys
+                rank = np.cumsum(keep, axis=1)
+                take = keep & (rank <= k)
+                got = take.sum(axis=1)
+                r, c = np.nonzero(take)
+                indices[rows[r], rank[r, c] - 1] = labels[r, c]
+                counts[rows] = got
+                r, c = np.nonzero(keep & (rank == k + 1))
+                after[rows[r]] = labels[r, c]
+        for row in range(batch):  # exact scores, the same way the live path computes them
+            n = counts[row]
+            found = indices[row, :n].astype(np.int64)
+            found, values = _ranked(found, self.vectors(found) @ queries[row])
+            indices[row, :n] = found
+            scores[row, :n] = values
+        # Rows the batch cannot answer as the live path would: too few candidates (over-fetch was not enough),
+        # a tie across the k-th place, or nothing fetched past it to tell.
+        unsure = np.flatnonzero((counts < need) | ((counts == k) & (after < 0) & (fetch < total)))
+        tied = np.flatnonzero((counts == k) & (after >= 0))
+        if tied.size:
+            past = np.einsum("ij,ij->i", self.vectors(after[tied]), queries[tied])
+            unsure = np.union1d(unsure, tied[past >= scores[tied, k - 1]])
+        for row in unsure.tolist():
+            found, values = self.top_k(queries[row], k, exclude_indices[exclude_indptr[row]:exclude_indptr[row + 1]])
+            counts[row] = found.size
+            indices[row, :found.size] = found
+            scores[row, :found.size] = values
+        return indices, scores, counts
