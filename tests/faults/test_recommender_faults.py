@@ -230,12 +230,13 @@ def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(tmp_path):
     still running when the server stops taking calls; a new call then gets UNAVAILABLE, and the batch
     its full answer.
 
-    The batch asks for k=100 with exclude_seen=false over 40,000 movies and no rankings computed at load
-    (--ranking-mb 0), so each of its 1,000 users is a full scan: seconds of work, longer than the
-    drain that separates the signal from the stop.
+    The batch asks for k=100 with exclude_seen=false over 80,000 movies of 256 dimensions and no
+    rankings computed at load (--ranking-mb 0), so each of its 1,000 users is a full scan: about 3 s of
+    work here, well beyond the 1 s drain that separates the signal from the stop (40,000 movies of 64
+    dimensions took 0.7 s on this machine, and the batch could end inside the drain).
     """
     root = tmp_path / "models"
-    art = tiny_artifact(users=1000, items=40_000, dim=64)
+    art = tiny_artifact(users=1000, items=80_000, dim=256)
     publish(str(root), art, VersionMetadata(model_kind="good"))
     metrics_port = free_port()
     recommender = start_recommender(root, tmp_path, "--ranking-mb", "0", "--metrics-port", str(metrics_port))
