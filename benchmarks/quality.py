@@ -9,7 +9,7 @@ compared like for like. Three sections:
     The evaluation-run model trained on ua.base, tested on ua.test. Kinds
     that choose settings themselves choose them on a validation split carved
     from ua.base; the choices are printed per seed and kept in each run's
-    ``extra``.
+    ``settings`` (what each choice compared, in its ``selection``).
 ``temporal``
     Each user's newest 10 ratings are the outer test; the rest (the outer
     train) is what a trainer job is given. The job holds out each user's
@@ -43,22 +43,17 @@ from pathlib import Path
 
 import numpy as np
 
+from movierec.v1.vocabulary import MODEL_KINDS
 from movierec_common.session_query import QueryEncoder, history_encoder
-from trainer_service.data import (
-    Ratings,
-    Split,
-    carve_validation,
-    holdout_mask,
-    load_movielens_100k,
-    make_split,
-    time_ordered_history,
-)
+from trainer_service.data import load_movielens_100k
 from trainer_service.evaluation import (
     evaluate_score_rows,
     evaluate_scores,
     popularity_vectors,
 )
-from trainer_service.hyperparams import MODEL_KINDS, resolve_hyperparameters
+from trainer_service.hyperparams import resolve_hyperparameters
+from trainer_service.ratings import Ratings, Split, time_ordered_history
+from trainer_service.splits import carve_validation, holdout_mask, make_split
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality.json"
 METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_50")
@@ -137,9 +132,10 @@ def ua_section(data: Ratings, kinds, seeds, tiny: bool, train_model) -> dict:
                 "seed": seed, "metrics": metrics, "train_seconds": model.train_seconds,
                 "final_loss": model.loss_history[-1] if model.loss_history else None,
                 "epochs_run": model.epochs_run, "best_epoch": model.best_epoch,
-                "validation_metrics": model.validation_metrics, "settings": model.settings, "extra": model.extra,
+                "validation_metrics": model.validation_metrics, "settings": model.settings.to_json(),
+                "selection": model.selection,
             })
-            chosen = _numeric(model.extra)
+            chosen = _numeric(model.settings.to_json())
             _log(f"  ua {kind} seed {seed}: recall@10 {metrics['recall_at_10']:.4f} "
                  f"ndcg@10 {metrics['ndcg_at_10']:.4f} in {model.train_seconds:.1f}s"
                  + (f" (chosen on validation: {chosen})" if chosen else ""))
@@ -297,10 +293,10 @@ def temporal_run(kind: str, seed: int, evaluated, refit, outer: Split) -> dict:
     no_refit_metrics = _outer_metrics((evaluated.user_vectors, evaluated.item_vectors), outer)
     refit_metrics = _outer_metrics((refit.user_vectors, refit.item_vectors), outer)
     _log(f"  temporal {kind} seed {seed}: recall@10 no refit {no_refit_metrics['recall_at_10']:.4f}, "
-         f"refit {refit_metrics['recall_at_10']:.4f}; settings {_numeric(evaluated.settings)} "
+         f"refit {refit_metrics['recall_at_10']:.4f}; settings {_numeric(evaluated.settings.to_json())} "
          f"chosen on {evaluated.validation_split!r}")
     return {
-        "seed": seed, "settings": evaluated.settings, "settings_chosen_on": evaluated.validation_split,
+        "seed": seed, "settings": evaluated.settings.to_json(), "settings_chosen_on": evaluated.validation_split,
         "validation_metrics": evaluated.validation_metrics, "epochs_run": evaluated.epochs_run,
         "no_refit": no_refit_metrics, "refit": refit_metrics,
         "train_seconds": evaluated.train_seconds, "refit_seconds": refit.train_seconds,

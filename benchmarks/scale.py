@@ -51,7 +51,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
 from benchmarks.ann_serving import MemorySampler, load_seconds_from_log, start_recommender  # noqa: E402
 from benchmarks.serve import latency_stats, run_loadgen, wait_for_version  # noqa: E402
 from movierec_common.artifact import read_metadata  # noqa: E402
-from movierec_common.launch import ServerProcess  # noqa: E402
+from movierec_common.server_process import ServerProcess  # noqa: E402
 
 SIZES = {
     "a": {"users": 50_000, "movies": 1_000_000, "ratings": 2_000_000},
@@ -119,9 +119,10 @@ def child_parse(data: str) -> dict:
 
 
 def child_train(data: str, epochs: int, batch_size: int, seed: int) -> dict:
-    from trainer_service.data import load_ratings_files, make_split
+    from trainer_service.data import load_ratings_files
     from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_scores, popularity_vectors
     from trainer_service.hyperparams import resolve_hyperparameters
+    from trainer_service.splits import make_split
     from trainer_service.training import train_model
 
     ratings = load_ratings_files(data, "ratings.csv", "movies.csv")
@@ -144,7 +145,7 @@ def child_train(data: str, epochs: int, batch_size: int, seed: int) -> dict:
                            max_scores=EVALUATION_MAX_SCORES)
     popular = evaluate_scores(*popularity_vectors(train_csr, ratings.n_items), train_csr, test_csr,
                               max_scores=EVALUATION_MAX_SCORES)
-    return {"epochs": epochs_seen, "softmax": model.extra.get("softmax"),
+    return {"epochs": epochs_seen, "softmax": model.selection.get("softmax"),
             "train_seconds": round(model.train_seconds, 1), "train_ratings": int(len(split.train)),
             "batch_size": batch_size, "recall_at_10": round(ours["recall_at_10"], 4),
             "popularity_recall_at_10": round(popular["recall_at_10"], 4),

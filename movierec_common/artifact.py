@@ -478,9 +478,10 @@ class Distribution(_Record):
     engine: str = ENGINE_IN_PROCESS
     workers: int = 1
     num_replicas_in_sync: int = 1
-    ray_address: str = ""
-    ray: str = ""
-    worker_train_seconds: float = 0.0
+    # Ray jobs only (absent from in-process versions):
+    ray_address: str | None = None
+    ray: str | None = None
+    worker_train_seconds: float | None = None
 
 
 @dataclass(frozen=True)

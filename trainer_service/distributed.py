@@ -31,9 +31,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from movierec_common import launch, tfenv  # tfenv's import sets the TensorFlow environment that workers are given
 from movierec_common.logs import event
+from trainer_service.errors import Cancelled, DistributedTrainingFailed
+
+if TYPE_CHECKING:  # both import TensorFlow, which a Ray worker may import only after its strategy exists
+    from trainer_service.model_kind import TrainedModel, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,6 @@ WORKER_ENVIRONMENT = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_
                       "GRPC_VERBOSITY", "MOVIEREC_TF_VERBOSE")
 
 
-class DistributedTrainingFailed(RuntimeError):
-    """A Ray run ended without a model; the message says why, for the job's error."""
-
-
 class _Channel:
     """The job's meeting point: progress and the result from rank 0, the cancel flag from the driver.
 
@@ -71,19 +72,19 @@ class _Channel:
     TensorFlow.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._phase = ""
-        self._epochs: list[dict] = []
+        self._epochs: list[dict[str, Any]] = []
         self._cancelled = False
         self._result: bytes | None = None
 
     def set_phase(self, phase: str) -> None:
         self._phase = phase
 
-    def add_epoch(self, report: dict) -> None:
+    def add_epoch(self, report: dict[str, Any]) -> None:
         self._epochs.append(report)
 
-    def progress(self, seen: int) -> tuple[str, list[dict]]:
+    def progress(self, seen: int) -> tuple[str, list[dict[str, Any]]]:
         return self._phase, self._epochs[seen:]
 
     def cancel(self) -> None:
@@ -102,7 +103,7 @@ class _Channel:
 class _CancelPoll:
     """``should_stop`` for a worker: the driver's cancel flag, read at most every POLL_SECONDS."""
 
-    def __init__(self, channel):
+    def __init__(self, channel: Any):
         self._channel = channel
         self._asked = 0.0
         self._cancelled = False
@@ -117,7 +118,7 @@ class _CancelPoll:
         return self._cancelled
 
 
-def _multi_worker_strategy():
+def _multi_worker_strategy() -> Any:
     """The strategy, made before anything else touches TensorFlow in this worker.
 
     MultiWorkerMirroredStrategy configures collective ops, which TensorFlow
@@ -140,25 +141,29 @@ def _multi_worker_strategy():
     return strategy
 
 
-def _train_worker(config: dict) -> None:
+def _train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: the same training code as in-process, under the multi-worker strategy."""
     strategy = _multi_worker_strategy()
     import ray
 
-    from trainer_service import training  # imports TensorFlow: only after the strategy exists
+    # These import TensorFlow: only after the strategy exists.
+    from trainer_service.model_kind import EpochReport, TrainingRun
+    from trainer_service.neural_kinds import is_chief
+    from trainer_service.training import train
 
     channel = config["channel"]
-    chief = training.is_chief(strategy)
+    chief = is_chief(strategy)
     split = ray.get(config["split"])
     if chief:
         channel.set_phase.remote("training")
 
-    def on_epoch(report) -> None:
+    def on_epoch(report: EpochReport) -> None:
         channel.add_epoch.remote(dataclasses.asdict(report))
 
-    trained = training.train_model(config["kind"], split, config["hyperparameters"], config["seed"],
-                                   on_epoch=on_epoch if chief else None, should_stop=_CancelPoll(channel),
-                                   strategy=strategy, refit_settings=config.get("refit_settings"))
+    trained = train(TrainingRun(kind=config["kind"], split=split, hyperparameters=config["hyperparameters"],
+                                seed=config["seed"], on_epoch=on_epoch if chief else None,
+                                should_stop=_CancelPoll(channel), refit_settings=config.get("refit_settings"),
+                                strategy=strategy))
     if chief:
         ray.get(channel.finish.remote(pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL)))
 
@@ -195,7 +200,7 @@ class RayTraining:
         self._own_dir: str | None = None   # the local Ray's temp folder, removed at shutdown
         self._runs_dir: str | None = None  # Ray Train's storage_path; each job's folder is removed after it
 
-    def connect(self):
+    def connect(self) -> Any:
         """Starts or joins Ray (once); returns the ``ray`` module.
 
         The trainer calls this from its main thread at start-up, before it
@@ -218,8 +223,8 @@ class RayTraining:
             ray_logger.setLevel(logging.WARNING)
             started = time.monotonic()
             runtime_env = {"env_vars": {name: os.environ[name] for name in WORKER_ENVIRONMENT if name in os.environ}}
-            quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": False,
-                     "namespace": "movierec", "runtime_env": runtime_env}
+            quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                                     "configure_logging": False, "namespace": "movierec", "runtime_env": runtime_env}
             if self.address:
                 ray.init(address=self.address, **quiet)
                 self._runs_dir = tempfile.mkdtemp(prefix="movierec-ray-runs-")
@@ -239,19 +244,19 @@ class RayTraining:
                   temp_dir=self._own_dir or "")
             return ray
 
-    def train(self, kind: str, split, hyperparameters, seed: int, workers: int, run_name: str,
-              on_epoch: Callable | None = None, should_stop: Callable[[], bool] | None = None,
-              on_phase: Callable[[str], None] | None = None, refit_settings: dict | None = None):
-        """Trains on ``workers`` Ray workers; returns rank 0's ``TrainedModel``.
+    def train(self, run: TrainingRun, on_phase: Callable[[str], None] | None = None) -> TrainedModel:
+        """Trains ``run`` on ``run.workers`` Ray workers; returns rank 0's ``TrainedModel``.
 
-        ``refit_settings`` as for ``training.train_model``.
-
-        Raises ``TrainingCancelled`` when ``should_stop`` asked for it, and
-        ``DistributedTrainingFailed`` when a worker failed or died (no retry:
-        a half-finished data-parallel run cannot be resumed here).
+        Each worker gets the run's data (kind, split, hyperparameters, seed,
+        refit settings); its progress comes back to ``run.on_epoch`` here, and
+        ``run.should_stop`` is relayed to the workers. Raises ``Cancelled``
+        when ``should_stop`` asked for it, and ``DistributedTrainingFailed``
+        when a worker failed or died (no retry: a half-finished data-parallel
+        run cannot be resumed here).
         """
-        from trainer_service.training import EpochReport, TrainingCancelled
+        from trainer_service.model_kind import EpochReport
 
+        workers, run_name, on_epoch, should_stop = run.workers, run.name, run.on_epoch, run.should_stop
         started = time.monotonic()
         if on_phase:
             on_phase("starting ray workers")
@@ -260,23 +265,26 @@ class RayTraining:
         from ray.train.tensorflow import TensorflowTrainer
 
         channel = ray.remote(num_cpus=0)(_Channel).remote()
-        split_ref = ray.put(split)
+        split_ref = ray.put(run.split)
+        assert self._runs_dir is not None  # connect() made it
         storage = os.path.join(self._runs_dir, run_name)
         trainer = TensorflowTrainer(
             _train_worker,
-            train_loop_config={"kind": kind, "split": split_ref, "hyperparameters": hyperparameters, "seed": seed,
-                               "channel": channel, "refit_settings": refit_settings},
+            train_loop_config={"kind": run.kind, "split": split_ref, "hyperparameters": run.hyperparameters,
+                               "seed": run.seed, "channel": channel, "refit_settings": run.refit_settings},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             # No retries of any kind: a worker lost mid-run fails the job, and so
             # does a cluster that cannot place the workers within Ray Train's
             # start-up timeout (60 s), instead of retrying forever.
             run_config=RunConfig(name=run_name, storage_path=self._runs_dir,
-                                 failure_config=FailureConfig(max_failures=0, controller_failure_limit=0,
-                                                              max_preemption_failures=0)),
+                                 # Train V2's FailureConfig (RAY_TRAIN_V2_ENABLED) takes the last two; Ray's
+                                 # static types describe V1's.
+                                 failure_config=FailureConfig(  # type: ignore[call-arg]
+                                     max_failures=0, controller_failure_limit=0, max_preemption_failures=0)),
         )
-        outcome: dict = {}
+        outcome: dict[str, Any] = {}
 
-        def fit():
+        def fit() -> None:
             try:
                 outcome["result"] = trainer.fit()
             except BaseException as exc:  # handed to the job's thread below
@@ -305,7 +313,7 @@ class RayTraining:
                     break
                 runner.join(POLL_SECONDS)
             if cancel_sent:
-                raise TrainingCancelled("training cancelled on request")
+                raise Cancelled("training cancelled on request")
             if "error" in outcome:
                 reason = _failure_reason(outcome["error"])
                 event(log, "ray training failed", logging.WARNING, job_id=run_name, reason=reason)
@@ -313,7 +321,7 @@ class RayTraining:
             payload = ray.get(channel.result.remote())
             if payload is None:
                 raise DistributedTrainingFailed("distributed training ended without a result from rank 0")
-            trained = pickle.loads(payload)
+            trained: TrainedModel = pickle.loads(payload)
         finally:
             if runner.is_alive():  # the driver loop itself failed: stop the run before its channel goes
                 try:

@@ -1,6 +1,7 @@
-"""Per-kind hyperparameter defaults and the bounds a training request must respect.
+"""The hyperparameters a training request may set, and the bounds it must respect.
 
-Defaults come from a small sweep on ua.base with early stopping on a
+Each model kind states its own defaults (see ``training``, where the kinds
+are registered); they come from a small sweep on ua.base with early stopping on a
 validation split carved from ua.base; the sweep favoured settings that stay
 within about a minute of CPU on a 2-core machine. Bounds exist so that one request cannot occupy the trainer for hours
 or exhaust memory; they are wide enough for any sensible experiment on
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from movierec.v1.vocabulary import MODEL_KINDS
+from trainer_service.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -56,47 +59,45 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "blend_weight": (0.0, 1.0),
 }
 
-_COMMON = Hyperparameters()
-DEFAULTS: dict[str, Hyperparameters] = {
-    "two_tower": dataclasses.replace(_COMMON),
-    "two_tower_dropout": dataclasses.replace(_COMMON, dropout_rate=0.2),
-    "bpr": dataclasses.replace(_COMMON, batch_size=1024, learning_rate=0.003, weight_decay=0.05, num_negatives=4),
-    "ease": dataclasses.replace(_COMMON, epochs=1),
-    # The DLAE part's lambda (and its dropout rate, which is not a request knob)
-    # is picked on the validation split per run unless the request sets l2_lambda.
-    "dlae": dataclasses.replace(_COMMON, epochs=1, l2_lambda=0.0),
-    "ease_blend": dataclasses.replace(_COMMON, l2_lambda=0.0),
-    # History-aware: recency-weighted DLAE plus item-to-next-item transitions;
-    # lambda, dropout and the recency settings are chosen on a split carved by time.
-    "sequential": dataclasses.replace(_COMMON, epochs=1, l2_lambda=0.0),
-}
+# Every kind's defaults start here; each kind (``training.KINDS``) states what it changes.
+COMMON = Hyperparameters()
 
 
-def resolve_hyperparameters(kind: str, overrides: dict[str, float | int] | None = None) -> Hyperparameters:
-    """Defaults of ``kind`` with the caller's overrides applied and validated.
+def with_overrides(base: Hyperparameters, overrides: Mapping[str, float | int] | None = None) -> Hyperparameters:
+    """``base`` with the caller's overrides applied and validated against ``BOUNDS``.
 
-    A value of 0 means "not set" (the protobuf convention), so it keeps the default.
+    A value of 0 means "not set" (the protobuf convention), so it keeps the
+    default. ``InvalidRequest`` (a ValueError) names the field and its range.
     """
-    if kind not in DEFAULTS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
-    base = DEFAULTS[kind]
     types = {f.name: f.type for f in dataclasses.fields(Hyperparameters)}
-    changes: dict[str, float | int] = {}
+    changes: dict[str, Any] = {}
     for name, value in (overrides or {}).items():
         if name not in BOUNDS:
-            raise ValueError(f"unknown hyperparameter {name!r}; expected one of {', '.join(BOUNDS)}")
+            raise InvalidRequest(f"unknown hyperparameter {name!r}; expected one of {', '.join(BOUNDS)}")
         if value is None or value == 0:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"hyperparameter {name}={value!r} must be a finite number")
+            raise InvalidRequest(f"hyperparameter {name}={value!r} must be a finite number")
         low, high = BOUNDS[name]
         if types[name] in ("int", int):
             if float(value) != int(value):
-                raise ValueError(f"hyperparameter {name}={value!r} must be a whole number in [{low:g}, {high:g}]")
+                raise InvalidRequest(f"hyperparameter {name}={value!r} must be a whole number in [{low:g}, {high:g}]")
             value = int(value)
         else:
             value = float(value)
         if not low <= value <= high:
-            raise ValueError(f"hyperparameter {name}={value!r} is out of range; allowed [{low:g}, {high:g}]")
+            raise InvalidRequest(f"hyperparameter {name}={value!r} is out of range; allowed [{low:g}, {high:g}]")
         changes[name] = value
     return dataclasses.replace(base, **changes)
+
+
+def resolve_hyperparameters(kind: str, overrides: Mapping[str, float | int] | None = None) -> Hyperparameters:
+    """Defaults of ``kind`` with the caller's overrides applied and validated.
+
+    ``UnknownModelKind`` (a ValueError) for a kind the trainer does not have.
+    """
+    # The kinds hold their defaults, and the module that registers them imports
+    # this one; asking it here, at call time, keeps that one-way.
+    from trainer_service.training import kind_named
+
+    return kind_named(kind).hyperparameters(overrides)

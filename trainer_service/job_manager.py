@@ -14,9 +14,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from movierec_common import metrics as prometheus_metrics
 from movierec_common.logs import event
+from movierec_common.metrics import job_progress, job_queued, job_reached, job_started, jobs_queued
+from trainer_service.errors import Cancelled, IdempotencyConflict, JobNotFound, QueueFull
 from trainer_service.jobs import (
     CANCELLED,
     FAILED,
@@ -33,22 +35,6 @@ from trainer_service.jobs import (
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
-    pass
-
-
-class JobNotFound(KeyError):
-    pass
-
-
-class IdempotencyConflict(Exception):
-    pass
-
-
-class JobCancelled(Exception):
-    """Raised inside a runner when its job was cancelled."""
-
-
 class JobContext:
     """What a running job may do: report progress and ask whether to stop."""
 
@@ -57,26 +43,26 @@ class JobContext:
         self.job_id = job_id
         self._cancel = cancel
 
-    def report(self, **fields) -> None:
+    def report(self, **fields: Any) -> None:
         self._manager._update(self.job_id, persist=False, **fields)
 
     def should_stop(self) -> bool:
         return self._cancel.is_set()
 
     def check_cancelled(self) -> None:
+        """Raises ``Cancelled`` when the job was cancelled: the runner's check between steps."""
         if self._cancel.is_set():
-            raise JobCancelled("cancelled")
+            raise Cancelled("cancelled")
 
 
 Runner = Callable[[JobRecord, JobContext], JobResult]
 
 
 class JobManager:
-    def __init__(self, store: JobStore, runner: Runner, *, queue_size: int = 4, cancelled_exceptions: tuple = ()):
+    def __init__(self, store: JobStore, runner: Runner, *, queue_size: int = 4):
         self._store = store
         self._runner = runner
         self._queue_size = queue_size
-        self._cancelled_exceptions = (JobCancelled, *cancelled_exceptions)
         self._changed = threading.Condition()
         self._jobs: dict[str, JobRecord] = {}
         self._revision: dict[str, int] = {}
@@ -113,7 +99,7 @@ class JobManager:
             if spec.idempotency_key:
                 self._keys[spec.idempotency_key] = job.id
             self._queue.append(job.id)
-            prometheus_metrics.job_queued(len(self._queue))
+            job_queued(len(self._queue))
             self._store.save(job)
             self._changed.notify_all()
             event(log, "job queued", job_id=job.id, model=spec.model, queue_length=len(self._queue))
@@ -136,7 +122,7 @@ class JobManager:
             self._cancel_events[job_id].set()
             if job.state == QUEUED:
                 self._queue.remove(job_id)
-                prometheus_metrics.jobs_queued(len(self._queue))
+                jobs_queued(len(self._queue))
                 self._finish(job, CANCELLED, error="cancelled before it started")
             event(log, "job cancel requested", job_id=job_id)
             return copy.deepcopy(job)
@@ -168,7 +154,7 @@ class JobManager:
             for job_id in list(self._queue):
                 self._finish(self._jobs[job_id], CANCELLED, error="cancelled: the trainer shut down")
             self._queue.clear()
-            prometheus_metrics.jobs_queued(0)
+            jobs_queued(0)
             for job in self._jobs.values():
                 if job.state == RUNNING:
                     self._cancel_events[job.id].set()
@@ -192,7 +178,7 @@ class JobManager:
             if not job.done:
                 was = job.state.lower()
                 job.state = FAILED
-                prometheus_metrics.job_reached(FAILED)
+                job_reached(FAILED)
                 job.phase = "done"
                 job.error = f"interrupted: the trainer stopped while the job was {was}"
                 job.finished_at = time.time()
@@ -211,20 +197,20 @@ class JobManager:
             self._store.save(job)
         self._changed.notify_all()
 
-    def _update(self, job_id: str, *, persist: bool, **fields) -> None:
+    def _update(self, job_id: str, *, persist: bool, **fields: Any) -> None:
         with self._changed:
             job = self._jobs[job_id]
             for name, value in fields.items():
                 setattr(job, name, value)
             self._announce(job, persist=persist)
-        prometheus_metrics.job_progress(fields)
+        job_progress(fields)
 
-    def _finish(self, job: JobRecord, state: str, **fields) -> None:
+    def _finish(self, job: JobRecord, state: str, **fields: Any) -> None:
         """Caller holds the lock."""
         for name, value in fields.items():
             setattr(job, name, value)
         job.state = state
-        prometheus_metrics.job_reached(state)
+        job_reached(state)
         job.phase = "done"
         job.finished_at = time.time()
         self._announce(job)
@@ -238,7 +224,7 @@ class JobManager:
                 return None
             job = self._jobs[self._queue.popleft()]
             job.state = RUNNING
-            prometheus_metrics.job_started(len(self._queue))
+            job_started(len(self._queue))
             job.phase = "starting"
             job.started_at = time.time()
             self._announce(job)
@@ -253,7 +239,7 @@ class JobManager:
             context = JobContext(self, job.id, self._cancel_events[job.id])
             try:
                 result = self._runner(copy.deepcopy(job), context)
-            except self._cancelled_exceptions:
+            except Cancelled:
                 with self._changed:
                     self._finish(job, CANCELLED, error="cancelled while running; nothing was published")
             except Exception as exc:  # the job fails, never the server

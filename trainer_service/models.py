@@ -1,4 +1,7 @@
-"""The trainable model kinds.
+"""The models behind the kinds: the neural kinds' Keras models and the closed forms' weight solvers.
+
+What a kind is (its defaults, settings, fit and refit) lives in ``neural_kinds``
+and ``closed_form_kinds``; this module holds the mathematics they train.
 
 Every kind reduces to ``score(u, i) = user_vector[u] @ item_vector[i]`` once
 trained, because that is all the serving side understands. The neural kinds
@@ -27,17 +30,18 @@ would make a step N times too large. On one worker it is the plain mean.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from movierec_common.tfenv import tensorflow
-
-from .hyperparams import Hyperparameters
+from trainer_service.hyperparams import Hyperparameters
 
 tf = tensorflow()
 import tensorflow_recommenders as tfrs  # noqa: E402 - must follow tensorflow()
 
 
-def _tower(n_rows: int, hp: Hyperparameters, name: str) -> tf.keras.Sequential:
+def _tower(n_rows: int, hp: Hyperparameters, name: str) -> Any:  # a tf.keras.Sequential
     return tf.keras.Sequential(
         [
             tf.keras.layers.Embedding(n_rows, hp.embedding_dim, name=f"{name}_embedding"),
@@ -237,16 +241,3 @@ def dlae_item_weights(gram: np.ndarray, l2_lambda: float, dropout: float) -> np.
     weights = -np.linalg.inv(regularised) * penalty[None, :]
     weights[np.diag_indices_from(weights)] = 0.0
     return weights.astype(np.float32)
-
-
-NEURAL_KINDS = {
-    "two_tower": TwoTowerModel,
-    "two_tower_dropout": TwoTowerModel,
-    "bpr": BPRModel,
-}
-
-
-def build_model(kind: str, n_users: int, n_items: int, hp: Hyperparameters) -> VectorModel:
-    if kind not in NEURAL_KINDS:
-        raise ValueError(f"{kind!r} is not a neural model kind; expected one of {', '.join(NEURAL_KINDS)}")
-    return NEURAL_KINDS[kind](n_users, n_items, hp)

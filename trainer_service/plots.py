@@ -30,7 +30,7 @@ def loss_plot_png(loss_history: Sequence[float], validation_recall: Sequence[flo
         lines += twin.plot(list(range(1, len(validation_recall) + 1)), validation_recall, marker="s",
                            color="tab:orange", label="validation Recall@10")
         twin.set_ylabel("validation Recall@10")
-    axis.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize="small")
+    axis.legend(lines, [str(line.get_label()) for line in lines], loc="center right", fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

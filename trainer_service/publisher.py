@@ -32,13 +32,21 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from movierec_common import artifact as artifact_format
+from movierec_common.artifact import (
+    METADATA_FILE,
+    ArtifactError,
+    ModelArtifact,
+    VersionMetadata,
+    read_metadata,
+    write_version,
+)
 from movierec_common.logs import event
 from movierec_common.model_root import (
     TMP_PREFIX,
     PinDamaged,
+    RootUnreachable,
     exists,
     files_under,
     filesystem,
@@ -49,10 +57,12 @@ from movierec_common.model_root import (
     read_pin,
     remove_tree,
     serving_replicas,
+    upload_file,
     version_dir,
     versions_in_use,
     write_pin,
 )
+from trainer_service.errors import Cancelled, VersionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +72,13 @@ log = logging.getLogger(__name__)
 _VERSIONS_LOCK = threading.Lock()
 
 
-class PublishCancelled(Exception):
-    pass
-
-
 def remove_stale_temp_folders(root: str) -> list[str]:
     """Deletes what interrupted publishes left: local temp folders, or
     object-store versions whose metadata.json was never written."""
     removed = []
     for name in list_names(root):
         stale = name.startswith(TMP_PREFIX) if is_local(root) else (
-            name.isdigit() and not exists(join(root, name, artifact_format.METADATA_FILE)))
+            name.isdigit() and not exists(join(root, name, METADATA_FILE)))
         if stale:
             remove_tree(join(root, name))
             removed.append(name)
@@ -89,23 +95,22 @@ def _rename_into_place(base: str, staging: str) -> int:
     return version
 
 
-def _upload_into_place(root: str, staging: str, should_stop) -> int:
-    fs, base = filesystem(root)
+def _upload_into_place(root: str, staging: str, should_stop: Callable[[], bool]) -> int:
     version = max(list_versions(root), default=0) + 1
-    while fs.find(f"{base.rstrip('/')}/{version}"):
+    while files_under(version_dir(root, version)):
         version += 1  # taken since we listed: never overwrite (nor, below, delete) another's files
-    target = f"{base.rstrip('/')}/{version}"
-    names = sorted(set(files_under(staging)) - {artifact_format.METADATA_FILE})
+    target = version_dir(root, version)
+    names = sorted(set(files_under(staging)) - {METADATA_FILE})
     try:
         for name in names:
-            fs.put_file(os.path.join(staging, name), f"{target}/{name}")
+            upload_file(os.path.join(staging, name), join(target, name))
         if should_stop():
-            raise PublishCancelled("cancelled before the version was published")
-        fs.put_file(os.path.join(staging, artifact_format.METADATA_FILE), f"{target}/{artifact_format.METADATA_FILE}")
+            raise Cancelled("cancelled before the version was published")
+        upload_file(os.path.join(staging, METADATA_FILE), join(target, METADATA_FILE))
     except BaseException:
         try:
-            remove_tree(version_dir(root, version))
-        except Exception:  # the store is unreachable: the next start removes it
+            remove_tree(target)
+        except RootUnreachable:  # the next start removes it
             log.warning("could not remove a partly uploaded version", extra={"fields": {"version": version}})
         raise
     return version
@@ -113,27 +118,31 @@ def _upload_into_place(root: str, staging: str, should_stop) -> int:
 
 def publish(
     root: str,
-    model: artifact_format.ModelArtifact,
-    metadata: artifact_format.VersionMetadata,
+    model: ModelArtifact,
+    metadata: VersionMetadata,
     files: Mapping[str, bytes] = {},
     *,
-    should_stop=lambda: False,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Writes model, side files and metadata, then puts them at the next free version number."""
-    fs, base = filesystem(root)
+    """Writes model, side files and metadata, then puts them at the next free version number.
+
+    Raises ``Cancelled`` when ``should_stop`` says so before the version
+    appears (nothing of it is left), ``RootUnreachable`` when the store fails.
+    """
     local = is_local(root)
+    base = filesystem(root)[1]  # the root's path; only a local root's is used as a path
     if local:
-        fs.makedirs(base, exist_ok=True)
+        os.makedirs(base, exist_ok=True)
         work = os.path.join(base, f"{TMP_PREFIX}{max(list_versions(root), default=0) + 1}-{uuid.uuid4().hex[:8]}")
         staging = work
     else:
         work = tempfile.mkdtemp(prefix="movierec-publish-")
         staging = os.path.join(work, "version")
     try:
-        artifact_format.write_version(staging, model, metadata, dict(files))
+        write_version(staging, model, metadata, dict(files))
         if local:
             if should_stop():
-                raise PublishCancelled("cancelled before the version was published")
+                raise Cancelled("cancelled before the version was published")
             version = _rename_into_place(base, staging)
         else:
             version = _upload_into_place(root, staging, should_stop)
@@ -152,7 +161,7 @@ def apply_retention(root: str, keep: int) -> list[int]:
             versions = list_versions(root)
             protected = versions_in_use(root)
             pinned = read_pin(root)
-        except Exception as exc:  # the root (or its pin) cannot be read: delete nothing, try after the next publish
+        except (RootUnreachable, PinDamaged) as exc:  # delete nothing now; try again after the next publish
             event(log, "retention skipped: the model root cannot be read", logging.WARNING, error=str(exc))
             return []
         if pinned is not None:
@@ -166,10 +175,6 @@ def apply_retention(root: str, keep: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- versions and the pin
-
-
-class VersionNotFound(LookupError):
-    """The version is not complete in the model root; the message names the ones that are."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +208,8 @@ def published_version(root: str, version: int) -> PublishedVersion | None:
     """
     path = version_dir(root, version)
     try:
-        metadata = artifact_format.read_metadata(path)
-    except artifact_format.ArtifactError:
+        metadata = read_metadata(path)
+    except ArtifactError:
         return None
     files = files_under(path)
     if not metadata.files:

@@ -32,13 +32,15 @@ on MovieLens 100K validation (window 3 and smoothing 20 beat 1-2 and 1-5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from movierec_common.session_query import HISTORY, Part, QueryEncoder, recency_weights
-
-from . import models
-from .data import Split, time_ordered_history
-from .evaluation import evaluate_score_rows
+from trainer_service import models
+from trainer_service.evaluation import evaluate_score_rows
+from trainer_service.kind_settings import RecencyRule
+from trainer_service.ratings import Split, time_ordered_history
 
 TRANSITION_WINDOW = 3
 TRANSITION_SMOOTHING = 20.0
@@ -75,12 +77,12 @@ def transition_weights(indptr: np.ndarray, items: np.ndarray, n_items: int,
     return (counts / (counts.sum(axis=1, keepdims=True) + smoothing)).astype(np.float32)
 
 
-def fit(split: Split, l2_lambda: float, dropout: float, decay: float, floor: float, transition_decay: float,
-        transition_weight: float, visitor: dict | None = None):
+def fit(split: Split, l2_lambda: float, dropout: float, users: RecencyRule, visitor: RecencyRule | None = None
+        ) -> tuple[np.ndarray, np.ndarray, QueryEncoder]:
     """User and item vectors and the query encoder of the kind on ``split.train``.
 
-    ``visitor`` holds the (decay, floor, transition_decay, transition_weight)
-    of visitors' sessions, when they differ from users'.
+    ``users`` weighs a known user's history; ``visitor`` weighs visitors'
+    sessions, when their rule differs from users'.
     """
     n_items = split.data.n_items
     indptr, items, _ = time_ordered_history(split.data, split.train)
@@ -88,18 +90,17 @@ def fit(split: Split, l2_lambda: float, dropout: float, decay: float, floor: flo
     weights = models.dlae_item_weights(models.item_gram(binary), l2_lambda, dropout)
     del binary
     transitions = transition_weights(indptr, items, n_items)
-    user_vectors = np.hstack([weighted_history(indptr, items, n_items, decay, floor=floor),
-                              transition_weight * weighted_history(indptr, items, n_items, transition_decay)])
+    user_vectors = np.hstack([weighted_history(indptr, items, n_items, users.decay, floor=users.floor),
+                              users.transition_weight * weighted_history(indptr, items, n_items,
+                                                                         users.transition_decay)])
     item_vectors = np.hstack([weights.T, transitions.T])
-    encoder = QueryEncoder(_parts(n_items, decay, floor, transition_decay, transition_weight),
-                           _parts(n_items, **visitor) if visitor else None)
+    encoder = QueryEncoder(_parts(n_items, users), _parts(n_items, visitor) if visitor else None)
     return user_vectors, np.ascontiguousarray(item_vectors), encoder
 
 
-def _parts(n_items: int, decay: float, floor: float, transition_decay: float,
-           transition_weight: float) -> tuple[Part, Part]:
-    return (Part(HISTORY, n_items, 1.0, decay, floor=floor),
-            Part(HISTORY, n_items, transition_weight, transition_decay))
+def _parts(n_items: int, rule: RecencyRule) -> tuple[Part, Part]:
+    return (Part(HISTORY, n_items, 1.0, rule.decay, floor=rule.floor),
+            Part(HISTORY, n_items, rule.transition_weight, rule.transition_decay))
 
 
 def _last(indptr: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +114,13 @@ def _last(indptr: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarray, np
     return cut, items[positions]
 
 
-def _best_rule(indptr, items, users, weights, transitions, score, cancel_point) -> tuple[dict, dict, list]:
+Metrics = dict[str, float]
+Rule = tuple[dict[str, float], Metrics, list[dict[str, float]]]  # (choice, its metrics, every candidate's)
+
+
+def _best_rule(indptr: np.ndarray, items: np.ndarray, users: np.ndarray, weights: np.ndarray,
+               transitions: np.ndarray, score: Callable[[np.ndarray], Metrics],
+               cancel_point: Callable[[], None]) -> Rule:
     """The (decay, floor, transition decay, beta) whose queries of ``users``' histories score best.
 
     Scores are linear in beta, so each (decay, floor) and each transition
@@ -122,7 +129,8 @@ def _best_rule(indptr, items, users, weights, transitions, score, cancel_point) 
     n_items = weights.shape[0]
     transition_scores = {td: weighted_history(indptr, items, n_items, td, users) @ transitions
                          for td in TRANSITION_DECAYS}
-    best, tried = None, []
+    best: tuple[tuple[float, float], dict[str, float], Metrics] | None = None
+    tried = []
     for decay in DECAYS:
         for floor in FLOORS:
             cancel_point()
@@ -135,11 +143,12 @@ def _best_rule(indptr, items, users, weights, transitions, score, cancel_point) 
                     key = (metrics["recall_at_10"], metrics["ndcg_at_10"])
                     if best is None or key > best[0]:
                         best = (key, choice, metrics)
+    assert best is not None  # the grids are never empty
     _, choice, metrics = best
     return choice, metrics, tried
 
 
-def select(validation: Split, dlae_choice: tuple[float, float], cancel_point) -> dict:
+def select(validation: Split, dlae_choice: tuple[float, float], cancel_point: Callable[[], None]) -> dict[str, Rule]:
     """Settings chosen on ``validation`` (carved by time), for users and for visitors.
 
     ``dlae_choice`` is DLAE's (lambda, dropout), chosen on the same split.
@@ -162,8 +171,8 @@ def select(validation: Split, dlae_choice: tuple[float, float], cancel_point) ->
     transitions = transition_weights(indptr, items, n_items)
     session_indptr, session_items = _last(indptr, items, SESSION_LENGTH)
 
-    def scorer(train_csr):
-        def score(rows):
+    def scorer(train_csr: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], Metrics]:
+        def score(rows: np.ndarray) -> Metrics:
             found = evaluate_score_rows(rows, users, train_csr, test_csr)
             return {k: v for k, v in found.items() if k in ("recall_at_10", "ndcg_at_10", "recall_at_50")}
         return score

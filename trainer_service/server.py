@@ -15,7 +15,7 @@ log = logging.getLogger("movierec.trainer")
 SERVICE_NAME = "movierec.v1.Trainer"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="movierec-trainer", description=__doc__)
     parser.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
@@ -61,7 +61,7 @@ def _positive_int(text: str) -> int:
 MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob", f"/{SERVICE_NAME}/PinVersion")
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level)
     try:
@@ -73,12 +73,12 @@ def main(argv=None) -> None:
     with_metrics = metrics.serve_from_args(args, "trainer")
     # Imported after logging is set up: they import TensorFlow.
     from movierec.v1 import trainer_pb2_grpc
+    from trainer_service.config import TrainerConfig
     from trainer_service.job_manager import JobManager
     from trainer_service.jobs import JobStore
-    from trainer_service.pipeline import TrainerConfig, run_job
-    from trainer_service.publisher import PublishCancelled, remove_stale_temp_folders
+    from trainer_service.pipeline import run_job
+    from trainer_service.publisher import remove_stale_temp_folders
     from trainer_service.servicer import TrainerServicer
-    from trainer_service.training import TrainingCancelled
 
     config = TrainerConfig(
         model_root=args.model_root, data_root=args.data_root, movielens_dir=args.movielens_dir,
@@ -106,7 +106,6 @@ def main(argv=None) -> None:
         JobStore(config.model_root),
         lambda job, ctx: run_job(job, ctx, config, ray_training),
         queue_size=config.queue_size,
-        cancelled_exceptions=(TrainingCancelled, PublishCancelled),
     )
     servicer = TrainerServicer(manager, config)
     handle = build_server(

@@ -1,86 +1,65 @@
-"""The Trainer gRPC servicer: translates protos to domain calls and domain
-errors to status codes, nothing more."""
+"""The Trainer gRPC servicer: translates protos to domain calls and domain errors to status codes, nothing more.
+
+Every refusal is a ``TrainerError`` carrying its status (``errors``); the
+request's rules live in ``train_request``, the storage failures' statuses in
+``errors.from_storage``.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import NoReturn
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import trainer_pb2, trainer_pb2_grpc
-from trainer_service.job_manager import IdempotencyConflict, JobManager, JobNotFound, QueueFull
-from trainer_service.jobs import JobRecord, TrainSpec
-from trainer_service.pipeline import InvalidRequest, TrainerConfig, resolve_workers, validate_spec
-from trainer_service.publisher import PinDamaged, PublishedVersion, VersionNotFound, pin_version, root_versions
+from movierec_common.model_root import PinDamaged, RootUnreachable
+from trainer_service import errors
+from trainer_service.config import TrainerConfig
+from trainer_service.errors import InvalidRequest, StorageMessages, TrainerError
+from trainer_service.job_manager import JobManager
+from trainer_service.jobs import JobRecord
+from trainer_service.publisher import PublishedVersion, pin_version, root_versions
+from trainer_service.train_request import MAX_KEY_LENGTH, resolve_workers, spec_from_proto, spec_to_proto, validate_spec
 
-MAX_KEY_LENGTH = 128
-MAX_NAME_LENGTH = 64
-MAX_PATH_LENGTH = 1024
 # gRPC carries the status message percent-encoded (up to 3 bytes per UTF-8
 # byte) in an 8 KiB header block; a longer message would turn the caller's
 # INVALID_ARGUMENT into a transport error.
 MAX_MESSAGE_BYTES = 1200
-
-
-def _invalid(context, exc: Exception) -> None:
-    raw = str(exc).encode("utf-8")
-    text = raw.decode("utf-8") if len(raw) <= MAX_MESSAGE_BYTES else (
-        raw[:MAX_MESSAGE_BYTES].decode("utf-8", errors="ignore") + "…")
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, text)
 MAX_LIST_LIMIT = 1000
 
-
-def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
-    if len(request.idempotency_key) > MAX_KEY_LENGTH:
-        raise InvalidRequest(f"idempotency_key is longer than {MAX_KEY_LENGTH} characters")
-    for name in ("ratings_path", "items_path"):
-        if len(getattr(request.dataset, name)) > MAX_PATH_LENGTH:
-            raise InvalidRequest(f"dataset.{name} is longer than {MAX_PATH_LENGTH} characters")
-    if len(request.dataset.name) > MAX_NAME_LENGTH:
-        raise InvalidRequest(f"dataset.name is longer than {MAX_NAME_LENGTH} characters")
-    if not request.model:
-        raise InvalidRequest("model is required, e.g. 'two_tower'")
-    for name, value in (("model", request.model), ("evaluation.holdout", request.evaluation.holdout)):
-        if len(value) > MAX_NAME_LENGTH:
-            raise InvalidRequest(f"{name} is longer than {MAX_NAME_LENGTH} characters")
-    overrides = {field.name: value for field, value in request.hyperparameters.ListFields()}
-    gate = request.quality_gate
-    return TrainSpec(
-        model=request.model,
-        ratings_path=request.dataset.ratings_path,
-        items_path=request.dataset.items_path,
-        dataset_name=request.dataset.name,
-        epochs=request.epochs,
-        hyperparameters=overrides,
-        holdout=request.evaluation.holdout or "random",
-        holdout_size=request.evaluation.holdout_size or 10,
-        refit=request.evaluation.refit if request.evaluation.HasField("refit") else True,
-        seed=request.seed,
-        idempotency_key=request.idempotency_key,
-        min_validation_recall_at_10=gate.min_validation_recall_at_10,
-        require_no_regression=gate.require_no_regression,
-        quality_gate_disabled=gate.disabled,
-        workers=request.workers,
-    )
+_LISTING = StorageMessages(unreachable="the model root cannot be read",
+                           denied="the trainer may not read the model root")
+_PINNING = StorageMessages(unreachable="the pin could not be written to the model root",
+                           denied="the trainer may not write the pin into the model root")
 
 
-def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
-    return trainer_pb2.TrainRequest(
-        model=spec.model,
-        dataset=trainer_pb2.DatasetSpec(ratings_path=spec.ratings_path, items_path=spec.items_path,
-                                        name=spec.dataset_name),
-        epochs=spec.epochs,
-        hyperparameters=trainer_pb2.Hyperparameters(**spec.hyperparameters),
-        evaluation=trainer_pb2.EvaluationSpec(holdout=spec.holdout, holdout_size=spec.holdout_size,
-                                              refit=spec.refit),
-        seed=spec.seed,
-        idempotency_key=spec.idempotency_key,
-        quality_gate=trainer_pb2.QualityGate(
-            min_validation_recall_at_10=spec.min_validation_recall_at_10,
-            require_no_regression=spec.require_no_regression,
-            disabled=spec.quality_gate_disabled,
-        ),
-        workers=spec.workers,
-    )
+def _fitted(message: str) -> str:
+    """``message`` cut to what a status header carries."""
+    raw = message.encode("utf-8")
+    return raw.decode("utf-8") if len(raw) <= MAX_MESSAGE_BYTES else (
+        raw[:MAX_MESSAGE_BYTES].decode("utf-8", errors="ignore") + "…")
+
+
+def _abort(context: grpc.ServicerContext, error: TrainerError) -> NoReturn:
+    context.abort(error.code, _fitted(str(error)))
+    raise AssertionError("context.abort returns only by raising")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _answering(context: grpc.ServicerContext, storage: StorageMessages | None = None) -> Iterator[None]:
+    """Ends the call with the status of the ``TrainerError`` raised inside; with ``storage``, a store failure
+    too (``errors.from_storage``). Anything else is a bug, and reaches gRPC as UNKNOWN."""
+    try:
+        yield
+    except TrainerError as exc:
+        _abort(context, exc)
+    except (RootUnreachable, PinDamaged) as exc:
+        if storage is None:
+            raise
+        _abort(context, errors.from_storage(exc, storage))
 
 
 def _timestamp(seconds: float) -> Timestamp | None:
@@ -94,7 +73,7 @@ def _timestamp(seconds: float) -> Timestamp | None:
 def job_to_proto(job: JobRecord) -> trainer_pb2.TrainJob:
     return trainer_pb2.TrainJob(
         id=job.id,
-        state=trainer_pb2.TrainJob.State.Value(job.state),
+        state=job.state,  # the enum's name
         request=spec_to_proto(job.spec),
         progress=trainer_pb2.Progress(
             phase=job.phase, epoch=job.epoch, total_epochs=job.total_epochs, step=job.step,
@@ -123,75 +102,62 @@ def version_to_proto(version: PublishedVersion) -> trainer_pb2.VersionInfo:
     )
 
 
+def _job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidRequest("job_id is required")
+    if len(job_id) > MAX_KEY_LENGTH:
+        raise InvalidRequest(f"job_id is longer than {MAX_KEY_LENGTH} characters")
+    return job_id
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, manager: JobManager, config: TrainerConfig):
         self._manager = manager
         self._config = config
 
-    def Train(self, request, context):
-        try:
+    def Train(self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext) -> trainer_pb2.TrainJob:
+        with _answering(context):
             spec = spec_from_proto(request)
             validate_spec(spec, self._config)
             resolve_workers(spec.workers, self._config)  # refuses more than --workers now, not when it runs
             return job_to_proto(self._manager.submit(spec))
-        except InvalidRequest as exc:
-            _invalid(context, exc)
-        except QueueFull as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except IdempotencyConflict as exc:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
 
-    def GetJob(self, request, context):
-        return job_to_proto(self._job(request.job_id, context, lambda: self._manager.get(request.job_id)))
+    def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.TrainJob:
+        with _answering(context):
+            return job_to_proto(self._manager.get(_job_id(request.job_id)))
 
-    def ListJobs(self, request, context):
-        if not 0 <= request.limit <= MAX_LIST_LIMIT:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 0 and {MAX_LIST_LIMIT}")
-        jobs = self._manager.list(request.limit or 50)
-        return trainer_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+    def ListJobs(self, request: trainer_pb2.ListJobsRequest,
+                 context: grpc.ServicerContext) -> trainer_pb2.ListJobsResponse:
+        with _answering(context):
+            if not 0 <= request.limit <= MAX_LIST_LIMIT:
+                raise InvalidRequest(f"limit must be between 0 and {MAX_LIST_LIMIT}")
+            jobs = self._manager.list(request.limit or 50)
+            return trainer_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
 
-    def WatchJob(self, request, context):
-        self._job(request.job_id, context, lambda: self._manager.get(request.job_id))
+    def WatchJob(self, request: trainer_pb2.GetJobRequest,
+                 context: grpc.ServicerContext) -> Iterator[trainer_pb2.TrainJob]:
+        with _answering(context):
+            self._manager.get(_job_id(request.job_id))
         for job in self._manager.watch(request.job_id, is_active=context.is_active):
             yield job_to_proto(job)
 
-    def CancelJob(self, request, context):
-        return job_to_proto(self._job(request.job_id, context, lambda: self._manager.cancel(request.job_id)))
+    def CancelJob(self, request: trainer_pb2.CancelJobRequest, context: grpc.ServicerContext) -> trainer_pb2.TrainJob:
+        with _answering(context):
+            return job_to_proto(self._manager.cancel(_job_id(request.job_id)))
 
-    def ListVersions(self, request, context):
-        try:
+    def ListVersions(self, request: trainer_pb2.ListVersionsRequest,
+                     context: grpc.ServicerContext) -> trainer_pb2.ListVersionsResponse:
+        with _answering(context, storage=_LISTING):
             listing = root_versions(self._config.model_root)
-        except PinDamaged as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"{exc}; `movierec pin N` or `movierec unpin` replaces it")
-        except Exception as exc:  # an unreachable store, a permission error
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"the model root cannot be read: {str(exc)[:500]}")
-        return trainer_pb2.ListVersionsResponse(versions=[version_to_proto(v) for v in listing.versions],
-                                                pinned_version=listing.pinned_version or 0)
+            return trainer_pb2.ListVersionsResponse(versions=[version_to_proto(v) for v in listing.versions],
+                                                    pinned_version=listing.pinned_version or 0)
 
-    def PinVersion(self, request, context):
-        if request.version < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"version must be a published version number, or 0 to unpin; got {request.version}")
-        try:
+    def PinVersion(self, request: trainer_pb2.PinVersionRequest,
+                   context: grpc.ServicerContext) -> trainer_pb2.PinVersionResponse:
+        with _answering(context, storage=_PINNING):
+            if request.version < 0:
+                raise InvalidRequest(f"version must be a published version number, or 0 to unpin; "
+                                     f"got {request.version}")
             previous = pin_version(self._config.model_root, request.version or None)
-        except VersionNotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except PermissionError as exc:  # retrying will not help
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"the trainer may not write the pin into the model root: {str(exc)[:500]}")
-        except Exception as exc:  # an unreachable store
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"the pin could not be written to the model root: {str(exc)[:500]}")
-        return trainer_pb2.PinVersionResponse(pinned_version=request.version, previous_pinned_version=previous or 0)
-
-    @staticmethod
-    def _job(job_id: str, context, call):
-        if not job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
-        if len(job_id) > MAX_KEY_LENGTH:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"job_id is longer than {MAX_KEY_LENGTH} characters")
-        try:
-            return call()
-        except JobNotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}; `movierec jobs` lists the known ones")
+            return trainer_pb2.PinVersionResponse(pinned_version=request.version,
+                                                  previous_pinned_version=previous or 0)

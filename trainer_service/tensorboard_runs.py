@@ -27,8 +27,8 @@ TensorBoard shows it as its own run, and the hparams view counts it under the
 same trial. Closed-form refits have no epochs and write nothing there.
 
 An object-store root (``s3://``): TensorFlow 2.21 has no s3 file system, so
-the run is written to a local temp folder and uploaded with fsspec every
-``UPLOAD_SECONDS`` while it trains and once at the end.
+the run is written to a local temp folder and uploaded (``model_root.upload_file``)
+every ``UPLOAD_SECONDS`` while it trains and once at the end.
 
 Best effort by design: a failure to write turns the job's run off and an
 upload failure is retried at the next upload; either logs a warning, and
@@ -51,7 +51,7 @@ from functools import cache
 from types import SimpleNamespace
 
 from movierec_common.logs import event
-from movierec_common.model_root import filesystem, is_local, join
+from movierec_common.model_root import RootUnreachable, filesystem, is_local, join, upload_file
 from movierec_common.tfenv import tensorflow
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,11 @@ class JobRun:
         """Flushes and closes every writer; on an object store, uploads the run and removes the local copy."""
         if self._closed:
             return
-        self._guard("close", lambda: [writer.close() for writer in self._writers.values()])
+        def close_writers() -> None:
+            for writer in self._writers.values():
+                writer.close()
+
+        self._guard("close", close_writers)
         self._closed = True
         if self._remote and self._local:
             if self._enabled:
@@ -201,13 +205,12 @@ class JobRun:
             for writer in self._writers.values():
                 if not final:
                     writer.flush()
-            fs, target = filesystem(self.location)
             for folder, _dirs, names in os.walk(self._local):
                 relative = os.path.relpath(folder, self._local)
                 for name in names:
-                    destination = target if relative == "." else f"{target}/{relative}"
-                    fs.put_file(os.path.join(folder, name), f"{destination}/{name}")
-        except Exception as exc:  # the store is unreachable: the job goes on
+                    destination = self.location if relative == "." else join(self.location, relative)
+                    upload_file(os.path.join(folder, name), join(destination, name))
+        except RootUnreachable as exc:  # the job goes on
             event(log, "tensorboard upload failed", logging.WARNING, job_id=self._job_id, location=self.location,
                   error=f"{type(exc).__name__}: {exc}", final=final)
 

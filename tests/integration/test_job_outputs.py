@@ -17,7 +17,7 @@ from clients import TrainerClient
 from movierec_common.tfenv import tensorflow
 from tests.datagen import write_grouplens_files
 from tests.servers import start_trainer
-from trainer_service.training import BLEND_GRID, DLAE_DROPOUTS, DLAE_LAMBDAS
+from trainer_service.closed_form_kinds import BLEND_GRID, DLAE_DROPOUTS, DLAE_LAMBDAS
 
 DATA = dict(ratings_path="ratings.data", items_path="items.item", holdout_size=2)
 

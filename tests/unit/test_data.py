@@ -10,16 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer_service import data as data_module
-from trainer_service.data import (
-    DatasetError,
-    DatasetPathError,
-    MovieLensNotFound,
-    carve_validation,
-    load_movielens_100k,
-    load_ratings_files,
-    make_split,
-)
+from trainer_service import data_root
+from trainer_service.data import load_movielens_100k, load_ratings_files
+from trainer_service.errors import DatasetError, DatasetPathError, MovieLensNotFound
+from trainer_service.splits import carve_validation, make_split
 
 GENRES = "|0" * 19
 
@@ -101,7 +95,7 @@ def test_malformed_items_name_file_line_and_problem(tmp_path, items, expected):
 def test_oversized_file_is_refused_without_reading_it(tmp_path):
     root = write(tmp_path)
     with open(root / "huge.data", "wb") as handle:  # sparse: costs no disk or read time
-        handle.truncate(data_module.MAX_FILE_BYTES + 1)
+        handle.truncate(data_root.MAX_FILE_BYTES + 1)
     started = time.monotonic()
     with pytest.raises(DatasetError, match=r"huge\.data.*over the"):
         load_ratings_files(str(root), "huge.data", "u.item")

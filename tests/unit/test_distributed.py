@@ -42,7 +42,7 @@ def test_bpr_loss_is_scaled_by_the_global_batch(probe):
 
 
 def test_only_rank_0_is_the_chief():
-    from trainer_service import training
+    from trainer_service.neural_kinds import is_chief
 
     class Resolver:
         def __init__(self, task_id):
@@ -52,12 +52,14 @@ def test_only_rank_0_is_the_chief():
         def __init__(self, task_id):
             self.cluster_resolver = Resolver(task_id)
 
-    assert training.is_chief(Strategy(0)) and not training.is_chief(Strategy(1))
-    assert training.is_chief(object())  # no cluster: the only process
+    assert is_chief(Strategy(0)) and not is_chief(Strategy(1))
+    assert is_chief(object())  # no cluster: the only process
 
 
 def test_a_request_asks_for_at_most_the_trainers_workers():
-    from trainer_service.pipeline import InvalidRequest, TrainerConfig, resolve_workers
+    from trainer_service.config import TrainerConfig
+    from trainer_service.errors import InvalidRequest
+    from trainer_service.train_request import resolve_workers
 
     config = TrainerConfig(model_root="unused", workers=4)
     assert resolve_workers(0, config) == 4  # 0 = the trainer's --workers
@@ -79,9 +81,9 @@ def _main() -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
 
-    from trainer_service import models
     from trainer_service.hyperparams import resolve_hyperparameters
-    from trainer_service.training import training_dataset
+    from trainer_service.neural_kinds import training_dataset
+    from trainer_service.training import kind_named
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
@@ -100,11 +102,11 @@ def _main() -> None:
 
     def compare(kind):
         hp = resolve_hyperparameters(kind, {})
-        alone = models.build_model(kind, n_users, n_items, hp)
+        alone = kind_named(kind).build(n_users, n_items, hp)
         alone.compile(optimizer=tf.keras.optimizers.SGD())
         alone.compute_loss({k: tf.constant(v[:2]) for k, v in features.items()})
         with strategy.scope():
-            mirrored = models.build_model(kind, n_users, n_items, hp)
+            mirrored = kind_named(kind).build(n_users, n_items, hp)
             mirrored.compile(optimizer=tf.keras.optimizers.SGD())
         mirrored.compute_loss({k: tf.constant(v[:2]) for k, v in features.items()})
         mirrored.set_weights(alone.get_weights())

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from trainer_service.data import load_movielens_100k, make_split
+from trainer_service.data import load_movielens_100k
 from trainer_service.evaluation import evaluate_scores, popularity_vectors
+from trainer_service.splits import make_split
 
 
 def csr(lists):

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer_service import data as data_module
-from trainer_service import formats
-from trainer_service.data import DatasetError, MovieLensNotFound, load_movielens, load_ratings_files, release_named
+from trainer_service import data, data_root, layouts, releases
+from trainer_service.config import TrainerConfig
+from trainer_service.data import load_movielens, load_ratings_files
+from trainer_service.errors import DatasetError, InvalidRequest, MovieLensNotFound
 from trainer_service.jobs import TrainSpec
-from trainer_service.pipeline import InvalidRequest, TrainerConfig, validate_spec
+from trainer_service.releases import release_named
+from trainer_service.train_request import validate_spec
 
 # One small dataset: (user, movie, rating, timestamp) rows and (movie, title) pairs.
 ROWS = [(7, 1, 5.0, 100), (7, 2, 3.5, 200), (7, 3, 4.0, 300), (12, 1, 1.0, 50), (12, 4, 2.0, 60), (3, 2, 4.5, 10)]
@@ -92,8 +94,8 @@ def test_every_layout_loads_the_same_ratings(tmp_path, layout, encoding, family)
 def test_layout_is_recognised_by_content_whatever_the_file_names(tmp_path, layout):
     write_layout(tmp_path, layout, names=("my-ratings.txt", "my-movies.txt"))
     assert_the_small_dataset(load_ratings_files(str(tmp_path), "my-ratings.txt", "my-movies.txt"))
-    assert formats.detect_ratings_layout(ratings_bytes(layout), "x").name == LAYOUT_FILES[layout][0]
-    assert formats.detect_items_layout(movies_bytes(layout), "x").name == LAYOUT_FILES[layout][1]
+    assert layouts.detect_ratings_layout(ratings_bytes(layout), "x").name == LAYOUT_FILES[layout][0]
+    assert layouts.detect_items_layout(movies_bytes(layout), "x").name == LAYOUT_FILES[layout][1]
 
 
 def test_the_two_files_may_use_different_layouts(tmp_path):
@@ -222,7 +224,7 @@ def test_the_size_limit_is_a_parameter(tmp_path):
     write_layout(tmp_path, "csv")
     with pytest.raises(DatasetError, match=r"(ratings|movies)\.csv: file is \d+ bytes, over the 100-byte limit"):
         load_ratings_files(str(tmp_path), "ratings.csv", "movies.csv", max_bytes=100)
-    assert data_module.MAX_FILE_BYTES == 2 * 1024 ** 3  # ML-25M's ratings.csv (about 680 MB) fits by default
+    assert data_root.MAX_FILE_BYTES == 2 * 1024 ** 3  # ML-25M's ratings.csv (about 680 MB) fits by default
 
 
 # --------------------------------------------------------------------------- GroupLens copies
@@ -318,7 +320,7 @@ def test_train_requests_with_bad_dataset_names_are_refused(tmp_path, spec, expec
 
 
 def test_valid_dataset_names_pass_validation_without_loading(tmp_path):
-    for name in data_module.DATASET_NAMES:
+    for name in releases.DATASET_NAMES:
         validate_spec(TrainSpec(model="two_tower", dataset_name=name), TrainerConfig(model_root=str(tmp_path)))
     validate_spec(TrainSpec(model="ease", dataset_name="movielens/100k-ratings", holdout="ua"),
                   TrainerConfig(model_root=str(tmp_path)))
@@ -336,6 +338,6 @@ def test_tfds_examples_become_the_same_ratings():
          "movie_title": np.array([titles[m] for _, m, *_ in part], dtype=object)}
         for part in (rows[:4], rows[4:])
     ]
-    ratings = data_module.ratings_from_tfds(batches, release_named("movielens/1m-ratings"), "/tfds")
+    ratings = data.ratings_from_tfds(batches, release_named("movielens/1m-ratings"), "/tfds")
     assert_the_small_dataset(ratings)
     assert ratings.source == "MovieLens 1M (TFDS movielens/1m-ratings in /tfds)"

@@ -29,8 +29,8 @@ from movierec_common.model_root import (
 )
 from recommender_service.registry import REJECTED, ModelRegistry
 from tests.artifacts import tiny_artifact
+from trainer_service.errors import VersionNotFound
 from trainer_service.publisher import (
-    VersionNotFound,
     apply_retention,
     pin_version,
     publish,

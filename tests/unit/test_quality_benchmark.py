@@ -7,8 +7,10 @@ import json
 import numpy as np
 
 from benchmarks import quality
-from trainer_service.data import load_movielens_100k, make_split, time_ordered_history
+from trainer_service.data import load_movielens_100k
 from trainer_service.evaluation import evaluate_scores, popularity_vectors
+from trainer_service.ratings import time_ordered_history
+from trainer_service.splits import make_split
 from trainer_service.training import train_model
 
 # One kind per way of answering a session: pooled item vectors (two_tower),

@@ -10,7 +10,7 @@ from movierec_common import security
 
 
 def test_job_and_version_states_are_the_protos_and_everyone_uses_them():
-    from clients import TERMINAL_STATES, credentials
+    from clients import TERMINAL_STATES, credentials, flags
     from clients import types as client_types
     from recommender_service import registry
     from trainer_service import jobs
@@ -27,17 +27,25 @@ def test_job_and_version_states_are_the_protos_and_everyone_uses_them():
     assert (registry.SERVING, registry.AVAILABLE, registry.LOADING, registry.REJECTED, registry.RETIRED) == \
         vocabulary.VERSION_STATES
     assert credentials.is_loopback is security.is_loopback
+    assert flags.refuse_token_flags is security.refuse_token_flags
 
 
 def test_every_model_kind_has_defaults_and_exactly_one_trainer():
     from clients import cli
-    from trainer_service import hyperparams, models, training
+    from trainer_service import releases, training
+    from trainer_service.model_kind import ModelKind
+    from trainer_service.neural_kinds import NeuralKind
 
-    kinds = set(vocabulary.MODEL_KINDS)
-    assert set(hyperparams.DEFAULTS) == kinds
-    neural, closed_form = set(models.NEURAL_KINDS), set(training.CLOSED_FORM_KINDS)
-    assert neural | closed_form == kinds and not neural & closed_form
+    # The trainer's registry is the vocabulary, in its order: each kind registered once, with its
+    # defaults, and either neural (Keras' fit loop) or closed form, never both.
+    assert tuple(training.KINDS) == vocabulary.MODEL_KINDS
+    for name, kind in training.KINDS.items():
+        assert isinstance(kind, ModelKind) and kind.name == name and kind.hyperparameters({}) == kind.defaults
+        assert isinstance(kind, NeuralKind) != kind.closed_form
+    # The release table's TFDS names are exactly the names a TrainRequest may give.
+    assert releases.DATASET_NAMES == vocabulary.DATASET_NAMES
     assert cli.MODEL_KINDS is vocabulary.MODEL_KINDS and cli.HOLDOUTS is vocabulary.HOLDOUTS
+    assert cli.DATASET_NAMES is vocabulary.DATASET_NAMES
 
 
 @pytest.mark.parametrize("address, loopback", [

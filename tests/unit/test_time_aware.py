@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from movierec_common.session_query import QueryEncoder
-from trainer_service.data import Ratings, Split, make_split, time_ordered_history
 from trainer_service.evaluation import evaluate_scores
 from trainer_service.hyperparams import resolve_hyperparameters
+from trainer_service.ratings import Ratings, Split, time_ordered_history
+from trainer_service.splits import make_split
 from trainer_service.training import train_model
 
 CLOSED_FORM = ("ease", "dlae", "sequential", "ease_blend")
@@ -58,10 +59,11 @@ def test_the_history_aware_kind_beats_ease_when_order_matters(walks):
     ease = train_model("ease", walks, resolve_hyperparameters("ease"), seed=1)
     sequential = train_model("sequential", walks, resolve_hyperparameters("sequential"), seed=1)
     assert "newest 5 per user" in sequential.validation_split  # settings chosen on a split carved by time
-    assert set(sequential.settings) == {"l2_lambda", "dlae_dropout", "decay", "floor",
-                                        "transition_decay", "transition_weight", "visitor"}
+    settings = sequential.settings.to_json()  # as metadata.json holds it
+    assert set(settings) == {"l2_lambda", "dlae_dropout", "decay", "floor",
+                             "transition_decay", "transition_weight", "visitor"}
     # Visitors' short sessions get a rule of their own, chosen on the same split.
-    assert set(sequential.settings["visitor"]) == {"decay", "floor", "transition_decay", "transition_weight"}
+    assert set(settings["visitor"]) == {"decay", "floor", "transition_decay", "transition_weight"}
     assert sequential.encoder.visitor_parts is not None
     assert _recall(sequential, walks) > 1.3 * _recall(ease, walks)
 
@@ -110,3 +112,18 @@ def test_time_ordered_history_sorts_by_timestamp_then_file_position():
         positions = np.flatnonzero(data.users == user)
         expected = data.items[positions[np.argsort(data.timestamps[positions], kind="stable")]]
         assert items[row].tolist() == expected.tolist()
+
+
+def test_a_refit_reads_its_settings_back_from_metadata_json(walks):
+    """The settings a version's metadata.json holds train the same model as the typed record they came from."""
+    import json
+
+    hp = resolve_hyperparameters("sequential")
+    evaluated = train_model("sequential", walks, hp, seed=1)
+    everything = Split(data=walks.data, train=np.arange(len(walks.data)), test=np.zeros(0, np.int64), name="all")
+    typed = train_model("sequential", everything, hp, seed=1, refit_settings=evaluated.settings)
+    stored = json.loads(json.dumps(evaluated.settings.to_json()))
+    read_back = train_model("sequential", everything, hp, seed=1, refit_settings=stored)
+    assert read_back.settings == typed.settings == evaluated.settings
+    np.testing.assert_array_equal(read_back.user_vectors, typed.user_vectors)
+    np.testing.assert_array_equal(read_back.item_vectors, typed.item_vectors)

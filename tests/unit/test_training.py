@@ -11,10 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer_service.data import load_movielens_100k, make_split
+from movierec.v1.vocabulary import MODEL_KINDS
+from trainer_service.closed_form_kinds import DLAE_DROPOUTS, DLAE_LAMBDAS
+from trainer_service.data import load_movielens_100k
+from trainer_service.errors import Cancelled
 from trainer_service.evaluation import evaluate_scores, popularity_vectors
-from trainer_service.hyperparams import MODEL_KINDS, resolve_hyperparameters
-from trainer_service.training import DLAE_DROPOUTS, DLAE_LAMBDAS, EpochReport, TrainingCancelled, train_model
+from trainer_service.hyperparams import resolve_hyperparameters
+from trainer_service.model_kind import EpochReport
+from trainer_service.splits import make_split
+from trainer_service.training import train_model
 
 POPULARITY_RECALL_AT_10 = 0.1215
 EASE_RECALL_AT_10 = 0.2710  # lambda = 300 on ua.test
@@ -58,10 +63,10 @@ def test_each_kind_beats_popularity_on_ua_with_defaults(kind, default_runs, ua_s
     assert model.epochs_run == len(reports) == len(model.validation_history)
     assert 1 <= model.best_epoch <= model.epochs_run
     if kind == "ease_blend":  # the kept metrics are the blend's, chosen after the neural epochs
-        assert 0 < model.extra["blend_weight"] < 1
-        assert model.validation_metrics["recall_at_10"] >= model.extra["neural_validation_metrics"]["recall_at_10"]
-        assert model.validation_metrics["recall_at_10"] >= model.extra["dlae_validation_metrics"]["recall_at_10"]
-        assert model.extra["l2_lambda"] in DLAE_LAMBDAS and model.extra["dlae_dropout"] in DLAE_DROPOUTS
+        assert 0 < model.settings.blend_weight < 1
+        assert model.validation_metrics["recall_at_10"] >= model.selection["neural_validation_metrics"]["recall_at_10"]
+        assert model.validation_metrics["recall_at_10"] >= model.selection["dlae_validation_metrics"]["recall_at_10"]
+        assert model.settings.l2_lambda in DLAE_LAMBDAS and model.settings.dlae_dropout in DLAE_DROPOUTS
     else:
         assert model.validation_metrics == model.validation_history[model.best_epoch - 1]
     assert "validation" in model.validation_split and "ua.base" in model.validation_split
@@ -79,10 +84,10 @@ def test_neural_kinds_lower_their_training_loss(kind, default_runs):
 
 def test_dlae_chooses_on_validation_and_refits_on_all_training_ratings(default_runs, ua_split):
     model, _, metrics = default_runs("dlae")
-    candidates = model.extra["candidates"]
+    candidates = model.selection["candidates"]
     assert len(candidates) == len(DLAE_LAMBDAS) * len(DLAE_DROPOUTS)
     best = max(candidates, key=lambda c: (c["recall_at_10"], c["ndcg_at_10"]))
-    assert (model.extra["l2_lambda"], model.extra["dlae_dropout"]) == (best["l2_lambda"], best["dropout"])
+    assert (model.settings.l2_lambda, model.settings.dlae_dropout) == (best["l2_lambda"], best["dropout"])
     assert model.validation_metrics["recall_at_10"] == best["recall_at_10"]
     # The served history is all of ua.base, validation ratings included.
     assert model.user_vectors.sum() == len(ua_split.train)
@@ -94,8 +99,8 @@ def test_dlae_chooses_on_validation_and_refits_on_all_training_ratings(default_r
 def test_dlae_respects_a_requested_lambda(ua_split):
     hp = resolve_hyperparameters("dlae", {"l2_lambda": 250})
     model = train_model("dlae", ua_split, hp, seed=1)
-    assert model.extra["l2_lambda"] == 250
-    assert {c["l2_lambda"] for c in model.extra["candidates"]} == {250}
+    assert model.settings.l2_lambda == 250
+    assert {c["l2_lambda"] for c in model.selection["candidates"]} == {250}
 
 
 def test_dlae_weights_match_the_closed_form():
@@ -115,16 +120,16 @@ def test_validation_never_uses_the_test_set(ua_split, monkeypatch):
     """The ratings train_model validates on, as index sets: carved from ua.base alone (all of it, none
     twice), disjoint from ua.test; and the validation Recall@10 the model reports is the one measured
     on them. EASE, whose validation is closed form, lets the test measure it again."""
-    from trainer_service import models, training
+    from trainer_service import model_kind, models
 
     carved = []
-    carve = training.carve_validation
+    carve = model_kind.carve_validation
 
     def recording(*args, **kwargs):  # the real carve, remembered
         carved.append(carve(*args, **kwargs))
         return carved[-1]
 
-    monkeypatch.setattr(training, "carve_validation", recording)
+    monkeypatch.setattr(model_kind, "carve_validation", recording)
     hp = resolve_hyperparameters("ease", {"l2_lambda": 300})
     model = train_model("ease", ua_split, hp, seed=0)
     (validation,) = carved
@@ -141,10 +146,11 @@ def test_validation_never_uses_the_test_set(ua_split, monkeypatch):
 
 
 def test_dropout_is_active_only_in_training():
-    from trainer_service.models import build_model, tf
+    from trainer_service.models import tf
+    from trainer_service.training import kind_named
 
     hp = resolve_hyperparameters("two_tower_dropout", {"dropout_rate": 0.5})
-    model = build_model("two_tower_dropout", 20, 30, hp)
+    model = kind_named("two_tower_dropout").build(20, 30, hp)
     users = tf.range(20)
     train_a = model.user_embeddings(users, training=True).numpy()
     train_b = model.user_embeddings(users, training=True).numpy()
@@ -167,13 +173,13 @@ def test_should_stop_cancels_promptly(ua_split):
         calls["n"] += 1
         return calls["n"] >= 5
 
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         train_model("two_tower", ua_split, resolve_hyperparameters("two_tower", {}), seed=0,
                     on_epoch=reports.append, should_stop=should_stop)
     assert calls["n"] == 5, "training went on (and asked again) after it was told to stop"
     assert reports == []
     for kind in CLOSED_FORM_KINDS:
-        with pytest.raises(TrainingCancelled):
+        with pytest.raises(Cancelled):
             train_model(kind, ua_split, resolve_hyperparameters(kind, {}), seed=0, should_stop=lambda: True)
 
 
@@ -240,10 +246,10 @@ def test_unknown_kind_hyperparameters():
 
 def test_closed_form_kinds_refuse_catalogues_too_large_for_a_dense_inverse():
     from trainer_service import training
-    from trainer_service.data import Ratings, Split
-    from trainer_service.hyperparams import resolve_hyperparameters
+    from trainer_service.closed_form_kinds import MAX_CLOSED_FORM_ITEMS
+    from trainer_service.ratings import Ratings, Split
 
-    items = training.MAX_CLOSED_FORM_ITEMS + 1
+    items = MAX_CLOSED_FORM_ITEMS + 1
     data = Ratings(
         user_ids=np.array(["1"]), movie_ids=np.arange(items, dtype=np.int64), titles=np.array(["t"] * items),
         users=np.zeros(2, np.int32), items=np.array([0, 1], np.int32), ratings=np.ones(2, np.float32),
@@ -267,9 +273,49 @@ def test_sampled_softmax_beats_popularity_on_a_small_synthetic_catalogue(tmp_pat
     monkeypatch.setattr(models, "SAMPLED_SOFTMAX_MIN_ITEMS", 500)
     model = train_model("two_tower", split, resolve_hyperparameters("two_tower", {"epochs": 8, "batch_size": 256}),
                         seed=0)
-    assert model.extra["softmax"] == "sampled"
+    assert model.selection["softmax"] == "sampled"
     train_csr, test_csr = split.train_csr(), split.test_csr()
     ours = evaluate_scores(model.user_vectors, model.item_vectors, train_csr, test_csr)["recall_at_10"]
     popular = evaluate_scores(*popularity_vectors(train_csr, data.n_items), train_csr, test_csr)["recall_at_10"]
     print(f"sampled softmax Recall@10 {ours:.4f}, popularity {popular:.4f}")
     assert ours >= 1.5 * popular, (ours, popular)
+
+
+# --------------------------------------------------------------------------- the kinds' settings records
+
+
+def test_every_settings_record_reads_back_what_it_writes_and_refuses_what_it_does_not_know():
+    import json
+
+    from trainer_service.kind_settings import (
+        BlendSettings,
+        DlaeSettings,
+        EaseSettings,
+        NeuralSettings,
+        RecencyRule,
+        SequentialSettings,
+    )
+
+    records = [NeuralSettings(epochs=7), EaseSettings(l2_lambda=300.0), DlaeSettings(150.0, 0.67),
+               BlendSettings(epochs=3, l2_lambda=300.0, dlae_dropout=0.5, blend_weight=0.4, scales=(1.5, 0.25)),
+               SequentialSettings(300.0, 0.5, 5.0, 0.05, 1.0, 2.0, visitor=RecencyRule(3.0, 0.0, 1.0, 4.0)),
+               SequentialSettings(300.0, 0.5, 5.0, 0.05, 1.0, 2.0)]
+    for record in records:
+        stored = json.loads(json.dumps(record.to_json()))  # as metadata.json holds it
+        assert type(record).from_json(stored) == record
+    assert BlendSettings(3, 300.0, 0.5, 0.4, (1.5, 0.25)).to_json()["scales"] == [1.5, 0.25]
+    with pytest.raises(ValueError, match="no field"):
+        NeuralSettings.from_json({"epochs": 3, "dropout": 0.5})
+    with pytest.raises(ValueError, match="missing"):
+        DlaeSettings.from_json({"l2_lambda": 150.0})
+    with pytest.raises(ValueError, match="whole number"):
+        NeuralSettings.from_json({"epochs": 2.5})
+    with pytest.raises(ValueError, match="number"):
+        EaseSettings.from_json({"l2_lambda": "300"})
+
+
+def test_a_kind_refits_only_with_its_own_settings(ua_split):
+    from trainer_service.kind_settings import NeuralSettings
+
+    with pytest.raises(TypeError, match="dlae refits with DlaeSettings, got NeuralSettings"):
+        train_model("dlae", ua_split, resolve_hyperparameters("dlae"), seed=0, refit_settings=NeuralSettings(3))

@@ -1,0 +1,75 @@
+"""The trainer's errors: one base, one status each, and the servicer answers with them (storage included)."""
+
+from __future__ import annotations
+
+import inspect
+
+import grpc
+import pytest
+
+from movierec.v1 import trainer_pb2
+from movierec_common.model_root import PinDamaged, RootAccessDenied, RootUnreachable
+from trainer_service import errors, servicer
+from trainer_service.config import TrainerConfig
+
+
+def test_every_trainer_error_has_one_base_and_a_status():
+    classes = [value for value in vars(errors).values()
+               if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == errors.__name__]
+    assert len(classes) > 10
+    for cls in classes:
+        assert issubclass(cls, errors.TrainerError), cls
+        assert isinstance(cls.code, grpc.StatusCode), cls
+    assert errors.InvalidRequest.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert issubclass(errors.DatasetPathError, errors.InvalidRequest)  # refused at Train as INVALID_ARGUMENT
+    assert errors.QueueFull.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert errors.IdempotencyConflict.code is grpc.StatusCode.ALREADY_EXISTS
+    assert errors.JobNotFound.code is errors.VersionNotFound.code is grpc.StatusCode.NOT_FOUND
+    assert str(errors.JobNotFound("job-1")) == "no job with id 'job-1'; `movierec jobs` lists the known ones"
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    def abort(self, code, details):
+        raise Aborted(code, details)
+
+
+@pytest.mark.parametrize(("failure", "code", "message"), [
+    (RootUnreachable("listing s3://m/ failed: EndpointConnectionError"), grpc.StatusCode.UNAVAILABLE,
+     "the model root cannot be read: listing s3://m/ failed"),
+    (RootAccessDenied("listing s3://m/: permission denied"), grpc.StatusCode.FAILED_PRECONDITION,
+     "the trainer may not read the model root: listing"),
+    (PinDamaged("s3://m/.pin.json does not name a version"), grpc.StatusCode.FAILED_PRECONDITION,
+     "does not name a version; `movierec pin N` or `movierec unpin` replaces it"),
+])
+def test_list_versions_answers_a_storage_failure_with_its_status(monkeypatch, failure, code, message):
+    def failing(root):
+        raise failure
+
+    monkeypatch.setattr(servicer, "root_versions", failing)
+    service = servicer.TrainerServicer(manager=None, config=TrainerConfig(model_root="s3://m"))
+    with pytest.raises(Aborted) as aborted:
+        service.ListVersions(trainer_pb2.ListVersionsRequest(), Context())
+    assert aborted.value.args[0] is code and message in aborted.value.args[1]
+
+
+@pytest.mark.parametrize(("failure", "code", "message"), [
+    (RootUnreachable("writing s3://m/.pin.json failed"), grpc.StatusCode.UNAVAILABLE,
+     "the pin could not be written to the model root: writing"),
+    (RootAccessDenied("writing s3://m/.pin.json: permission denied"), grpc.StatusCode.FAILED_PRECONDITION,
+     "the trainer may not write the pin into the model root: writing"),
+    (errors.VersionNotFound("version 9 is not a complete version"), grpc.StatusCode.NOT_FOUND,
+     "version 9 is not a complete version"),
+])
+def test_pin_version_answers_each_failure_with_its_status(monkeypatch, failure, code, message):
+    def failing(root, version):
+        raise failure
+
+    monkeypatch.setattr(servicer, "pin_version", failing)
+    service = servicer.TrainerServicer(manager=None, config=TrainerConfig(model_root="s3://m"))
+    with pytest.raises(Aborted) as aborted:
+        service.PinVersion(trainer_pb2.PinVersionRequest(version=9), Context())
+    assert aborted.value.args[0] is code and aborted.value.args[1].startswith(message)
