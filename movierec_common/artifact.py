@@ -28,16 +28,14 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import numbers
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 
 from movierec_common import model_root
+from movierec_common.json_records import Figures, JsonRecord, RecordError
 from movierec_common.tfenv import tensorflow
 
 METADATA_FILE = "metadata.json"
@@ -336,6 +334,12 @@ def verify_manifest(version_dir: str, manifest: dict[str, FileEntry]) -> None:
 #   in the maps of named figures (``metrics``, ``baseline_metrics``), an
 #   entry that is not a number is dropped, since a figure nobody can compare
 #   or plot says nothing (ListVersions always showed numbers only);
+# * the parts inside it (dataset, refit, distribution, a manifest entry) are
+#   records of their own with the same rules, except that a field they do
+#   not know is refused.
+#
+# The reading and writing are movierec_common.json_records, shared with the
+# trainer's per-kind settings records.
 #
 # ``format_version`` must equal FORMAT_VERSION; it changes only when a reader
 # of the old format could no longer serve the new one. Two parts have owners
@@ -344,93 +348,10 @@ def verify_manifest(version_dir: str, manifest: dict[str, FileEntry]) -> None:
 # ``query_encoder`` (session_query.QueryEncoder.from_json).
 
 
-_FIGURES = "figures: entries that are not numbers are dropped"
-Figures = Annotated[dict[str, float], _FIGURES]
+class _Record(JsonRecord):
+    """A part of metadata.json: fields a release does not know are refused (the top record keeps them)."""
 
-
-class _Record:
-    """JSON (de)serialisation for the frozen dataclasses below, by their type hints."""
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = METADATA_FILE) -> Any:
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{where} is not an object")
-        hints = typing.get_type_hints(cls, include_extras=True)
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
-        values = {name: _typed(data[name], hints[name], f"{where} '{name}'") for name in known if name in data}
-        if "extra" in hints:
-            values["extra"] = {name: value for name, value in data.items() if name not in known}
-        return cls(**values)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, item.name)
-            if item.name == "extra":
-                out = {**value, **out}
-            elif value is not None:
-                out[item.name] = _plain(value)
-        return out
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as ``hint`` says, or ArtifactError naming the field."""
-    if typing.get_origin(hint) is Annotated:
-        hint, *notes = typing.get_args(hint)
-        if _FIGURES in notes:
-            figures = _typed(value, dict[str, Any], where)
-            return {name: float(v) for name, v in figures.items()
-                    if isinstance(v, numbers.Real) and not isinstance(v, bool)}
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):  # the first option the value fits
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        problems = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _typed(value, option, where)
-            except ArtifactError as exc:
-                problems.append(str(exc))
-        raise ArtifactError(" and ".join(problems) or f"{where} is not set")
-    if isinstance(hint, type) and issubclass(hint, _Record):
-        return hint.from_json(value, where)
-    if hint is Any:
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ArtifactError(f"{where} is not an object")
-        _, value_hint = typing.get_args(hint)
-        return {str(k): _typed(v, value_hint, f"{where}[{k!r}]") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ArtifactError(f"{where} is not a list")
-        item_hint = typing.get_args(hint)[0]
-        return tuple(_typed(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ArtifactError(f"{where} is not a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ArtifactError(f"{where} is not a whole number")
-        return value
-    if hint in (str, bool) and not isinstance(value, hint):
-        raise ArtifactError(f"{where} is not a {hint.__name__}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: records as objects, tuples as lists, numpy scalars as Python numbers."""
-    if isinstance(value, _Record):
-        return value.to_json()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    OMIT_NONE = True
 
 
 @dataclass(frozen=True)
@@ -519,6 +440,8 @@ class VersionMetadata(_Record):
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this release does not know, kept as read
 
+    UNKNOWN_FIELDS = "keep"
+
     @classmethod
     def from_text(cls, raw: bytes | str) -> VersionMetadata:
         """Parses metadata.json; ArtifactError unless it is a movierec record of this format."""
@@ -528,8 +451,10 @@ class VersionMetadata(_Record):
             raise ArtifactError(f"{METADATA_FILE} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{METADATA_FILE} is not a movierec format_version {FORMAT_VERSION} record")
-        metadata: VersionMetadata = cls.from_json(data)
-        return metadata
+        try:
+            return cls.from_json(data, METADATA_FILE)
+        except RecordError as exc:
+            raise ArtifactError(str(exc)) from None
 
     def to_text(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)

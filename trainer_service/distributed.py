@@ -169,9 +169,13 @@ def _train_worker(config: dict[str, Any]) -> None:
 
 
 def _failure_reason(exc: BaseException) -> str:
-    """A worker's death or error in one line, for the job's record (Ray's own text spans pages)."""
+    """A worker's death or error in one line, for the job's record (Ray's own text spans pages).
+
+    Deaths come first: when one worker dies, its peers fail in their next
+    collective, and the death is the cause an operator needs to read.
+    """
     failures = getattr(exc, "worker_failures", None) or {}
-    parts = []
+    found = []
     for rank, error in sorted(failures.items()):
         text = str(error).strip()
         died = "died" in text.lower() or "actor" in type(error).__name__.lower()
@@ -179,7 +183,8 @@ def _failure_reason(exc: BaseException) -> str:
         summary = next((line for line in lines if "died" in line.lower() or "killed" in line.lower()), None)
         if summary is None:
             summary = lines[-1] if lines else type(error).__name__
-        parts.append(f"rank {rank} {'died' if died else 'failed'}: {summary[:300]}")
+        found.append((not died, rank, f"rank {rank} {'died' if died else 'failed'}: {summary[:300]}"))
+    parts = [part for _, _, part in sorted(found)]
     if not parts:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         parts.append((lines[0] if lines else type(exc).__name__)[:300])

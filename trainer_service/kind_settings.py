@@ -16,74 +16,18 @@ strategy exists (see ``distributed``).
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-S = TypeVar("S", bound="KindSettings")
+from movierec_common.json_records import JsonRecord
 
 
 @dataclass(frozen=True)
-class KindSettings:
-    """Base of the settings records: JSON out and back, by the fields' types."""
+class KindSettings(JsonRecord):
+    """Base of the settings records: JSON out and back by the fields' types (movierec_common.json_records).
 
-    def to_json(self) -> dict[str, Any]:
-        """The record as metadata.json stores it: numbers as numbers, tuples as lists, nested records as objects."""
-        out: dict[str, Any] = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, KindSettings):
-                value = value.to_json()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[item.name] = value
-        return out
-
-    @classmethod
-    def from_json(cls: type[S], data: Mapping[str, Any]) -> S:
-        """The record ``to_json`` wrote; ValueError for a missing, unknown or mistyped field."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-        known = {item.name: item for item in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"{cls.__name__} has no field {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for name, item in known.items():
-            if name in data:
-                values[name] = _typed(data[name], hints[name], f"{cls.__name__}.{name}")
-            elif item.default is dataclasses.MISSING:
-                raise ValueError(f"{cls.__name__}.{name} is missing")
-        return cls(**values)
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (option,) = (o for o in options if o is not type(None))
-        return _typed(value, option, where)
-    if isinstance(hint, type) and issubclass(hint, KindSettings):
-        return hint.from_json(value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(hint)):
-            raise ValueError(f"{where}: expected a list of {len(typing.get_args(hint))}, got {value!r}")
-        return tuple(_typed(v, h, where) for v, h in zip(value, typing.get_args(hint), strict=True))
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    number = float(value)
-    if hint is int:
-        if not number.is_integer():
-            raise ValueError(f"{where}: expected a whole number, got {value!r}")
-        return int(number)
-    return number
+    A field it does not know, a missing one or a mistyped one is a ValueError
+    (``json_records.RecordError``): a refit must not guess what was chosen.
+    """
 
 
 @dataclass(frozen=True)

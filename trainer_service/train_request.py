@@ -70,6 +70,7 @@ def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
         dataset=trainer_pb2.DatasetSpec(ratings_path=spec.ratings_path, items_path=spec.items_path,
                                         name=spec.dataset_name),
         epochs=spec.epochs,
+        # The spec holds only fields the request set, by their proto names; the stub types each one.
         hyperparameters=trainer_pb2.Hyperparameters(**spec.hyperparameters),  # type: ignore[arg-type]
         evaluation=trainer_pb2.EvaluationSpec(holdout=spec.holdout, holdout_size=spec.holdout_size,
                                               refit=spec.refit),

@@ -139,3 +139,25 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def test_a_workers_death_leads_the_jobs_error_whatever_its_rank():
+    """A dead worker's peers fail in their next collective; the death is the cause, so it is named first."""
+    from trainer_service.distributed import _failure_reason
+
+    class ActorDiedError(Exception):
+        pass
+
+    class WorkerGroupError(Exception):
+        def __init__(self, failures):
+            super().__init__("Training failed")
+            self.worker_failures = failures
+
+    collective = RuntimeError("[[{{node CollectiveReduceV2_1}}]] [Op:__inference_train_function_2798]")
+    death = ActorDiedError("The actor died unexpectedly before finishing this task.")
+    for failures in ({0: collective, 1: death}, {0: death, 1: collective}):
+        reason = _failure_reason(WorkerGroupError(failures))
+        dead = next(rank for rank, error in failures.items() if error is death)
+        assert reason.startswith(f"rank {dead} died: The actor died unexpectedly"), reason
+        assert f"rank {1 - dead} failed: [[{{{{node CollectiveReduceV2_1}}}}]]" in reason, reason
+    assert _failure_reason(RuntimeError("Ray is gone\nmore")) == "Ray is gone"
