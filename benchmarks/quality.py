@@ -51,9 +51,9 @@ from trainer_service.evaluation import (
     evaluate_scores,
     popularity_vectors,
 )
-from trainer_service.hyperparams import resolve_hyperparameters
 from trainer_service.ratings import Ratings, Split, time_ordered_history
 from trainer_service.splits import carve_validation, holdout_mask, make_split
+from trainer_service.training import resolve_hyperparameters
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality.json"
 METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_50")

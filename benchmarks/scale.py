@@ -121,9 +121,8 @@ def child_parse(data: str) -> dict:
 def child_train(data: str, epochs: int, batch_size: int, seed: int) -> dict:
     from trainer_service.data import load_ratings_files
     from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_scores, popularity_vectors
-    from trainer_service.hyperparams import resolve_hyperparameters
     from trainer_service.splits import make_split
-    from trainer_service.training import train_model
+    from trainer_service.training import resolve_hyperparameters, train_model
 
     ratings = load_ratings_files(data, "ratings.csv", "movies.csv")
     split = make_split(ratings, "last_n_per_user", 1, seed)

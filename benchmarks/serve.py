@@ -177,13 +177,13 @@ def trained_artifact(movielens_dir: str, epochs: int, seed: int, kind: str = "tw
 
     Returns (artifact, the trainer's query encoder or None when this trainer states none).
     """
-    from trainer_service import data as datasets
-    from trainer_service.hyperparams import resolve_hyperparameters
+    from trainer_service.data import load_movielens_100k
     from trainer_service.pipeline import artifact_for
-    from trainer_service.training import train_model
+    from trainer_service.splits import make_split
+    from trainer_service.training import resolve_hyperparameters, train_model
 
-    ratings, grouplens_dir = datasets.load_movielens_100k(movielens_dir)
-    split = datasets.make_split(ratings, "random", 5, seed, grouplens_dir)
+    ratings, grouplens_dir = load_movielens_100k(movielens_dir)
+    split = make_split(ratings, "random", 5, seed, grouplens_dir)
     hp = resolve_hyperparameters(kind, {"epochs": epochs} if kind == "two_tower" else {})
     trained = train_model(kind, split, hp, seed)
     return artifact_for(split, trained.user_vectors, trained.item_vectors), trained.encoder

@@ -149,6 +149,13 @@ def _url_to_fs(location: str, **options: Any) -> tuple[fsspec.AbstractFileSystem
     return fs, str(path)
 
 
+def local_path(location: str) -> str:
+    """The path a local root (a folder or a ``file://`` URL) has on this machine, for code that needs a real path."""
+    if not is_local(location):
+        raise ValueError(f"{location} is not on this machine")
+    return filesystem(location)[1]
+
+
 def join(*parts: str) -> str:
     head, *rest = parts
     return "/".join([head.rstrip("/"), *[p.strip("/") for p in rest]])

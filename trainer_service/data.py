@@ -11,8 +11,7 @@ no local copy is given.
 
 The rest of a dataset's life has a module each: the release table
 (``releases``), GroupLens copies (``grouplens``), the ratings on dense
-indices (``ratings``) and splits (``splits``). ``make_split``, ``Ratings``
-and ``Split`` are re-exported for callers that load and split in one place.
+indices (``ratings``) and splits (``splits``).
 """
 
 from __future__ import annotations
@@ -29,12 +28,11 @@ from trainer_service.data_root import MAX_FILE_BYTES, FolderReader, Reader
 from trainer_service.errors import MovieLensNotFound
 from trainer_service.formats import MovieColumns, RatingColumns
 from trainer_service.grouplens import GroupLensCopy, open_copy
-from trainer_service.ratings import Ratings, Split, build_ratings, content_fingerprint
+from trainer_service.ratings import Ratings, build_ratings, content_fingerprint
 from trainer_service.releases import FILES_100K, ML_100K, Release, release_named
-from trainer_service.splits import make_split
 
-__all__ = ["GROUPLENS_HOST", "Ratings", "Split", "items_file_movies", "load_movielens", "load_movielens_100k",
-           "load_ratings_files", "make_split", "ratings_from_tfds"]
+__all__ = ["GROUPLENS_HOST", "items_file_movies", "load_movielens", "load_movielens_100k",
+           "load_ratings_files", "ratings_from_tfds"]
 
 GROUPLENS_HOST = ("files.grouplens.org", 443)  # probed before a TFDS download
 _TFDS_PROBE_SECONDS = 3.0

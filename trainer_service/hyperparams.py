@@ -90,14 +90,3 @@ def with_overrides(base: Hyperparameters, overrides: Mapping[str, float | int] |
         changes[name] = value
     return dataclasses.replace(base, **changes)
 
-
-def resolve_hyperparameters(kind: str, overrides: Mapping[str, float | int] | None = None) -> Hyperparameters:
-    """Defaults of ``kind`` with the caller's overrides applied and validated.
-
-    ``UnknownModelKind`` (a ValueError) for a kind the trainer does not have.
-    """
-    # The kinds hold their defaults, and the module that registers them imports
-    # this one; asking it here, at call time, keeps that one-way.
-    from trainer_service.training import kind_named
-
-    return kind_named(kind).hyperparameters(overrides)

@@ -37,7 +37,7 @@ from movierec_common.logs import event
 from trainer_service import quality_gate
 from trainer_service.config import TrainerConfig
 from trainer_service.data import items_file_movies, load_movielens, load_ratings_files
-from trainer_service.errors import Cancelled, CatalogueTooLarge
+from trainer_service.errors import Cancelled
 from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_scores, popularity_vectors
 from trainer_service.job_manager import JobContext
 from trainer_service.jobs import JobRecord, JobResult
@@ -50,7 +50,7 @@ from trainer_service.releases import ML_100K
 from trainer_service.splits import make_split
 from trainer_service.tensorboard_runs import REFIT_RUN, JobRun, runs_dir
 from trainer_service.train_request import hyperparameters_for, resolve_workers, seed_for
-from trainer_service.training import catalogue_refusal, kind_named, train
+from trainer_service.training import check_catalogue, kind_named, train
 
 if TYPE_CHECKING:  # only a trainer started with --workers above 1 makes one (server.py)
     from trainer_service.distributed import RayTraining
@@ -186,10 +186,8 @@ class Job:
         if spec.ratings_path:
             assert config.data_root is not None  # train_request.validate_spec refuses paths without one
             if self.kind.max_items is not None:
-                refusal = catalogue_refusal(self.kind, items_file_movies(
-                    config.data_root, spec.items_path, config.max_dataset_bytes))
-                if refusal:
-                    raise CatalogueTooLarge(refusal)
+                check_catalogue(self.kind, items_file_movies(config.data_root, spec.items_path,
+                                                             config.max_dataset_bytes))
             ratings = load_ratings_files(config.data_root, spec.ratings_path, spec.items_path,
                                          config.max_dataset_bytes)
         else:
@@ -212,7 +210,7 @@ class Job:
                 validation=dict(report.validation), loss_history=list(self.loss_history),
             )
 
-        trained = self._train(self._run(split, on_epoch), phase="training")
+        trained = self._train(split, on_epoch, phase="training")
         self.board.settings(trained.settings.to_json(), step=max(1, trained.epochs_run))
         return trained
 
@@ -266,8 +264,7 @@ class Job:
 
         everything = Split(data=split.data, train=np.arange(len(split.data)),
                            test=np.zeros(0, dtype=np.int64), name="all ratings")
-        refit = self._train(self._run(everything, on_refit_epoch, refit_settings=trained.settings, phase="refitting"),
-                            phase="refitting")
+        refit = self._train(everything, on_refit_epoch, phase="refitting", refit_settings=trained.settings)
         return refit, RefitRecord(
             enabled=True,
             settings=trained.settings.to_json(),
@@ -336,18 +333,17 @@ class Job:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _run(self, split: Split, on_epoch: Callable[[EpochReport], None], *,
-             refit_settings: KindSettings | None = None, phase: str = "training") -> TrainingRun:
-        return TrainingRun(kind=self.spec.model, split=split, hyperparameters=self.hp, seed=self.seed,
-                           on_epoch=on_epoch, should_stop=self.ctx.should_stop, refit_settings=refit_settings,
-                           workers=self.workers,
-                           name=self.record.id if phase == "training" else f"{self.record.id}-{phase}")
-
-    def _train(self, run: TrainingRun, phase: str) -> TrainedModel:
+    def _train(self, split: Split, on_epoch: Callable[[EpochReport], None], *, phase: str,
+               refit_settings: KindSettings | None = None) -> TrainedModel:
         """In-process, or on Ray Train when the job has more than one worker; the result is the same kind of thing.
 
+        ``phase`` ("training", "refitting") is what progress reports say, and names a Ray run after the job.
         A Ray job reports "starting ray workers" first, then ``phase`` once its workers are up.
         """
+        run = TrainingRun(kind=self.spec.model, split=split, hyperparameters=self.hp, seed=self.seed,
+                          on_epoch=on_epoch, should_stop=self.ctx.should_stop, refit_settings=refit_settings,
+                          workers=self.workers,
+                          name=self.record.id if phase == "training" else f"{self.record.id}-{phase}")
         if run.workers <= 1:
             self.ctx.report(phase=phase)
             return train(run)

@@ -49,11 +49,11 @@ from movierec_common.model_root import (
     RootUnreachable,
     exists,
     files_under,
-    filesystem,
     is_local,
     join,
     list_names,
     list_versions,
+    local_path,
     read_pin,
     remove_tree,
     serving_replicas,
@@ -130,8 +130,8 @@ def publish(
     appears (nothing of it is left), ``RootUnreachable`` when the store fails.
     """
     local = is_local(root)
-    base = filesystem(root)[1]  # the root's path; only a local root's is used as a path
     if local:
+        base = local_path(root)
         os.makedirs(base, exist_ok=True)
         work = os.path.join(base, f"{TMP_PREFIX}{max(list_versions(root), default=0) + 1}-{uuid.uuid4().hex[:8]}")
         staging = work

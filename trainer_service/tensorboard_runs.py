@@ -51,7 +51,7 @@ from functools import cache
 from types import SimpleNamespace
 
 from movierec_common.logs import event
-from movierec_common.model_root import RootUnreachable, filesystem, is_local, join, upload_file
+from movierec_common.model_root import RootUnreachable, is_local, join, local_path, upload_file
 from movierec_common.tfenv import tensorflow
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class JobRun:
         if self._remote:
             self._local = tempfile.mkdtemp(prefix=f"movierec-run-{self._job_id}-")
         else:
-            self._local = filesystem(self.location)[1]
+            self._local = local_path(self.location)
         self._add("", _tb().hparams_pb(dict(hparams), trial_id=self._job_id, start_time_secs=started), 0)
 
     def _writer(self, run: str):

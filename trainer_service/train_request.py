@@ -15,11 +15,11 @@ from movierec.v1 import trainer_pb2
 from movierec.v1.vocabulary import HOLDOUTS, PREDEFINED_SPLITS
 from trainer_service import data_root
 from trainer_service.config import TrainerConfig
-from trainer_service.errors import CatalogueTooLarge, InvalidRequest
+from trainer_service.errors import InvalidRequest
 from trainer_service.hyperparams import Hyperparameters
 from trainer_service.jobs import TrainSpec
 from trainer_service.releases import ML_100K, release_named
-from trainer_service.training import catalogue_refusal, kind_named
+from trainer_service.training import check_catalogue, kind_named, resolve_hyperparameters
 
 MAX_KEY_LENGTH = 128
 MAX_NAME_LENGTH = 64
@@ -90,7 +90,7 @@ def hyperparameters_for(spec: TrainSpec) -> Hyperparameters:
     overrides = dict(spec.hyperparameters)
     if spec.epochs:
         overrides["epochs"] = spec.epochs
-    return kind_named(spec.model).hyperparameters(overrides)
+    return resolve_hyperparameters(spec.model, overrides)
 
 
 def seed_for(spec: TrainSpec) -> int:
@@ -138,9 +138,7 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
                                       max_bytes=config.max_dataset_bytes)
         movies = 0  # unknown until the job counts them
     # Known catalogue sizes refuse a kind that cannot fit now; otherwise the job fails before training.
-    refusal = catalogue_refusal(kind, movies)
-    if refusal:
-        raise CatalogueTooLarge(refusal)
+    check_catalogue(kind, movies)
 
 
 def resolve_workers(requested: int, config: TrainerConfig) -> int:

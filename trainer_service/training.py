@@ -26,7 +26,7 @@ from trainer_service.model_kind import EpochReport, ModelKind, TrainedModel, Tra
 from trainer_service.neural_kinds import Bpr, TwoTower, TwoTowerDropout
 from trainer_service.ratings import Split
 
-__all__ = ["KINDS", "catalogue_refusal", "kind_named", "train", "train_model"]
+__all__ = ["KINDS", "check_catalogue", "kind_named", "resolve_hyperparameters", "train", "train_model"]
 
 
 def _register(*kinds: ModelKind[Any]) -> dict[str, ModelKind[Any]]:
@@ -50,23 +50,31 @@ def kind_named(name: str) -> ModelKind[Any]:
     return kind
 
 
-def catalogue_refusal(kind: str | ModelKind[Any], n_items: int) -> str:
-    """Why ``kind`` cannot train on ``n_items`` movies, naming the kinds that can; "" when it can."""
-    kind = kind_named(kind) if isinstance(kind, str) else kind
+def resolve_hyperparameters(kind: str, overrides: Mapping[str, float | int] | None = None) -> Hyperparameters:
+    """Defaults of ``kind`` with the caller's overrides applied and validated (``InvalidRequest`` names the field);
+    ``UnknownModelKind`` for a kind the trainer does not have."""
+    return kind_named(kind).hyperparameters(overrides)
+
+
+def check_catalogue(kind: ModelKind[Any], n_items: int) -> None:
+    """Raises ``CatalogueTooLarge``, naming the kinds that fit, when ``kind`` cannot train on ``n_items`` movies.
+
+    Asked three times in a job's life, each as early as the size is known: at
+    the Train call for a named release, before a job parses your files' ratings
+    (their movies counted first), and before training.
+    """
     if kind.holds(n_items):
-        return ""
+        return
     fitting = [other.name for other in KINDS.values() if other.holds(n_items)]
-    return (f"{kind.name} {kind.bound_reason} and supports at most {kind.max_items:,} movies; "
-            f"this dataset has {n_items:,}. Kinds that fit this catalogue: {', '.join(fitting)}")
+    raise CatalogueTooLarge(f"{kind.name} {kind.bound_reason} and supports at most {kind.max_items:,} movies; "
+                            f"this dataset has {n_items:,}. Kinds that fit this catalogue: {', '.join(fitting)}")
 
 
 def train(run: TrainingRun) -> TrainedModel:
     """Trains ``run`` with its kind; ``CatalogueTooLarge`` before anything starts when the kind cannot hold
     the catalogue, ``Cancelled`` when ``run.should_stop`` asked for it."""
     kind = kind_named(run.kind)
-    refusal = catalogue_refusal(kind, run.split.data.n_items)
-    if refusal:
-        raise CatalogueTooLarge(refusal)
+    check_catalogue(kind, run.split.data.n_items)
     return kind.train(run)
 
 

@@ -81,9 +81,8 @@ def _main() -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
 
-    from trainer_service.hyperparams import resolve_hyperparameters
     from trainer_service.neural_kinds import training_dataset
-    from trainer_service.training import kind_named
+    from trainer_service.training import kind_named, resolve_hyperparameters
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)

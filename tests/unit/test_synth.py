@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from trainer_service import synth
-from trainer_service.data import load_ratings_files, make_split
+from trainer_service.data import load_ratings_files
+from trainer_service.splits import make_split
 
 
 @pytest.fixture(scope="module")

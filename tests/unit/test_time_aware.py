@@ -12,10 +12,9 @@ import pytest
 
 from movierec_common.session_query import QueryEncoder
 from trainer_service.evaluation import evaluate_scores
-from trainer_service.hyperparams import resolve_hyperparameters
 from trainer_service.ratings import Ratings, Split, time_ordered_history
 from trainer_service.splits import make_split
-from trainer_service.training import train_model
+from trainer_service.training import resolve_hyperparameters, train_model
 
 CLOSED_FORM = ("ease", "dlae", "sequential", "ease_blend")
 

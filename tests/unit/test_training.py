@@ -16,10 +16,9 @@ from trainer_service.closed_form_kinds import DLAE_DROPOUTS, DLAE_LAMBDAS
 from trainer_service.data import load_movielens_100k
 from trainer_service.errors import Cancelled
 from trainer_service.evaluation import evaluate_scores, popularity_vectors
-from trainer_service.hyperparams import resolve_hyperparameters
 from trainer_service.model_kind import EpochReport
 from trainer_service.splits import make_split
-from trainer_service.training import train_model
+from trainer_service.training import resolve_hyperparameters, train_model
 
 POPULARITY_RECALL_AT_10 = 0.1215
 EASE_RECALL_AT_10 = 0.2710  # lambda = 300 on ua.test
