@@ -43,6 +43,11 @@ from .targets import channel_target
 __all__ = ["TrainerClient", "RecommenderClient", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds, for each unary call
+# The largest answer the client accepts, as much as a movierec server sends
+# (movierec_common.grpc_server.MAX_SEND_BYTES). gRPC's default of 4 MB is too
+# little: a RecommendBatch of 100,000 items weighs 4.5 MB with 30-byte titles,
+# and the recommender caps it at 32 MB (MAX_BATCH_ANSWER_BYTES).
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 _T = TypeVar("_T")
 PathLike = str | os.PathLike[str]
@@ -118,6 +123,8 @@ class _Client:
                     stacklevel=3,
                 )
             names = {name for name, _ in options}
+            if "grpc.max_receive_message_length" not in names:
+                options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES), *options]
             if plan.authority and not names & {"grpc.default_authority", "grpc.ssl_target_name_override"}:
                 options = [("grpc.default_authority", plan.authority), *options]
             channel = creds.open_channel(

@@ -84,6 +84,13 @@ MODEL_LOAD_SECONDS = Histogram(
 SESSION_REQUESTS = Counter(
     "movierec_session_requests_total", "Recommend calls that carried recent_movie_ids (a session).",
     registry=None)
+ANSWER_CACHE_BYTES = Gauge(
+    "movierec_answer_cache_bytes",
+    "Estimated memory held by the served version's kept answers (bounded by --answer-cache-mb).", registry=None)
+BATCH_USERS_RANKED = Counter(
+    "movierec_batch_users_ranked_total",
+    "Users RecommendBatch calls ranked, counted when a call ends (a call stopped because its caller left or "
+    "its deadline passed counts the users ranked before it stopped).", registry=None)
 
 # -- Trainer -------------------------------------------------------------------
 
@@ -106,7 +113,8 @@ for _state in JOB_STATES:
     JOBS.labels(_state)
 
 ROLES = {
-    "recommender": (MODEL_VERSION, MODEL_RELOADS, MODEL_LOAD_SECONDS, SESSION_REQUESTS),
+    "recommender": (MODEL_VERSION, MODEL_RELOADS, MODEL_LOAD_SECONDS, SESSION_REQUESTS, ANSWER_CACHE_BYTES,
+                    BATCH_USERS_RANKED),
     "trainer": (JOBS, JOBS_QUEUED, TRAINING_EPOCH, TRAINING_LOSS),
 }
 
@@ -126,6 +134,14 @@ def model_reload_failed(outcome: str) -> None:
 
 def session_request() -> None:
     SESSION_REQUESTS.inc()
+
+
+def answer_cache_bytes(nbytes: int) -> None:
+    ANSWER_CACHE_BYTES.set(nbytes)
+
+
+def batch_users_ranked(users: int) -> None:
+    BATCH_USERS_RANKED.inc(users)
 
 
 def job_reached(state: str) -> None:

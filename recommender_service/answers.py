@@ -1,43 +1,155 @@
-"""A version's answers, kept for the calls that repeat them.
+"""The served version's answers, kept for the calls that repeat them.
 
 An answer without a session is a pure function of (version, user, k,
-exclude_seen), so each loaded version keeps the answers it has given, in
-the form the caller rendered them (the servicer's response messages): a hit
-skips ranking and building ten messages. That matters less for its ~10 us
-than for the GIL hand-offs it saves when eight request threads share two
-cores. The cache belongs to one :class:`~recommender_service.model.LoadedModel`
-and is dropped with it, so no answer outlives the version that gave it.
+exclude_seen), so the servicer keeps the answers the served version gives,
+in the form the caller gets them (response messages): a hit skips ranking
+and building the messages. That matters less for its ~10 us than for the GIL
+hand-offs it saves when eight request threads share two cores.
 
-Sessions are never kept: the movies just watched vary call by call.
+What a caller may not do with it: the key is the caller's to choose, so an
+unbounded cache is memory anyone can fill (measured: 20,000 calls with k from
+901 to 1,000 over known users grew a recommender by 1.6 GB). Hence the cache
+is bounded in bytes (``--answer-cache-mb``, least recently used out first),
+and keeps only answers worth keeping: known users (an unknown user's answer
+is the popularity list, built from a slice, and the ids are anyone's to
+invent) and k up to :data:`MAX_CACHED_K` (the depth the rankings computed at
+load answer; deeper answers are rare and large).
+
+Answers die with their version: :class:`ServedAnswers` holds one
+:class:`AnswerCache` for the newest version it has been asked about and drops
+it when a newer one is served. Sessions are never kept: the movies just
+watched vary call by call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any
 
-# About 1 KB an entry as a response message: 20 MB at most per version.
-MAX_CACHED_ANSWERS = 20_000
+from movierec.v1 import recommender_pb2
+from movierec_common import metrics
+from recommender_service.rankings import PRECOMPUTED_TOP
+
+if TYPE_CHECKING:  # for annotations only: the servicer hands these in
+    from recommender_service.model import LoadedModel
+    from recommender_service.retrieval import Recommendation
+
+DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+MAX_CACHED_K = PRECOMPUTED_TOP
+
+# What holding one answer costs beyond its serialized size, measured in a
+# fresh process holding thousands of RecommendResponse messages (upb) in a
+# dict keyed as here: ~2.2 KB per entry (key, dict slot, message object, its
+# arena) and ~50 bytes per item on top of its bytes on the wire. With these,
+# the estimate is within 10% of the memory held for k = 10, 100 and 1,000 and
+# for 30- and 300-byte titles (tests/unit/test_answers.py measures it again);
+# the serialized size alone undercounts k = 10 seven times.
+ENTRY_OVERHEAD_BYTES = 2_300
+ITEM_OVERHEAD_BYTES = 50
+
+Render = Callable[["LoadedModel", "Recommendation"], recommender_pb2.RecommendResponse]
+
+
+def entry_bytes(answer: recommender_pb2.RecommendResponse) -> int:
+    """The memory one kept answer costs, estimated from its message (see ENTRY_OVERHEAD_BYTES)."""
+    return ENTRY_OVERHEAD_BYTES + ITEM_OVERHEAD_BYTES * len(answer.items) + answer.ByteSize()
 
 
 class AnswerCache:
-    """Answers by key, the first ``limit`` kept; later ones are built each time.
+    """Answers by key, at most ``budget_bytes`` of them, the least recently used evicted first.
 
-    No lock: a dict read or write is atomic under the GIL, and two threads
-    that build the same answer at once build equal ones. The bound may be
-    overshot by the number of request threads, never more.
+    A lock guards the order: a hit moves its entry, and two threads moving and
+    evicting at once would corrupt an OrderedDict. It is held for a dict
+    operation or two, never while an answer is built.
     """
 
-    def __init__(self, limit: int = MAX_CACHED_ANSWERS):
-        self.limit = limit
-        self._answers: dict[Hashable, object] = {}
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.budget_bytes = budget_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._answers)
+        return len(self._entries)
 
-    def get(self, key: Hashable):
-        """The kept answer, or None."""
-        return self._answers.get(key)
+    def keys(self) -> Iterator[Hashable]:
+        """The keys, least recently used first (a copy: safe while others call)."""
+        with self._lock:
+            return iter(list(self._entries))
 
-    def put(self, key: Hashable, answer) -> None:
-        if len(self._answers) < self.limit:
-            self._answers[key] = answer
+    def get(self, key: Hashable) -> Any:
+        """The kept answer (now the most recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: Hashable, answer: Any, nbytes: int | None = None) -> None:
+        """Keeps ``answer`` (``nbytes``: its cost, estimated from the message when not given), evicting
+        the least recently used until it fits; one larger than the whole budget is not kept."""
+        size = entry_bytes(answer) if nbytes is None else nbytes
+        if size > self.budget_bytes:
+            return
+        with self._lock:
+            replaced = self._entries.pop(key, None)
+            if replaced is not None:
+                self.nbytes -= replaced[1]
+            while self.nbytes + size > self.budget_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.nbytes -= evicted
+            self._entries[key] = (answer, size)
+            self.nbytes += size
+
+
+class ServedAnswers:
+    """The answer cache of the version being served, for the servicer.
+
+    A call names the version it uses from start to end (its LoadedModel); the
+    newest version asked about (by load time) owns the cache. A call still on
+    an older version is answered by it and kept nowhere, so a swap never mixes
+    versions and an old call never throws the new version's answers away.
+    """
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        self._model: LoadedModel | None = None
+        self._cache = AnswerCache(budget_bytes)
+
+    @property
+    def entries(self) -> int:
+        return len(self._cache)
+
+    @property
+    def nbytes(self) -> int:
+        return self._cache.nbytes
+
+    def _cache_for(self, model: LoadedModel) -> AnswerCache | None:
+        with self._lock:
+            if model is self._model:
+                return self._cache
+            if self._model is not None and model.loaded_at < self._model.loaded_at:
+                return None
+            self._model, self._cache = model, AnswerCache(self.budget_bytes)
+            metrics.answer_cache_bytes(0)
+            return self._cache
+
+    def recommend(self, model: LoadedModel, user_id: str, k: int, exclude_seen: bool,
+                  render: Render) -> recommender_pb2.RecommendResponse:
+        """``model``'s answer without a session as ``render`` makes it, kept when worth keeping."""
+        worth_keeping = k <= MAX_CACHED_K and model.retriever.knows_user(user_id)
+        cache = self._cache_for(model) if worth_keeping and self.budget_bytes > 0 else None
+        key = (user_id, k, exclude_seen)
+        if cache is not None:
+            kept = cache.get(key)
+            if kept is not None:
+                return kept
+        answer = render(model, model.retriever.recommend(user_id, k, exclude_seen))
+        if cache is not None:
+            cache.put(key, answer)
+            metrics.answer_cache_bytes(cache.nbytes)
+        return answer

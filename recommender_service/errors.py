@@ -28,6 +28,8 @@ __all__ = [
     "NoModelLoaded",
     "SessionsUnsupported",
     "UnknownMovie",
+    "TooCostly",
+    "CallEnded",
     "CONDITIONS",
     "status",
 ]
@@ -99,9 +101,30 @@ class UnknownMovie(RecommenderError, LookupError):
         super().__init__(f"movie {movie_id} is not in {which}")
 
 
+class TooCostly(RecommenderError):
+    """The request keeps every static limit but would cost more than one call may (live scoring work,
+    answer bytes); the message gives the figures and how to split the call."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class CallEnded(RecommenderError):
+    """The caller cancelled or its deadline passed while a batch was being ranked: the work stopped
+    between two users, and nobody reads the status (the servicer answers DEADLINE_EXCEEDED when the
+    deadline is why, so the server's metrics say which)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+    def __init__(self, answered: int, total: int) -> None:
+        self.answered = answered
+        self.total = total
+        super().__init__(f"the call ended (cancelled or past its deadline) after {answered} of {total} users; "
+                         f"the rest were not ranked")
+
+
 # Every condition a caller can meet, with its status: the table the README's status table documents.
 CONDITIONS: tuple[type[RecommenderError], ...] = (
-    InvalidRequest, DeadlinePassed, NoModelLoaded, SessionsUnsupported, UnknownMovie)
+    InvalidRequest, DeadlinePassed, NoModelLoaded, SessionsUnsupported, UnknownMovie, TooCostly, CallEnded)
 
 
 def status(error: RecommenderError) -> tuple[grpc.StatusCode, str]:

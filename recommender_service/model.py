@@ -3,8 +3,10 @@
 The manager (``recommender_service.registry``) swaps one reference to a
 LoadedModel; a call reads that reference once and uses what it got to its
 end, so an in-flight call finishes on the version it started with, and
-everything tied to a version (its answers kept for repeats, its number in
-every response and error) dies with it.
+everything tied to a version (its number in every response and error) dies
+with it. Answers kept for repeats live in the servicer
+(``recommender_service.answers.ServedAnswers``), under one byte budget for
+the whole process, not one per version.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from movierec_common.artifact import VersionMetadata
-from recommender_service.answers import AnswerCache
 from recommender_service.errors import SessionsUnsupported, UnknownMovie
 from recommender_service.retrieval import Recommendation, Retriever, Scored
 
@@ -28,7 +29,6 @@ class LoadedModel:
     metadata: VersionMetadata
     loaded_at: float
     serving: dict[str, float] = field(default_factory=dict)  # how it is served (GetModelStatus shows it)
-    answers: AnswerCache = field(default_factory=AnswerCache, repr=False, compare=False)  # dies with the version
 
     @property
     def model_kind(self) -> str:
@@ -36,8 +36,7 @@ class LoadedModel:
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool,
                   render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = ()) -> T:
-        """One Recommend answer as ``render(self, ranked)`` makes it; answers without a session are kept
-        (see recommender_service.answers), so a hit costs a dict lookup.
+        """One Recommend answer as ``render(self, ranked)`` makes it, computed now (nothing is kept here).
 
         Raises SessionsUnsupported for a session on a version published before sessions.
         """
@@ -45,12 +44,7 @@ class LoadedModel:
             if self.retriever.sessions is None:
                 raise SessionsUnsupported(self.version)
             return render(self, self.retriever.recommend_session(user_id, k, list(recent_movie_ids), exclude_seen))
-        key = (user_id, k, exclude_seen)
-        answer = self.answers.get(key)
-        if answer is None:
-            answer = render(self, self.retriever.recommend(user_id, k, exclude_seen))
-            self.answers.put(key, answer)
-        return answer
+        return render(self, self.retriever.recommend(user_id, k, exclude_seen))
 
     def similar_items(self, movie_id: int, k: int) -> tuple[Scored, list[Scored]]:
         """The movie and its k nearest; raises UnknownMovie, naming this version, for an id it does not know."""

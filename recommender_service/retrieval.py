@@ -104,6 +104,15 @@ class Retriever:
                                       cold_start=False)
         return self.recommend_live(user_index, k, exclude_seen)
 
+    def answers_live(self, user_id: str, k: int, exclude_seen: bool = True) -> bool:
+        """Whether :meth:`recommend` answers this call with a scan of the catalogue (a known user whose
+        answer the rankings do not hold), the work a batch's cost limit counts."""
+        user_index = self._user_index.get(user_id)
+        if user_index is None:
+            return False
+        rankings = self.rankings
+        return not (exclude_seen and k <= rankings.top and rankings.rows[user_index] >= 0)
+
     def recommend_live(self, user_index: int, k: int, exclude_seen: bool = True) -> Recommendation:
         """Asks the backend, skipping the rankings (the smoke test checks both paths)."""
         exclude = self.catalogue.seen_items(user_index) if exclude_seen else NO_ITEMS

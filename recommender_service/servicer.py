@@ -17,7 +17,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from movierec_common import metrics
-from recommender_service.errors import DeadlinePassed, InvalidRequest, NoModelLoaded, RecommenderError, status
+from recommender_service.answers import DEFAULT_BUDGET_BYTES, ServedAnswers
+from recommender_service.batches import live_users, recommend_batch
+from recommender_service.errors import (
+    CallEnded,
+    DeadlinePassed,
+    InvalidRequest,
+    NoModelLoaded,
+    RecommenderError,
+    TooCostly,
+    status,
+)
 from recommender_service.model import LoadedModel
 from recommender_service.registry import ModelRegistry
 from recommender_service.retrieval import Recommendation, Scored
@@ -28,8 +38,19 @@ MAX_K = 1000
 MAX_RECENT_MOVIES = 1000
 MAX_USER_ID_BYTES = 256
 MAX_BATCH_USERS = 1000
-# Keeps a batch answer under the default 4 MB message limit of gRPC clients.
 MAX_BATCH_ITEMS = 100_000
+# Live scoring one batch may ask for: users answered by a scan (see
+# batches.live_users) x movies in the catalogue. 100 M is ~3 s of one core at
+# 256 dimensions, measured; the largest batch the tests send legitimately (the
+# SIGTERM drain test, 1,000 users x 80,000 movies, exclude_seen=false) is 80 M.
+# A 1,000-user scan of MovieLens 25M's 62,000 movies passes, of a 100,000-movie
+# catalogue does not: split it. Beyond it: RESOURCE_EXHAUSTED, with the figures.
+MAX_BATCH_LIVE_SCORES = 100_000_000
+# The most a batch answer may weigh on the wire. The static limits do not bound
+# it, titles do: 100,000 items of 30-byte titles are ~4.5 MB, of 320-byte ones
+# ~33 MB. The client accepts up to 64 MB (clients/client.py), so an answer that
+# would be refused there is refused here, with its size, before it is sent.
+MAX_BATCH_ANSWER_BYTES = 32 * 1024 * 1024
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -75,14 +96,57 @@ def _exclude_seen(request: Any) -> bool:
     return bool(request.exclude_seen) if request.HasField("exclude_seen") else True
 
 
+def _should_stop(context: grpc.ServicerContext) -> Callable[[], bool]:
+    """For domain code: has the caller gone (cancelled, disconnected) or its deadline passed?"""
+
+    def should_stop() -> bool:
+        if not context.is_active():
+            return True
+        remaining = context.time_remaining()
+        return remaining is not None and remaining <= 0
+
+    return should_stop
+
+
+def _check_batch_cost(model: LoadedModel, user_ids: Sequence[str], k: int, exclude_seen: bool) -> None:
+    live = live_users(model.retriever, user_ids, k, exclude_seen)
+    items = model.retriever.num_items
+    if live * items > MAX_BATCH_LIVE_SCORES:
+        raise TooCostly(
+            f"this batch needs {live:,} users x {items:,} movies = {live * items:,} scores ranked live (users "
+            f"the rankings computed at load do not answer: exclude_seen=false, k above the precomputed depth, "
+            f"users past the ranking budget); at most {MAX_BATCH_LIVE_SCORES:,} per call: send at most "
+            f"{MAX_BATCH_LIVE_SCORES // max(items, 1):,} such users per batch")
+
+
+def _why_ended(ended: CallEnded, context: grpc.ServicerContext) -> RecommenderError:
+    """DEADLINE_EXCEEDED when the deadline is why the batch stopped, else CANCELLED (the caller left)."""
+    remaining = context.time_remaining()
+    return DeadlinePassed(str(ended)) if remaining is not None and remaining <= 0 else ended
+
+
+def _batch_response(model: LoadedModel, user_ids: Sequence[str],
+                    ranked: list[Recommendation]) -> recommender_pb2.RecommendBatchResponse:
+    answer = recommender_pb2.RecommendBatchResponse(model_version=model.version, results=[
+        recommender_pb2.UserRecommendations(user_id=user_id, items=_items(result.items), cold_start=result.cold_start)
+        for user_id, result in zip(user_ids, ranked, strict=True)])
+    size = answer.ByteSize()
+    if size > MAX_BATCH_ANSWER_BYTES:
+        raise TooCostly(f"the answer would be {size:,} bytes; a batch answer may be at most "
+                        f"{MAX_BATCH_ANSWER_BYTES:,} bytes (long titles make items large): split the batch or "
+                        f"lower k")
+    return answer
+
+
 def _recommend_response(model: LoadedModel, result: Recommendation) -> recommender_pb2.RecommendResponse:
     return recommender_pb2.RecommendResponse(items=_items(result.items), model_version=model.version,
                                              cold_start=result.cold_start, unknown_movie_ids=result.unknown_movie_ids)
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, answer_cache_bytes: int = DEFAULT_BUDGET_BYTES):
         self._registry = registry
+        self._answers = ServedAnswers(answer_cache_bytes)
 
     def _model(self, context: grpc.ServicerContext) -> LoadedModel:
         """The version this call will use from start to end; checked before any work."""
@@ -101,11 +165,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         _check_k(request.k)
         _check_recent(request.recent_movie_ids)
         model = self._model(context)
-        if request.recent_movie_ids:
+        if request.recent_movie_ids:  # a session: answered by the version, never kept
             metrics.session_request()
-        # The model keeps the answers it gives without a session (recommender_service.answers).
-        return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
-                               request.recent_movie_ids)
+            return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
+                                   request.recent_movie_ids)
+        return self._answers.recommend(model, request.user_id, request.k, _exclude_seen(request),
+                                       _recommend_response)
 
     @_answering
     def RecommendBatch(self, request: recommender_pb2.RecommendBatchRequest,
@@ -122,12 +187,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                                  f"(got {len(request.user_ids)} x {request.k}); split the batch or lower k")
         model = self._model(context)
         exclude = _exclude_seen(request)
-        results = []
-        for user_id in request.user_ids:
-            result = model.retriever.recommend(user_id, request.k, exclude)
-            results.append(recommender_pb2.UserRecommendations(
-                user_id=user_id, items=_items(result.items), cold_start=result.cold_start))
-        return recommender_pb2.RecommendBatchResponse(results=results, model_version=model.version)
+        _check_batch_cost(model, request.user_ids, request.k, exclude)
+        try:
+            ranked = recommend_batch(model.retriever, request.user_ids, request.k, exclude, _should_stop(context))
+        except CallEnded as ended:
+            raise _why_ended(ended, context) from None
+        return _batch_response(model, request.user_ids, ranked)
 
     @_answering
     def SimilarItems(self, request: recommender_pb2.SimilarItemsRequest,

@@ -1,0 +1,40 @@
+"""A RecommendBatch's work: what it costs in live scoring, and the loop that
+ranks its users, stopping between two of them once nobody waits for the answer.
+
+Why both: a batch of up to 1,000 users with ``exclude_seen = false`` scans the
+catalogue once per user (the rankings computed at load hold seen-excluded
+answers only), which on a large catalogue is seconds of a request thread. The
+servicer refuses a batch whose scans would cost more than its per-call limit
+(:func:`live_users` x movies), and a batch it accepts stops when its caller
+cancels or its deadline passes instead of ranking on for nobody. The loop
+gets a plain ``should_stop`` callable, not the gRPC context: this module
+knows retrieval, not transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from movierec_common import metrics
+from recommender_service.errors import CallEnded
+from recommender_service.retrieval import Recommendation, Retriever
+
+
+def live_users(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool) -> int:
+    """How many of the batch's users would be answered by a scan of the catalogue (repeats count again)."""
+    return sum(1 for user_id in user_ids if retriever.answers_live(user_id, k, exclude_seen))
+
+
+def recommend_batch(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool,
+                    should_stop: Callable[[], bool]) -> list[Recommendation]:
+    """Each user's answer, in order. Asks ``should_stop`` before each user (about 1 us against a
+    table lookup's 5 us or a scan's milliseconds) and raises CallEnded when it says so."""
+    results: list[Recommendation] = []
+    try:
+        for user_id in user_ids:
+            if should_stop():
+                raise CallEnded(len(results), len(user_ids))
+            results.append(retriever.recommend(user_id, k, exclude_seen))
+    finally:
+        metrics.batch_users_ranked(len(results))
+    return results
