@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,9 @@ import grpc
 # One definition each, shared with the client: a client depends on the contract alone, so they live there.
 from clients.credentials import is_loopback as is_loopback
 from clients.flags import refuse_token_flags
+from movierec_common.logs import event
+
+log = logging.getLogger(__name__)
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
@@ -135,19 +139,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to; enables mutual TLS")
     group.add_argument("--token-file", help="file of accepted bearer tokens, one per line "
                                             "(default: $MOVIEREC_TOKENS or $MOVIEREC_TOKEN)")
+    group.add_argument("--allow-plaintext-tokens", action="store_true",
+                       help="accept tokens without TLS beyond loopback (they cross the network readable; "
+                            "a warning is logged at start)")
     refuse_token_flags(group)
 
 
 def from_args(args: argparse.Namespace, *, protected: Iterable[str] | None, require_tokens: bool,
               what: str) -> tuple[list[grpc.ServerInterceptor], grpc.ServerCredentials | None]:
     """(interceptors, credentials) for a server; raises SecurityConfigError when
-    the configuration would leave ``what`` open where it must not be."""
+    the configuration would leave ``what`` open where it must not be, or would
+    check tokens that reach ``args.host`` beyond loopback in plaintext (unless
+    ``--allow-plaintext-tokens``). A server on loopback without tokens checks
+    nobody: whoever runs on the machine may call it."""
     credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     tokens = load_tokens(args.token_file)
     if require_tokens and not tokens:
         raise SecurityConfigError(
             f"{what} needs tokens: put them in a file given by --token-file, or in $MOVIEREC_TOKENS")
     protects_something = protected is None or bool(tuple(protected))
-    interceptors: list[grpc.ServerInterceptor] = (
-        [TokenAuthInterceptor(tokens, protected)] if tokens and protects_something else [])
+    checks_tokens = bool(tokens) and protects_something
+    if checks_tokens and credentials is None and not is_loopback(args.host):
+        _plaintext_tokens(args.host, allowed=args.allow_plaintext_tokens)
+    interceptors: list[grpc.ServerInterceptor] = [TokenAuthInterceptor(tokens, protected)] if checks_tokens else []
     return interceptors, credentials
+
+
+def _plaintext_tokens(host: str, *, allowed: bool) -> None:
+    """Tokens checked on a plaintext port beyond loopback: anyone on the path reads them off the wire and
+    replays them. Refused unless the operator said so, and then said again in the log at every start."""
+    if not allowed:
+        raise SecurityConfigError(
+            f"tokens would cross the network in plaintext on {host}: give --tls-cert and --tls-key, "
+            "bind loopback (--host 127.0.0.1), or accept the risk with --allow-plaintext-tokens")
+    event(log, "tokens accepted without TLS beyond loopback: anyone on the network path can read and replay "
+               "them (--allow-plaintext-tokens)", logging.WARNING, host=host)

@@ -23,9 +23,12 @@ above 1: the default ``--workers 1`` never loads or starts it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import logging
 import os
 import pickle
+import secrets
 import shutil
 import tempfile
 import threading
@@ -56,8 +59,18 @@ RAY_ENVIRONMENT = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage report sent home
     "RAY_TRAIN_V2_ENABLED": "1",     # the default in 2.60; this module relies on V2's behaviour
 }
-# Only for the private local Ray: nobody else connects to it. A cluster keeps its own setting.
-LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled"}
+# Only for the private local Ray, and forced (an operator's shell cannot loosen them): its processes bind
+# loopback only, and every call into it carries a token only this trainer holds. Ray treats a node as
+# single-machine (its node address 127.0.0.1, so its gRPC servers bind loopback) only when
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0; ``ray.init(_node_ip_address="127.0.0.1")`` is turned back into
+# the machine's address (ray._private.services.resolve_ip_for_localhost). Measured on Ray 2.60 with a
+# 2-worker job: without these, the driver, GCS, raylet, every actor and the Ray Train workers listened
+# on ``::`` and the runtime-env agent on the machine's address, and anyone who could reach them could
+# run code as the trainer. A cluster (--ray-address) keeps its own settings: see the README.
+LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Where Ray's processes read the private Ray's token (RAY_AUTH_TOKEN_PATH, in the trainer's 0700 temp
+# folder): a file, never a value in the environment or on a command line.
+TOKEN_FILE_NAME = "auth_token"
 # tfenv's settings, handed to every worker of the job: a cluster's workers do not
 # inherit this process's environment, and Ray Train imports TensorFlow in them
 # before our code runs (TFRS then finds Keras 3 without TF_USE_LEGACY_KERAS).
@@ -74,12 +87,17 @@ class _Channel:
 
     def __init__(self) -> None:
         self._phase = ""
+        self._collective: list[str] = []
         self._epochs: list[dict[str, Any]] = []
         self._cancelled = False
         self._result: bytes | None = None
 
-    def set_phase(self, phase: str) -> None:
+    def set_phase(self, phase: str, collective: list[str] | None = None) -> None:
         self._phase = phase
+        self._collective = collective or self._collective
+
+    def collective(self) -> list[str]:
+        return self._collective
 
     def add_epoch(self, report: dict[str, Any]) -> None:
         self._epochs.append(report)
@@ -141,6 +159,19 @@ def _multi_worker_strategy() -> Any:
     return strategy
 
 
+def _collective_addresses() -> list[str]:
+    """Where the job's TensorFlow collective servers listen (TF_CONFIG's workers, as Ray Train set it).
+
+    Logged by the driver because TensorFlow binds each of these ports on every interface, whatever
+    the host in TF_CONFIG: tensorflow/core/distributed_runtime/rpc/grpc_server_lib.cc listens on
+    "0.0.0.0:<port>" with no option to narrow it, and the servers are unauthenticated.
+    """
+    try:
+        return [str(address) for address in json.loads(os.environ.get("TF_CONFIG", "{}"))["cluster"]["worker"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
 def _train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: the same training code as in-process, under the multi-worker strategy."""
     strategy = _multi_worker_strategy()
@@ -155,7 +186,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     chief = is_chief(strategy)
     split = ray.get(config["split"])
     if chief:
-        channel.set_phase.remote("training")
+        channel.set_phase.remote("training", _collective_addresses())
 
     def on_epoch(report: EpochReport) -> None:
         channel.add_epoch.remote(dataclasses.asdict(report))
@@ -191,6 +222,29 @@ def _failure_reason(exc: BaseException) -> str:
     return "; ".join(parts)
 
 
+def private_ray_environment(folder: str) -> dict[str, str]:
+    """The environment of a private local Ray kept in ``folder``: loopback only, and a fresh token for it.
+
+    The token (256 random bits) goes into a file only this user can read; Ray's processes inherit
+    RAY_AUTH_TOKEN_PATH, so the token itself is on no command line and in no environment. A new one
+    each start: nothing outlives the trainer that could be replayed.
+    """
+    path = os.path.join(folder, TOKEN_FILE_NAME)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as token_file:
+        token_file.write(secrets.token_hex(32))
+    return {**LOCAL_RAY_ENVIRONMENT, "RAY_AUTH_TOKEN_PATH": path}
+
+
+def _require_loopback(ray: Any) -> None:
+    """Refuses a private Ray that came up on another address (``ray`` imported before the environment
+    was set, say): it would be reachable from the network."""
+    address = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(address).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(f"the private Ray came up on {address}, not on loopback; refusing to use it")
+
+
 class RayTraining:
     """The trainer's link to Ray: a private local Ray it starts and removes, or a cluster it joins.
 
@@ -215,12 +269,22 @@ class RayTraining:
         an unreachable ``--ray-address`` fail the start, not the first job.
         """
         with self._lock:
-            for name, value in {**RAY_ENVIRONMENT, **({} if self.address else LOCAL_RAY_ENVIRONMENT)}.items():
+            if self._connected:
+                import ray
+
+                return ray
+            for name, value in RAY_ENVIRONMENT.items():
                 os.environ.setdefault(name, value)
+            if not self.address:
+                # Short and under /tmp: Ray's socket paths must fit in 107 bytes. mkdtemp makes it 0700.
+                self._own_dir = tempfile.mkdtemp(prefix="movierec-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+                # Everything this Ray starts ends with the trainer, also one killed with SIGKILL: Ray's own
+                # fate-sharing misses its agents (upstream issue #52385), so a watchdog reaps them (and the token).
+                launch.reap_at_exit(self._own_dir)
+                # Before ``import ray``: its constants read the environment once, at import.
+                os.environ.update(private_ray_environment(self._own_dir))
             import ray  # only a trainer with --workers > 1 loads Ray
 
-            if self._connected:
-                return ray
             # Ray's warnings become this process's JSON log lines; its info chatter goes.
             ray_logger = logging.getLogger("ray")
             ray_logger.handlers[:] = []
@@ -234,16 +298,13 @@ class RayTraining:
                 ray.init(address=self.address, **quiet)
                 self._runs_dir = tempfile.mkdtemp(prefix="movierec-ray-runs-")
             else:
-                # Short and under /tmp: Ray's socket paths must fit in 107 bytes.
-                self._own_dir = tempfile.mkdtemp(prefix="movierec-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+                assert self._own_dir is not None  # made above
                 self._runs_dir = os.path.join(self._own_dir, "runs")
                 os.makedirs(self._runs_dir)
-                # Everything this Ray starts ends with the trainer, also one killed with SIGKILL: Ray's own
-                # fate-sharing misses its agents (upstream issue #52385), so a watchdog reaps them.
-                launch.reap_at_exit(self._own_dir)
                 # Enough CPU slots for the largest job even on a smaller machine (oversubscribed then, not stuck).
                 ray.init(num_cpus=max(os.cpu_count() or 1, self.max_workers), _temp_dir=self._own_dir,
                          include_dashboard=False, **quiet)
+                _require_loopback(ray)
             self._connected = True
             event(log, "ray connected", address=self.address or "local", seconds=round(time.monotonic() - started, 2),
                   temp_dir=self._own_dir or "")
@@ -306,7 +367,8 @@ class RayTraining:
                     phase, ready = new_phase, time.monotonic() - started
                     if on_phase:
                         on_phase(phase)
-                    event(log, "ray workers ready", job_id=run_name, workers=workers, seconds=round(ready, 1))
+                    event(log, "ray workers ready", job_id=run_name, workers=workers, seconds=round(ready, 1),
+                          tensorflow_collective_servers=ray.get(channel.collective.remote()))
                 for report in epochs:
                     if on_epoch:
                         on_epoch(EpochReport(**report))

@@ -8,6 +8,7 @@ request's rules live in ``train_request``, the storage failures' statuses in
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -29,6 +30,11 @@ from trainer_service.train_request import MAX_KEY_LENGTH, resolve_workers, spec_
 # INVALID_ARGUMENT into a transport error.
 MAX_MESSAGE_BYTES = 1200
 MAX_LIST_LIMIT = 1000
+# A WatchJob stream holds one of the server's request threads (16: grpc_server.build_server's default) for
+# as long as its job runs, and job ids are public through ListJobs. So at most this many at once: the other
+# threads always answer Train, CancelJob, PinVersion and the short reads (measured before the cap: 300
+# watchers made a token holder's Train fail RESOURCE_EXHAUSTED at once).
+MAX_WATCHERS = 8
 
 _LISTING = StorageMessages(unreachable="the model root cannot be read",
                            denied="the trainer may not read the model root")
@@ -102,6 +108,12 @@ def version_to_proto(version: PublishedVersion) -> trainer_pb2.VersionInfo:
     )
 
 
+class TooManyWatchers(TrainerError):
+    """Every watcher slot is taken; GetJob answers the same question without holding a thread."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def _job_id(job_id: str) -> str:
     if not job_id:
         raise InvalidRequest("job_id is required")
@@ -114,6 +126,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, manager: JobManager, config: TrainerConfig):
         self._manager = manager
         self._config = config
+        self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
 
     def Train(self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext) -> trainer_pb2.TrainJob:
         with _answering(context):
@@ -138,8 +151,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                  context: grpc.ServicerContext) -> Iterator[trainer_pb2.TrainJob]:
         with _answering(context):
             self._manager.get(_job_id(request.job_id))
-        for job in self._manager.watch(request.job_id, is_active=context.is_active):
-            yield job_to_proto(job)
+            if not self._watchers.acquire(blocking=False):
+                raise TooManyWatchers(f"the trainer serves at most {MAX_WATCHERS} WatchJob streams at once and "
+                                      "all are taken; poll GetJob instead, or retry when a watcher ends")
+        try:
+            for job in self._manager.watch(request.job_id, is_active=context.is_active):
+                yield job_to_proto(job)
+        finally:
+            self._watchers.release()
 
     def CancelJob(self, request: trainer_pb2.CancelJobRequest, context: grpc.ServicerContext) -> trainer_pb2.TrainJob:
         with _answering(context):
@@ -158,6 +177,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             if request.version < 0:
                 raise InvalidRequest(f"version must be a published version number, or 0 to unpin; "
                                      f"got {request.version}")
-            previous = pin_version(self._config.model_root, request.version or None)
+            previous = pin_version(self._config.model_root, request.version or None, self._config.publish_keys)
             return trainer_pb2.PinVersionResponse(pinned_version=request.version,
                                                   previous_pinned_version=previous or 0)

@@ -1,11 +1,15 @@
 """Access control on the real servers: bearer tokens on every RPC that needs
-one (missing and wrong), open ones left open, TLS and mutual TLS, and tokens
-never taken from the command line."""
+one (missing and wrong), open ones left open, TLS and mutual TLS, tokens
+never taken from the command line nor accepted in plaintext beyond loopback,
+and watchers that cannot starve the calls that change something."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import grpc
 import pytest
@@ -15,6 +19,7 @@ from clients import RecommenderClient, TrainerClient, Unauthenticated, Unavailab
 from movierec.v1 import recommender_pb2, trainer_pb2
 from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
+from tests.certs import self_signed
 from tests.servers import ServerProcess, start_recommender, start_trainer
 from trainer_service.publisher import publish
 
@@ -24,14 +29,7 @@ WRONG_TOKEN = "wrong-token-0123456789"
 TRAINER_MUTATIONS = {"Train", "CancelJob", "PinVersion"}
 
 
-def _cert(directory, name: str):
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True)
-    return key, cert
+_cert = self_signed  # in-process, so no missing openssl can make these tests skip
 
 
 def _codes_per_rpc(channel: grpc.Channel, module, service: str, token: str | None) -> dict[str, grpc.StatusCode]:
@@ -158,3 +156,187 @@ def test_plain_recommender_stays_open_by_default(tmp_path):
             assert grpc.StatusCode.UNAUTHENTICATED not in codes.values(), codes
     finally:
         recommender.terminate()
+
+
+TRAINER_READS = {"GetJob", "ListJobs", "WatchJob", "ListVersions"}
+SERVERS = {"trainer": ("trainer_service.server", []),
+           "recommender": ("recommender_service.server", ["--require-token"])}
+
+
+def _token_file(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(TOKEN + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_tokens_beyond_loopback_without_tls_are_refused(tmp_path, server):
+    """A token sent in plaintext across the network can be read and replayed by anyone on the path."""
+    module, extra = SERVERS[server]
+    process = ServerProcess(module, ["--host", "0.0.0.0", "--model-root", str(tmp_path / "models"),
+                                     "--token-file", _token_file(tmp_path), *extra], tmp_path / "server.log")
+    try:
+        with pytest.raises(RuntimeError, match="exited with"):
+            process.start(60)
+    finally:
+        process.terminate()
+    log = (tmp_path / "server.log").read_text()
+    assert "plaintext" in log and "--tls-cert" in log and "--allow-plaintext-tokens" in log, log[-2000:]
+    assert TOKEN not in log
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_allow_plaintext_tokens_starts_and_says_so_in_the_log(tmp_path, server):
+    module, extra = SERVERS[server]
+    process = ServerProcess(module, ["--host", "0.0.0.0", "--model-root", str(tmp_path / "models"),
+                                     "--token-file", _token_file(tmp_path), "--allow-plaintext-tokens", *extra],
+                            tmp_path / "server.log").start(60)
+    try:
+        warnings = [line for line in (tmp_path / "server.log").read_text().splitlines()
+                    if '"level": "warning"' in line and "--allow-plaintext-tokens" in line]
+        assert len(warnings) == 1, (tmp_path / "server.log").read_text()[-2000:]
+        with grpc.insecure_channel(process.address) as channel:
+            service = "Trainer" if server == "trainer" else "Recommender"
+            module_pb2 = trainer_pb2 if server == "trainer" else recommender_pb2
+            refused = _codes_per_rpc(channel, module_pb2, service, None)
+            allowed = _codes_per_rpc(channel, module_pb2, service, TOKEN)
+        assert grpc.StatusCode.UNAUTHENTICATED in refused.values(), refused
+        assert grpc.StatusCode.UNAUTHENTICATED not in allowed.values(), allowed
+    finally:
+        process.terminate()
+
+
+def test_tokens_beyond_loopback_with_tls_start_without_a_warning(tmp_path):
+    key, cert = _cert(tmp_path, "localhost")
+    process = ServerProcess("trainer_service.server",
+                            ["--host", "0.0.0.0", "--model-root", str(tmp_path / "models"), "--token-file",
+                             _token_file(tmp_path), "--tls-cert", str(cert), "--tls-key", str(key)],
+                            tmp_path / "server.log").start(60)
+    try:
+        assert "plaintext" not in (tmp_path / "server.log").read_text()
+        with TrainerClient(f"localhost:{process.port}", timeout=10, token=TOKEN, root_certificates=cert) as tc:
+            assert tc.list_jobs() == []
+    finally:
+        process.terminate()
+
+
+def test_require_token_for_reads_protects_every_trainer_rpc(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOVIEREC_TOKEN", raising=False)
+    trainer = start_trainer(tmp_path / "models", tmp_path, "--require-token-for-reads",
+                            env={"MOVIEREC_TOKENS": TOKEN, "MOVIELENS_DIR": ""})
+    try:
+        with grpc.insecure_channel(trainer.address) as channel:
+            for token in (None, WRONG_TOKEN):
+                codes = _codes_per_rpc(channel, trainer_pb2, "Trainer", token)
+                assert set(codes) == TRAINER_MUTATIONS | TRAINER_READS, codes
+                assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}, (token, codes)
+            codes = _codes_per_rpc(channel, trainer_pb2, "Trainer", TOKEN)
+            assert grpc.StatusCode.UNAUTHENTICATED not in codes.values(), codes
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(service="movierec.v1.Trainer"),
+                                timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        trainer.terminate()
+
+
+def test_require_token_for_reads_without_tokens_refuses_to_start(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer_service.server", "--port", "0", "--require-token-for-reads",
+         "--model-root", str(tmp_path / "models")],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode != 0
+    assert "needs tokens" in result.stderr and "--require-token-for-reads" in result.stderr, result.stderr
+
+
+def _first_answers(streams: list, within: float) -> list:
+    """What each stream answered first: "OK", or (code, details); None where nothing came ``within`` seconds."""
+    answers: list = [None] * len(streams)
+
+    def first(index: int) -> None:
+        try:
+            next(streams[index])
+            answers[index] = "OK"
+        except grpc.RpcError as exc:
+            answers[index] = (exc.code(), exc.details())
+
+    threads = [threading.Thread(target=first, args=(i,), daemon=True) for i in range(len(streams))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + within
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return answers
+
+
+def test_watchers_are_capped_and_never_starve_the_calls_that_change_something(tmp_path, movielens_dir, monkeypatch):
+    """Job ids are public through ListJobs and each WatchJob holds a server thread while its job runs: 300
+    anonymous watchers on a running job must not keep a token holder from Train or CancelJob."""
+    monkeypatch.delenv("MOVIEREC_TOKEN", raising=False)
+    trainer = start_trainer(tmp_path / "models", tmp_path,
+                            env={"MOVIEREC_TOKENS": TOKEN, "MOVIELENS_DIR": str(movielens_dir)})
+    channels = [grpc.insecure_channel(trainer.address) for _ in range(6)]
+    streams: list = []
+    try:
+        with TrainerClient(trainer.address, timeout=30, token=TOKEN) as tc:
+            running = tc.train("two_tower", epochs=50, hyperparameters={"patience": 50})
+            request = trainer_pb2.GetJobRequest(job_id=running.id).SerializeToString()
+            for i in range(300):
+                watch = channels[i % len(channels)].unary_stream(
+                    "/movierec.v1.Trainer/WatchJob", request_serializer=lambda b: b,
+                    response_deserializer=trainer_pb2.TrainJob.FromString)
+                streams.append(watch(request, timeout=300))
+            answers = _first_answers(streams, within=30)
+
+            queued = tc.train("two_tower", epochs=1)  # the token holder, while every accepted watcher still holds on
+            assert tc.cancel_job(queued.id).state == "CANCELLED"
+            assert tc.cancel_job(running.id).id == running.id
+
+            assert None not in answers, f"{answers.count(None)} watchers got no answer in 30 s"
+            accepted = [i for i, answer in enumerate(answers) if answer == "OK"]
+            refused = [answer for answer in answers if answer != "OK"]
+            assert {code for code, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}, refused[:3]
+            cap = int(re.search(r"at most (\d+) WatchJob streams", refused[0][1]).group(1))
+            assert len(accepted) == cap and len(refused) == 300 - cap, (len(accepted), refused[0])
+    finally:
+        for stream in streams:
+            stream.cancel()
+        for channel in channels:
+            channel.close()
+        trainer.terminate()
+
+
+def test_a_watcher_that_leaves_frees_its_slot(tmp_path, movielens_dir, monkeypatch):
+    monkeypatch.delenv("MOVIEREC_TOKEN", raising=False)
+    trainer = start_trainer(tmp_path / "models", tmp_path, env={"MOVIELENS_DIR": str(movielens_dir)})
+    streams: list = []
+    try:
+        with grpc.insecure_channel(trainer.address) as channel, TrainerClient(trainer.address, timeout=30) as tc:
+            running = tc.train("two_tower", epochs=50, hyperparameters={"patience": 50})
+            watch = channel.unary_stream("/movierec.v1.Trainer/WatchJob",
+                                         request_serializer=trainer_pb2.GetJobRequest.SerializeToString,
+                                         response_deserializer=trainer_pb2.TrainJob.FromString)
+            request = trainer_pb2.GetJobRequest(job_id=running.id)
+            while True:  # fill every slot, then one more is refused
+                streams.append(watch(request, timeout=300))
+                try:
+                    next(streams[-1])
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    break
+                assert len(streams) <= 64, "no cap on watchers"
+            streams[0].cancel()
+            deadline = time.monotonic() + 10
+            while True:  # the freed slot is taken by the next watcher (the server notices within a heartbeat)
+                again = watch(request, timeout=300)
+                streams.append(again)
+                try:
+                    next(again)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, exc
+                    time.sleep(0.2)
+            tc.cancel_job(running.id)
+    finally:
+        for stream in streams:
+            stream.cancel()
+        trainer.terminate()

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,20 @@ def test_a_workers_death_leads_the_jobs_error_whatever_its_rank():
         assert reason.startswith(f"rank {dead} died: The actor died unexpectedly"), reason
         assert f"rank {1 - dead} failed: [[{{{{node CollectiveReduceV2_1}}}}]]" in reason, reason
     assert _failure_reason(RuntimeError("Ray is gone\nmore")) == "Ray is gone"
+
+
+def test_the_private_rays_token_is_fresh_in_a_file_only_its_user_reads_and_in_no_environment(tmp_path):
+    from trainer_service.distributed import private_ray_environment
+
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    environment = private_ray_environment(str(first))
+    token_file = first / "auth_token"
+    assert environment["RAY_AUTH_TOKEN_PATH"] == str(token_file)
+    assert environment["RAY_AUTH_MODE"] == "token" and environment["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0  # 256 random bits, hex
+    assert "RAY_AUTH_TOKEN" not in environment and token not in "".join(environment.values())
+    assert (Path(private_ray_environment(str(second))["RAY_AUTH_TOKEN_PATH"])).read_text() != token

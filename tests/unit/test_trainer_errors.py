@@ -65,7 +65,7 @@ def test_list_versions_answers_a_storage_failure_with_its_status(monkeypatch, fa
      "version 9 is not a complete version"),
 ])
 def test_pin_version_answers_each_failure_with_its_status(monkeypatch, failure, code, message):
-    def failing(root, version):
+    def failing(root, version, keys):
         raise failure
 
     monkeypatch.setattr(servicer, "pin_version", failing)
