@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ from movierec_common.json_records import Figures, JsonRecord, RecordError
 from movierec_common.tfenv import tensorflow
 
 METADATA_FILE = "metadata.json"
+# A publishing key's signature of metadata.json and the version's number
+# (movierec_common.signing); beside metadata.json, not in its manifest.
+SIGNATURE_FILE = "signature.json"
 LOSS_PLOT_FILE = "loss.png"
 SERVING_SIGNATURE = "serving_default"
 FORMAT_VERSION = 1
@@ -217,17 +221,27 @@ def save(artifact: ModelArtifact, path: str) -> None:
 
 
 def write_version(folder: str, artifact: ModelArtifact, metadata: VersionMetadata,
-                  files: dict[str, bytes] | None = None) -> None:
+                  files: dict[str, bytes] | None = None, *, sign: Callable[[bytes], bytes] | None = None) -> None:
     """Writes a complete version into a new local folder: the SavedModel, the
     side files, then ``metadata.json`` (with the manifest of all the others)
-    last, so that its presence means the rest is there."""
+    last, so that its presence means the rest is there.
+
+    ``sign`` turns metadata.json's bytes into ``signature.json``'s (see
+    signing.version_signature); it is written before metadata.json, so a
+    version that looks complete is never missing its signature.
+    """
     save(artifact, folder)
     for name, data in (files or {}).items():
+        check_file_name(name)
         with open(os.path.join(folder, name), "wb") as handle:
             handle.write(data)
     record = dataclasses.replace(metadata, format_version=FORMAT_VERSION, files=file_manifest(folder))
-    with open(os.path.join(folder, METADATA_FILE), "w") as handle:
-        handle.write(record.to_text())
+    text = record.to_text().encode("utf-8")
+    if sign is not None:
+        with open(os.path.join(folder, SIGNATURE_FILE), "wb") as handle:
+            handle.write(sign(text))
+    with open(os.path.join(folder, METADATA_FILE), "wb") as handle:
+        handle.write(text)
 
 
 def load(path: str) -> tuple[ModelArtifact, Any]:
@@ -281,16 +295,29 @@ def read_metadata(version_dir: str) -> VersionMetadata:
     return VersionMetadata.from_text(raw)
 
 
+def check_file_name(name: str) -> None:
+    """Raises ArtifactError unless ``name`` is a plain relative path inside a version folder.
+
+    Object keys are free text: ``1/../../x`` or ``1//etc/x`` would name a
+    file outside the folder a version is copied to or read from.
+    """
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
+        raise ArtifactError(f"object key {name[:200]!r} holds '..', '.', an empty or an absolute part "
+                            "(it could name a file outside the version's folder); the version is refused")
+
+
 def file_manifest(version_dir: str) -> dict[str, FileEntry]:
-    """Size and sha256 of every file under version_dir (metadata.json aside).
+    """Size and sha256 of every file under version_dir (metadata.json and signature.json aside).
 
     Stored in metadata.json, it lets the recommender prove that a folder is
     complete and intact, whatever order a copy tool wrote its files in.
     """
     manifest: dict[str, FileEntry] = {}
     for relative in sorted(model_root.files_under(version_dir)):
-        if relative == METADATA_FILE:
+        if relative in (METADATA_FILE, SIGNATURE_FILE):
             continue
+        check_file_name(relative)
         digest = hashlib.sha256()
         size = 0
         with model_root.open_for_reading(model_root.join(version_dir, relative)) as handle:
@@ -305,6 +332,8 @@ def verify_manifest(version_dir: str, manifest: dict[str, FileEntry]) -> None:
     """Raises ArtifactError naming the first missing, truncated or altered file."""
     if not manifest:
         raise ArtifactError(f"{METADATA_FILE} has no file manifest")
+    for relative in manifest:
+        check_file_name(relative)
     actual = file_manifest(version_dir)
     for relative, expected in sorted(manifest.items()):
         found = actual.get(relative)

@@ -41,10 +41,12 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import fsspec
+
+from movierec_common import signing
 
 TMP_PREFIX = ".tmp-"
 JOBS_DIR = ".jobs"
@@ -119,6 +121,10 @@ def _boundary(action: str, location: str) -> Iterator[None]:
                               location) from exc
 
 
+# The boundary, for modules that make a store call this one has no function for (root_lease's conditional writes).
+store_boundary = _boundary
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else ""
@@ -172,8 +178,13 @@ def list_names(folder: str) -> list[str]:
 
 
 def is_version_name(name: str) -> bool:
-    """A version folder's name: a positive integer without leading zeros, as TF Serving's."""
-    return name.isdigit() and not name.startswith("0")
+    """A version folder's name: a positive integer in ASCII digits without leading zeros, as TF Serving's.
+
+    ASCII only: ``str.isdigit`` also accepts ``²`` (which ``int`` refuses) and
+    ``٣`` (which ``int`` reads as 3), so a stray folder could crash a listing
+    or pose as a version.
+    """
+    return name.isascii() and name.isdigit() and not name.startswith("0")
 
 
 def list_versions(root: str) -> list[int]:
@@ -283,15 +294,87 @@ def folder_fingerprint(folder: str) -> str:
     return digest.hexdigest()
 
 
-def download(folder: str, local_folder: str) -> None:
-    """Copies every file below folder into local_folder (which must not exist)."""
+def download(folder: str, local_folder: str, names: Iterable[str] | None = None) -> None:
+    """Copies the files ``names`` (relative to folder, as files_under lists them; None: every file
+    listed now) into local_folder.
+
+    Only the names given or listed: a file added meanwhile is not copied,
+    and a name that would land outside local_folder (an object key holding
+    ``..`` or an absolute part) raises ValueError before anything is copied.
+    """
     fs, path = filesystem(folder)
+    base = os.path.realpath(local_folder)
+    copies = []
+    for name in sorted(files_under(folder)) if names is None else names:
+        target = os.path.realpath(os.path.join(base, name))
+        if os.path.isabs(name) or not target.startswith(base + os.sep):
+            raise ValueError(f"object key {name!r} would be copied outside {local_folder}")
+        copies.append((join(path, name), target))
     with _boundary("copying", folder):
-        fs.get(path.rstrip("/") + "/", local_folder.rstrip("/") + "/", recursive=True)
+        for source, target in copies:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(source, target)
+
+
+def modified_at(info: dict[str, Any]) -> float:
+    """When the store last wrote an entry (seconds since the epoch, by the store's clock), from its listing."""
+    stamp = info.get("LastModified") if info.get("LastModified") is not None else info.get("mtime")
+    if stamp is None:
+        raise RootUnreachable(f"the store gave no modification time for {info.get('name')}")
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
+
+def modification_times(folder: str) -> dict[str, float]:
+    """Base name -> when the store last wrote it, for each file directly in folder; {} for a missing folder."""
+    fs, path = filesystem(folder)
+    try:
+        with _boundary("listing", folder):
+            found = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {posixpath.basename(info["name"].rstrip("/")): modified_at(info)
+            for info in found if info.get("type") != "directory"}
+
+
+def last_written(folder: str) -> float | None:
+    """When the store last wrote anything under folder (the folder itself too, where the store has folders);
+    None when there is nothing there."""
+    fs, path = filesystem(folder)
+    with _boundary("listing", folder):
+        found = list(fs.find(path, withdirs=True, detail=True).values())
+        if is_local(folder) and fs.exists(path):
+            found.append(fs.info(path))
+    times = [modified_at(info) for info in found
+             if info.get("LastModified") is not None or info.get("mtime") is not None]
+    return max(times, default=None)
+
+
+def store_now(folder: str) -> float:
+    """The store's clock now: the modification time of a probe written into folder and removed at once.
+
+    Ages of things in the root (serving markers, a lease, staging folders) are
+    judged against this, never against this machine's clock: a replica or a
+    trainer whose clock is off then neither looks dead nor keeps a stale
+    entry alive. The probe's dot-name keeps every reader of folder blind to it.
+    """
+    probe = join(folder, f".clock-{uuid.uuid4().hex[:12]}")
+    fs, path = filesystem(probe)
+    with _boundary("reading the store's clock in", folder):
+        if is_local(probe):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        fs.pipe_file(path, b"")
+        try:
+            return modified_at(fs.info(path))
+        finally:
+            fs.rm_file(path)
 
 
 def write_serving_marker(root: str, replica: str, version: int) -> None:
-    """Tells the publisher's retention which version this replica serves."""
+    """Tells the publisher's retention which version this replica serves.
+
+    Its freshness is the file's modification time by the store's clock (see
+    serving_replicas); ``updated`` is only this replica's view, for people.
+    """
     record = json.dumps({"version": version, "updated": time.time()}).encode()
     write_bytes(join(root, SERVING_DIR, f"{replica}.json"), record)
 
@@ -302,22 +385,26 @@ def remove_serving_marker(root: str, replica: str) -> None:
 
 
 def serving_replicas(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> dict[str, int]:
-    """The version each live recommender serves, by replica id (markers refreshed within ttl).
+    """The version each live recommender serves, by replica id (markers rewritten within ttl).
 
-    A marker's file name is its replica's id, so the trainer can say who
-    serves what (ListVersions) without asking any recommender. Raises
+    A marker is live when the store last wrote it within ttl of the store's
+    own clock now (``store_now``): the replica's clock and the trainer's play
+    no part. A marker's file name is its replica's id, so the trainer can say
+    who serves what (ListVersions) without asking any recommender. Raises
     RootUnreachable when the markers cannot be read: "nobody serves anything"
     would let retention delete what replicas serve.
     """
     folder = join(root, SERVING_DIR)
+    written = {name: when for name, when in modification_times(folder).items()
+               if name.endswith(".json") and not name.startswith(".")}
+    now = store_now(folder) if written else 0.0
     replicas: dict[str, int] = {}
-    for name in list_names(folder):
-        if not name.endswith(".json") or name.startswith("."):
+    for name, when in sorted(written.items()):
+        if now - when > ttl:
             continue
         try:
             marker = json.loads(read_bytes(join(folder, name)))
-            if time.time() - float(marker["updated"]) <= ttl:
-                replicas[name[: -len(".json")]] = int(marker["version"])
+            replicas[name[: -len(".json")]] = int(marker["version"])
         except FileNotFoundError:  # removed since the listing: the replica stopped
             continue
         except (ValueError, KeyError, TypeError):  # not a marker (ValueError covers bad JSON and UTF-8)
@@ -330,13 +417,24 @@ def versions_in_use(root: str, ttl: float = SERVING_MARKER_TTL_SECONDS) -> set[i
     return set(serving_replicas(root, ttl).values())
 
 
-def write_pin(root: str, version: int | None) -> None:
+def write_pin(root: str, version: int | None, keys: signing.PublishingKeys | None = None) -> None:
     """Pins every replica watching root to version (None unpins).
 
     The pin is one small file in the root, written whole, so it survives
     restarts of every process and each replica sees it on its next poll.
+    With publishing keys it is a signed document (signing.pin_document) whose
+    sequence grows past the previous signed pin's, and an unpin is a signed
+    ``version: null`` rather than a deletion, so an older signed pin put back
+    is recognisably older.
     """
     location = join(root, PIN_FILE)
+    if keys is not None:
+        try:
+            previous = signing.read_pin_document(keys, read_bytes(location), PIN_FILE).sequence
+        except (FileNotFoundError, ValueError):  # none yet, or not one of ours (SignatureError is a ValueError)
+            previous = 0
+        write_bytes(location, signing.pin_document(keys, None if version is None else int(version), previous))
+        return
     if version is None:
         remove_file(location)  # False: nothing was pinned
         return
@@ -344,23 +442,34 @@ def write_pin(root: str, version: int | None) -> None:
 
 
 class PinDamaged(ValueError):
-    """The pin file exists but does not name a version; writing a new pin (or unpinning) repairs it."""
+    """The pin file exists but does not name a version, or (with publishing keys) is not signed by one of
+    them; writing a new pin (or unpinning) repairs it."""
 
 
-def read_pin(root: str) -> int | None:
-    """The pinned version, or None when nothing is pinned.
+def read_pin(root: str, keys: signing.PublishingKeys | None = None) -> int | None:
+    """The pinned version, or None when nothing is pinned (no pin file, or a signed unpin).
 
     Raises when the pin cannot be read: PinDamaged for a file that does not
-    name a positive version, RootUnreachable when the store cannot answer.
-    Either way a watcher keeps what it serves rather than guess.
+    name a positive version or, with ``keys``, is not signed by one of them;
+    RootUnreachable when the store cannot answer. Either way a watcher keeps
+    what it serves rather than guess. Without keys a signed pin reads as
+    written, unverified.
     """
     location = join(root, PIN_FILE)
     try:
         raw = read_bytes(location)
     except FileNotFoundError:
         return None
+    if keys is not None:
+        try:
+            return signing.read_pin_document(keys, raw, "the pin").version
+        except ValueError as exc:  # SignatureError, or not a pin
+            raise PinDamaged(f"{location}: {exc}") from None
     try:
-        version = json.loads(raw)["version"]
+        document = json.loads(raw)
+        version = document["version"]
+        if version is None and signing.SIGNATURE_FIELD in document:  # a signed unpin
+            return None
         if isinstance(version, bool) or not isinstance(version, int):
             raise TypeError(f"the version is {version!r}, not a whole number")
     except (ValueError, KeyError, TypeError) as exc:  # ValueError covers bad JSON and bad UTF-8

@@ -41,6 +41,8 @@ from movierec_common.artifact import ArtifactError
 from movierec_common.logs import event
 from movierec_common.metrics import model_loaded, model_reload_failed
 from movierec_common.model_root import RootUnreachable, is_local, remove_serving_marker, write_serving_marker
+from movierec_common.rejections import record_rejection
+from movierec_common.signing import PublishingKeys
 from recommender_service.loader import Validate, VersionLoader
 from recommender_service.model import LoadedModel
 from recommender_service.policy import Inspect, Load, Rejection, ReplicaView, decide
@@ -79,11 +81,13 @@ class ModelRegistry:
     """
 
     def __init__(self, model_root: str, *, poll_seconds: float = 1.0, pinned_version: int | None = None,
-                 replica_id: str | None = None, loader: Validate = validate_version, cache_dir: str | None = None):
+                 replica_id: str | None = None, loader: Validate = validate_version, cache_dir: str | None = None,
+                 publish_keys: PublishingKeys | None = None):
         self.model_root = model_root
-        self._source = RootSource(model_root)
+        # With publish_keys, only versions and pins signed by one of them are served and followed.
+        self._source = RootSource(model_root, publish_keys)
         self._cache = None if is_local(model_root) else VersionCache(cache_dir)
-        self._loader = VersionLoader(loader, self._cache)
+        self._loader = VersionLoader(loader, self._cache, publish_keys)
         self.poll_seconds = poll_seconds
         # --version holds this replica alone and wins over the model root's pin,
         # which every replica reads at each poll (see policy.decide).
@@ -98,6 +102,7 @@ class ModelRegistry:
         self._thread: threading.Thread | None = None
         self._root_visible = True
         self._marker_written = 0.0
+        self._marker_problem = ""  # why the last marker write failed; "" when it succeeded
         self.on_change: Callable[[LoadedModel], None] = lambda model: None
 
     # -- request path ---------------------------------------------------------
@@ -224,6 +229,7 @@ class ModelRegistry:
             self._set_state(version, REJECTED, reason=reason, fingerprint=fingerprint)
             event(log, "version rejected", logging.WARNING, version=version, reason=reason)
             model_reload_failed("rejected")
+            self._report_rejection(version, fingerprint, reason)
             return LoadOutcome.REJECTED
         self._swap(model, fingerprint, checks)
         return LoadOutcome.SERVING
@@ -268,12 +274,44 @@ class ModelRegistry:
                 event(log, "model root shows no versions (empty or unreachable); serving continues on the loaded one",
                       logging.WARNING, root=self.model_root)
 
+    def _report_rejection(self, version: int, fingerprint: str, reason: str) -> None:
+        """Tells retention, through the root, that this replica refused version (movierec_common.rejections).
+
+        Best effort: a root this replica cannot write only means retention may
+        count the version valid; the rejection itself stands here either way.
+        """
+        with self._lock:
+            listed = set(self._versions)
+        try:
+            record_rejection(self.model_root, self.replica_id, version, fingerprint, reason, still_listed=listed)
+        except RootUnreachable as exc:
+            event(log, "rejection not recorded in the model root", logging.WARNING, version=version,
+                  error=str(exc))
+
     def _refresh_marker(self) -> None:
+        """Rewrites this replica's serving marker, at once after a swap and every MARKER_REFRESH_SECONDS.
+
+        A marker that cannot be written leaves retention blind to what this
+        replica serves, so it is not swallowed: it is logged (once per change)
+        and shown as the served version's reason in GetModelStatus until a
+        write succeeds. A read-only root (RootAccessDenied) is allowed, and shown the same way.
+        """
         current = self._current
         if current is None or time.time() - self._marker_written < MARKER_REFRESH_SECONDS:
             return
         try:
             write_serving_marker(self.model_root, self.replica_id, current.version)
-        except RootUnreachable:  # a read-only root (RootAccessDenied) is allowed; retention then protects nothing
-            pass
+            problem = ""
+        except RootUnreachable as exc:
+            problem = f"serving marker not written: {exc}"
+        with self._lock:
+            info = self._versions.get(current.version)
+            if info is not None and info.state == SERVING:
+                info.reason = problem
+        if problem != self._marker_problem:
+            if problem:
+                event(log, "serving marker not written", logging.WARNING, version=current.version, error=problem)
+            else:
+                event(log, "serving marker written again", version=current.version)
+            self._marker_problem = problem
         self._marker_written = time.time()

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import logging
 
-from movierec_common import logs, metrics, security
+from movierec_common import logs, metrics, security, signing
 from movierec_common.grpc_server import build_server, wait_for_termination
 from movierec_common.logs import event
 
@@ -38,11 +38,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranking-mb", type=float, default=256.0,
                         help="memory for per-user rankings computed at load (the most active users first; "
                              "the rest are answered live); 0 = answer every call live")
+    parser.add_argument("--answer-cache-mb", type=float, default=64.0,
+                        help="memory for answers kept for repeated calls (known users, k up to 100; the least "
+                             "recently used go first); 0 = keep none")
     parser.add_argument("--require-token", action="store_true",
                         help="protect every Recommender call with a bearer token (health stays open)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     metrics.add_arguments(parser)
     security.add_arguments(parser)
+    signing.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.poll_seconds <= 0:
         parser.error("--poll-seconds must be positive")
@@ -50,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--version must be a positive version number")
     if args.ranking_mb < 0:
         parser.error("--ranking-mb must not be negative")
+    if args.answer_cache_mb < 0:
+        parser.error("--answer-cache-mb must not be negative")
     return args
 
 
@@ -75,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     loader = IsolatedLoader(ranking_budget_bytes=int(args.ranking_mb * 1024 * 1024))
     loader.start()
     registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
-                             cache_dir=args.cache_dir, loader=loader)
-    servicer = RecommenderServicer(registry)
+                             cache_dir=args.cache_dir, loader=loader, publish_keys=args.publish_keys)
+    servicer = RecommenderServicer(registry, answer_cache_bytes=int(args.answer_cache_mb * 1024 * 1024))
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server),

@@ -19,11 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from movierec_common import signing
 from movierec_common.model_root import (
+    PIN_FILE,
     PinDamaged,
     RootUnreachable,
     folder_fingerprint,
+    join,
     list_versions,
+    read_bytes,
     read_pin,
     version_dir,
 )
@@ -58,10 +62,19 @@ class RootSnapshot:
 
 
 class RootSource:
-    """Reads one model root (a folder or an object-store URL)."""
+    """Reads one model root (a folder or an object-store URL).
 
-    def __init__(self, model_root: str):
+    With publishing keys the pin must be signed by one of them, and a signed
+    pin older (by its sequence) than one this source already accepted is not
+    followed: whoever can write the root cannot roll the fleet back by putting
+    an old signed pin back. A process starting afresh has no such memory;
+    rotating the key retires every pin signed with the old one.
+    """
+
+    def __init__(self, model_root: str, keys: signing.PublishingKeys | None = None):
         self.model_root = model_root
+        self._keys = keys
+        self._pin_sequence = 0  # the highest sequence of a signed pin accepted so far
 
     def snapshot(self, *, read_pin: bool = True) -> RootSnapshot:
         """The versions and, with ``read_pin``, the pin. A replica held by its own ``--version`` does not
@@ -75,11 +88,29 @@ class RootSource:
 
     def _read_pin(self) -> PinReading:
         try:
-            return PinReading(version=read_pin(self.model_root))
+            if self._keys is None:
+                return PinReading(version=read_pin(self.model_root))
+            return self._read_signed_pin(self._keys)
         except PinDamaged as exc:
             return PinReading(problem=str(exc), error=str(exc))
         except RootUnreachable as exc:
             return PinReading(problem=f"{type(exc).__name__} reading the pin", error=str(exc))
+
+    def _read_signed_pin(self, keys: signing.PublishingKeys) -> PinReading:
+        try:
+            raw = read_bytes(join(self.model_root, PIN_FILE))
+        except FileNotFoundError:
+            return PinReading()
+        try:
+            pin = signing.read_pin_document(keys, raw, "the pin")
+        except ValueError as exc:  # SignatureError, or not a pin
+            return PinReading(problem=str(exc), error=str(exc))
+        if pin.sequence < self._pin_sequence:
+            problem = (f"the pin is older (sequence {pin.sequence}) than one this replica already followed "
+                       f"(sequence {self._pin_sequence}): an old signed pin put back is not followed")
+            return PinReading(problem=problem, error=problem)
+        self._pin_sequence = pin.sequence
+        return PinReading(version=pin.version)
 
     def path(self, version: int) -> str:
         return version_dir(self.model_root, version)

@@ -6,8 +6,8 @@ import os
 import shutil
 import tempfile
 
-from movierec_common.artifact import METADATA_FILE, ArtifactError
-from movierec_common.model_root import RootUnreachable, download, exists, join
+from movierec_common.artifact import METADATA_FILE, ArtifactError, check_file_name
+from movierec_common.model_root import RootUnreachable, download, exists, files_under, join
 
 
 class VersionCache:
@@ -18,6 +18,10 @@ class VersionCache:
     and validated from the copy. Nothing is downloaded before ``metadata.json``
     exists (it is written last), so a version still being uploaded costs a
     listing, not a download. Only the served version's copy is kept.
+
+    Only the files listed are copied, and only when every name is a plain
+    relative path: an object key holding ``..`` or an absolute part refuses
+    the version before a byte is downloaded.
     """
 
     def __init__(self, folder: str | None):
@@ -30,16 +34,19 @@ class VersionCache:
     def copy(self, version: int, remote: str, fingerprint: str) -> str:
         """The local copy of a complete remote version.
 
-        Raises ArtifactError when the version is not completely published yet,
-        RootUnreachable when the root cannot be read (nothing is then concluded
-        about the version).
+        Raises ArtifactError when the version is not completely published yet
+        or names a file outside its folder, RootUnreachable when the root
+        cannot be read (nothing is then concluded about the version).
         """
         if not exists(join(remote, METADATA_FILE)):
             raise ArtifactError(f"{METADATA_FILE} is missing (the version is not completely published yet)")
+        names = sorted(files_under(remote))
+        for name in names:
+            check_file_name(name)
         local = os.path.join(self.folder, f"{version}-{fingerprint[:12]}")
         shutil.rmtree(local, ignore_errors=True)
         try:
-            download(remote, local)
+            download(remote, local, names)
         except RootUnreachable:
             self.discard(local)
             raise

@@ -44,7 +44,7 @@ from trainer_service.jobs import JobRecord, JobResult
 from trainer_service.kind_settings import KindSettings
 from trainer_service.model_kind import EpochReport, TrainedModel, TrainingRun
 from trainer_service.plots import loss_plot_png
-from trainer_service.publisher import apply_retention, publish
+from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
 from trainer_service.ratings import Ratings, Split, time_ordered_history
 from trainer_service.releases import ML_100K
 from trainer_service.splits import make_split
@@ -326,10 +326,23 @@ class Job:
 
     def publish(self, artifact: ModelArtifact, metadata: VersionMetadata,
                 files: dict[str, bytes]) -> int:
-        return publish(self.config.model_root, artifact, metadata, files, should_stop=self.ctx.should_stop)
+        return publish(self.config.model_root, artifact, metadata, files, should_stop=self.ctx.should_stop,
+                       keys=self.config.publish_keys)
 
     def retention(self) -> None:
-        apply_retention(self.config.model_root, self.config.keep_versions)
+        """Old versions and dead staging removed after a publish (publisher.apply_retention).
+
+        Never the job's failure: the version is already live, so a job that
+        published succeeded. What could not be removed is logged, and the
+        next publish tries again.
+        """
+        root = self.config.model_root
+        try:
+            apply_retention(root, self.config.keep_versions)
+            remove_stale_temp_folders(root, min_age_seconds=self.config.stale_staging_seconds)
+        except Exception as exc:  # any failure here, storage or not, must not undo a published version's job
+            event(log, "retention failed after a successful publish; the next publish tries again",
+                  logging.WARNING, job_id=self.record.id, error=f"{type(exc).__name__}: {exc}")
 
     # -- helpers ---------------------------------------------------------------
 

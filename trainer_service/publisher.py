@@ -14,18 +14,23 @@ The contract, on both kinds of root (see movierec_common.model_root):
   without ``metadata.json``, which is never served and is removed at the next
   start;
 * a number is never reused or overwritten: a number whose folder exists in
-  any state is taken.
+  any state is taken;
+* before a version can appear, the trainer checks it (version_checks: the
+  manifest, the SavedModel loaded, one query) and records that by content in
+  ``.checks/``; on a local root every file and folder is fsynced before the
+  rename and the root after it.
 
-One trainer owns a root. Two trainers publishing into one object-store root
-at the same moment could pick the same number, and the loser's files would
-mix with the winner's; the manifest then fails and readers refuse the
-version, so nothing wrong is served, but a publish is lost. Run one trainer
-per root (it queues its own jobs) and scale its training out with --workers.
+One trainer owns a root, enforced by a lease in it (movierec_common.root_lease,
+taken at start; a publish confirms it just before the version appears). A
+failed upload removes only the files it wrote, and staging is cleaned only
+once it is older than a stated age, so nothing here deletes another writer's
+upload in progress.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -34,6 +39,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 
+from movierec_common import root_lease
 from movierec_common.artifact import (
     METADATA_FILE,
     ArtifactError,
@@ -50,19 +56,30 @@ from movierec_common.model_root import (
     exists,
     files_under,
     is_local,
+    is_version_name,
     join,
+    last_written,
     list_names,
     list_versions,
     local_path,
     read_pin,
+    remove_file,
     remove_tree,
     serving_replicas,
+    store_now,
     upload_file,
     version_dir,
     versions_in_use,
     write_pin,
 )
+from movierec_common.signing import PublishingKeys, version_signature
 from trainer_service.errors import Cancelled, VersionNotFound
+from trainer_service.version_checks import (
+    check_before_publishing,
+    forget_checks_except,
+    newest_valid,
+    record_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +88,58 @@ log = logging.getLogger(__name__)
 # deleting. One trainer owns a root (see above), so a lock in the process is enough.
 _VERSIONS_LOCK = threading.Lock()
 
+# Staging untouched for this long is a crashed publish's; younger may be one in progress.
+STALE_STAGING_SECONDS = 900.0
 
-def remove_stale_temp_folders(root: str) -> list[str]:
+
+def remove_stale_temp_folders(root: str, *, min_age_seconds: float = STALE_STAGING_SECONDS) -> list[str]:
     """Deletes what interrupted publishes left: local temp folders, or
-    object-store versions whose metadata.json was never written."""
+    object-store versions whose metadata.json was never written, once nothing
+    under them has been written for ``min_age_seconds`` by the store's clock.
+
+    The age is what keeps this from deleting an upload in progress, whoever
+    makes it (the root lease keeps a second trainer out; this holds even for
+    one that takes no lease). Run at start and after each publish.
+    """
+    candidates = [name for name in list_names(root)
+                  if (name.startswith(TMP_PREFIX) if is_local(root)
+                      else is_version_name(name) and not exists(join(root, name, METADATA_FILE)))]
     removed = []
-    for name in list_names(root):
-        stale = name.startswith(TMP_PREFIX) if is_local(root) else (
-            name.isdigit() and not exists(join(root, name, METADATA_FILE)))
-        if stale:
-            remove_tree(join(root, name))
-            removed.append(name)
+    now = store_now(root) if candidates and min_age_seconds > 0 else 0.0
+    for name in candidates:
+        written = last_written(join(root, name)) if min_age_seconds > 0 else None
+        if written is not None and now - written < min_age_seconds:
+            continue
+        remove_tree(join(root, name))
+        removed.append(name)
     if removed:
-        event(log, "removed stale temp folders", folders=removed)
+        event(log, "removed stale temp folders", folders=removed, min_age_seconds=min_age_seconds)
     return removed
+
+
+def _fsync_tree(folder: str) -> None:
+    """Flushes every file and folder under folder to disk, so a rename cannot outlive its contents in a crash."""
+    for parent, _dirs, names in os.walk(folder, topdown=False):
+        for name in names:
+            _fsync_path(os.path.join(parent, name))
+        _fsync_path(parent)
+
+
+def _fsync_path(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _rename_into_place(base: str, staging: str) -> int:
     version = max(list_versions(base), default=0) + 1
     while os.path.exists(os.path.join(base, str(version))):
         version += 1  # taken since we listed: never overwrite
+    _fsync_tree(staging)
     os.rename(staging, os.path.join(base, str(version)))
+    _fsync_path(base)  # the rename itself
     return version
 
 
@@ -101,16 +149,20 @@ def _upload_into_place(root: str, staging: str, should_stop: Callable[[], bool])
         version += 1  # taken since we listed: never overwrite (nor, below, delete) another's files
     target = version_dir(root, version)
     names = sorted(set(files_under(staging)) - {METADATA_FILE})
+    uploaded: list[str] = []
     try:
-        for name in names:
+        for name in [*names, METADATA_FILE]:
+            if name == METADATA_FILE:
+                if should_stop():
+                    raise Cancelled("cancelled before the version was published")
+                root_lease.confirm(root)  # still ours: nobody else can be publishing
             upload_file(os.path.join(staging, name), join(target, name))
-        if should_stop():
-            raise Cancelled("cancelled before the version was published")
-        upload_file(os.path.join(staging, METADATA_FILE), join(target, METADATA_FILE))
+            uploaded.append(name)
     except BaseException:
-        try:
-            remove_tree(target)
-        except RootUnreachable:  # the next start removes it
+        try:  # only what this publish wrote: never another writer's files under the same number
+            for name in reversed(uploaded):
+                remove_file(join(target, name))
+        except RootUnreachable:  # stale staging clean-up removes it later
             log.warning("could not remove a partly uploaded version", extra={"fields": {"version": version}})
         raise
     return version
@@ -123,6 +175,7 @@ def publish(
     files: Mapping[str, bytes] = {},
     *,
     should_stop: Callable[[], bool] = lambda: False,
+    keys: PublishingKeys | None = None,
 ) -> int:
     """Writes model, side files and metadata, then puts them at the next free version number.
 
@@ -139,10 +192,15 @@ def publish(
         work = tempfile.mkdtemp(prefix="movierec-publish-")
         staging = os.path.join(work, "version")
     try:
-        write_version(staging, model, metadata, dict(files))
+        # With keys, signed as the number it is about to get (one trainer holds the root's lease).
+        write_version(staging, model, metadata, dict(files), sign=None if keys is None else functools.partial(
+            version_signature, keys, max(list_versions(root), default=0) + 1))
+        # The trainer's own check, recorded by content before the version can appear (version_checks).
+        record_check(root, check_before_publishing(staging))
         if local:
             if should_stop():
                 raise Cancelled("cancelled before the version was published")
+            root_lease.confirm(root)
             version = _rename_into_place(base, staging)
         else:
             version = _upload_into_place(root, staging, should_stop)
@@ -153,7 +211,15 @@ def publish(
 
 
 def apply_retention(root: str, keep: int) -> list[int]:
-    """Deletes all but the newest ``keep`` versions, sparing any a recommender serves and the pinned one."""
+    """Keeps the newest ``keep`` *valid* versions (version_checks), every pinned and served one,
+    and every version newer than the oldest valid one kept; deletes the rest.
+
+    So a bad newest version never costs the good one behind it, and a number
+    is never freed for reuse. While fewer than ``keep`` versions are valid,
+    nothing is deleted. Reads nothing into a doubt: when the root, the
+    markers, the pin, the check records or the rejections cannot be read,
+    nothing is deleted. Raises RootUnreachable when a deletion fails.
+    """
     if keep <= 0:
         return []
     with _VERSIONS_LOCK:
@@ -161,16 +227,20 @@ def apply_retention(root: str, keep: int) -> list[int]:
             versions = list_versions(root)
             protected = versions_in_use(root)
             pinned = read_pin(root)
+            valid = newest_valid(root, versions, keep)
         except (RootUnreachable, PinDamaged) as exc:  # delete nothing now; try again after the next publish
             event(log, "retention skipped: the model root cannot be read", logging.WARNING, error=str(exc))
             return []
         if pinned is not None:
             protected.add(pinned)
-        doomed = [v for v in versions[:-keep] if v not in protected]
+        cutoff = min(valid) if len(valid) >= keep else 0
+        doomed = [v for v in versions if v < cutoff and v not in protected]
         for version in doomed:
             remove_tree(version_dir(root, version))
+        if doomed:
+            forget_checks_except(root, [v for v in versions if v not in doomed])
     if doomed:
-        event(log, "old versions removed", versions=doomed, kept=versions[-keep:], protected=sorted(protected))
+        event(log, "old versions removed", versions=doomed, valid_kept=sorted(valid), protected=sorted(protected))
     return doomed
 
 
@@ -243,11 +313,13 @@ def root_versions(root: str) -> RootVersions:
     return RootVersions(versions=found, pinned_version=pinned)
 
 
-def pin_version(root: str, version: int | None) -> int | None:
+def pin_version(root: str, version: int | None, keys: PublishingKeys | None = None) -> int | None:
     """Pins every recommender watching root to ``version`` (None unpins); returns the previous pin.
 
     Only a complete version can be pinned (VersionNotFound otherwise), and
-    retention then keeps it. A damaged pin file is simply replaced.
+    retention then keeps it. A damaged pin file is simply replaced. With
+    ``keys`` (the trainer's --publish-key-file) the pin, and an unpin, are
+    signed (model_root.write_pin).
     """
     if version is not None and version < 1:
         raise ValueError(f"versions are positive, got {version}")
@@ -264,7 +336,7 @@ def pin_version(root: str, version: int | None) -> int | None:
             raise VersionNotFound(
                 f"version {version} is not a complete version in the model root {root} (never published, still "
                 f"being written, or deleted); complete versions: {known}. `movierec versions` lists them")
-        write_pin(root, version)
+        write_pin(root, version, keys)
     if version is None:
         event(log, "versions unpinned: recommenders follow the newest valid version", previous=previous)
     else:

@@ -7,7 +7,7 @@ import atexit
 import logging
 import os
 
-from movierec_common import logs, metrics, security
+from movierec_common import logs, metrics, security, signing
 from movierec_common.grpc_server import build_server, wait_for_termination
 from movierec_common.logs import event
 
@@ -27,7 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="GroupLens ml-100k folder or ml-100k.zip "
                              "(default: $MOVIELENS_DIR, then tensorflow-datasets)")
     parser.add_argument("--queue-size", type=int, default=4, help="jobs that may wait behind the running one")
-    parser.add_argument("--keep-versions", type=int, default=5, help="published versions to keep (0 = all)")
+    parser.add_argument("--keep-versions", type=int, default=5,
+                        help="valid versions to keep, besides pinned and served ones (0 = all)")
+    parser.add_argument("--lease-wait", type=float, default=120.0, metavar="SECONDS",
+                        help="how long to wait for another trainer's lease on the model root before refusing "
+                             "to start (default 120; 0 = refuse at once)")
+    parser.add_argument("--stale-staging-age", type=float, default=900.0, metavar="SECONDS",
+                        help="remove unfinished publishes (temp folders, uploads without metadata.json) only "
+                             "once untouched this long (default 900)")
     parser.add_argument("--min-recall", type=float, default=0.0,
                         help="quality floor: refuse to publish below this validation Recall@10")
     parser.add_argument("--ann-min-items", type=int, default=None,
@@ -44,9 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensorboard-dir", default=None, metavar="DIR",
                         help="where each job writes TensorBoard event files, in a folder per job id "
                              "(default: <model root>/.runs)")
+    parser.add_argument("--require-token-for-reads", action="store_true",
+                        help="protect the reads (GetJob, ListJobs, WatchJob, ListVersions) with a token too "
+                             "(health stays open)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     metrics.add_arguments(parser)
     security.add_arguments(parser)
+    signing.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -57,19 +68,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# Changing what is trained, published or served needs a token; reading job state does not.
+# Changing what is trained, published or served needs a token whenever tokens are configured; reading
+# job state and versions needs one only with --require-token-for-reads. Every Trainer RPC is in one of
+# the two (a test compares them with the service and with the README's table).
 MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob", f"/{SERVICE_NAME}/PinVersion")
+READ_METHODS = (f"/{SERVICE_NAME}/GetJob", f"/{SERVICE_NAME}/ListJobs", f"/{SERVICE_NAME}/WatchJob",
+                f"/{SERVICE_NAME}/ListVersions")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level)
     try:
+        beyond_loopback = not security.is_loopback(args.host)
         interceptors, credentials = security.from_args(
-            args, protected=MUTATING_METHODS, require_tokens=not security.is_loopback(args.host),
-            what=f"a trainer listening on {args.host} (beyond loopback)")
+            args, protected=MUTATING_METHODS + (READ_METHODS if args.require_token_for_reads else ()),
+            require_tokens=beyond_loopback or args.require_token_for_reads,
+            what=(f"a trainer listening on {args.host} (beyond loopback)" if beyond_loopback
+                  else "--require-token-for-reads"))
     except security.SecurityConfigError as exc:
         raise SystemExit(f"movierec-trainer: {exc}") from exc
+    # One trainer per root: taken before anything in the root is touched (stale staging, job records).
+    from movierec_common.model_root import RootUnreachable
+    from movierec_common.root_lease import RootLease, RootLeaseHeld
+
+    lease = RootLease(args.model_root)
+    try:
+        lease.acquire(wait_seconds=args.lease_wait)
+    except (RootLeaseHeld, RootUnreachable) as exc:
+        raise SystemExit(f"movierec-trainer: {exc}") from exc
+    atexit.register(lease.release)  # also when start-up fails below; stop() does it first
     with_metrics = metrics.serve_from_args(args, "trainer")
     # Imported after logging is set up: they import TensorFlow.
     from movierec.v1 import trainer_pb2_grpc
@@ -86,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         **({} if args.ann_min_items is None else {"ann_min_items": args.ann_min_items}),
         **({} if args.max_dataset_bytes is None else {"max_dataset_bytes": args.max_dataset_bytes}),
         workers=args.workers, ray_address=args.ray_address, tensorboard_dir=args.tensorboard_dir,
+        stale_staging_seconds=args.stale_staging_age,
+        publish_keys=args.publish_keys,
     )
-    remove_stale_temp_folders(config.model_root)
+    remove_stale_temp_folders(config.model_root, min_age_seconds=config.stale_staging_seconds)
     ray_training = None
     if config.workers > 1:
         from trainer_service.distributed import RayTraining  # the only way Ray gets imported
@@ -123,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         manager.shutdown(timeout=30)
         if ray_training is not None:
             ray_training.shutdown()  # a local Ray goes with the trainer
+        lease.release()  # after the last job: a trainer waiting in a rolling deploy starts at once
 
     # No balancer in front: nothing to drain for. The budget covers a job's
     # cancellation (manager.shutdown) and a local Ray's stop.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,8 +12,11 @@ import pytest
 
 from clients import InvalidArgument, ResourceExhausted, TrainerClient
 from movierec_common import artifact as artifact_format
+from movierec_common.artifact import VersionMetadata
+from tests.artifacts import tiny_artifact
 from tests.datagen import write_grouplens_files
 from tests.servers import start_trainer
+from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
 KILLS = 8
@@ -44,7 +49,9 @@ def test_kill_9_at_random_moments_never_leaves_an_incomplete_version(tmp_path):
     data_root = write_grouplens_files(tmp_path / "data", users=200, items=120, per_user=20)
     model_root = tmp_path / "models"
     rng = random.Random(20261129)
-    args = ("--data-root", str(data_root), "--keep-versions", "0")
+    # Staging age 0: every restart follows a kill, so any temp folder is a dead publish's (the age rule
+    # itself is tests/unit/test_retention.py's).
+    args = ("--data-root", str(data_root), "--keep-versions", "0", "--stale-staging-age", "0")
     trainer = start_trainer(model_root, tmp_path, *args)
     killed_jobs, moments = [], []
     try:
@@ -163,4 +170,29 @@ def test_a_1_gb_ratings_file_is_refused_unread_and_the_server_keeps_training(tmp
             assert ok.state == "SUCCEEDED", ok.error
         assert trainer.alive()
     finally:
+        trainer.terminate()
+
+
+def test_a_retention_failure_after_a_publish_leaves_the_job_succeeded(tmp_path):
+    """Retention cannot delete version 1 (an immutable file in it, chattr +i: even root gets EPERM), after
+    version 2 was published: the version is live, so the job succeeded; the failure is logged."""
+    if shutil.which("chattr") is None:
+        pytest.fail("chattr is needed to make a version undeletable (e2fsprogs)")
+    data_root = write_grouplens_files(tmp_path / "data", users=200, items=120, per_user=20)
+    model_root = tmp_path / "models"
+    publish(str(model_root), tiny_artifact(seed=1), VersionMetadata(model_kind="ease"))
+    pinned_file = model_root / "1" / "saved_model.pb"
+    made = subprocess.run(["chattr", "+i", str(pinned_file)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"this filesystem or user cannot make a file immutable: {made.stderr.strip()}")
+    trainer = start_trainer(model_root, tmp_path, "--data-root", str(data_root), "--keep-versions", "1")
+    try:
+        with TrainerClient(trainer.address, timeout=30) as tc:
+            job = tc.wait_for_job(tc.train("ease", **_job_kwargs()).id, timeout=300)
+            assert job.state == "SUCCEEDED", job.error
+            assert job.published and job.model_version == 2
+        assert (model_root / "2" / "metadata.json").exists()
+        assert "retention failed after a successful publish" in trainer.log_tail(400)
+    finally:
+        subprocess.run(["chattr", "-i", str(pinned_file)], check=True)
         trainer.terminate()

@@ -93,7 +93,7 @@ def test_failed_publish_leaves_nothing_and_stale_temp_folders_are_removed(tmp_pa
         publish(str(root), broken, METADATA)
     assert list(root.iterdir()) == []
     (root / ".tmp-7-deadbeef").mkdir()
-    assert remove_stale_temp_folders(str(root)) == [".tmp-7-deadbeef"]
+    assert remove_stale_temp_folders(str(root), min_age_seconds=0) == [".tmp-7-deadbeef"]
 
 
 def test_retention_keeps_newest_and_spares_versions_in_use(tmp_path):
