@@ -18,15 +18,19 @@ def _movielens_dir() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_server_outlives_the_session():
-    """Stops any server a test started and did not stop (a fixture that failed before its clean-up)."""
-    yield
-    from tests.servers import stop_leftovers
+@pytest.fixture(scope="module", autouse=True)
+def no_server_outlives_its_module():
+    """Stops any server this module's tests or fixtures started and did not stop, and fails the module
+    for it (an error at the teardown of its last test). Autouse, so torn down after the module's own
+    module-scoped fixtures, whose clean-up has run by then."""
+    from tests.servers import STARTED, stop_leftovers
 
-    left = stop_leftovers()
+    first = len(STARTED)
+    yield
+    left = stop_leftovers(since=first)
     if left:
-        print(f"\nstopped {len(left)} server(s) a test left running: {', '.join(left)}")
+        pytest.fail(f"{len(left)} server(s) started in this module were still running at its end "
+                    f"(a fixture or test without clean-up): {', '.join(left)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

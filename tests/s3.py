@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+import urllib.request
 
 
 class S3Server:
@@ -37,6 +38,10 @@ def s3_server(*buckets: str):
     meanwhile inherit it; so does fsspec here), creates the buckets."""
     server = S3Server()
     server.start()
+    # moto keeps every server's buckets in this process's memory: start from an empty store, so
+    # nothing one test module left under the same bucket and prefix is seen by the next.
+    urllib.request.urlopen(urllib.request.Request(f"{server.endpoint}/moto-api/reset", method="POST"),
+                           timeout=10).close()
     env = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {name: os.environ.get(name) for name in env}

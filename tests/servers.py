@@ -2,9 +2,10 @@
 movierec_common.server_process).
 
 Every server started here ends with the test run: it gets SIGTERM when the
-pytest process dies, however it dies, and any still running when the session
-ends is stopped then (see ``tests/conftest.py``), so a failing fixture or a
-killed run leaves no server, and none of its helpers, behind.
+pytest process dies, however it dies. One still running when the test module
+that started it ends is stopped then and fails that module (see
+``tests/conftest.py``), so a fixture that forgets its clean-up is found, and a
+failing fixture or a killed run leaves no server, and none of its helpers, behind.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 import threading
 import time
 import urllib.request
-import weakref
 from pathlib import Path
 
 import psutil
@@ -22,7 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from movierec_common.server_process import ServerProcess as _Launched
 
-STARTED: weakref.WeakSet = weakref.WeakSet()
+# Every server started in this run, held strongly: a leaked server must not drop out of sight when
+# the fixture that forgot it is garbage collected.
+STARTED: list[ServerProcess] = []
 
 
 class ServerProcess(_Launched):
@@ -35,13 +37,13 @@ class ServerProcess(_Launched):
     def start(self, timeout: float = 120.0) -> ServerProcess:
         # The parent-death signal follows the starting thread: only pytest's main thread outlives the server.
         self.end_with_launcher = threading.current_thread() is threading.main_thread()
-        STARTED.add(self)
+        STARTED.append(self)
         return super().start(timeout)
 
 
-def stop_leftovers() -> list[str]:
-    """Stops every server started here that is still running; returns their names."""
-    left = [server for server in list(STARTED) if server.alive()]
+def stop_leftovers(since: int = 0) -> list[str]:
+    """Stops every server started here (the ``since``-th onwards) that is still running; returns their names."""
+    left = [server for server in STARTED[since:] if server.alive()]
     for server in left:
         server.terminate(timeout=20)
     return [f"{server.name} ({server.log_path})" for server in left]
@@ -100,8 +102,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# The sample names a Prometheus family of each type exports (a family with no series yet shows only its type).
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
+             "summary": ("_count", "_sum", "_created", ""), "gauge": ("",), "info": ("_info",),
+             "stateset": ("",), "gaugehistogram": ("_bucket", "_gcount", "_gsum"), "unknown": ("",)}
+
+
 class Scrape:
-    """One scrape of a server's ``/metrics``, parsed as Prometheus parses it; a series not exported reads 0."""
+    """One scrape of a server's ``/metrics``, parsed as Prometheus parses it.
+
+    A series the server exports but has not created yet (a labelled counter no
+    call has touched) reads 0; a name the server does not export at all, or a
+    label its series do not carry, fails the test, so that ``== 0`` cannot pass
+    on a misspelt name. ``require`` also fails on a missing series.
+    """
 
     def __init__(self, port: int):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -109,16 +123,37 @@ class Scrape:
             self.text = response.read().decode("utf-8")
         self.samples: dict[tuple[str, frozenset], float] = {}
         self.names: set[str] = set()
+        self.exported: dict[str, set[str]] = {}  # sample name -> label names its series carry
         for family in text_string_to_metric_families(self.text):
             self.names.add(family.name)
+            for suffix in _SUFFIXES.get(family.type, ("",)):
+                self.exported.setdefault(family.name + suffix, set())
             for sample in family.samples:
+                self.exported.setdefault(sample.name, set()).update(sample.labels)
                 self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
 
+    def _check(self, name: str, labels: dict) -> None:
+        assert name in self.exported, (
+            f"{name} is not exported; close names: {sorted(n for n in self.exported if n[:8] == name[:8])[:20]}")
+        carried = self.exported[name]
+        unknown = set(labels) - carried
+        assert not carried or not unknown, f"{name} has no label(s) {sorted(unknown)}; it has {sorted(carried)}"
+
     def __call__(self, name: str, **labels) -> float:
-        """The one series with exactly these labels."""
+        """The one series with exactly these labels (0 when not created yet)."""
+        self._check(name, labels)
         return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def require(self, name: str, **labels) -> float:
+        """The one series with exactly these labels, failing when it does not exist."""
+        self._check(name, labels)
+        key = (name, frozenset(labels.items()))
+        assert key in self.samples, (f"no series {name}{labels}; its series: "
+                                     f"{[dict(have) for sample, have in self.samples if sample == name][:10]}")
+        return self.samples[key]
 
     def total(self, name: str, **labels) -> float:
         """The sum over every series of ``name`` that has these labels, whatever its others."""
+        self._check(name, labels)
         wanted = set(labels.items())
         return sum(value for (sample, have), value in self.samples.items() if sample == name and wanted <= have)

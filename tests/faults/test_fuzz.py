@@ -123,6 +123,7 @@ MAX_LIST_LIMIT = 1000
 MAX_HOLDOUT_SIZE = 100
 DEFAULT_HOLDOUT, DEFAULT_HOLDOUT_SIZE = "random", 10
 TRAINER_WORKERS = 1         # the fuzzed trainer's --workers (the default)
+QUEUE_SIZE = 2              # the fuzzed trainer's --queue-size: jobs that may wait behind the running one
 MODEL_KINDS = ("two_tower", "two_tower_dropout", "bpr", "ease", "dlae", "ease_blend", "sequential")
 PREDEFINED_SPLITS = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")  # MovieLens 100K's own files only
 HOLDOUT_NAMES = ("random", "last_n_per_user", *PREDEFINED_SPLITS)
@@ -768,7 +769,7 @@ def trainer(tmp_path_factory):
     (data_root / "loop").symlink_to("loop")
     # One published version, for ListVersions and PinVersion to find.
     published = publish(str(base / "models"), tiny_artifact(), VersionMetadata(model_kind="test"))
-    server = start_trainer(base / "models", base, "--data-root", str(data_root), "--queue-size", "2",
+    server = start_trainer(base / "models", base, "--data-root", str(data_root), "--queue-size", str(QUEUE_SIZE),
                            env={"MOVIELENS_DIR": str(base / "no-movielens-here")})
     channel = grpc.insecure_channel(server.address)
     caller = Caller(channel, "movierec.v1.Trainer")
@@ -1009,8 +1010,11 @@ class TrainLedger:
         self.maybe: dict[str, list[tuple]] = defaultdict(list)
         self.pending: list[str] = []                     # accepted, not cancelled yet
         self.lost_calls = 0                              # expired calls that may have queued a job
+        self.accepted = 0                                # valid new requests answered OK (a new job)
+        self.refused = 0                                 # valid new requests answered "queue is full"
 
-    def judge(self, request, code, details, job, problems: list[str]) -> None:
+    def judge(self, request, code, details, job, problems: list[str], waiting=None) -> None:
+        """``waiting()``: at most how many jobs were waiting in the queue when this call was answered."""
         key, spec = request.idempotency_key, train_spec(request)
         if problems:
             assert code == Code.INVALID_ARGUMENT, f"{code.name} for a request with {problems}: {request!r:.400}"
@@ -1036,16 +1040,25 @@ class TrainLedger:
             if code == Code.OK:
                 self.record(key, spec, job)  # a replay (any state) or a new job
                 return
-            assert code == Code.RESOURCE_EXHAUSTED and "queue is full" in details, (code, details)
+            self.judge_full(code, details, waiting)
             return
         # A new job: queued at once, or refused because the queue is full.
         if code == Code.RESOURCE_EXHAUSTED:
-            assert "queue is full" in details, details
+            self.judge_full(code, details, waiting)
+            self.refused += 1
             return
         assert code == Code.OK, f"{code.name} {details!r:.300} for a valid request {request!r:.400}"
+        self.accepted += 1
         assert job.state == trainer_pb2.TrainJob.QUEUED, f"a new job is {trainer_pb2.TrainJob.State.Name(job.state)}"
         assert job.id not in KNOWN_JOBS, "a new request got an existing job"
         self.record(key, spec, job)
+
+    def judge_full(self, code, details, waiting) -> None:
+        """A "queue is full" answer must be true: QUEUE_SIZE jobs waiting behind the running one."""
+        assert code == Code.RESOURCE_EXHAUSTED and "queue is full" in details, (code, details)
+        could_wait = waiting()
+        assert could_wait >= QUEUE_SIZE, (
+            f"'queue is full' with at most {could_wait} job(s) waiting (queue size {QUEUE_SIZE}): {details!r:.200}")
 
     def record(self, key: str, spec: tuple, job) -> None:
         assert job.id.startswith("job-"), job.id
@@ -1072,10 +1085,26 @@ def test_fuzz_train(trainer):
     caller, server = trainer["caller"], trainer["server"]
     ledger = TrainLedger(trainer["data_root"])
 
+    def waiting_since(sent: float):
+        """Counts the trainer's jobs that may have been waiting when a call sent at ``sent`` (epoch seconds)
+        was answered: still QUEUED now, or started after it was sent (a job leaves the queue only by
+        starting or being cancelled, and this test cancels only after judging). Jobs queued unseen by
+        expired calls are on the list too."""
+        def count() -> int:
+            code, details, listed, _ = caller.unary(
+                "ListJobs", trainer_pb2.ListJobsRequest(limit=MAX_LIST_LIMIT).SerializeToString(),
+                trainer_pb2.ListJobsResponse)
+            assert code == Code.OK, (code, details)
+            assert len(listed.jobs) < MAX_LIST_LIMIT, "too many jobs to see them all"
+            return sum(job.state == trainer_pb2.TrainJob.QUEUED
+                       or job.started_at.seconds + job.started_at.nanos / 1e9 >= sent for job in listed.jobs)
+        return count
+
     @FUZZ_SETTINGS
     @given(payloads(train_requests()), deadlines())
     def fuzz(payload, timeout):
         request, data = payload
+        sent = time.time()  # the trainer stamps started_at with the same clock
         code, details, job, _ = caller.unary("Train", data, trainer_pb2.TrainJob, timeout)
         malformed = not parses(data, trainer_pb2.TrainRequest)
         request = request or (None if malformed else trainer_pb2.TrainRequest.FromString(data))
@@ -1083,7 +1112,8 @@ def test_fuzz_train(trainer):
             ledger.expired(request)  # the client gave up; the server may still have queued the job
         if not check_status("Train", server, code, details, timeout, malformed=malformed):
             return
-        ledger.judge(request, code, details, job, train_problems(request, trainer["data_root"]))
+        ledger.judge(request, code, details, job, train_problems(request, trainer["data_root"]),
+                     waiting_since(sent))
         if code == Code.RESOURCE_EXHAUSTED:
             # The queue is full; empty it so the next valid requests get in (and CPU stays free).
             for job_id in ledger.pending:
@@ -1095,6 +1125,11 @@ def test_fuzz_train(trainer):
     finally:
         for job_id in ledger.pending:
             _cancel(caller, job_id)
+    # "queue is full" must not stand in for valid requests: each refusal empties the queue, after which
+    # QUEUE_SIZE new jobs fit before the next one can be refused, so most valid new requests are accepted.
+    print(f"\nTrain: {ledger.accepted} valid new requests accepted, {ledger.refused} refused as queue full")
+    assert ledger.accepted >= CASES // 20, f"only {ledger.accepted} new jobs accepted in {CASES} cases"
+    assert ledger.accepted >= QUEUE_SIZE * ledger.refused - ledger.lost_calls, (ledger.accepted, ledger.refused)
     # Jobs queued by calls whose client deadline expired first: at most one per such call.
     code, details, listed, _ = caller.unary("ListJobs", trainer_pb2.ListJobsRequest(limit=MAX_LIST_LIMIT)
                                             .SerializeToString(), trainer_pb2.ListJobsResponse)
@@ -1111,6 +1146,9 @@ def test_fuzz_train(trainer):
             DONE_JOBS.append(job_id)
         if job.state == trainer_pb2.TrainJob.FAILED:
             assert job.error.strip(), job
+    # A valid job the fuzz did not cancel in time may have published: the versions are what the root
+    # now holds, with every job ended (the ListVersions and PinVersion fuzz below judge by them).
+    trainer["versions"][:] = _complete_versions(trainer["base"] / "models")
     assert_trainer_healthy(trainer)
 
 

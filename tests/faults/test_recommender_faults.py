@@ -26,6 +26,7 @@ from movierec_common.tfenv import tensorflow
 from tests.artifacts import tiny_artifact
 from tests.load import RotatingLoad, checker
 from tests.servers import Scrape, describe, free_port, rejection_reason, start_recommender, still_running
+from tests.waiting import wait_for_version
 from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
@@ -101,13 +102,6 @@ def _wait_for_log_event(log_path, name: str, timeout: float = 30.0, **fields) ->
         time.sleep(0.05)
 
 
-def _wait_for_served(rc: RecommenderClient, version: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while rc.model_status().served_version != version:
-        assert time.monotonic() < deadline, f"version {version} not served within {timeout}s"
-        time.sleep(0.05)
-
-
 def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
     root = tmp_path / "models"
     good = tiny_artifact()
@@ -177,7 +171,7 @@ def test_bad_versions_are_rejected_under_load_once_each(tmp_path):
             assert rejection_reason(rc, len(cases) + 1) == bad_versions[len(cases) + 1]
             newer = tiny_artifact(seed=5)
             version = publish(str(root), newer, VersionMetadata(model_kind="good"))
-            _wait_for_served(rc, version)
+            wait_for_version(rc, version)
             assert checker({version: newer})(rc.recommend("2", k=7), "2", 7, None) == ""
         print(f"\nbad versions rejected: {len(bad_versions)}; calls {load.calls}, failed {len(load.failures)}")
     finally:
@@ -209,7 +203,7 @@ def test_model_root_unavailable_for_a_while(tmp_path):
                 calls_while_away = load.calls
                 (tmp_path / "models-away").rename(root)
                 assert publish(str(root), artifacts[2], VersionMetadata(model_kind="good")) == 2
-                _wait_for_served(rc, 2, timeout=30)
+                wait_for_version(rc, 2, timeout=30)
             assert load.failures == [], load.failures[:5]
             assert set(load.versions) == {1, 2} and calls_while_away > 0
             load.assert_rotated()

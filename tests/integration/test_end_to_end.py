@@ -11,6 +11,7 @@ import pytest
 from clients import RecommenderClient, TrainerClient
 from tests.load import UNKNOWN_USER, RotatingLoad
 from tests.servers import start_recommender, start_trainer
+from tests.waiting import wait_for_version
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +36,6 @@ def services(tmp_path, movielens_dir):
     recommender.terminate()
 
 
-def _wait_for_version(client: RecommenderClient, version: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while client.model_status().served_version != version:
-        assert time.monotonic() < deadline, f"version {version} not served within {timeout}s"
-        time.sleep(0.1)
-
-
 def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movielens_dir):
     trainer, recommender, model_root = services
     with TrainerClient(trainer.address, timeout=30) as tc, RecommenderClient(recommender.address, timeout=10) as rc:
@@ -63,7 +57,7 @@ def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movie
         assert metadata["query_encoder"]["parts"][0]["kind"] == "pooled"
 
         rc.wait_until_serving(timeout=60)
-        _wait_for_version(rc, 1, timeout=30)
+        wait_for_version(rc, 1, timeout=30)
         recs = rc.recommend("42", k=10)
         ids = [item.movie_id for item in recs.items]
         assert recs.model_version == 1 and not recs.cold_start
@@ -77,7 +71,7 @@ def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movie
             second = tc.wait_for_job(tc.train("two_tower", epochs=2, holdout="ua", seed=7, refit=False).id, timeout=600)
             assert second.state == "SUCCEEDED", second.error
             assert second.model_version == 2
-            _wait_for_version(rc, 2, timeout=30)
+            wait_for_version(rc, 2, timeout=30)
             # One thread asks for the users in turn: 944 answers from version 2 reach every user (and the
             # unknown one) on the new version.
             deadline = time.monotonic() + 60

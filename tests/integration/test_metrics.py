@@ -93,6 +93,20 @@ def test_each_call_is_counted_once_under_the_code_its_caller_got(stack):
     assert rise("grpc_server_handled_total", **similar, grpc_code="OK") == 0
 
 
+def test_a_misspelt_series_fails_instead_of_reading_zero(stack):
+    """The ``== 0`` checks here read series no call has created yet; a typo in a name or a label must fail
+    them rather than read 0 (``tests.servers.Scrape``)."""
+    scrape = Scrape(stack["recommender_metrics"])
+    recommend = _grpc("Recommend")
+    with pytest.raises(AssertionError, match="is not exported"):
+        scrape("grpc_server_handeld_total", **recommend, grpc_code="Unknown")
+    with pytest.raises(AssertionError, match="has no label"):
+        scrape("grpc_server_handled_total", **recommend, grpc_status="Unknown")
+    with pytest.raises(AssertionError, match="no series"):
+        scrape.require("grpc_server_handled_total", **recommend, grpc_code="Unknown")
+    assert scrape("grpc_server_handled_total", **recommend, grpc_code="Unknown") == 0  # exported, never touched
+
+
 def test_recommender_reports_the_served_version_its_load_and_sessions(stack):
     port = stack["recommender_metrics"]
     with RecommenderClient(stack["recommender"].address, timeout=10) as rc:
@@ -106,7 +120,7 @@ def test_recommender_reports_the_served_version_its_load_and_sessions(stack):
     after = Scrape(port)
 
     assert served == 1
-    assert after("movierec_model_version") == served
+    assert after.require("movierec_model_version") == served
     # This recommender started before anything was published and has loaded exactly the one version.
     assert after("movierec_model_reloads_total", outcome="loaded") == 1
     assert after("movierec_model_reloads_total", outcome="rejected") == 0
@@ -126,7 +140,7 @@ def test_trainer_reports_the_job_through_its_states_and_its_training_progress(st
 
     for state, count in (("QUEUED", 1), ("RUNNING", 1), ("SUCCEEDED", 1), ("FAILED", 0), ("CANCELLED", 0)):
         assert rise("movierec_jobs_total", state=state) == count, state
-    assert after("movierec_jobs_queued") == 0
+    assert after.require("movierec_jobs_queued") == 0
     assert job.progress.epoch == 2
     assert after("movierec_training_epoch") == job.progress.epoch
     assert math.isfinite(job.progress.loss) and job.progress.loss > 0

@@ -28,6 +28,7 @@ from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
 from tests.datagen import write_grouplens_files
 from tests.servers import start_recommender, start_trainer
+from tests.waiting import settled_state, until, wait_for_version
 from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
@@ -40,17 +41,6 @@ METADATA = VersionMetadata(model_kind="two_tower", metrics={"recall_at_10": 0.25
 
 def _replica_id(server) -> str:
     return f"{socket.gethostname()}-{server.process.pid}"  # the registry's default id: host and pid
-
-
-def _until(condition, timeout: float, what: str):
-    """Polls condition() every 50 ms; returns its first truthy value, or fails naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} within {timeout:g}s"
-        time.sleep(0.05)
 
 
 def _status(server):
@@ -121,7 +111,7 @@ def _cli(*args: str) -> tuple[int, str, str]:
 def test_list_versions_says_what_each_is_and_which_replicas_serve_it(stack, tc):
     followers = sorted(_replica_id(r) for r in stack["followers"])
     # A replica marks a version in the poll that swaps it in; every replica serves by now.
-    listing = _until(lambda: (v := tc.list_versions()) and v.versions[0].served_by == followers and v,
+    listing = until(lambda: (v := tc.list_versions()) and v.versions[0].served_by == followers and v,
                      10, "both followers listed as serving version 3")
     assert [v.version for v in listing] == [3, 2, 1]
     assert [v.served_by for v in listing][1:] == [[_replica_id(stack["flagged"])], []]
@@ -177,7 +167,9 @@ def test_a_pin_reaches_every_follower_within_a_poll_and_a_load_and_not_the_flagg
     pin = tc.pin_version(1)
     pinned_at = time.monotonic()
     assert (pin.pinned_version, pin.previous_pinned_version) == (1, None)
-    _until(lambda: all(_status(r).served_version == 1 for r in followers), 30, "both followers serve the pinned 1")
+    for replica in followers:
+        with RecommenderClient(replica.address, timeout=5) as rc:
+            wait_for_version(rc, 1, timeout=30)
     took = time.monotonic() - pinned_at
     statuses = [_status(r) for r in followers]
     load_seconds = max(s.metrics["serving_load_seconds"] for s in statuses)  # loading version 1 itself
@@ -210,7 +202,7 @@ def test_a_restarted_follower_serves_the_pin(stack, tc):
     assert status.served_version == 1 and status.pin_source == "MODEL_ROOT"
     # It went straight to the pin: the newer versions were never loaded.
     assert {v.version: v.state for v in status.versions} == {1: "SERVING", 2: "AVAILABLE", 3: "AVAILABLE"}
-    _until(lambda: _replica_id(new) in {r for v in tc.list_versions() if v.version == 1 for r in v.served_by},
+    until(lambda: _replica_id(new) in {r for v in tc.list_versions() if v.version == 1 for r in v.served_by},
            10, "the restarted follower listed as serving version 1")
 
 
@@ -221,8 +213,12 @@ def test_publishing_under_the_pin_moves_no_replica_and_retention_keeps_the_pinne
     # --keep-versions 1: the newest stays, the pinned one stays, the one the flagged replica serves stays.
     assert sorted(int(p.name) for p in stack["root"].iterdir() if p.name.isdigit()) == [1, 2, 4]
     assert [v.version for v in tc.list_versions()] == [4, 2, 1]
-    time.sleep(3 * POLL_SECONDS)  # a few polls: nobody moves to the new version
+    # Every replica has seen version 4 and settled on what to do with it: nobody moves to it.
+    for replica in [*stack["followers"], stack["flagged"]]:
+        with RecommenderClient(replica.address, timeout=5) as rc:
+            assert settled_state(rc, 4, timeout=30) == "AVAILABLE"
     assert [_status(r).served_version for r in stack["followers"]] == [1, 1]
+    assert _status(stack["flagged"]).served_version == 2
     with pytest.raises(NotFound, match="version 3 is not a complete version .* complete versions: 1, 2, 4"):
         tc.pin_version(3)  # deleted by retention
 
@@ -232,7 +228,9 @@ def test_unpin_returns_every_follower_to_the_newest(stack, tc, monkeypatch):
     code, out, err = _cli("--trainer", stack["trainer"].address, "unpin")
     assert code == 0, err
     assert out.startswith("unpinned (before: 1)")
-    _until(lambda: all(_status(r).served_version == 4 for r in stack["followers"]), 30, "both followers serve 4")
+    for replica in stack["followers"]:
+        with RecommenderClient(replica.address, timeout=5) as rc:
+            wait_for_version(rc, 4, timeout=30)
     for replica in stack["followers"]:
         status = _status(replica)
         assert (status.pinned_version, status.pin_source, status.pin_problem) == (None, None, "")

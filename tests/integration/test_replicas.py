@@ -21,8 +21,9 @@ from clients import RecommenderClient
 from clients.cli import main as cli_main
 from movierec_common.artifact import VersionMetadata
 from tests.artifacts import tiny_artifact
-from tests.load import RotatingLoad, checker
-from tests.servers import describe, start_recommender, still_running
+from tests.load import RotatingLoad, brute_force_ids, checker
+from tests.servers import Scrape, describe, free_port, start_recommender, still_running
+from tests.waiting import until
 from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
@@ -75,25 +76,20 @@ def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("replicas")
     root = base / "models"
     publish(str(root), ARTIFACTS[1], VersionMetadata(model_kind="good"))
-    replicas = []
+    replicas, metrics_ports = [], []
     try:
         for i in range(3):
             (base / f"replica{i}").mkdir()
-            replicas.append(start_recommender(root, base / f"replica{i}"))
+            metrics_ports.append(free_port())
+            replicas.append(start_recommender(root, base / f"replica{i}", "--metrics-port", str(metrics_ports[-1])))
         for replica in replicas:
             with RecommenderClient(replica.address, timeout=10) as rc:
                 rc.wait_until_serving(timeout=60)
-        yield {"root": root, "replicas": replicas, "addresses": ",".join(r.address for r in replicas)}
+        yield {"root": root, "replicas": replicas, "addresses": ",".join(r.address for r in replicas),
+               "metrics_ports": metrics_ports}
     finally:
         for replica in replicas:
             replica.terminate()
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        time.sleep(0.02)
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -101,6 +97,27 @@ def _cli(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli_main(list(args))
     return code, out.getvalue(), err.getvalue()
+
+
+def _answered(metrics_port: int) -> float:
+    """Recommend calls this replica itself has answered OK, from its own /metrics."""
+    return Scrape(metrics_port)("grpc_server_handled_total", grpc_type="unary", grpc_service="movierec.v1.Recommender",
+                                grpc_method="Recommend", grpc_code="OK")
+
+
+def _served_everywhere(stack) -> int:
+    """The version every replica serves (whichever tests ran before): waits until they agree."""
+    def versions() -> set:
+        served = set()
+        for replica in stack["replicas"]:
+            if replica.alive():
+                with RecommenderClient(replica.address, timeout=5) as rc:
+                    served.add(rc.model_status().served_version)
+        return served
+
+    until(lambda: len(versions()) == 1, 60, "the replicas never agreed on one served version")
+    (version,) = versions()
+    return version
 
 
 def _cpu_seconds(replicas) -> list[float]:
@@ -173,21 +190,27 @@ def test_a_new_version_reaches_every_replica_and_none_goes_back(stack):
 
 
 def test_the_cli_takes_the_replica_list(stack):
+    version = _served_everywhere(stack)
     code, out, err = _cli("--recommender", stack["addresses"], "recommend", "3", "-k", "4", "--json")
     assert code == 0, err
     answer = json.loads(out)
-    assert answer["model_version"] == 2 and len(answer["items"]) == 4
+    assert answer["model_version"] == version
+    assert [item["movie_id"] for item in answer["items"]] == brute_force_ids(ARTIFACTS[version], "3", 4, True)
 
 
 def test_kill_9_of_a_replica_under_load_fails_no_call(stack):
     replicas = stack["replicas"]
     helpers = psutil.Process(replicas[0].process.pid).children(recursive=True)  # its loader, resource tracker
     assert helpers
+    version = _served_everywhere(stack)
+    answered_before = _answered(stack["metrics_ports"][0])
     with Load(stack["addresses"]) as load:
-        _wait_for(lambda: load.calls > 0)
+        # The victim itself is answering this load (its own count rises), not idle beside it.
+        until(lambda: _answered(stack["metrics_ports"][0]) >= answered_before + 20, 30,
+              "replica 0 never answered the load")
         replicas[0].kill()  # SIGKILL: no goodbye, no health change, connections just drop
         killed_at = load.calls
-        _wait_for(lambda: load.calls - killed_at > 300)  # the other two keep answering
+        until(lambda: load.calls - killed_at > 300, 30, "the other two answered 300 calls")  # they keep answering
         after = load.calls - killed_at
     print(f"\nkill -9 of 1 of 3 replicas under load: {load.calls} calls, {len(load.failures)} failed, "
           f"{after} answered by the other two after the kill")
@@ -198,4 +221,4 @@ def test_kill_9_of_a_replica_under_load_fails_no_call(stack):
     # The dead address may stay in the list: the CLI goes to the live ones.
     code, out, err = _cli("--recommender", stack["addresses"], "recommend", "3", "-k", "4", "--json")
     assert code == 0, err
-    assert json.loads(out)["model_version"] == 2
+    assert json.loads(out)["model_version"] == version

@@ -17,6 +17,7 @@ from tests.datagen import write_grouplens_files
 from tests.load import RotatingLoad
 from tests.s3 import s3_server
 from tests.servers import rejection_reason, start_recommender, start_trainer
+from tests.waiting import wait_for_version
 from trainer_service.jobs import JobStore
 
 pytestmark = pytest.mark.slow
@@ -45,15 +46,6 @@ def _upload(local: str, version: int, names: list[str], *, corrupt: str | None =
         if name == corrupt:
             data = data[:-8] + bytes(8)  # same size, other bytes
         fs.pipe_file(f"{base}/{version}/{name}", data)
-
-
-def _wait_serving(rc: RecommenderClient, version: int, timeout: float = 60.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if rc.model_status().served_version == version:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise AssertionError(f"version {version} was not served within {timeout}s")
 
 
 ROOT_GONE = "model root shows no versions (empty or unreachable); serving continues on the loaded one"
@@ -115,7 +107,7 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
             assert rc.recommend("1", k=5).model_version == 1
             # metadata.json arrives last: version 2 is complete now, and served.
             _upload(local, 2, ["metadata.json"])
-            _wait_serving(rc, 2)
+            wait_for_version(rc, 2)
 
             # The store goes away under load, until the replica has seen it gone: no call fails, and
             # reloads resume after. The calls go to every user with every k and exclude_seen.
@@ -127,7 +119,7 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
                 _wait_for(lambda: load.calls > during + 200)  # answered with the store still away
                 s3.start()
                 _upload(local, 4, _files(local))
-                reload_seconds = _wait_serving(rc, 4, timeout=60)
+                reload_seconds = wait_for_version(rc, 4, timeout=60)
             print(f"\nS3 outage: {load.calls} calls, {len(load.failures)} failed; version 4 served "
                   f"{reload_seconds:.1f}s after its upload")
             assert load.failures == [], load.failures[:5]
@@ -141,7 +133,7 @@ def test_publish_validate_serve_and_reload_on_s3(s3, tmp_path):
                                            items_path="items.item", holdout_size=2).id, timeout=300)
             assert job.state == "SUCCEEDED" and job.model_version == 5, job.error
             assert model_root.list_versions(ROOT) == [4, 5]
-            _wait_serving(rc, 5)
+            wait_for_version(rc, 5)
     finally:
         trainer.terminate()
         recommender.terminate()

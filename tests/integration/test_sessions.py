@@ -3,14 +3,15 @@
 Two versions are published the way the trainer does (``write_version`` into a
 temp folder, then one rename): version 1 without a ``query_encoder`` (as
 every version published before sessions), version 2 with a two-part encoder
-(a history part and a pooled part, the shape of ``ease_blend``). Expected
-answers are ranked by hand from the same artifact with the same encoder.
+(a history part and a pooled part, the shape of ``ease_blend``, with decay, a
+floor, centring and a visitor rule of its own). Expected answers are ranked by
+hand from the same artifact with ``tests.session_reference``, the documented
+rules written independently of ``QueryEncoder``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ from movierec_common.model_root import TMP_PREFIX
 from movierec_common.session_query import HISTORY, METADATA_KEY, POOLED, Part, QueryEncoder
 from tests.artifacts import tiny_artifact
 from tests.servers import start_recommender
+from tests.session_reference import known_user_query, visitor_query
 from tests.unit.test_sessions import ranked, timed
+from tests.waiting import wait_for_version
 
 ITEMS, DIM = 60, 8
 
@@ -41,20 +44,17 @@ def blended() -> tuple[ModelArtifact, QueryEncoder]:
         user_vectors=np.hstack([0.5 * history, 0.5 * base.user_vectors]).astype(np.float32),
         item_vectors=np.hstack([weights.T, base.item_vectors]).astype(np.float32),
     )
-    return art, QueryEncoder((Part(HISTORY, ITEMS, scale=0.5), Part(POOLED, DIM, scale=1.5, decay=3.0)))
+    center = tuple(float(c) for c in base.item_vectors.mean(axis=0))
+    return art, QueryEncoder(
+        (Part(HISTORY, ITEMS, scale=0.5), Part(POOLED, DIM, scale=1.5, decay=3.0, floor=0.2, center=center)),
+        visitor_parts=(Part(HISTORY, ITEMS, scale=0.7, decay=2.0, floor=0.1),
+                       Part(POOLED, DIM, scale=2.0, decay=1.0, center=center)))
 
 
 def publish(root, version: int, art: ModelArtifact, metadata: dict) -> None:
     staging = root / f"{TMP_PREFIX}{version}-test"
     write_version(str(staging), art, VersionMetadata(model_kind="test", query_encoder=metadata.get(METADATA_KEY)))
     staging.rename(root / str(version))
-
-
-def wait_for_version(rc: RecommenderClient, version: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while rc.model_status().served_version != version:
-        assert time.monotonic() < deadline, f"version {version} not served within {timeout}s: {rc.model_status()}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_sessions_over_grpc(served, capsys):
     # A known user: the recent movies are the newest part of their history, and are left out.
     user, recent = 4, np.array([11, 40, 2])
     history = art.seen_indices[art.seen_indptr[user]:art.seen_indptr[user + 1]]
-    query = encoder.encode_for_user(art.user_vectors[user], history, recent, art.item_vectors)
+    query = known_user_query(encoder.to_json(), art.user_vectors[user], history, recent, art.item_vectors)
     expected = ranked(art.item_vectors @ query, set(history.tolist()) | set(recent.tolist()), 10)
     recs = rc.recommend(art.user_ids[user], k=10, recent=ids[recent].tolist())
     assert [item.movie_id for item in recs] == ids[expected].tolist()
@@ -98,10 +98,12 @@ def test_sessions_over_grpc(served, capsys):
     np.testing.assert_allclose([item.score for item in recs], (art.item_vectors @ query)[expected], rtol=1e-4)
 
     # An unknown user: the recent movies are the whole history; the answer is personal. Unknown ids come back.
-    query = encoder.encode(recent, art.item_vectors)
+    query = visitor_query(encoder.to_json(), recent, art.item_vectors)
     visitor = rc.recommend("someone new", k=10, recent=[99999, *ids[recent].tolist(), 99999, -5])
     assert [item.movie_id for item in visitor] == ids[ranked(art.item_vectors @ query, recent, 10)].tolist()
     assert not visitor.cold_start and visitor.unknown_movie_ids == [99999, -5]
+    np.testing.assert_allclose([item.score for item in visitor],
+                               (art.item_vectors @ query)[ranked(art.item_vectors @ query, recent, 10)], rtol=1e-4)
     popular = rc.recommend("someone new", k=10, recent=[99999])
     assert popular.cold_start and popular.unknown_movie_ids == [99999]
     assert popular.items == rc.recommend("someone new", k=10).items

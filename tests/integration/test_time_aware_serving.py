@@ -1,20 +1,23 @@
 """The history-aware kind through the real trainer and recommender: a refit is
 published and recorded, refit=False publishes the evaluated model, and a
-visitor's session is answered by the served version's own query rule."""
+visitor's session is answered by the served version's own query rule (checked
+against ``tests.session_reference``, the documented rules written apart from
+``QueryEncoder``)."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
 from clients import RecommenderClient, TrainerClient
 from movierec_common import artifact as artifact_format
-from movierec_common.session_query import METADATA_KEY, QueryEncoder
+from movierec_common.session_query import METADATA_KEY
 from tests.datagen import write_grouplens_files
 from tests.servers import start_recommender, start_trainer
+from tests.session_reference import best, visitor_query
+from tests.waiting import wait_for_version
 
 pytestmark = pytest.mark.slow
 
@@ -51,20 +54,17 @@ def test_sequential_jobs_publish_a_refit_and_serve_sessions(tmp_path):
 
         with RecommenderClient(recommender.address, timeout=10) as rc:
             rc.wait_until_serving(timeout=60)
-            deadline = time.monotonic() + 60
-            while rc.model_status().served_version != plain.model_version:
-                assert time.monotonic() < deadline, "the newest version was not served within 60 s"
-                time.sleep(0.1)
+            wait_for_version(rc, plain.model_version)
             served = plain_artifact
-            encoder = QueryEncoder.from_json(second[METADATA_KEY], served.num_items, served.item_vectors.shape[1])
+            rule = second[METADATA_KEY]
+            assert rule.get("visitor_parts"), "the sequential kind writes a visitor rule of its own"
             session = [int(m) for m in served.movie_ids[[3, 9, 4]]] + [999_999]
             answer = rc.recommend("someone-new", k=5, recent=session)
             assert not answer.cold_start and answer.unknown_movie_ids == [999_999]
-            query = encoder.encode(np.array([3, 9, 4]), served.item_vectors)
-            scores = served.item_vectors @ query
-            scores[[3, 9, 4]] = -np.inf
-            expected = served.movie_ids[np.lexsort((np.arange(scores.size), -scores))[:5]].tolist()
-            assert [item.movie_id for item in answer.items] == expected
+            scores = served.item_vectors @ visitor_query(rule, [3, 9, 4], served.item_vectors)
+            expected = best(scores, [3, 9, 4], 5)
+            assert [item.movie_id for item in answer.items] == served.movie_ids[expected].tolist()
+            np.testing.assert_allclose([item.score for item in answer.items], scores[expected], rtol=1e-4)
     finally:
         trainer.terminate()
         recommender.terminate()

@@ -10,8 +10,6 @@ fixed protos; a test changes one method's behaviour by installing a handler.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
 import threading
 import time
 from concurrent import futures
@@ -43,6 +41,7 @@ from clients import (
     Unavailable,
 )
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2
+from tests.certs import self_signed
 from tests.unit.fakes import (
     RECOMMENDER,
     T0,
@@ -346,24 +345,9 @@ def test_existing_channel_is_used_and_left_open(servers):
     channel.close()
 
 
-def _self_signed(directory, name: str) -> tuple[bytes, bytes]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return key.read_bytes(), cert.read_bytes()
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
 def test_mutual_tls_with_token(tmp_path):
-    server_key, server_cert = _self_signed(tmp_path, "localhost")
-    _client_key, client_cert = _self_signed(tmp_path, "client")
+    server_key, server_cert = (path.read_bytes() for path in self_signed(tmp_path, "localhost"))
+    client_cert = self_signed(tmp_path, "client")[1].read_bytes()
     fake = FakeRecommender()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     recommender_pb2_grpc.add_RecommenderServicer_to_server(fake, server)
@@ -830,11 +814,10 @@ def test_unavailable_is_retried_on_another_replica(replicas):
     assert replicas[1].calls() + replicas[2].calls() == 12
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
 def test_tls_replicas_share_the_credentials_and_the_first_name(tmp_path):
     """Every replica is verified against the first address's host name ("localhost")."""
-    server_key, server_cert = _self_signed(tmp_path, "localhost")
-    _client_key, client_cert = _self_signed(tmp_path, "client")
+    server_key, server_cert = (path.read_bytes() for path in self_signed(tmp_path, "localhost"))
+    client_cert = self_signed(tmp_path, "client")[1].read_bytes()
     credentials = grpc.ssl_server_credentials(
         [(server_key, server_cert)], root_certificates=client_cert, require_client_auth=True
     )

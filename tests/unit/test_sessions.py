@@ -1,5 +1,6 @@
-"""Sessions (``recent_movie_ids``) on the serving side: the Retriever's answers
-against rankings computed by hand with the version's own query encoder, the
+"""Sessions (``recent_movie_ids``) on the serving side: ``QueryEncoder`` and the
+Retriever's answers against ``tests.session_reference`` (the documented rules,
+written independently of the encoder), the
 exact backend's sparse path against its dense one, and what the registry does
 with a version's ``query_encoder`` (parse, carry across the loader hand-off,
 refuse sessions without one, reject a broken one)."""
@@ -23,6 +24,7 @@ from recommender_service.retrieval import Retriever
 from recommender_service.top_k import BruteForce, top_k_indices
 from recommender_service.validation import validate_version
 from tests.artifacts import tiny_artifact
+from tests.session_reference import best, known_user_query, visitor_query
 
 
 def timed(base: ModelArtifact, seed: int = 0) -> ModelArtifact:
@@ -61,6 +63,62 @@ def ranked(scores: np.ndarray, exclude, k: int) -> list[int]:
 POOLED_ENCODER = QueryEncoder((Part(POOLED, 8, scale=1.7, decay=2.0),))
 
 
+def every_rule(art: ModelArtifact, dim: int = 8) -> QueryEncoder:
+    """Decay with a floor, centring, a fixed dim, two pooled parts, and a visitor rule of its own."""
+    center = tuple(float(c) for c in art.item_vectors[:, :dim - 2].mean(axis=0))
+    return QueryEncoder(
+        (Part(POOLED, dim - 2, scale=1.7, decay=2.0, floor=0.3, center=center),
+         Part(POOLED, 2, scale=0.8, decay=5.0, fixed=((1, 1.0),))),
+        visitor_parts=(Part(POOLED, dim - 2, scale=2.5, decay=1.0, floor=0.05, center=center),
+                       Part(POOLED, 2, scale=0.4, fixed=((1, 1.0),))))
+
+
+def test_the_encoder_follows_the_documented_rules():
+    """QueryEncoder against the reference: decay, floor, centring, fixed dims, the known user's share of the
+    pooled part, the history row, and the visitor rule, with repeats in the sessions."""
+    art = timed(tiny_artifact(users=12, items=40))
+    history_art, history_rule = ease_like(users=6, items=40)
+    rich = every_rule(art)
+    decaying_history = QueryEncoder((Part(HISTORY, 40, scale=0.5, decay=3.0, floor=0.1),))
+    cases = [(art, POOLED_ENCODER), (art, rich), (history_art, history_rule), (history_art, decaying_history)]
+    rng = np.random.default_rng(9)
+    for served, encoder in cases:
+        description = encoder.to_json()
+        for user in range(served.num_users):
+            recent = rng.integers(0, served.num_items, size=int(rng.integers(1, 9)))
+            history = served.seen_indices[served.seen_indptr[user]:served.seen_indptr[user + 1]]
+            np.testing.assert_allclose(encoder.encode(recent, served.item_vectors),
+                                       visitor_query(description, recent, served.item_vectors), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                encoder.encode_for_user(served.user_vectors[user], history, recent, served.item_vectors),
+                known_user_query(description, served.user_vectors[user], history, recent, served.item_vectors),
+                rtol=1e-5, atol=1e-6)
+    # The visitor rule is really another rule: the same session gives another query under it.
+    description = rich.to_json()
+    assert not np.allclose(visitor_query(description, [3, 9, 4], art.item_vectors),
+                           visitor_query({"parts": description["parts"]}, [3, 9, 4], art.item_vectors))
+
+
+def test_served_sessions_follow_the_documented_rules():
+    """The Retriever's answers for visitors and known users under an encoder using every rule."""
+    art = timed(tiny_artifact(users=12, items=40), seed=4)
+    encoder = every_rule(art)
+    description = encoder.to_json()
+    retriever = Retriever(art, query_encoder=encoder)
+    rng = np.random.default_rng(4)
+    for user in range(art.num_users):
+        recent = rng.integers(0, art.num_items, size=int(rng.integers(1, 7)))
+        history = art.seen_indices[art.seen_indptr[user]:art.seen_indptr[user + 1]]
+        query = known_user_query(description, art.user_vectors[user], history, recent, art.item_vectors)
+        expected = best(art.item_vectors @ query, [*history.tolist(), *recent.tolist()], 10)
+        answer = retriever.recommend_session(art.user_ids[user], 10, art.movie_ids[recent].tolist())
+        assert ids_of(answer) == art.movie_ids[expected].tolist()
+        np.testing.assert_allclose([s.score for s in answer.items], (art.item_vectors @ query)[expected], rtol=1e-4)
+        query = visitor_query(description, recent, art.item_vectors)
+        visitor = retriever.recommend_session("a visitor", 10, art.movie_ids[recent].tolist())
+        assert ids_of(visitor) == art.movie_ids[best(art.item_vectors @ query, recent, 10)].tolist()
+
+
 def ids_of(answer) -> list[int]:
     return [item.movie_id for item in answer.items]
 
@@ -74,7 +132,8 @@ def test_a_known_users_recent_movies_extend_their_history_and_are_excluded():
     for user in range(art.num_users):
         recent = np.array([(user * 7 + 3) % 40, (user * 11 + 5) % 40, (user * 13 + 1) % 40])
         history = art.seen_indices[art.seen_indptr[user]:art.seen_indptr[user + 1]]  # time order, as stored
-        query = POOLED_ENCODER.encode_for_user(art.user_vectors[user], history, recent, art.item_vectors)
+        query = known_user_query(POOLED_ENCODER.to_json(), art.user_vectors[user], history, recent,
+                                 art.item_vectors)
         expected = ranked(art.item_vectors @ query, set(art.seen_items(user).tolist()) | set(recent.tolist()), 10)
 
         answer = retriever.recommend_session(art.user_ids[user], 10, art.movie_ids[recent].tolist())
@@ -105,7 +164,7 @@ def test_an_unknown_user_with_recent_movies_gets_a_personal_answer():
     for encoder in (POOLED_ENCODER, QueryEncoder((Part(POOLED, 6, scale=0.5), Part(POOLED, 2, fixed=((1, 1.0),))))):
         retriever = Retriever(art, query_encoder=encoder)
         recent = np.array([4, 17, 9, 30])
-        query = encoder.encode(recent, art.item_vectors)
+        query = visitor_query(encoder.to_json(), recent, art.item_vectors)
 
         answer = retriever.recommend_session("a visitor", 10, art.movie_ids[recent].tolist())
 
@@ -150,14 +209,14 @@ def test_history_encoders_score_with_the_sparse_path_and_match_the_dense_product
     retriever = Retriever(art, query_encoder=encoder)
     dense = art.item_vectors.astype(np.float64)
     recent = np.array([10, 250, 42, 7])
-    query = encoder.encode(recent, art.item_vectors)
+    query = visitor_query(encoder.to_json(), recent, art.item_vectors)
     assert np.count_nonzero(query) * 4 < query.size  # the sparse path is the one taken
 
     visitor = retriever.recommend_session("a visitor", 10, art.movie_ids[recent].tolist())
     assert ids_of(visitor) == art.movie_ids[ranked(dense @ query, recent, 10)].tolist()
     for user in range(0, art.num_users, 5):
         history = art.seen_indices[art.seen_indptr[user]:art.seen_indptr[user + 1]]
-        query = encoder.encode_for_user(art.user_vectors[user], history, recent, art.item_vectors)
+        query = known_user_query(encoder.to_json(), art.user_vectors[user], history, recent, art.item_vectors)
         exclude = set(history.tolist()) | set(recent.tolist())
         answer = retriever.recommend_session(art.user_ids[user], 10, art.movie_ids[recent].tolist())
         assert ids_of(answer) == art.movie_ids[ranked(dense @ query, exclude, 10)].tolist()

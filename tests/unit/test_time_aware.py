@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from movierec_common.session_query import QueryEncoder
+from tests.session_reference import query_of
 from trainer_service.evaluation import evaluate_scores
 from trainer_service.ratings import Ratings, Split, time_ordered_history
 from trainer_service.splits import make_split
@@ -68,14 +69,16 @@ def test_the_history_aware_kind_beats_ease_when_order_matters(walks):
 
 
 def test_every_closed_form_query_rebuilt_from_the_time_ordered_history_is_the_stored_user_vector(walks):
-    """What serving computes for a known user's history is what training stored for them."""
+    """What the documented rule computes for a known user's history (``tests.session_reference``, a stored
+    user's parts over their whole history) is what training stored for them."""
     indptr, items, _ = time_ordered_history(walks.data, walks.train)
     for kind in CLOSED_FORM:
         hp = resolve_hyperparameters(kind, {"epochs": 2} if kind == "ease_blend" else {})
         model = train_model(kind, walks, hp, seed=1)
         encoder = QueryEncoder.from_json(model.encoder.to_json(), walks.data.n_items, model.user_vectors.shape[1])
+        parts = model.encoder.to_json()["parts"]
         for user in (0, 17, 299):
-            query = encoder.encode(items[indptr[user]:indptr[user + 1]], model.item_vectors, visitor=False)
+            query = query_of(parts, items[indptr[user]:indptr[user + 1]], model.item_vectors)
             history_part = encoder.parts[0].width
             np.testing.assert_allclose(query[:history_part], model.user_vectors[user, :history_part],
                                        rtol=1e-5, atol=1e-6, err_msg=kind)
