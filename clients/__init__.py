@@ -41,6 +41,7 @@ from .types import (
     JOB_STATES,
     TERMINAL_STATES,
     BatchRecommendations,
+    GenreCount,
     Item,
     Job,
     ModelStatus,
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     # results
     "Item",
+    "GenreCount",
     "Recommendations",
     "UserRecommendations",
     "BatchRecommendations",

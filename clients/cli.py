@@ -356,7 +356,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(similar)
         return EXIT_OK
-    print(f"movies similar to {similar.movie.movie_id} {similar.movie.title}:")
+    movie = similar.movie
+    print(f"movies similar to {movie.movie_id} {movie.title} [{_or_dash(movie.year)}; {_genres(movie)}]:")
     _print_items(similar.items)
     print(f"model version {similar.model_version}")
     return EXIT_OK
@@ -496,8 +497,13 @@ def _print_metrics(job: Job) -> None:
 
 
 def _print_items(items: Iterable[Item]) -> None:
-    rows = [[rank, item.movie_id, item.title, f"{item.score:.4f}"] for rank, item in enumerate(items, 1)]
-    _print_table(["#", "movie", "title", "score"], rows, numeric={0, 1, 3})
+    rows = [[rank, item.movie_id, item.title, _or_dash(item.year), _genres(item), f"{item.score:.4f}"]
+            for rank, item in enumerate(items, 1)]
+    _print_table(["#", "movie", "title", "year", "genres", "score"], rows, numeric={0, 1, 3, 5})
+
+
+def _genres(item: Item) -> str:
+    return ", ".join(item.genres) or "-"
 
 
 def _print_status(status: ModelStatus) -> None:
@@ -514,6 +520,10 @@ def _print_status(status: ModelStatus) -> None:
         print(f"pin problem:    {status.pin_problem}")
     print(f"model root:     {status.model_root or '-'}")
     print(f"users / items:  {status.num_users} / {status.num_items}")
+    if status.genres:
+        print(f"genres ({len(status.genres)}):".ljust(16) + ", ".join(f"{g.name} {g.movies}" for g in status.genres))
+    elif status.served_version is not None:
+        print("genres: none (the served version has no movie metadata; retrain)")
     if status.metrics:
         print("metrics:        " + ", ".join(f"{k}={v:.4f}" for k, v in status.metrics.items()))
     if status.versions:

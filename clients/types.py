@@ -30,6 +30,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "Item",
+    "GenreCount",
     "Recommendations",
     "UserRecommendations",
     "BatchRecommendations",
@@ -85,6 +86,8 @@ class Item:
     movie_id: int
     title: str
     score: float
+    genres: tuple[str, ...] = ()  # in the catalogue's genre order; () also when the version has no metadata
+    year: int | None = None  # release year; None: unknown (or the version has no metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,12 @@ class ModelVersionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class GenreCount:
+    name: str
+    movies: int  # movies of the served version having this genre
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     served_version: int | None  # None: no model loaded yet
     model_kind: str
@@ -169,6 +178,9 @@ class ModelStatus:
     model_root: str
     pin_source: str | None = None  # "MODEL_ROOT" (Trainer.PinVersion), "VERSION_FLAG" (the replica's --version)
     pin_problem: str = ""  # why the pinned version is not the served one ("" when it is)
+    # The served version's genres and their movie counts, in the source's genre order;
+    # [] when it has no movie metadata (published before it existed).
+    genres: list[GenreCount] = field(default_factory=list)
 
     @property
     def serving(self) -> bool:
@@ -277,7 +289,8 @@ def _enum_name(enum: EnumTypeWrapper, value: int) -> str:
 
 
 def item_from_proto(item: recommender_pb2.RecommendedItem) -> Item:
-    return Item(movie_id=item.movie_id, title=item.title, score=item.score)
+    return Item(movie_id=item.movie_id, title=item.title, score=item.score, genres=tuple(item.genres),
+                year=item.year or None)
 
 
 def recommendations_from_proto(response: recommender_pb2.RecommendResponse) -> Recommendations:
@@ -362,6 +375,7 @@ def model_status_from_proto(status: recommender_pb2.ModelStatus) -> ModelStatus:
         pin_source=(_enum_name(recommender_pb2.ModelStatus.PinSource, status.pin_source)
                     if status.pin_source else None),
         pin_problem=status.pin_problem,
+        genres=[GenreCount(name=g.name, movies=g.movies) for g in status.genres],
     )
 
 

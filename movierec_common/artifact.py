@@ -16,6 +16,12 @@ so the recommender never has to know which model kind produced it:
   timestamps and rows in movie order;
 * ``popularity``: training interaction counts, the cold-start list.
 
+Movie metadata (genres, release years) is not in the SavedModel but beside
+it: two side arrays listed in the manifest and named by metadata.json's
+``movies`` record (see ``movie_metadata``). A version published before
+metadata existed has neither; it loads and serves exactly as before, every
+movie without genres and of unknown year (0), and without genre counts.
+
 A ``serving_default`` signature computes the same top-k inside TensorFlow, so
 TF Serving could load the very same folder; the recommender uses it as a smoke
 test and serves from the exported arrays with numpy, which is an order of
@@ -405,6 +411,18 @@ class DatasetFacts(_Record):
 
 
 @dataclass(frozen=True)
+class MovieFactsRecord(_Record):
+    """The version's movie metadata (movie_metadata.MovieMetadata): its genre names, in the
+    source's order (bit g of a movie's genre mask is genres[g]), and the side arrays holding
+    each movie's genre mask (uint64) and release year (int16, 0 = unknown), both in the manifest.
+    Absent (None) from versions published before metadata existed."""
+
+    genres: tuple[str, ...] = ()
+    genres_file: str = ""
+    years_file: str = ""
+
+
+@dataclass(frozen=True)
 class RefitRecord(_Record):
     """Whether the served vectors are a refit on all ratings with the evaluation run's settings."""
 
@@ -465,6 +483,9 @@ class VersionMetadata(_Record):
     distribution: Distribution = field(default_factory=Distribution)
     libraries: dict[str, str] = field(default_factory=dict)
     retrieval: dict[str, Any] | None = None  # ann_index.IndexParams.as_metadata(); None or exact: no index
+    # Genres and years beside the SavedModel (movie_metadata); None: published before metadata
+    # existed, which serves with no genres, unknown years and no genre counts.
+    movies: MovieFactsRecord | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)  # the manifest, filled in by write_version
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this release does not know, kept as read

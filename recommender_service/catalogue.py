@@ -1,5 +1,5 @@
 """What a served version knows besides its item vectors: users, movies, titles,
-seen lists and popularity (:class:`ServingCatalogue`).
+genres and years, seen lists and popularity (:class:`ServingCatalogue`).
 
 Derived once per version in the loader process from the SavedModel's arrays
 (``movierec_common.artifact.ModelArtifact``), so the serving process receives
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from movierec_common.artifact import ModelArtifact, UserMovieIndex
+from movierec_common.movie_metadata import MovieMetadata
 from recommender_service.top_k import top_k_indices
 
 
@@ -85,9 +86,13 @@ class ServingCatalogue(UserMovieIndex):
     # Each user's history as the artifact keeps it, oldest first: what a session query needs.
     history_indptr: np.ndarray  # [U + 1] int64, the artifact's seen_indptr
     history_indices: np.ndarray  # [nnz'] int32
+    # Genres (uint64 masks) and years (int16) aligned with movie_ids; MovieMetadata.none for a
+    # version published before metadata existed.
+    movies: MovieMetadata
 
     @classmethod
-    def from_artifact(cls, artifact: ModelArtifact) -> ServingCatalogue:
+    def from_artifact(cls, artifact: ModelArtifact, movies: MovieMetadata | None = None) -> ServingCatalogue:
+        """``movies``: the version's metadata (movie_metadata.read); None: it has none."""
         users, items = artifact.num_users, artifact.num_items
         rows = np.repeat(np.arange(users, dtype=np.int64), np.diff(artifact.seen_indptr))
         keys = np.unique(rows * items + artifact.seen_indices.astype(np.int64))
@@ -113,4 +118,5 @@ class ServingCatalogue(UserMovieIndex):
             movie_order=np.argsort(artifact.movie_ids, kind="stable").astype(np.int32),
             history_indptr=history_indptr,
             history_indices=history,
+            movies=movies if movies is not None else MovieMetadata.none(items),
         )

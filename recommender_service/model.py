@@ -11,6 +11,7 @@ the whole process, not one per version.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -33,6 +34,11 @@ class LoadedModel:
     @property
     def model_kind(self) -> str:
         return self.metadata.model_kind
+
+    @functools.cached_property
+    def genre_counts(self) -> list[tuple[str, int]]:
+        """(genre, movies having it) of this version, counted once (a pass per genre over its masks)."""
+        return self.retriever.catalogue.movies.genre_counts()
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool,
                   render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = ()) -> T:

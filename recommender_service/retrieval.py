@@ -33,6 +33,8 @@ class Scored(NamedTuple):
     movie_id: int
     title: str
     score: float
+    genres: tuple[str, ...] = ()  # in the version's genre order; () also for versions without metadata
+    year: int = 0                 # 0 = unknown
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Retriever:
         self._user_vectors = source.user_vectors
         self._movie_ids = source.movie_ids
         self._titles = source.titles
+        self._movies = source.movies
         self._sorted_movie_ids = source.movie_ids[source.movie_order]
         self.rankings = rankings if rankings is not None else Rankings.compute(source, top_k, ranking_budget_bytes)
 
@@ -168,11 +171,13 @@ class Retriever:
         """Cosine neighbours in the item space: for a two-tower model, movies its
         towers place together; for EASE, movies with similar co-rating weights."""
         index = self.movie_index(movie_id)
-        query = Scored(int(self._movie_ids[index]), self._titles[index], 1.0)
+        query = self._scored(np.array([index]), np.ones(1, dtype=np.float32))[0]
         indices, scores = self.top_k.similar(index, k)
         return query, self._scored(indices, scores)
 
     def _scored(self, indices: np.ndarray, scores: np.ndarray) -> list[Scored]:
         # One gather and one tolist() per field instead of a numpy scalar per item.
-        return [Scored(movie_id, title, score) for movie_id, title, score in
-                zip(self._movie_ids[indices].tolist(), self._titles.take(indices), scores.tolist(), strict=True)]
+        movies = self._movies
+        return [Scored(movie_id, title, score, genres, year) for movie_id, title, score, genres, year in
+                zip(self._movie_ids[indices].tolist(), self._titles.take(indices), scores.tolist(),
+                    movies.genres_of_many(indices), movies.years[indices].tolist(), strict=True)]

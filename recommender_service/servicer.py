@@ -71,7 +71,8 @@ def _answering(handler: Handler[Request, Response]) -> Handler[Request, Response
 
 
 def _items(scored: list[Scored]) -> list[recommender_pb2.RecommendedItem]:
-    return [recommender_pb2.RecommendedItem(movie_id=s.movie_id, title=s.title, score=s.score) for s in scored]
+    return [recommender_pb2.RecommendedItem(movie_id=s.movie_id, title=s.title, score=s.score, genres=s.genres,
+                                            year=s.year) for s in scored]
 
 
 def _check_k(k: int) -> None:
@@ -227,4 +228,6 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             answer.metrics.update(model.serving)  # serving_ann, serving_ann_nprobe, serving_smoke_recall_at_10, ...
             answer.num_users = model.retriever.num_users
             answer.num_items = model.retriever.num_items
+            answer.genres.extend(recommender_pb2.GenreCount(name=name, movies=count)
+                                 for name, count in model.genre_counts)
         return answer

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from movierec_common import ann_index, artifact, session_query
-from movierec_common.artifact import ArtifactError, ModelArtifact, VersionMetadata
+from movierec_common import ann_index, artifact, movie_metadata, session_query
+from movierec_common.artifact import ArtifactError, FileEntry, ModelArtifact, MovieFactsRecord, VersionMetadata
 from movierec_common.model_root import join
 from recommender_service.catalogue import ServingCatalogue
 from recommender_service.rankings import RANKING_BUDGET_BYTES, Rankings
@@ -188,6 +188,14 @@ def _check_index_holds_the_model(backend: FaissIVF, saved: ModelArtifact) -> Non
             f"{ann_index.INDEX_FILE} holds other vectors than the SavedModel (built from another model?)")
 
 
+def _check_movie_files_listed(record: MovieFactsRecord | None, manifest: dict[str, FileEntry]) -> None:
+    """A version's movie metadata files are served only when its manifest vouches for them."""
+    for name in () if record is None else (record.genres_file, record.years_file):
+        if name not in manifest:
+            raise ArtifactError(f"metadata.json says the version has movie metadata, but its manifest does not "
+                                f"list {name[:100]}")
+
+
 def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES) -> ValidatedVersion:
     """Everything a candidate must pass before it may serve. Raises ArtifactError.
 
@@ -204,10 +212,11 @@ def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES
     if params is not None and params.file not in manifest:
         raise ArtifactError(
             f"metadata.json says the version has an index, but its manifest does not list {params.file}")
+    _check_movie_files_listed(metadata.movies, manifest)
     clock.lap("manifest")
     saved, module = artifact.load(path)
     encoder = read_query_encoder(metadata, saved.num_items, int(saved.item_vectors.shape[1]))
-    catalogue = ServingCatalogue.from_artifact(saved)
+    catalogue = ServingCatalogue.from_artifact(saved, movie_metadata.read(path, metadata.movies, saved.num_items))
     norms = None
     if params is not None:
         norms = np.maximum(np.linalg.norm(saved.item_vectors, axis=1), 1e-12).astype(np.float32)

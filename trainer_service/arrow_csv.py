@@ -33,6 +33,13 @@ RATING_TYPES = {0: pa.int64(), 1: pa.int64(), 2: pa.float32(), 3: pa.int64()}
 MOVIE_TYPES = {0: pa.int64(), 1: pa.string()}
 
 
+def movie_types(layout: Layout) -> dict[int, Any]:
+    """What is kept of an items file: id and title, and the metadata fields as strings (u.item's release
+    date and 19 genre flags, the genres of movies.dat/.csv), which ``movie_facts`` reads vectorised."""
+    metadata = (2, *range(5, 24)) if layout.fields == 24 else (2,)
+    return {**MOVIE_TYPES, **{i: pa.string() for i in metadata}}
+
+
 @dataclass(frozen=True)
 class Prepared:
     """What pyarrow reads: the bytes (BOM dropped), a one-character delimiter, header lines to skip."""

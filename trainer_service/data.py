@@ -28,6 +28,7 @@ from trainer_service.data_root import MAX_FILE_BYTES, FolderReader, Reader
 from trainer_service.errors import MovieLensNotFound
 from trainer_service.formats import MovieColumns, RatingColumns
 from trainer_service.grouplens import GroupLensCopy, open_copy
+from trainer_service.movie_facts import read_genre_names
 from trainer_service.ratings import Ratings, build_ratings, content_fingerprint
 from trainer_service.releases import FILES_100K, ML_100K, Release, release_named
 
@@ -37,6 +38,7 @@ __all__ = ["GROUPLENS_HOST", "items_file_movies", "load_movielens", "load_moviel
 GROUPLENS_HOST = ("files.grouplens.org", 443)  # probed before a TFDS download
 _TFDS_PROBE_SECONDS = 3.0
 _TFDS_BATCH = 1 << 16
+GENRE_FILE_100K = "u.genre"  # names u.item's genre flags
 
 
 def _describe(columns: RatingColumns, movies: MovieColumns) -> str:
@@ -49,11 +51,11 @@ def _describe(columns: RatingColumns, movies: MovieColumns) -> str:
 
 
 def _load_from_reader(reader: Reader, ratings_path: str, items_path: str, source: str | None = None,
-                      grouplens_root: str | None = None) -> Ratings:
+                      grouplens_root: str | None = None, genre_names: tuple[str, ...] | None = None) -> Ratings:
     items_content = reader.read(items_path)
     ratings_content = reader.read(ratings_path)
     fingerprint = content_fingerprint(ratings_content, items_content)
-    movies = formats.parse_items(items_content, items_path)
+    movies = formats.parse_items(items_content, items_path, genre_names)
     del items_content
     columns = formats.parse_ratings(ratings_content, ratings_path)
     del ratings_content  # the parsed columns keep it only for error messages
@@ -90,10 +92,14 @@ def items_file_movies(data_root: str, items_path: str, max_bytes: int = MAX_FILE
 
 
 def _load_copy(copy: GroupLensCopy) -> Ratings:
+    """A GroupLens copy's ratings; an ML-100K copy's genre flags are named by its u.genre when it has one."""
     where = copy.reader.description
     title = copy.release.title if copy.release else f"MovieLens {' + '.join(copy.files)}"
+    genre_names = None
+    if copy.files == FILES_100K and copy.reader.exists(GENRE_FILE_100K):
+        genre_names = read_genre_names(copy.reader.read(GENRE_FILE_100K), GENRE_FILE_100K)
     return _load_from_reader(copy.reader, *copy.files, source=f"{title} ({where})",
-                             grouplens_root=where if copy.files == FILES_100K else None)
+                             grouplens_root=where if copy.files == FILES_100K else None, genre_names=genre_names)
 
 
 def _int_ids(values: object) -> np.ndarray:

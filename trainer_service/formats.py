@@ -18,15 +18,20 @@ twice) run on the arrays and find the line number only once they fail.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from trainer_service.arrow_csv import MOVIE_TYPES, RATING_TYPES, LineIndex, arrow_columns, arrow_input, numpy_column
+from movierec_common.movie_metadata import MovieMetadata
+from trainer_service import movie_facts
+from trainer_service.arrow_csv import RATING_TYPES, LineIndex, arrow_columns, arrow_input, movie_types, numpy_column
 from trainer_service.errors import DatasetError
 from trainer_service.layouts import (
     ITEMS_CSV,
@@ -68,7 +73,7 @@ class RatingColumns:
 
 @dataclass(frozen=True)
 class MovieColumns:
-    """The movies of one items file as raw ids and titles, in file order."""
+    """The movies of one items file as raw ids, titles and metadata, in file order."""
 
     movie_ids: np.ndarray   # int64, unique
     titles: np.ndarray      # str
@@ -76,6 +81,7 @@ class MovieColumns:
     layout: Layout
     encoding: str
     line: Callable[[int], int]
+    facts: MovieMetadata | None = None  # genres and years; None where the source has none (TFDS)
 
     def __len__(self) -> int:
         return len(self.movie_ids)
@@ -114,27 +120,35 @@ def count_items(content: bytes, name: str) -> int:
     return max(0, lines - int(has_header(content, layout)))
 
 
-def parse_items(content: bytes, name: str) -> MovieColumns:
-    """Movies in any GroupLens layout, keyed by id; titles keep their spelling."""
+def parse_items(content: bytes, name: str, genre_names: tuple[str, ...] | None = None) -> MovieColumns:
+    """Movies in any GroupLens layout, keyed by id; titles keep their spelling; genres and years
+    read once here (``movie_facts``). ``genre_names``: a u.item's flag names, from its u.genre."""
     _require_content(content, name)
     layout = detect_items_layout(content, name)
     encoding = items_encoding(content, layout)
     utf8 = content if encoding == "utf-8" else content.decode(encoding).encode("utf-8")
+    types = movie_types(layout)
     prepared = arrow_input(utf8, layout)
-    columns = arrow_columns(prepared, layout, MOVIE_TYPES)
+    columns = arrow_columns(prepared, layout, types)
     if columns is not None and pc.any(pc.match_substring_regex(columns[1], r"[\r\n]")).as_py():
         columns = None  # a quoted line break: rows no longer match lines, so let the line parser judge
     if columns is None or prepared is None:
-        raise_first_bad_line(content, name, layout, encoding, prepared, MOVIE_TYPES)
-        movies = _slow_items(content, name, layout, encoding)
+        raise_first_bad_line(content, name, layout, encoding, prepared, types)
+        movies, titles, metadata = _slow_items(content, name, layout, encoding)
     else:
         refuse_nul(content, name)
+        titles, metadata = columns[1], columns[2:]
         movies = MovieColumns(
-            movie_ids=numpy_column(columns, 0, np.int64), titles=columns[1].to_numpy(zero_copy_only=False).astype(str),
+            movie_ids=numpy_column(columns, 0, np.int64), titles=titles.to_numpy(zero_copy_only=False).astype(str),
             name=name, layout=layout, encoding=encoding, line=LineIndex(content).row_numbers(prepared.header_lines),
         )
     _check_unique_movies(movies)
-    return movies
+    if layout is ITEMS_PIPE:
+        facts = movie_facts.from_flags(metadata[0], metadata[1:], name, movies.line,
+                                       genre_names or movie_facts.ML_100K_GENRES)
+    else:
+        facts = movie_facts.from_genre_lists(metadata[0], titles, name)
+    return dataclasses.replace(movies, facts=facts)
 
 
 def _require_content(content: bytes, name: str) -> None:
@@ -176,16 +190,23 @@ def _slow_ratings(content: bytes, name: str, layout: Layout) -> RatingColumns:
     )
 
 
-def _slow_items(content: bytes, name: str, layout: Layout, encoding: str) -> MovieColumns:
+def _slow_items(content: bytes, name: str, layout: Layout, encoding: str
+                ) -> tuple[MovieColumns, Any, list[Any]]:
+    """The movies, their titles and metadata columns (as arrow arrays, like pyarrow's), line by line."""
     ids, numbers, titles = array("q"), array("q"), []
+    kept = (2, *range(5, 24)) if layout is ITEMS_PIPE else (2,)
+    metadata: list[list[str]] = [[] for _ in kept]
     for number, fields in data_lines(content, name, layout, encoding):
         ids.append(fields[0])
         titles.append(fields[1])
+        for column, position in zip(metadata, kept, strict=True):
+            column.append(fields[position])
         numbers.append(number)
     if not numbers:
         raise DatasetError(f"{name}: holds no movies, only a header line")
     lines = np.frombuffer(numbers, dtype=np.int64)
-    return MovieColumns(
+    movies = MovieColumns(
         movie_ids=np.frombuffer(ids, dtype=np.int64).copy(), titles=np.asarray(titles, dtype=str),
         name=name, layout=layout, encoding=encoding, line=lambda row: int(lines[row]),
     )
+    return movies, pa.array(titles, pa.string()), [pa.array(column, pa.string()) for column in metadata]

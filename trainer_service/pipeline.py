@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from movierec_common import ann_index
+from movierec_common import ann_index, movie_metadata
 from movierec_common.artifact import (
     LOSS_PLOT_FILE,
     DatasetFacts,
@@ -164,9 +164,12 @@ class Job:
         self.ctx.report(phase="publishing")
         png = self.plot(trained)
         artifact, index_files, retrieval = self.index(split, served)
-        metadata = self.describe(split, trained, served, refit, evaluation, retrieval)
+        # Genres and years ride beside the SavedModel, aligned with its movies (the items file's order).
+        movie_files, movies = movie_metadata.files_for_version(split.data.facts)
+        metadata = dataclasses.replace(self.describe(split, trained, served, refit, evaluation, retrieval),
+                                       movies=movies)
         self.ctx.check_cancelled()
-        version = self.publish(artifact, metadata, {LOSS_PLOT_FILE: png, **index_files})
+        version = self.publish(artifact, metadata, {LOSS_PLOT_FILE: png, **index_files, **movie_files})
         self.retention()
         return evaluation.result(version=version)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from movierec_common.movie_metadata import MovieMetadata
 from trainer_service.errors import DatasetError
 from trainer_service.formats import MovieColumns, RatingColumns
 
@@ -40,6 +41,9 @@ class Ratings:
     # Folder or zip of a GroupLens MovieLens 100K copy, when the data came from
     # one; predefined splits (ua, u1, ...) can only be read from there.
     grouplens_root: str | None = None
+    # Genres and years aligned with movie_ids, read with the items file; None where the source has
+    # none (TFDS), and the version then carries none.
+    facts: MovieMetadata | None = None
 
     @property
     def n_users(self) -> int:
@@ -201,6 +205,7 @@ def build_ratings(columns: RatingColumns, movies: MovieColumns, source: str, fin
         source=source,
         fingerprint=fingerprint,
         grouplens_root=grouplens_root,
+        facts=movies.facts,
     )
 
 

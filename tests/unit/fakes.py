@@ -42,8 +42,13 @@ def stamp(moment: dt.datetime):
     return ts
 
 
+# Genres and years of the fake movies: one with both, one with neither (shown as "-").
+MOVIE_FACTS = {50: (["Action", "Sci-Fi"], 1977), 181: (["Action", "Romance"], 1983)}
+
+
 def rec_items(n: int = 3):
-    return [recommender_pb2.RecommendedItem(movie_id=m, title=t, score=s) for m, t, s in MOVIES[:n]]
+    return [recommender_pb2.RecommendedItem(movie_id=m, title=t, score=s, genres=MOVIE_FACTS.get(m, ([], 0))[0],
+                                            year=MOVIE_FACTS.get(m, ([], 0))[1]) for m, t, s in MOVIES[:n]]
 
 
 def make_job(
@@ -164,6 +169,8 @@ class FakeRecommender(_Recorder, recommender_pb2_grpc.RecommenderServicer):
             loaded_at=stamp(T0),
             model_root="/models",
             pinned_version=0,
+            genres=[recommender_pb2.GenreCount(name="Action", movies=251),
+                    recommender_pb2.GenreCount(name="Drama", movies=725)],
             versions=[
                 recommender_pb2.ModelVersion(
                     version=8, state=recommender_pb2.ModelVersion.REJECTED, reason="NaN scores", model_kind="bpr"

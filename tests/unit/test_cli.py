@@ -40,9 +40,10 @@ def test_recommend_prints_a_numbered_table(run, servers):
 
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["#", "movie", "title", "score"]
-    assert lines[1].split() == ["1", "50", "Star", "Wars", "(1977)", "0.7500"]
+    assert lines[0].split() == ["#", "movie", "title", "year", "genres", "score"]
+    assert lines[1].split() == ["1", "50", "Star", "Wars", "(1977)", "1977", "Action,", "Sci-Fi", "0.7500"]
     assert "Misérables, Les (1995)" in lines[2] and lines[2].lstrip().startswith("2")
+    assert lines[2].split()[-3:] == ["-", "-", "0.5000"]  # unknown year, no genres
     assert lines[-1] == "model version 7, cold start: no"
     (request,) = servers.recommender.requests("Recommend")
     assert request.user_id == "42" and request.k == 3 and not request.HasField("exclude_seen")
@@ -94,7 +95,9 @@ def test_recommend_json_keeps_unicode(run):
     assert code == 0
     data = json.loads(out)
     assert data["model_version"] == 7 and data["cold_start"] is False
-    assert data["items"][1] == {"movie_id": 1346, "title": "Misérables, Les (1995)", "score": 0.5}
+    assert data["items"][1] == {"movie_id": 1346, "title": "Misérables, Les (1995)", "score": 0.5, "genres": [],
+                                "year": None}
+    assert data["items"][0]["genres"] == ["Action", "Sci-Fi"] and data["items"][0]["year"] == 1977
     assert "Misérables" in out  # not \u-escaped
 
 
@@ -109,7 +112,7 @@ def test_similar(run, servers):
 
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "movies similar to 50 Star Wars (1977):"
+    assert lines[0] == "movies similar to 50 Star Wars (1977) [-; -]:"  # the fake sends no facts for it
     assert "Misérables, Les (1995)" in lines[2] and "Return of the Jedi (1983)" in lines[3]
     assert lines[-1] == "model version 7"
     assert servers.recommender.requests("SimilarItems")[0].movie_id == 50
@@ -121,6 +124,7 @@ def test_status(run):
     assert code == 0
     assert "served version: 7 (two_tower)" in out
     assert "pinned version: none" in out and "943 / 1682" in out
+    assert "genres (2):     Action 251, Drama 725" in out
     rows = [line.split() for line in out.splitlines()]
     assert ["8", "REJECTED", "bpr", "-", "NaN", "scores"] in rows
     assert ["7", "SERVING", "two_tower", "0.1250"] in rows
@@ -131,6 +135,7 @@ def test_status_json(run):
     data = json.loads(out)
     assert code == 0 and data["served_version"] == 7 and data["loaded_at"] == T0.isoformat()
     assert data["versions"][0]["state"] == "REJECTED"
+    assert data["genres"] == [{"name": "Action", "movies": 251}, {"name": "Drama", "movies": 725}]
 
 
 # --------------------------------------------------------------------------- trainer

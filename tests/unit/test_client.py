@@ -67,7 +67,8 @@ def test_recommend_sends_the_request_and_returns_typed_items(rc, servers):
     assert request.user_id == "42" and request.k == 2
     assert not request.HasField("exclude_seen")  # server default applies
     assert recs == Recommendations(
-        items=[Item(50, "Star Wars (1977)", 0.75), Item(1346, "Misérables, Les (1995)", 0.5)],
+        items=[Item(50, "Star Wars (1977)", 0.75, ("Action", "Sci-Fi"), 1977),
+               Item(1346, "Misérables, Les (1995)", 0.5)],  # year 0 on the wire: None (unknown)
         model_version=7,
         cold_start=False,
     )
@@ -132,7 +133,7 @@ def test_recommend_batch(rc, servers):
     assert isinstance(batch, BatchRecommendations) and batch.model_version == 7
     assert [r.user_id for r in batch] == ["1", "999999"]
     assert batch.for_user("999999").cold_start is True
-    assert batch.for_user(1).items == [Item(50, "Star Wars (1977)", 0.75)]
+    assert batch.for_user(1).items == [Item(50, "Star Wars (1977)", 0.75, ("Action", "Sci-Fi"), 1977)]
     with pytest.raises(KeyError):
         batch.for_user("2")
 
@@ -144,7 +145,8 @@ def test_similar_items(rc, servers):
     assert request.movie_id == 50 and request.k == 2
     assert similar == SimilarItems(
         movie=Item(50, "Star Wars (1977)", 1.0),
-        items=[Item(1346, "Misérables, Les (1995)", 0.5), Item(181, "Return of the Jedi (1983)", 0.25)],
+        items=[Item(1346, "Misérables, Les (1995)", 0.5),
+               Item(181, "Return of the Jedi (1983)", 0.25, ("Action", "Romance"), 1983)],
         model_version=7,
     )
 

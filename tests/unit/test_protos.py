@@ -33,4 +33,5 @@ def test_contract_names_other_clients_depend_on():
         "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
     request = recommender_pb2.RecommendRequest(user_id="42", k=10)
     assert not request.HasField("exclude_seen")  # unset means "exclude", the default
-    assert set(recommender_pb2.RecommendedItem.DESCRIPTOR.fields_by_name) == {"movie_id", "title", "score"}
+    assert set(recommender_pb2.RecommendedItem.DESCRIPTOR.fields_by_name) == {"movie_id", "title", "score", "genres",
+                                                                              "year"}

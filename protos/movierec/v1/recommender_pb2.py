@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10recent_movie_ids\x18\x04 \x03(\x03\x42\x0f\n\r_exclude_seen\"A\n\x0fRecommendedItem\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x86\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x19\n\x11unknown_movie_ids\x18\x04 \x03(\x03\"`\n\x15RecommendBatchRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_exclude_seen\"g\n\x13UserRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"b\n\x16RecommendBatchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .movierec.v1.UserRecommendations\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"2\n\x13SimilarItemsRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"\x87\x01\n\x14SimilarItemsResponse\x12+\n\x05movie\x18\x01 \x01(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\"\x17\n\x15GetModelStatusRequest\"\xc0\x02\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.movierec.v1.ModelVersion.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nmodel_kind\x18\x04 \x01(\t\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.movierec.v1.ModelVersion.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"b\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\r\n\tAVAILABLE\x10\x02\x12\x0b\n\x07LOADING\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x12\x0b\n\x07RETIRED\x10\x05\"\xe7\x03\n\x0bModelStatus\x12\x16\n\x0eserved_version\x18\x01 \x01(\x03\x12\x12\n\nmodel_kind\x18\x02 \x01(\t\x12-\n\tloaded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_root\x18\x04 \x01(\t\x12\x16\n\x0epinned_version\x18\x05 \x01(\x03\x12+\n\x08versions\x18\x06 \x03(\x0b\x32\x19.movierec.v1.ModelVersion\x12\x36\n\x07metrics\x18\x07 \x03(\x0b\x32%.movierec.v1.ModelStatus.MetricsEntry\x12\x11\n\tnum_users\x18\x08 \x01(\x03\x12\x11\n\tnum_items\x18\t \x01(\x03\x12\x36\n\npin_source\x18\n \x01(\x0e\x32\".movierec.v1.ModelStatus.PinSource\x12\x13\n\x0bpin_problem\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\tPinSource\x12\x1a\n\x16PIN_SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERSION_FLAG\x10\x01\x12\x0e\n\nMODEL_ROOT\x10\x02\x32\xd9\x02\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12Y\n\x0eRecommendBatch\x12\".movierec.v1.RecommendBatchRequest\x1a#.movierec.v1.RecommendBatchResponse\x12S\n\x0cSimilarItems\x12 .movierec.v1.SimilarItemsRequest\x1a!.movierec.v1.SimilarItemsResponse\x12N\n\x0eGetModelStatus\x12\".movierec.v1.GetModelStatusRequest\x1a\x18.movierec.v1.ModelStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10recent_movie_ids\x18\x04 \x03(\x03\x42\x0f\n\r_exclude_seen\"_\n\x0fRecommendedItem\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x0c\n\x04year\x18\x05 \x01(\x05\"\x86\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x19\n\x11unknown_movie_ids\x18\x04 \x03(\x03\"`\n\x15RecommendBatchRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_exclude_seen\"g\n\x13UserRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"b\n\x16RecommendBatchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .movierec.v1.UserRecommendations\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"2\n\x13SimilarItemsRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"\x87\x01\n\x14SimilarItemsResponse\x12+\n\x05movie\x18\x01 \x01(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\"\x17\n\x15GetModelStatusRequest\"\xc0\x02\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.movierec.v1.ModelVersion.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nmodel_kind\x18\x04 \x01(\t\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.movierec.v1.ModelVersion.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"b\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\r\n\tAVAILABLE\x10\x02\x12\x0b\n\x07LOADING\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x12\x0b\n\x07RETIRED\x10\x05\"\x90\x04\n\x0bModelStatus\x12\x16\n\x0eserved_version\x18\x01 \x01(\x03\x12\x12\n\nmodel_kind\x18\x02 \x01(\t\x12-\n\tloaded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_root\x18\x04 \x01(\t\x12\x16\n\x0epinned_version\x18\x05 \x01(\x03\x12+\n\x08versions\x18\x06 \x03(\x0b\x32\x19.movierec.v1.ModelVersion\x12\x36\n\x07metrics\x18\x07 \x03(\x0b\x32%.movierec.v1.ModelStatus.MetricsEntry\x12\x11\n\tnum_users\x18\x08 \x01(\x03\x12\x11\n\tnum_items\x18\t \x01(\x03\x12\x36\n\npin_source\x18\n \x01(\x0e\x32\".movierec.v1.ModelStatus.PinSource\x12\x13\n\x0bpin_problem\x18\x0b \x01(\t\x12\'\n\x06genres\x18\x0c \x03(\x0b\x32\x17.movierec.v1.GenreCount\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\tPinSource\x12\x1a\n\x16PIN_SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERSION_FLAG\x10\x01\x12\x0e\n\nMODEL_ROOT\x10\x02\"*\n\nGenreCount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06movies\x18\x02 \x01(\x03\x32\xd9\x02\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12Y\n\x0eRecommendBatch\x12\".movierec.v1.RecommendBatchRequest\x1a#.movierec.v1.RecommendBatchResponse\x12S\n\x0cSimilarItems\x12 .movierec.v1.SimilarItemsRequest\x1a!.movierec.v1.SimilarItemsResponse\x12N\n\x0eGetModelStatus\x12\".movierec.v1.GetModelStatusRequest\x1a\x18.movierec.v1.ModelStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,33 +39,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST']._serialized_start=79
   _globals['_RECOMMENDREQUEST']._serialized_end=195
   _globals['_RECOMMENDEDITEM']._serialized_start=197
-  _globals['_RECOMMENDEDITEM']._serialized_end=262
-  _globals['_RECOMMENDRESPONSE']._serialized_start=265
-  _globals['_RECOMMENDRESPONSE']._serialized_end=399
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=401
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=497
-  _globals['_USERRECOMMENDATIONS']._serialized_start=499
-  _globals['_USERRECOMMENDATIONS']._serialized_end=602
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=604
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=702
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=704
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=754
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=757
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=892
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=894
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=917
-  _globals['_MODELVERSION']._serialized_start=920
-  _globals['_MODELVERSION']._serialized_end=1240
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=1094
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=1140
-  _globals['_MODELVERSION_STATE']._serialized_start=1142
-  _globals['_MODELVERSION_STATE']._serialized_end=1240
-  _globals['_MODELSTATUS']._serialized_start=1243
-  _globals['_MODELSTATUS']._serialized_end=1730
-  _globals['_MODELSTATUS_METRICSENTRY']._serialized_start=1094
-  _globals['_MODELSTATUS_METRICSENTRY']._serialized_end=1140
-  _globals['_MODELSTATUS_PINSOURCE']._serialized_start=1657
-  _globals['_MODELSTATUS_PINSOURCE']._serialized_end=1730
-  _globals['_RECOMMENDER']._serialized_start=1733
-  _globals['_RECOMMENDER']._serialized_end=2078
+  _globals['_RECOMMENDEDITEM']._serialized_end=292
+  _globals['_RECOMMENDRESPONSE']._serialized_start=295
+  _globals['_RECOMMENDRESPONSE']._serialized_end=429
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=431
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=527
+  _globals['_USERRECOMMENDATIONS']._serialized_start=529
+  _globals['_USERRECOMMENDATIONS']._serialized_end=632
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=634
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=732
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=734
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=784
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=787
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=922
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=924
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=947
+  _globals['_MODELVERSION']._serialized_start=950
+  _globals['_MODELVERSION']._serialized_end=1270
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=1124
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=1170
+  _globals['_MODELVERSION_STATE']._serialized_start=1172
+  _globals['_MODELVERSION_STATE']._serialized_end=1270
+  _globals['_MODELSTATUS']._serialized_start=1273
+  _globals['_MODELSTATUS']._serialized_end=1801
+  _globals['_MODELSTATUS_METRICSENTRY']._serialized_start=1124
+  _globals['_MODELSTATUS_METRICSENTRY']._serialized_end=1170
+  _globals['_MODELSTATUS_PINSOURCE']._serialized_start=1728
+  _globals['_MODELSTATUS_PINSOURCE']._serialized_end=1801
+  _globals['_GENRECOUNT']._serialized_start=1803
+  _globals['_GENRECOUNT']._serialized_end=1845
+  _globals['_RECOMMENDER']._serialized_start=1848
+  _globals['_RECOMMENDER']._serialized_end=2193
 # @@protoc_insertion_point(module_scope)

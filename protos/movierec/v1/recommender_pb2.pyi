@@ -23,14 +23,18 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., recent_movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("movie_id", "title", "score")
+    __slots__ = ("movie_id", "title", "score", "genres", "year")
     MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    YEAR_FIELD_NUMBER: _ClassVar[int]
     movie_id: int
     title: str
     score: float
-    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    year: int
+    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., genres: _Optional[_Iterable[str]] = ..., year: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "cold_start", "unknown_movie_ids")
@@ -130,7 +134,7 @@ class ModelVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., reason: _Optional[str] = ..., model_kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem")
+    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem", "genres")
     class PinSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PIN_SOURCE_UNSPECIFIED: _ClassVar[ModelStatus.PinSource]
@@ -157,6 +161,7 @@ class ModelStatus(_message.Message):
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
     PIN_SOURCE_FIELD_NUMBER: _ClassVar[int]
     PIN_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
     served_version: int
     model_kind: str
     loaded_at: _timestamp_pb2.Timestamp
@@ -168,4 +173,13 @@ class ModelStatus(_message.Message):
     num_items: int
     pin_source: ModelStatus.PinSource
     pin_problem: str
-    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ...) -> None: ...
+    genres: _containers.RepeatedCompositeFieldContainer[GenreCount]
+    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ..., genres: _Optional[_Iterable[_Union[GenreCount, _Mapping]]] = ...) -> None: ...
+
+class GenreCount(_message.Message):
+    __slots__ = ("name", "movies")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MOVIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    movies: int
+    def __init__(self, name: _Optional[str] = ..., movies: _Optional[int] = ...) -> None: ...
