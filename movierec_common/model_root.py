@@ -430,9 +430,10 @@ def write_pin(root: str, version: int | None, keys: signing.PublishingKeys | Non
     location = join(root, PIN_FILE)
     if keys is not None:
         try:
-            previous = signing.read_pin_document(keys, read_bytes(location), PIN_FILE).sequence
-        except (FileNotFoundError, ValueError):  # none yet, or not one of ours (SignatureError is a ValueError)
-            previous = 0
+            signed = read_signed_pin(root, keys)
+        except PinDamaged:  # not one of ours: replaced by one that is
+            signed = None
+        previous = 0 if signed is None else signed.sequence
         write_bytes(location, signing.pin_document(keys, None if version is None else int(version), previous))
         return
     if version is None:
@@ -446,6 +447,23 @@ class PinDamaged(ValueError):
     them; writing a new pin (or unpinning) repairs it."""
 
 
+def read_signed_pin(root: str, keys: signing.PublishingKeys) -> signing.SignedPin | None:
+    """The verified pin with its sequence, or None when there is no pin file.
+
+    Raises PinDamaged when it is not signed by one of ``keys`` or is not a
+    pin, RootUnreachable when the store cannot answer.
+    """
+    location = join(root, PIN_FILE)
+    try:
+        raw = read_bytes(location)
+    except FileNotFoundError:
+        return None
+    try:
+        return signing.read_pin_document(keys, raw, "the pin")
+    except ValueError as exc:  # SignatureError, or not a pin
+        raise PinDamaged(f"{location}: {exc}") from None
+
+
 def read_pin(root: str, keys: signing.PublishingKeys | None = None) -> int | None:
     """The pinned version, or None when nothing is pinned (no pin file, or a signed unpin).
 
@@ -455,16 +473,14 @@ def read_pin(root: str, keys: signing.PublishingKeys | None = None) -> int | Non
     what it serves rather than guess. Without keys a signed pin reads as
     written, unverified.
     """
+    if keys is not None:
+        signed = read_signed_pin(root, keys)
+        return None if signed is None else signed.version
     location = join(root, PIN_FILE)
     try:
         raw = read_bytes(location)
     except FileNotFoundError:
         return None
-    if keys is not None:
-        try:
-            return signing.read_pin_document(keys, raw, "the pin").version
-        except ValueError as exc:  # SignatureError, or not a pin
-            raise PinDamaged(f"{location}: {exc}") from None
     try:
         document = json.loads(raw)
         version = document["version"]

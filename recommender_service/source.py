@@ -21,14 +21,12 @@ from dataclasses import dataclass, field, replace
 
 from movierec_common import signing
 from movierec_common.model_root import (
-    PIN_FILE,
     PinDamaged,
     RootUnreachable,
     folder_fingerprint,
-    join,
     list_versions,
-    read_bytes,
     read_pin,
+    read_signed_pin,
     version_dir,
 )
 
@@ -97,14 +95,9 @@ class RootSource:
             return PinReading(problem=f"{type(exc).__name__} reading the pin", error=str(exc))
 
     def _read_signed_pin(self, keys: signing.PublishingKeys) -> PinReading:
-        try:
-            raw = read_bytes(join(self.model_root, PIN_FILE))
-        except FileNotFoundError:
+        pin = read_signed_pin(self.model_root, keys)  # PinDamaged and RootUnreachable: see _read_pin
+        if pin is None:
             return PinReading()
-        try:
-            pin = signing.read_pin_document(keys, raw, "the pin")
-        except ValueError as exc:  # SignatureError, or not a pin
-            return PinReading(problem=str(exc), error=str(exc))
         if pin.sequence < self._pin_sequence:
             problem = (f"the pin is older (sequence {pin.sequence}) than one this replica already followed "
                        f"(sequence {self._pin_sequence}): an old signed pin put back is not followed")
