@@ -16,13 +16,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from movierec_common import metrics
-from recommender_service.errors import CallEnded
+from recommender_service.errors import CallEnded, TooCostly
 from recommender_service.retrieval import Recommendation, Retriever
 
 
 def live_users(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool) -> int:
     """How many of the batch's users would be answered by a scan of the catalogue (repeats count again)."""
     return sum(1 for user_id in user_ids if retriever.answers_live(user_id, k, exclude_seen))
+
+
+def check_live_cost(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool,
+                    max_scores: int) -> None:
+    """Raises TooCostly, with the figures, when the batch's live scans (:func:`live_users` x movies)
+    would score more than ``max_scores`` (the servicer's per-call limit)."""
+    live = live_users(retriever, user_ids, k, exclude_seen)
+    items = retriever.num_items
+    if live * items > max_scores:
+        raise TooCostly(
+            f"this batch needs {live:,} users x {items:,} movies = {live * items:,} scores ranked live (users "
+            f"the rankings computed at load do not answer: exclude_seen=false, k above the precomputed depth, "
+            f"users past the ranking budget); at most {max_scores:,} per call: send at most "
+            f"{max_scores // max(items, 1):,} such users per batch")
 
 
 def recommend_batch(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool,

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from movierec_common import metrics
 from recommender_service.answers import DEFAULT_BUDGET_BYTES, ServedAnswers
-from recommender_service.batches import live_users, recommend_batch
+from recommender_service.batches import check_live_cost, recommend_batch
 from recommender_service.errors import (
     CallEnded,
     DeadlinePassed,
@@ -97,33 +97,19 @@ def _exclude_seen(request: Any) -> bool:
     return bool(request.exclude_seen) if request.HasField("exclude_seen") else True
 
 
+def _deadline_passed(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _should_stop(context: grpc.ServicerContext) -> Callable[[], bool]:
     """For domain code: has the caller gone (cancelled, disconnected) or its deadline passed?"""
-
-    def should_stop() -> bool:
-        if not context.is_active():
-            return True
-        remaining = context.time_remaining()
-        return remaining is not None and remaining <= 0
-
-    return should_stop
-
-
-def _check_batch_cost(model: LoadedModel, user_ids: Sequence[str], k: int, exclude_seen: bool) -> None:
-    live = live_users(model.retriever, user_ids, k, exclude_seen)
-    items = model.retriever.num_items
-    if live * items > MAX_BATCH_LIVE_SCORES:
-        raise TooCostly(
-            f"this batch needs {live:,} users x {items:,} movies = {live * items:,} scores ranked live (users "
-            f"the rankings computed at load do not answer: exclude_seen=false, k above the precomputed depth, "
-            f"users past the ranking budget); at most {MAX_BATCH_LIVE_SCORES:,} per call: send at most "
-            f"{MAX_BATCH_LIVE_SCORES // max(items, 1):,} such users per batch")
+    return lambda: not context.is_active() or _deadline_passed(context)
 
 
 def _why_ended(ended: CallEnded, context: grpc.ServicerContext) -> RecommenderError:
     """DEADLINE_EXCEEDED when the deadline is why the batch stopped, else CANCELLED (the caller left)."""
-    remaining = context.time_remaining()
-    return DeadlinePassed(str(ended)) if remaining is not None and remaining <= 0 else ended
+    return DeadlinePassed(str(ended)) if _deadline_passed(context) else ended
 
 
 def _batch_response(model: LoadedModel, user_ids: Sequence[str],
@@ -188,7 +174,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                                  f"(got {len(request.user_ids)} x {request.k}); split the batch or lower k")
         model = self._model(context)
         exclude = _exclude_seen(request)
-        _check_batch_cost(model, request.user_ids, request.k, exclude)
+        check_live_cost(model.retriever, request.user_ids, request.k, exclude, MAX_BATCH_LIVE_SCORES)
         try:
             ranked = recommend_batch(model.retriever, request.user_ids, request.k, exclude, _should_stop(context))
         except CallEnded as ended:
