@@ -101,6 +101,13 @@ class QueueFull(TrainerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooManyWatchers(TrainerError):
+    """Every WatchJob slot is taken (servicer.MAX_WATCHERS); GetJob answers the same question without
+    holding a thread."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class JobNotFound(TrainerError, LookupError):
     """No job has this id."""
 

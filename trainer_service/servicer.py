@@ -19,7 +19,7 @@ from movierec.v1 import trainer_pb2, trainer_pb2_grpc
 from movierec_common.model_root import PinDamaged, RootUnreachable
 from trainer_service import errors
 from trainer_service.config import TrainerConfig
-from trainer_service.errors import InvalidRequest, StorageMessages, TrainerError
+from trainer_service.errors import InvalidRequest, StorageMessages, TooManyWatchers, TrainerError
 from trainer_service.job_manager import JobManager
 from trainer_service.jobs import JobRecord
 from trainer_service.publisher import PublishedVersion, pin_version, root_versions
@@ -106,12 +106,6 @@ def version_to_proto(version: PublishedVersion) -> trainer_pb2.VersionInfo:
         created_at=_timestamp(version.created_at or 0.0), size_bytes=version.size_bytes, pinned=version.pinned,
         served_by=version.served_by,
     )
-
-
-class TooManyWatchers(TrainerError):
-    """Every watcher slot is taken; GetJob answers the same question without holding a thread."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def _job_id(job_id: str) -> str:
