@@ -27,6 +27,7 @@ __all__ = [
     "DeadlinePassed",
     "NoModelLoaded",
     "SessionsUnsupported",
+    "FilterNeedsMetadata",
     "UnknownMovie",
     "TooCostly",
     "CallEnded",
@@ -89,6 +90,20 @@ class SessionsUnsupported(RecommenderError):
         super().__init__(f"{which} was published before sessions were supported; retrain to answer recent_movie_ids")
 
 
+class FilterNeedsMetadata(RecommenderError):
+    """A genre or year condition sent to a version published before movie metadata existed: it knows
+    no genres or years to test, and answering as if none passed (or all did) would mislead. Id
+    conditions still work on it; retraining publishes a version that can answer the rest."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, version: int | None = None) -> None:
+        self.version = version
+        which = "this model version" if version is None else f"model version {version}"
+        super().__init__(f"{which} was published before movie metadata (genres, years) existed; retrain to "
+                         f"filter by genre or year (exclude_movie_ids and only_movie_ids work on it)")
+
+
 class UnknownMovie(RecommenderError, LookupError):
     """A movie id the served version does not know (SimilarItems asks about one movie by id)."""
 
@@ -124,7 +139,8 @@ class CallEnded(RecommenderError):
 
 # Every condition a caller can meet, with its status: the table the README's status table documents.
 CONDITIONS: tuple[type[RecommenderError], ...] = (
-    InvalidRequest, DeadlinePassed, NoModelLoaded, SessionsUnsupported, UnknownMovie, TooCostly, CallEnded)
+    InvalidRequest, DeadlinePassed, NoModelLoaded, SessionsUnsupported, FilterNeedsMetadata, UnknownMovie, TooCostly,
+    CallEnded)
 
 
 def status(error: RecommenderError) -> tuple[grpc.StatusCode, str]:

@@ -11,16 +11,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen", "recent_movie_ids")
+    __slots__ = ("user_id", "k", "exclude_seen", "recent_movie_ids", "filter")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     RECENT_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
     recent_movie_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., recent_movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., recent_movie_ids: _Optional[_Iterable[int]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("exclude_movie_ids", "only_movie_ids", "genres_any", "genres_all", "exclude_genres", "min_year", "max_year")
+    EXCLUDE_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ONLY_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENRES_ANY_FIELD_NUMBER: _ClassVar[int]
+    GENRES_ALL_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    MIN_YEAR_FIELD_NUMBER: _ClassVar[int]
+    MAX_YEAR_FIELD_NUMBER: _ClassVar[int]
+    exclude_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    only_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    genres_any: _containers.RepeatedScalarFieldContainer[str]
+    genres_all: _containers.RepeatedScalarFieldContainer[str]
+    exclude_genres: _containers.RepeatedScalarFieldContainer[str]
+    min_year: int
+    max_year: int
+    def __init__(self, exclude_movie_ids: _Optional[_Iterable[int]] = ..., only_movie_ids: _Optional[_Iterable[int]] = ..., genres_any: _Optional[_Iterable[str]] = ..., genres_all: _Optional[_Iterable[str]] = ..., exclude_genres: _Optional[_Iterable[str]] = ..., min_year: _Optional[int] = ..., max_year: _Optional[int] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("movie_id", "title", "score", "genres", "year")
@@ -37,62 +57,76 @@ class RecommendedItem(_message.Message):
     def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., genres: _Optional[_Iterable[str]] = ..., year: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "cold_start", "unknown_movie_ids")
+    __slots__ = ("items", "model_version", "cold_start", "unknown_movie_ids", "eligible_movies")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_MOVIES_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: int
     cold_start: bool
     unknown_movie_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., cold_start: _Optional[bool] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    eligible_movies: int
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., cold_start: _Optional[bool] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ..., eligible_movies: _Optional[int] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
-    __slots__ = ("user_ids", "k", "exclude_seen")
+    __slots__ = ("user_ids", "k", "exclude_seen", "filter")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     exclude_seen: bool
-    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class UserRecommendations(_message.Message):
-    __slots__ = ("user_id", "items", "cold_start")
+    __slots__ = ("user_id", "items", "cold_start", "eligible_movies")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_MOVIES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     cold_start: bool
-    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+    eligible_movies: int
+    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_movies: _Optional[int] = ...) -> None: ...
 
 class RecommendBatchResponse(_message.Message):
-    __slots__ = ("results", "model_version")
+    __slots__ = ("results", "model_version", "unknown_movie_ids")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[UserRecommendations]
     model_version: int
-    def __init__(self, results: _Optional[_Iterable[_Union[UserRecommendations, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    unknown_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[UserRecommendations, _Mapping]]] = ..., model_version: _Optional[int] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("movie_id", "k")
+    __slots__ = ("movie_id", "k", "filter")
     MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     movie_id: int
     k: int
-    def __init__(self, movie_id: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, movie_id: _Optional[int] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("movie", "items", "model_version")
+    __slots__ = ("movie", "items", "model_version", "unknown_movie_ids", "eligible_movies")
     MOVIE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_MOVIES_FIELD_NUMBER: _ClassVar[int]
     movie: RecommendedItem
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: int
-    def __init__(self, movie: _Optional[_Union[RecommendedItem, _Mapping]] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    unknown_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    eligible_movies: int
+    def __init__(self, movie: _Optional[_Union[RecommendedItem, _Mapping]] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ..., eligible_movies: _Optional[int] = ...) -> None: ...
 
 class GetModelStatusRequest(_message.Message):
     __slots__ = ()
@@ -134,7 +168,7 @@ class ModelVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., reason: _Optional[str] = ..., model_kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem", "genres")
+    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem", "genres", "hidden_movies", "hidden_sequence", "hidden_problem")
     class PinSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PIN_SOURCE_UNSPECIFIED: _ClassVar[ModelStatus.PinSource]
@@ -162,6 +196,9 @@ class ModelStatus(_message.Message):
     PIN_SOURCE_FIELD_NUMBER: _ClassVar[int]
     PIN_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     GENRES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_MOVIES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     served_version: int
     model_kind: str
     loaded_at: _timestamp_pb2.Timestamp
@@ -174,7 +211,10 @@ class ModelStatus(_message.Message):
     pin_source: ModelStatus.PinSource
     pin_problem: str
     genres: _containers.RepeatedCompositeFieldContainer[GenreCount]
-    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ..., genres: _Optional[_Iterable[_Union[GenreCount, _Mapping]]] = ...) -> None: ...
+    hidden_movies: int
+    hidden_sequence: int
+    hidden_problem: str
+    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ..., genres: _Optional[_Iterable[_Union[GenreCount, _Mapping]]] = ..., hidden_movies: _Optional[int] = ..., hidden_sequence: _Optional[int] = ..., hidden_problem: _Optional[str] = ...) -> None: ...
 
 class GenreCount(_message.Message):
     __slots__ = ("name", "movies")

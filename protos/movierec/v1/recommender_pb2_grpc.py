@@ -60,12 +60,14 @@ class RecommenderServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Recommend(self, request, context):
-        """INVALID_ARGUMENT for an empty or oversized user_id, k out of range or
-        more than 1,000 recent_movie_ids; UNAVAILABLE while no model is loaded
-        (retry); FAILED_PRECONDITION for recent_movie_ids sent to a version
-        published before sessions were supported (retrain). An unknown user is
-        not an error: without recent movies it gets the popularity list with
-        cold_start = true.
+        """INVALID_ARGUMENT for an empty or oversized user_id, k out of range,
+        more than 1,000 recent_movie_ids, or a bad filter (an unknown genre, a
+        list over its limit, an inverted year range); UNAVAILABLE while no model
+        is loaded (retry); FAILED_PRECONDITION for recent_movie_ids, or a genre
+        or year condition, sent to a version published before sessions or movie
+        metadata were supported (retrain). An unknown user is not an error:
+        without recent movies it gets the popularity list with cold_start = true.
+        Every answer leaves out the movies the operators hid (Trainer.HideMovies).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -253,3 +253,27 @@ class PinVersionResponse(_message.Message):
     pinned_version: int
     previous_pinned_version: int
     def __init__(self, pinned_version: _Optional[int] = ..., previous_pinned_version: _Optional[int] = ...) -> None: ...
+
+class HideMoviesRequest(_message.Message):
+    __slots__ = ("movie_ids",)
+    MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class UnhideMoviesRequest(_message.Message):
+    __slots__ = ("movie_ids",)
+    MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ListHiddenMoviesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HiddenMovies(_message.Message):
+    __slots__ = ("movie_ids", "sequence")
+    MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    sequence: int
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., sequence: _Optional[int] = ...) -> None: ...

@@ -69,6 +69,21 @@ class TrainerStub:
                 request_serializer=movierec_dot_v1_dot_trainer__pb2.PinVersionRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_trainer__pb2.PinVersionResponse.FromString,
                 _registered_method=True)
+        self.HideMovies = channel.unary_unary(
+                '/movierec.v1.Trainer/HideMovies',
+                request_serializer=movierec_dot_v1_dot_trainer__pb2.HideMoviesRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_trainer__pb2.HiddenMovies.FromString,
+                _registered_method=True)
+        self.UnhideMovies = channel.unary_unary(
+                '/movierec.v1.Trainer/UnhideMovies',
+                request_serializer=movierec_dot_v1_dot_trainer__pb2.UnhideMoviesRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_trainer__pb2.HiddenMovies.FromString,
+                _registered_method=True)
+        self.ListHiddenMovies = channel.unary_unary(
+                '/movierec.v1.Trainer/ListHiddenMovies',
+                request_serializer=movierec_dot_v1_dot_trainer__pb2.ListHiddenMoviesRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_trainer__pb2.HiddenMovies.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -137,6 +152,33 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HideMovies(self, request, context):
+        """Hides movies from every answer of every recommender watching the model
+        root, whatever version they serve (a licence ended, a takedown). The
+        rules are kept in the model root beside the pin, signed like it when a
+        publishing key is set; each recommender applies them on its next poll,
+        and they survive restarts and new versions. Needs a token whenever tokens
+        are configured. INVALID_ARGUMENT for no ids or more than 10,000 in one
+        call; UNAVAILABLE when the model root cannot be written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnhideMovies(self, request, context):
+        """Takes movies off the hidden list (ids not on it are ignored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHiddenMovies(self, request, context):
+        """The hidden movies as the model root holds them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +216,21 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.PinVersion,
                     request_deserializer=movierec_dot_v1_dot_trainer__pb2.PinVersionRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_trainer__pb2.PinVersionResponse.SerializeToString,
+            ),
+            'HideMovies': grpc.unary_unary_rpc_method_handler(
+                    servicer.HideMovies,
+                    request_deserializer=movierec_dot_v1_dot_trainer__pb2.HideMoviesRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_trainer__pb2.HiddenMovies.SerializeToString,
+            ),
+            'UnhideMovies': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnhideMovies,
+                    request_deserializer=movierec_dot_v1_dot_trainer__pb2.UnhideMoviesRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_trainer__pb2.HiddenMovies.SerializeToString,
+            ),
+            'ListHiddenMovies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHiddenMovies,
+                    request_deserializer=movierec_dot_v1_dot_trainer__pb2.ListHiddenMoviesRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_trainer__pb2.HiddenMovies.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +422,87 @@ class Trainer:
             '/movierec.v1.Trainer/PinVersion',
             movierec_dot_v1_dot_trainer__pb2.PinVersionRequest.SerializeToString,
             movierec_dot_v1_dot_trainer__pb2.PinVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HideMovies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.Trainer/HideMovies',
+            movierec_dot_v1_dot_trainer__pb2.HideMoviesRequest.SerializeToString,
+            movierec_dot_v1_dot_trainer__pb2.HiddenMovies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnhideMovies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.Trainer/UnhideMovies',
+            movierec_dot_v1_dot_trainer__pb2.UnhideMoviesRequest.SerializeToString,
+            movierec_dot_v1_dot_trainer__pb2.HiddenMovies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHiddenMovies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.Trainer/ListHiddenMovies',
+            movierec_dot_v1_dot_trainer__pb2.ListHiddenMoviesRequest.SerializeToString,
+            movierec_dot_v1_dot_trainer__pb2.HiddenMovies.FromString,
             options,
             channel_credentials,
             insecure,
