@@ -9,37 +9,49 @@ model kind produced them.
   scale a matrix-vector product plus a partial sort, tens of microseconds:
   below ``ann_index.MIN_ITEMS`` movies nothing is faster.
 * :class:`FaissIVF` asks the version's inverted-file index, which scans only
-  the few cells nearest to the query. Seen movies are excluded by
+  the few cells nearest to the query. A few seen movies are excluded by
   over-fetching (k + the user's seen count) and filtering, widening the
-  search until k unseen movies are found, so exactly k distinct movies come
-  back whenever k unseen ones exist; the returned scores are recomputed as
-  exact inner products, so they compare with the exact backend's.
+  search until k unseen movies are found; a subset or a long exclusion list
+  goes to the filter planner (:mod:`recommender_service.filtered_ivf`),
+  which excludes inside the search. Either way exactly k distinct movies
+  come back whenever k eligible ones exist, and the returned scores are
+  recomputed as exact inner products, so they compare with the exact
+  backend's.
 
 Both answer ties the same way (:func:`top_k_indices`): equal scores go to the
 lower movie index, so the approximate backend, the precomputed rankings and
 the exact signature agree on every answer, not only on most.
 
-**What may be answered** is narrowed in one place per backend: ``exclude``
-(distinct movie indices) is applied inside retrieval, before the partial sort
-(:meth:`BruteForce.scores`) or where the index's candidates are kept
-(:meth:`FaissIVF.candidates`), never after it, which is why k still come back
-whenever k are left. A request filter (ids to exclude or keep, a boolean mask
-over movies) joins ``exclude`` there, as one more argument of
-:meth:`TopK.top_k`, without a third code path (faiss can also take it inside
-the search: ``SearchParametersIVF`` carries an id selector beside ``nprobe``).
-Precomputed rankings (``recommender_service.rankings``) know no filter: a
-filtered call is answered live.
+**What may be answered** is narrowed in one place per backend, inside
+retrieval, never as a pass over an answer, which is why k still come back
+whenever k are left:
+
+* ``exclude`` (distinct movie indices: seen, a filter's excluded ids, hidden
+  movies) never comes back;
+* ``subset`` (a :class:`~recommender_service.movie_filter.Subset`: the movies
+  passing a request filter's genre, year and id conditions), when given, is
+  the only place answers come from.
+
+The exact backend masks before the partial sort, or scores only the subset
+when it is small (:meth:`BruteForce.scores`); the faiss backend plans by how
+much of the catalogue passes (see :class:`FaissIVF`). Precomputed rankings
+(``recommender_service.rankings``) know no filter; the retriever answers a
+filtered call from them only when the ranking still holds the right answer.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
+from recommender_service.movie_filter import Subset
 from recommender_service.sessions import ReconstructedRows
+
+if TYPE_CHECKING:  # filtered_ivf ranks with top_k_indices: imported at run time where FaissIVF builds its planner
+    from recommender_service.filtered_ivf import FilterPlanner
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -98,17 +110,27 @@ class TopK(abc.ABC):
     def num_items(self) -> int: ...
 
     @abc.abstractmethod
-    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, exact scores) of the min(k, movies left) best movies not in exclude, best first.
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS,
+              subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, exact scores) of the min(k, movies left) best movies in ``subset`` (None: all) and not
+        in ``exclude``, best first.
 
-        ``exclude`` must hold distinct movie indices. It is the one argument
-        that narrows what may be answered (see the module docstring): a
-        request filter arrives beside it, never as a pass over the result.
+        ``exclude`` must hold distinct movie indices. ``exclude`` and ``subset``
+        are the only arguments that narrow what may be answered (see the module
+        docstring): a request filter arrives through them, never as a pass over
+        the result.
         """
 
+    def warm(self) -> None:
+        """Prepares what the first filtered call would otherwise prepare on the request path (a backend
+        with nothing to prepare does nothing)."""
+        return None
+
     @abc.abstractmethod
-    def similar(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, cosine similarities) of the k movies nearest to movie ``index``, itself left out."""
+    def similar(self, index: int, k: int, exclude: np.ndarray = NO_ITEMS,
+                subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, cosine similarities) of the k movies nearest to movie ``index``, itself left out,
+        drawn from ``subset`` (None: all) and never from ``exclude``."""
 
     @property
     @abc.abstractmethod
@@ -164,6 +186,12 @@ def serving_layout(item_vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(items)
 
 
+# A subset passing fewer than 1 / SMALL_SUBSET_SHARE of the movies is scored alone (a gather of its
+# rows, then a product), else the whole catalogue is scored and the rest masked: the gather costs about
+# what the full product costs at a quarter of the rows.
+SMALL_SUBSET_SHARE = 4
+
+
 class BruteForce(TopK):
     """Exact: one pass over every item vector per query (over the query's
     non-zero columns only, when it is wide and mostly zeros)."""
@@ -185,26 +213,47 @@ class BruteForce(TopK):
     def item_rows(self) -> np.ndarray:
         return self._items
 
-    def scores(self, query: np.ndarray, exclude: np.ndarray = NO_ITEMS) -> np.ndarray:
-        """Every movie's score, -inf for the excluded ones (so the partial sort never picks them)."""
+    def scores(self, query: np.ndarray, exclude: np.ndarray = NO_ITEMS, subset: Subset | None = None) -> np.ndarray:
+        """Every movie's score, -inf for the excluded ones and those outside ``subset`` (so the partial
+        sort never picks them)."""
         width = query.shape[0]
         nonzero = np.flatnonzero(query) if width >= SPARSE_QUERY_MIN_WIDTH else None
         if nonzero is not None and nonzero.size < width * SPARSE_QUERY_SHARE:
             scores = self._items[:, nonzero] @ query[nonzero]
         else:
             scores = self._items @ query
+        if subset is not None:
+            scores[~subset.mask] = -np.inf
         if exclude.size:
             scores[exclude] = -np.inf
         return scores
 
-    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.scores(query, exclude)
+    def _subset_scores(self, query: np.ndarray, exclude: np.ndarray, subset: Subset) -> np.ndarray:
+        """Scores of the subset's movies only (aligned with subset.passing), -inf for the excluded."""
+        scores = self._items[subset.passing] @ query
+        if exclude.size:
+            scores[np.isin(subset.passing, exclude, assume_unique=True)] = -np.inf
+        return scores
+
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS,
+              subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if subset is not None and subset.size * SMALL_SUBSET_SHARE < self.num_items:
+            # Few pass: score only them. subset.passing ascends, so a local index tie rule is the global one.
+            scores = self._subset_scores(query, exclude, subset)
+            best = top_k_indices(scores, k)
+            return subset.passing[best], scores[best]
+        scores = self.scores(query, exclude, subset)
         best = top_k_indices(scores, k)
         return best, scores[best]
 
-    def similar(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def similar(self, index: int, k: int, exclude: np.ndarray = NO_ITEMS,
+                subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
         scores = (self._items @ self._items[index]) / (self._norms * self._norms[index])
         scores[index] = -np.inf
+        if subset is not None:
+            scores[~subset.mask] = -np.inf
+        if exclude.size:
+            scores[exclude] = -np.inf
         best = top_k_indices(scores, k)
         return best, scores[best]
 
@@ -217,18 +266,37 @@ class FaissIVF(TopK):
     of the item matrix is kept. Searches from many request threads at once are
     safe: faiss's search is const, and a wider search passes its own
     parameters instead of changing the index's.
+
+    The plan, by what narrows the call:
+
+    * nothing, or at most ``planner.large_exclude`` (1,000) excluded movies
+      and no subset: the index's own ``nprobe``, the excluded filtered out of
+      an over-fetch (:meth:`candidates`), as before filters existed;
+    * a subset or a longer exclusion list: the :class:`~recommender_service.
+      filtered_ivf.FilterPlanner`, which scans few passing movies exactly
+      (a contiguous per-filter copy, or the gathered vectors of an id list),
+      probes for many with a bitmap selector and filter-aware probing, and
+      refuses long exclusion lists inside the search at a wider nprobe. Its
+      per-filter state (at most 128 MB) lives as long as the version.
     """
 
     name = "faiss_ivf"
     exact = False
 
-    def __init__(self, index: faiss.Index, item_norms: np.ndarray, max_first_fetch: int = 2048):
+    def __init__(self, index: faiss.Index, item_norms: np.ndarray, max_first_fetch: int = 2048,
+                 planner: FilterPlanner | None = None):
+        from recommender_service.filtered_ivf import FilterPlanner
+
         self._index = index
         self._ivf = faiss.extract_index_ivf(index)
         self.nprobe = int(self._ivf.nprobe)
         self.nlist = int(self._ivf.nlist)
         self._norms = np.asarray(item_norms, dtype=np.float32)
         self._max_first_fetch = max_first_fetch
+        self.planner = planner if planner is not None else FilterPlanner(index)
+
+    def warm(self) -> None:
+        self.planner.warm()
 
     @property
     def num_items(self) -> int:
@@ -276,7 +344,8 @@ class FaissIVF(TopK):
             else:
                 fetch = min(total, fetch * 4)
 
-    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray = NO_ITEMS,
+              subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
         """As the exact backend answers, ties included: a movie tied with the k-th
         on its exact score wins over it when its index is lower. The index
         returns tied movies in no particular order, so candidates are widened
@@ -284,6 +353,8 @@ class FaissIVF(TopK):
         candidate than k, in the common case of no tie there)."""
         if k <= 0:
             return NO_ITEMS, np.zeros(0, dtype=np.float32)
+        if self.planner.handles(exclude, subset):
+            return self.planner.top_k(query, k, exclude, subset)
         want = k + 1
         while True:
             found = self.candidates(query, want, exclude)
@@ -292,10 +363,16 @@ class FaissIVF(TopK):
                 return indices[:k], scores[:k]
             want *= 4
 
-    def similar(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine neighbours among the item's inner-product neighbours (over-fetched 4x)."""
+    def similar(self, index: int, k: int, exclude: np.ndarray = NO_ITEMS,
+                subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine neighbours among the item's inner-product neighbours (over-fetched 4x); drawn from a
+        subset, or past a long exclusion list, by the planner (exactly by cosine when few pass)."""
         query = self.vectors(np.array([index]))[0]
-        found = self.candidates(query, min(self.num_items, 4 * (k + 1)), np.array([index]))
+        itself = np.union1d(exclude, [index]).astype(np.int64)
+        if self.planner.handles(itself, subset):
+            found = self.planner.top_k(query, k, itself, subset, item_norms=self._norms)[0]
+        else:
+            found = self.candidates(query, min(self.num_items, 4 * (k + 1)), itself)
         cosine = (self.vectors(found) @ query) / (self._norms[found] * self._norms[index])
         best = top_k_indices(cosine, k)
         return found[best], cosine[best]
@@ -349,8 +426,10 @@ class FaissIVF(TopK):
             indices[row, :n] = found
             scores[row, :n] = values
         # Rows the batch cannot answer as the live path would: too few candidates (over-fetch was not enough),
-        # a tie across the k-th place, or nothing fetched past it to tell.
-        unsure = np.flatnonzero((counts < need) | ((counts == k) & (after < 0) & (fetch < total)))
+        # a tie across the k-th place, nothing fetched past it to tell, or so many seen movies that the live
+        # path excludes them inside a wider search (the planner).
+        unsure = np.flatnonzero((counts < need) | ((counts == k) & (after < 0) & (fetch < total))
+                                | (excluded > self.planner.large_exclude))
         tied = np.flatnonzero((counts == k) & (after >= 0))
         if tied.size:
             past = np.einsum("ij,ij->i", self.vectors(after[tied]), queries[tied])

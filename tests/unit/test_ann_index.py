@@ -89,7 +89,8 @@ def test_batched_rankings_match_the_live_path(clustered, built):
         live = retriever.recommend_live(user, 20)
         assert [s.movie_id for s in cached.items] == [s.movie_id for s in live.items]
         assert [s.score for s in cached.items] == [s.score for s in live.items]
-    movie, similar = retriever.similar_items(int(clustered.movie_ids[10]), 10)
+    movie, answer = retriever.similar_items(int(clustered.movie_ids[10]), 10)
+    similar = answer.items
     assert movie.movie_id == clustered.movie_ids[10] and len(similar) == 10
     assert movie.movie_id not in [s.movie_id for s in similar]
 

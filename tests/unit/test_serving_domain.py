@@ -51,7 +51,8 @@ def test_retriever_is_exact_excludes_seen_and_falls_back_to_popularity():
     cold = retriever.recommend("stranger", 5)
     assert cold.cold_start
     assert [s.movie_id for s in cold.items] == art.movie_ids[np.argsort(-art.popularity, kind="stable")[:5]].tolist()
-    movie, similar = retriever.similar_items(101, 5)
+    movie, answer = retriever.similar_items(101, 5)
+    similar = answer.items
     assert movie.movie_id == 101 and 101 not in [s.movie_id for s in similar] and len(similar) == 5
 
 
@@ -198,7 +199,7 @@ def test_the_smoke_test_holds_an_approximate_backend_to_the_exact_signature(tmp_
     class Worst(Honest):
         """k distinct unseen movies with their true scores: the worst ones."""
 
-        def top_k(self, query, k, exclude=NO_ITEMS):
+        def top_k(self, query, k, exclude=NO_ITEMS, subset=None):
             found, _ = super().top_k(-query, k, exclude)
             return found, self._items[found] @ query
 
