@@ -13,8 +13,9 @@ every recommender holding the key refuses what is not signed by it:
   sequence number that only grows, so a replica never follows an older signed
   pin than one it already followed (a replayed pin), and an unpin is a signed
   document too (``version: null``) rather than a deletion;
-* any other small document an operator writes into the root (the hidden-movie
-  rules of a later issue): :meth:`PublishingKeys.sign` / :func:`read_document`.
+* any other small document an operator writes into the root (the hidden
+  movies, ``movierec_common.hidden_movies``): :meth:`PublishingKeys.sign` /
+  :func:`read_document`.
 
 HMAC-SHA256 with a shared secret: the trainer and the recommenders hold the
 key, whoever may only write the root does not. A key file holds one key per
@@ -133,8 +134,8 @@ def parse_document(raw: bytes, what: str) -> dict[str, Any]:
 def read_document(keys: PublishingKeys | None, kind: str, raw: bytes, what: str) -> dict[str, Any]:
     """A document's fields: verified when ``keys`` are given (SignatureError), as written otherwise.
 
-    The helper for any small signed file in the root (the pin; hidden-movie
-    rules next): ValueError when the bytes are not a JSON object.
+    The helper for any small signed file in the root (the pin, the hidden
+    movies): ValueError when the bytes are not a JSON object.
     """
     document = parse_document(raw, what)
     if keys is None:

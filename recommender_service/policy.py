@@ -17,8 +17,9 @@ The rule (TF Serving's availability-preserving policy, and stricter):
   poll.
 
 Why pure: this rule is what is worth testing exhaustively (in tables, without
-I/O: tests/unit/test_serving_policy.py), and what a later issue extends
-(hidden movies beside the pin). :func:`decide` reads a snapshot of the root
+I/O: tests/unit/test_serving_policy.py). Hidden movies are not part of it:
+they leave nothing to choose (readable rules apply, unreadable ones keep the
+last), so the registry applies them itself. :func:`decide` reads a snapshot of the root
 and a view of the replica and returns one step; the manager
 (``recommender_service.registry``) does the I/O the step asks for and asks
 again with what it learnt, until the step is :data:`SETTLE`:

@@ -4,7 +4,7 @@ state for GetModelStatus (TF Serving's manager).
 
 The parts it drives, each a module with one job:
 
-* ``source``: what the root offers at a poll (versions, pin), as a snapshot;
+* ``source``: what the root offers at a poll (versions, pin, hidden movies), as a snapshot;
 * ``policy``: what to load next and what the pin problem is, a pure function;
 * ``loader``: one version from its folder to a warmed LoadedModel
   (validation itself in a helper process, ``isolation``; object-store copies
@@ -21,6 +21,12 @@ until its folder changes, not one per poll.
 A model root that cannot be read (``model_root.RootUnreachable``, the one
 storage error) says nothing about any version: serving continues on the
 loaded version, nothing is marked bad, and the next poll tries again.
+
+The operators' hidden movies (``movierec_common.hidden_movies``) are applied
+at each poll, before any version is loaded, whatever version is served (a
+replica held by ``--version`` too). Rules that cannot be read or followed
+change nothing: the last rules applied stay in force and ``hidden_problem``
+says why, as the pin's problem does.
 """
 
 from __future__ import annotations
@@ -38,15 +44,16 @@ from typing import Any
 
 from movierec.v1.vocabulary import AVAILABLE, LOADING, REJECTED, RETIRED, SERVING
 from movierec_common.artifact import ArtifactError
+from movierec_common.hidden_movies import NO_HIDDEN_RULES, HiddenRules
 from movierec_common.logs import event
-from movierec_common.metrics import model_loaded, model_reload_failed
+from movierec_common.metrics import hidden_movies, model_loaded, model_reload_failed
 from movierec_common.model_root import RootUnreachable, is_local, remove_serving_marker, write_serving_marker
 from movierec_common.rejections import record_rejection
 from movierec_common.signing import PublishingKeys
 from recommender_service.loader import Validate, VersionLoader
 from recommender_service.model import LoadedModel
 from recommender_service.policy import Inspect, Load, Rejection, ReplicaView, decide
-from recommender_service.source import PinReading, RootSnapshot, RootSource
+from recommender_service.source import HiddenReading, PinReading, RootSnapshot, RootSource
 from recommender_service.validation import validate_version
 from recommender_service.version_cache import VersionCache
 
@@ -94,6 +101,8 @@ class ModelRegistry:
         self._version_flag = pinned_version
         self._root_pin: int | None = None  # as last read
         self._pin_problem = ""
+        self._hidden = NO_HIDDEN_RULES  # the rules applied: one immutable value, replaced whole when they change
+        self._hidden_problem = ""
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self._current: LoadedModel | None = None
         self._versions: dict[int, VersionInfo] = {}
@@ -133,6 +142,17 @@ class ModelRegistry:
         """Why the served version is not the pinned one ("" when it is, or nothing is pinned)."""
         return self._pin_problem
 
+    def hidden_rules(self) -> HiddenRules:
+        """The operators' hidden movies this replica applies: the same value (and array) until they change,
+        so a call reads it once, and per-rules work can be kept by its identity."""
+        return self._hidden
+
+    @property
+    def hidden_problem(self) -> str:
+        """Why the model root's hidden movies are not applied ("" when they are); the last rules applied
+        stay in force meanwhile."""
+        return self._hidden_problem
+
     # -- watcher --------------------------------------------------------------
 
     def start(self) -> None:
@@ -161,6 +181,7 @@ class ModelRegistry:
 
     def poll_once(self) -> None:
         snapshot = self._source.snapshot(read_pin=self._version_flag is None)
+        self._note_hidden(snapshot.hidden)  # first: a takedown must not wait for a version to load
         self._note_root_visibility(bool(snapshot.versions))
         with self._lock:
             for v in snapshot.versions:
@@ -205,6 +226,26 @@ class ModelRegistry:
         if pin.readable and pin.version != self._root_pin:
             event(log, "model root pin changed", pinned_version=pin.version, previous=self._root_pin)
             self._root_pin = pin.version
+
+    def _note_hidden(self, reading: HiddenReading) -> None:
+        """Applies readable rules (an event when they change, nothing otherwise); unreadable ones leave the
+        last rules applied in force and set hidden_problem, logged once per change, not once per poll."""
+        applied = self._hidden
+        if reading.readable and not reading.rules.same_as(applied):
+            self._hidden = reading.rules  # one reference assignment: a call sees the old rules or the new
+            hidden_movies(int(reading.rules.movie_ids.size))
+            event(log, "hidden movies changed", hidden_movies=int(reading.rules.movie_ids.size),
+                  sequence=reading.rules.sequence, previous_movies=int(applied.movie_ids.size),
+                  previous_sequence=applied.sequence)
+        problem = "" if reading.readable else (
+            f"{reading.problem}; the last hidden movies applied stay in force ({applied.movie_ids.size:,} movies, "
+            f"sequence {applied.sequence})")
+        if problem != self._hidden_problem:
+            if problem:
+                event(log, "hidden movies not applied", logging.WARNING, problem=reading.problem, error=reading.error)
+            else:
+                event(log, "hidden movies applied again", sequence=self._hidden.sequence)
+            self._hidden_problem = problem
 
     def _note_pin_problem(self, problem: str, pin: PinReading) -> None:
         """Keeps the problem for GetModelStatus and logs it once, not once per poll."""

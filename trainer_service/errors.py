@@ -16,7 +16,7 @@ Storage is not the trainer's to classify: ``movierec_common.model_root``
 raises ``RootUnreachable`` (``RootAccessDenied`` when the store refused) and
 ``PinDamaged`` at its boundary. :func:`from_storage` is the one table that
 turns them into the trainer's answers, for the two calls that read or write
-the root on the caller's behalf (ListVersions, PinVersion).
+the root on the caller's behalf (ListVersions, PinVersion, the hidden-movie calls).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from typing import ClassVar, NamedTuple
 
 import grpc
 
+from movierec_common.hidden_movies import HiddenRulesDamaged
 from movierec_common.model_root import PinDamaged, RootAccessDenied, RootUnreachable
+from movierec_common.root_lease import RootLeaseLost
 
 __all__ = [
     "TrainerError",
@@ -44,6 +46,9 @@ __all__ = [
     "StoreUnavailable",
     "StoreRefused",
     "PinUnreadable",
+    "HiddenRulesUnreadable",
+    "HiddenListFull",
+    "RootLost",
     "StorageMessages",
     "from_storage",
 ]
@@ -164,6 +169,25 @@ class PinUnreadable(TrainerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class HiddenRulesUnreadable(TrainerError):
+    """The hidden-movie document is not rules, or not signed by the trainer's keys; the trainer will not
+    build on it. Removing it and hiding the movies again repairs it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class HiddenListFull(TrainerError):
+    """Hiding more would pass the bound on hidden movies (hidden_movies.MAX_HIDDEN_MOVIES)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RootLost(TrainerError):
+    """Another trainer took this trainer's lease on the model root: this one writes nothing more."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class StorageMessages(NamedTuple):
     """What a call says when the store fails it: each is followed by ": " and the store's own words."""
 
@@ -175,14 +199,24 @@ class StorageMessages(NamedTuple):
 _STORE_DETAIL_CHARS = 500
 
 
-def from_storage(exc: RootUnreachable | PinDamaged, messages: StorageMessages) -> TrainerError:
+StorageError = RootUnreachable | PinDamaged | HiddenRulesDamaged | RootLeaseLost
+
+
+def from_storage(exc: StorageError, messages: StorageMessages) -> TrainerError:
     """The trainer's answer to a storage failure: the one table from model_root's errors to statuses.
 
     ``RootAccessDenied`` → FAILED_PRECONDITION, ``RootUnreachable`` →
-    UNAVAILABLE, ``PinDamaged`` → FAILED_PRECONDITION (with how to repair it).
+    UNAVAILABLE, ``PinDamaged`` and ``HiddenRulesDamaged`` → FAILED_PRECONDITION
+    (with how to repair them), ``RootLeaseLost`` → FAILED_PRECONDITION.
     """
     if isinstance(exc, PinDamaged):
         return PinUnreadable(f"{exc}; `movierec pin N` or `movierec unpin` replaces it")
+    if isinstance(exc, HiddenRulesDamaged):
+        return HiddenRulesUnreadable(f"{exc}; remove it from the model root and hide the movies again "
+                                     "(recommenders keep the rules they applied meanwhile)")
+    if isinstance(exc, RootLeaseLost):
+        return RootLost(f"this trainer no longer holds the model root ({exc}); send the call to the trainer "
+                        "that does")
     detail = str(exc)[:_STORE_DETAIL_CHARS]
     if isinstance(exc, RootAccessDenied):
         return StoreRefused(f"{messages.denied}: {detail}")

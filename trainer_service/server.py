@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where each job writes TensorBoard event files, in a folder per job id "
                              "(default: <model root>/.runs)")
     parser.add_argument("--require-token-for-reads", action="store_true",
-                        help="protect the reads (GetJob, ListJobs, WatchJob, ListVersions) with a token too "
-                             "(health stays open)")
+                        help="protect the reads (GetJob, ListJobs, WatchJob, ListVersions, ListHiddenMovies) with a "
+                             "token too (health stays open)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     metrics.add_arguments(parser)
     security.add_arguments(parser)
@@ -71,9 +71,10 @@ def _positive_int(text: str) -> int:
 # Changing what is trained, published or served needs a token whenever tokens are configured; reading
 # job state and versions needs one only with --require-token-for-reads. Every Trainer RPC is in one of
 # the two (a test compares them with the service and with the README's table).
-MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob", f"/{SERVICE_NAME}/PinVersion")
+MUTATING_METHODS = (f"/{SERVICE_NAME}/Train", f"/{SERVICE_NAME}/CancelJob", f"/{SERVICE_NAME}/PinVersion",
+                    f"/{SERVICE_NAME}/HideMovies", f"/{SERVICE_NAME}/UnhideMovies")
 READ_METHODS = (f"/{SERVICE_NAME}/GetJob", f"/{SERVICE_NAME}/ListJobs", f"/{SERVICE_NAME}/WatchJob",
-                f"/{SERVICE_NAME}/ListVersions")
+                f"/{SERVICE_NAME}/ListVersions", f"/{SERVICE_NAME}/ListHiddenMovies")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import trainer_pb2, trainer_pb2_grpc
+from movierec_common import hidden_movies
+from movierec_common.hidden_movies import HiddenRules, HiddenRulesDamaged
 from movierec_common.model_root import PinDamaged, RootUnreachable
+from movierec_common.root_lease import RootLeaseLost
 from trainer_service import errors
 from trainer_service.config import TrainerConfig
 from trainer_service.errors import InvalidRequest, StorageMessages, TooManyWatchers, TrainerError
@@ -40,6 +43,10 @@ _LISTING = StorageMessages(unreachable="the model root cannot be read",
                            denied="the trainer may not read the model root")
 _PINNING = StorageMessages(unreachable="the pin could not be written to the model root",
                            denied="the trainer may not write the pin into the model root")
+_HIDING = StorageMessages(unreachable="the hidden movies could not be changed in the model root (nothing changed)",
+                          denied="the trainer may not change the hidden movies in the model root")
+_LISTING_HIDDEN = StorageMessages(unreachable="the hidden movies cannot be read from the model root",
+                                  denied="the trainer may not read the hidden movies in the model root")
 
 
 def _fitted(message: str) -> str:
@@ -62,7 +69,7 @@ def _answering(context: grpc.ServicerContext, storage: StorageMessages | None = 
         yield
     except TrainerError as exc:
         _abort(context, exc)
-    except (RootUnreachable, PinDamaged) as exc:
+    except (RootUnreachable, PinDamaged, HiddenRulesDamaged, RootLeaseLost) as exc:
         if storage is None:
             raise
         _abort(context, errors.from_storage(exc, storage))
@@ -106,6 +113,20 @@ def version_to_proto(version: PublishedVersion) -> trainer_pb2.VersionInfo:
         created_at=_timestamp(version.created_at or 0.0), size_bytes=version.size_bytes, pinned=version.pinned,
         served_by=version.served_by,
     )
+
+
+def hidden_to_proto(rules: HiddenRules) -> trainer_pb2.HiddenMovies:
+    return trainer_pb2.HiddenMovies(movie_ids=rules.movie_ids.tolist(), sequence=rules.sequence)
+
+
+def _changed_hidden(change: Callable[[], HiddenRules]) -> trainer_pb2.HiddenMovies:
+    """The hidden movies after ``change``, its refusals as the trainer's errors (storage: see _answering)."""
+    try:
+        return hidden_to_proto(change())
+    except hidden_movies.HiddenRequestInvalid as exc:
+        raise InvalidRequest(str(exc)) from None
+    except hidden_movies.HiddenListFull as exc:
+        raise errors.HiddenListFull(str(exc)) from None
 
 
 def _job_id(job_id: str) -> str:
@@ -174,3 +195,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             previous = pin_version(self._config.model_root, request.version or None, self._config.publish_keys)
             return trainer_pb2.PinVersionResponse(pinned_version=request.version,
                                                   previous_pinned_version=previous or 0)
+
+    def HideMovies(self, request: trainer_pb2.HideMoviesRequest,
+                   context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:
+        config = self._config
+        with _answering(context, storage=_HIDING):
+            return _changed_hidden(lambda: hidden_movies.hide(config.model_root, request.movie_ids,
+                                                              config.publish_keys))
+
+    def UnhideMovies(self, request: trainer_pb2.UnhideMoviesRequest,
+                     context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:
+        config = self._config
+        with _answering(context, storage=_HIDING):
+            return _changed_hidden(lambda: hidden_movies.unhide(config.model_root, request.movie_ids,
+                                                                config.publish_keys))
+
+    def ListHiddenMovies(self, request: trainer_pb2.ListHiddenMoviesRequest,
+                         context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:
+        with _answering(context, storage=_LISTING_HIDDEN):
+            return hidden_to_proto(hidden_movies.read_rules(self._config.model_root, self._config.publish_keys))
