@@ -87,6 +87,9 @@ class UserMovieIndex:
     def seen_items(self, user_index: int) -> np.ndarray:
         return self.seen_indices[self.seen_indptr[user_index] : self.seen_indptr[user_index + 1]]
 
+    def seen_count(self, user_index: int) -> int:
+        return int(self.seen_indptr[user_index + 1] - self.seen_indptr[user_index])
+
 
 @dataclass(frozen=True)
 class ModelArtifact(UserMovieIndex):

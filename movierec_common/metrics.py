@@ -84,6 +84,12 @@ MODEL_LOAD_SECONDS = Histogram(
 SESSION_REQUESTS = Counter(
     "movierec_session_requests_total", "Recommend calls that carried recent_movie_ids (a session).",
     registry=None)
+FILTERED_REQUESTS = Counter(
+    "movierec_filtered_requests_total", "Calls that carried a filter, by RPC (Recommend, RecommendBatch, "
+    "SimilarItems).", ["rpc"], registry=None)
+HIDDEN_MOVIES = Gauge(
+    "movierec_hidden_movies", "Movies the operators hid (Trainer.HideMovies) that this replica leaves out of "
+    "every answer.", registry=None)
 ANSWER_CACHE_BYTES = Gauge(
     "movierec_answer_cache_bytes",
     "Estimated memory held by the served version's kept answers (bounded by --answer-cache-mb).", registry=None)
@@ -111,10 +117,12 @@ for _outcome in RELOAD_OUTCOMES:
     MODEL_RELOADS.labels(_outcome)
 for _state in JOB_STATES:
     JOBS.labels(_state)
+# Children bound once: labels() costs several microseconds per call on the request path.
+_FILTERED_BY_RPC = {rpc: FILTERED_REQUESTS.labels(rpc) for rpc in ("Recommend", "RecommendBatch", "SimilarItems")}
 
 ROLES = {
-    "recommender": (MODEL_VERSION, MODEL_RELOADS, MODEL_LOAD_SECONDS, SESSION_REQUESTS, ANSWER_CACHE_BYTES,
-                    BATCH_USERS_RANKED),
+    "recommender": (MODEL_VERSION, MODEL_RELOADS, MODEL_LOAD_SECONDS, SESSION_REQUESTS, FILTERED_REQUESTS,
+                    HIDDEN_MOVIES, ANSWER_CACHE_BYTES, BATCH_USERS_RANKED),
     "trainer": (JOBS, JOBS_QUEUED, TRAINING_EPOCH, TRAINING_LOSS),
 }
 
@@ -134,6 +142,14 @@ def model_reload_failed(outcome: str) -> None:
 
 def session_request() -> None:
     SESSION_REQUESTS.inc()
+
+
+def filtered_request(rpc: str) -> None:
+    _FILTERED_BY_RPC[rpc].inc()
+
+
+def hidden_movies(count: int) -> None:
+    HIDDEN_MOVIES.set(count)
 
 
 def answer_cache_bytes(nbytes: int) -> None:

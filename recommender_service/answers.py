@@ -15,10 +15,14 @@ is the popularity list, built from a slice, and the ids are anyone's to
 invent) and k up to :data:`MAX_CACHED_K` (the depth the rankings computed at
 load answer; deeper answers are rare and large).
 
-Answers die with their version: :class:`ServedAnswers` holds one
-:class:`AnswerCache` for the newest version it has been asked about and drops
-it when a newer one is served. Sessions are never kept: the movies just
-watched vary call by call.
+Answers die with their version and with the operators' hidden movies:
+:class:`ServedAnswers` holds one :class:`AnswerCache` for the newest version
+it has been asked about under one set of hidden rules, and drops it when a
+newer version is served or the rules change, so no answer given before a
+movie was hidden is handed out after. Sessions and filtered calls are never
+kept: the movies just watched and the filters vary call by call (a filtered
+call is answered from the rankings when they hold its answer, see
+``retrieval.Retriever``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from movierec.v1 import recommender_pb2
 from movierec_common import metrics
+from recommender_service.movie_filter import NO_FILTER
 from recommender_service.rankings import PRECOMPUTED_TOP
+from recommender_service.top_k import NO_ITEMS
 
 if TYPE_CHECKING:  # for annotations only: the servicer hands these in
     from recommender_service.model import LoadedModel
@@ -118,6 +126,7 @@ class ServedAnswers:
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
         self._model: LoadedModel | None = None
+        self._hidden: np.ndarray | None = None  # the hidden movie ids the cache's answers left out
         self._cache = AnswerCache(budget_bytes)
 
     @property
@@ -128,27 +137,31 @@ class ServedAnswers:
     def nbytes(self) -> int:
         return self._cache.nbytes
 
-    def _cache_for(self, model: LoadedModel) -> AnswerCache | None:
+    def _cache_for(self, model: LoadedModel, hidden_movie_ids: np.ndarray) -> AnswerCache | None:
+        """The cache of answers ``model`` gave under these hidden rules (the registry hands out one array
+        per set of rules, so identity tells them apart); a change of either starts an empty one."""
         with self._lock:
-            if model is self._model:
+            if model is self._model and hidden_movie_ids is self._hidden:
                 return self._cache
             if self._model is not None and model.loaded_at < self._model.loaded_at:
                 return None
-            self._model, self._cache = model, AnswerCache(self.budget_bytes)
+            self._model, self._hidden, self._cache = model, hidden_movie_ids, AnswerCache(self.budget_bytes)
             metrics.answer_cache_bytes(0)
             return self._cache
 
-    def recommend(self, model: LoadedModel, user_id: str, k: int, exclude_seen: bool,
-                  render: Render) -> recommender_pb2.RecommendResponse:
-        """``model``'s answer without a session as ``render`` makes it, kept when worth keeping."""
+    def recommend(self, model: LoadedModel, user_id: str, k: int, exclude_seen: bool, render: Render,
+                  hidden_movie_ids: np.ndarray = NO_ITEMS) -> recommender_pb2.RecommendResponse:
+        """``model``'s answer without a session or filter as ``render`` makes it, hidden movies left out,
+        kept when worth keeping."""
         worth_keeping = k <= MAX_CACHED_K and model.retriever.knows_user(user_id)
-        cache = self._cache_for(model) if worth_keeping and self.budget_bytes > 0 else None
+        cache = self._cache_for(model, hidden_movie_ids) if worth_keeping and self.budget_bytes > 0 else None
         key = (user_id, k, exclude_seen)
         if cache is not None:
             kept = cache.get(key)
             if kept is not None:
                 return kept
-        answer = render(model, model.retriever.recommend(user_id, k, exclude_seen))
+        restriction = model.restriction(NO_FILTER, hidden_movie_ids)
+        answer = render(model, model.retriever.recommend(user_id, k, exclude_seen, restriction))
         if cache is not None:
             cache.put(key, answer)
             metrics.answer_cache_bytes(cache.nbytes)

@@ -17,30 +17,35 @@ from collections.abc import Callable, Sequence
 
 from movierec_common import metrics
 from recommender_service.errors import CallEnded, TooCostly
+from recommender_service.movie_filter import NOTHING_RESOLVED, ResolvedFilter
 from recommender_service.retrieval import Recommendation, Retriever
 
 
-def live_users(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool) -> int:
-    """How many of the batch's users would be answered by a scan of the catalogue (repeats count again)."""
-    return sum(1 for user_id in user_ids if retriever.answers_live(user_id, k, exclude_seen))
+def live_users(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool,
+               restriction: ResolvedFilter = NOTHING_RESOLVED) -> int:
+    """How many of the batch's users may be answered by a search of the catalogue (repeats count again);
+    with a filter, every known user counts (whether the ranking holds the answer is known only later)."""
+    return sum(1 for user_id in user_ids if retriever.answers_live(user_id, k, exclude_seen, restriction))
 
 
 def check_live_cost(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool,
-                    max_scores: int) -> None:
-    """Raises TooCostly, with the figures, when the batch's live scans (:func:`live_users` x movies)
-    would score more than ``max_scores`` (the servicer's per-call limit)."""
-    live = live_users(retriever, user_ids, k, exclude_seen)
-    items = retriever.num_items
+                    max_scores: int, restriction: ResolvedFilter = NOTHING_RESOLVED) -> None:
+    """Raises TooCostly, with the figures, when the batch's live searches (:func:`live_users` x the movies
+    one may score: the filter's subset, else the catalogue) would score more than ``max_scores`` (the
+    servicer's per-call limit)."""
+    live = live_users(retriever, user_ids, k, exclude_seen, restriction)
+    items = retriever.live_cost(restriction)
     if live * items > max_scores:
         raise TooCostly(
             f"this batch needs {live:,} users x {items:,} movies = {live * items:,} scores ranked live (users "
             f"the rankings computed at load do not answer: exclude_seen=false, k above the precomputed depth, "
-            f"users past the ranking budget); at most {max_scores:,} per call: send at most "
+            f"users past the ranking budget, a filter); at most {max_scores:,} per call: send at most "
             f"{max_scores // max(items, 1):,} such users per batch")
 
 
 def recommend_batch(retriever: Retriever, user_ids: Sequence[str], k: int, exclude_seen: bool,
-                    should_stop: Callable[[], bool]) -> list[Recommendation]:
+                    should_stop: Callable[[], bool],
+                    restriction: ResolvedFilter = NOTHING_RESOLVED) -> list[Recommendation]:
     """Each user's answer, in order. Asks ``should_stop`` before each user (about 1 us against a
     table lookup's 5 us or a scan's milliseconds) and raises CallEnded when it says so."""
     results: list[Recommendation] = []
@@ -48,7 +53,7 @@ def recommend_batch(retriever: Retriever, user_ids: Sequence[str], k: int, exclu
         for user_id in user_ids:
             if should_stop():
                 raise CallEnded(len(results), len(user_ids))
-            results.append(retriever.recommend(user_id, k, exclude_seen))
+            results.append(retriever.recommend(user_id, k, exclude_seen, restriction))
     finally:
         metrics.batch_users_ranked(len(results))
     return results

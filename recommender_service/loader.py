@@ -141,6 +141,7 @@ def warmed_retriever(version: ValidatedVersion, path: str) -> Retriever:
     for user_index in range(min(4, len(user_ids))):
         retriever.recommend_live(user_index, 10)
     retriever.similar_items(int(version.catalogue.movie_ids[0]), 10)
+    retriever.top_k.warm()
     if retriever.sessions is not None:
         recent = version.catalogue.movie_ids[:10].tolist()
         for user_id in [*user_ids[:4].tolist(), "\x00cold"]:

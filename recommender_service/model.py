@@ -16,9 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
+
 from movierec_common.artifact import VersionMetadata
-from recommender_service.errors import SessionsUnsupported, UnknownMovie
+from recommender_service.errors import FilterNeedsMetadata, SessionsUnsupported, UnknownMovie
+from recommender_service.movie_filter import NOTHING_RESOLVED, MovieFilter, ResolvedFilter
 from recommender_service.retrieval import Recommendation, Retriever, Scored
+from recommender_service.top_k import NO_ITEMS
 
 T = TypeVar("T")
 
@@ -30,6 +34,8 @@ class LoadedModel:
     metadata: VersionMetadata
     loaded_at: float
     serving: dict[str, float] = field(default_factory=dict)  # how it is served (GetModelStatus shows it)
+    # (hidden ids as handed in, their indices here): see hidden_indices
+    _hidden: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def model_kind(self) -> str:
@@ -40,8 +46,34 @@ class LoadedModel:
         """(genre, movies having it) of this version, counted once (a pass per genre over its masks)."""
         return self.retriever.catalogue.movies.genre_counts()
 
+    def hidden_indices(self, hidden_movie_ids: np.ndarray) -> np.ndarray:
+        """The operators' hidden movies (ids, ascending) as this version's indices, ascending; movies it
+        does not know are nothing to hide. Resolved once per set of rules: the last answer is kept, keyed
+        by the array itself (the registry hands out one immutable array per set of rules)."""
+        kept = self._hidden
+        if kept is not None and kept[0] is hidden_movie_ids:
+            return kept[1]
+        indices = self.retriever.movie_indices(hidden_movie_ids) if hidden_movie_ids.size else NO_ITEMS
+        resolved = np.unique(indices[indices >= 0])
+        object.__setattr__(self, "_hidden", (hidden_movie_ids, resolved))  # a racing thread stores the same
+        return resolved
+
+    def restriction(self, movie_filter: MovieFilter, hidden_movie_ids: np.ndarray) -> ResolvedFilter:
+        """What this version may answer a call with: ``movie_filter`` resolved, hidden movies excluded.
+
+        Raises FilterNeedsMetadata (naming this version) or InvalidRequest.
+        """
+        hidden = self.hidden_indices(hidden_movie_ids)
+        if movie_filter.is_empty and not hidden.size:
+            return NOTHING_RESOLVED
+        try:
+            return self.retriever.resolve(movie_filter, hidden)
+        except FilterNeedsMetadata:
+            raise FilterNeedsMetadata(self.version) from None
+
     def recommend(self, user_id: str, k: int, exclude_seen: bool,
-                  render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = ()) -> T:
+                  render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = (),
+                  restriction: ResolvedFilter = NOTHING_RESOLVED) -> T:
         """One Recommend answer as ``render(self, ranked)`` makes it, computed now (nothing is kept here).
 
         Raises SessionsUnsupported for a session on a version published before sessions.
@@ -49,12 +81,15 @@ class LoadedModel:
         if len(recent_movie_ids):  # a session varies call by call: never kept
             if self.retriever.sessions is None:
                 raise SessionsUnsupported(self.version)
-            return render(self, self.retriever.recommend_session(user_id, k, list(recent_movie_ids), exclude_seen))
-        return render(self, self.retriever.recommend(user_id, k, exclude_seen))
+            return render(self, self.retriever.recommend_session(user_id, k, list(recent_movie_ids), exclude_seen,
+                                                                 restriction))
+        return render(self, self.retriever.recommend(user_id, k, exclude_seen, restriction))
 
-    def similar_items(self, movie_id: int, k: int) -> tuple[Scored, list[Scored]]:
-        """The movie and its k nearest; raises UnknownMovie, naming this version, for an id it does not know."""
+    def similar_items(self, movie_id: int, k: int,
+                      restriction: ResolvedFilter = NOTHING_RESOLVED) -> tuple[Scored, Recommendation]:
+        """The movie and its k nearest that pass ``restriction``; raises UnknownMovie, naming this version,
+        for an id it does not know."""
         try:
-            return self.retriever.similar_items(movie_id, k)
+            return self.retriever.similar_items(movie_id, k, restriction)
         except UnknownMovie:
             raise UnknownMovie(movie_id, self.version) from None

@@ -11,7 +11,7 @@ sessions (queries built from the movies a caller just saw, see
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -20,6 +20,7 @@ from movierec_common.artifact import ModelArtifact
 from movierec_common.session_query import QueryEncoder
 from recommender_service.catalogue import ServingCatalogue
 from recommender_service.errors import SessionsUnsupported, UnknownMovie
+from recommender_service.movie_filter import NOTHING_RESOLVED, MovieFilter, ResolvedFilter, SubsetCache, resolve
 from recommender_service.rankings import RANKING_BUDGET_BYTES, Rankings
 from recommender_service.sessions import SessionQueries, first_occurrences
 from recommender_service.top_k import NO_ITEMS, BruteForce, TopK
@@ -41,7 +42,17 @@ class Scored(NamedTuple):
 class Recommendation:
     items: list[Scored]
     cold_start: bool
-    unknown_movie_ids: list[int] = field(default_factory=list)  # recent movies the version does not know
+    unknown_movie_ids: list[int] = field(default_factory=list)  # recent or filter movies the version does not know
+    eligible_movies: int = 0  # movies that passed the filter, exclude_seen and the hidden movies
+
+
+def _not_in(indices: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """bool per entry of ``indices``: not in ``excluded`` (ascending, distinct): one binary search each,
+    so checking a ranking row of 100 against 10,000 exclusions costs microseconds, not a sort."""
+    if not excluded.size:
+        return np.ones(indices.shape[0], dtype=bool)
+    position = np.minimum(np.searchsorted(excluded, indices), excluded.size - 1)
+    return excluded[position] != indices
 
 
 class Retriever:
@@ -56,6 +67,14 @@ class Retriever:
     kernels per call turn into tail latency under concurrency. Larger k,
     exclude_seen=false and users beyond the ranking budget ask the backend
     live; both paths score with the same code, so they agree.
+
+    A **restriction** (a request filter resolved for this version, with the
+    operators' hidden movies among its exclusions: ``movie_filter.
+    ResolvedFilter``) narrows every path: the rankings answer a restricted
+    call only when the user's ranking still holds the right answer (at least
+    k of its movies pass, or it holds every unseen movie), the popularity
+    list of a cold start is walked until k pass, and everything else asks the
+    backend with the restriction inside retrieval.
 
     Sessions (:meth:`recommend_session`) are always live: the query depends
     on the movies sent, so there is nothing to precompute. A version
@@ -81,6 +100,7 @@ class Retriever:
         self._movies = source.movies
         self._sorted_movie_ids = source.movie_ids[source.movie_order]
         self.rankings = rankings if rankings is not None else Rankings.compute(source, top_k, ranking_budget_bytes)
+        self.subsets = SubsetCache()
 
     @property
     def num_users(self) -> int:
@@ -93,37 +113,128 @@ class Retriever:
     def knows_user(self, user_id: str) -> bool:
         return user_id in self._user_index
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True) -> Recommendation:
+    def resolve(self, movie_filter: MovieFilter, hidden: np.ndarray = NO_ITEMS) -> ResolvedFilter:
+        """``movie_filter`` as this version reads it, with ``hidden`` (ascending distinct movie indices,
+        the operators' hidden movies) among its exclusions. Raises FilterNeedsMetadata, InvalidRequest."""
+        resolved = resolve(movie_filter, self._movies, self.movie_indices, self.subsets)
+        if not hidden.size:
+            return resolved
+        exclude = np.union1d(resolved.exclude, hidden) if resolved.exclude.size else hidden
+        return ResolvedFilter(resolved.subset, exclude, resolved.unknown_movie_ids)
+
+    def _eligible(self, restriction: ResolvedFilter, excluded: np.ndarray) -> int:
+        """Movies passing ``restriction``'s subset and in neither ``excluded`` (ascending, distinct) nor its
+        exclusions. Counted with binary searches rather than a union (which sorts both): this runs on
+        every filtered call."""
+        extra = restriction.exclude
+        if extra.size and excluded.size:
+            extra = extra[_not_in(extra, excluded)]
+        subset = restriction.subset
+        if subset is None:
+            return self.num_items - int(excluded.size) - int(extra.size)
+        return subset.size - subset.count_among(excluded) - subset.count_among(extra)
+
+    def recommend(self, user_id: str, k: int, exclude_seen: bool = True,
+                  restriction: ResolvedFilter = NOTHING_RESOLVED) -> Recommendation:
         user_index = self._user_index.get(user_id)
         if user_index is None:
-            popular = self.catalogue.popular[:k]
-            return Recommendation(self._scored(popular, self.catalogue.popular_share[:k]), cold_start=True)
+            return self._cold_start(k, restriction)
         rankings = self.rankings
         if exclude_seen and k <= rankings.top:
             row = rankings.rows[user_index]
             if row >= 0:
-                n = min(k, rankings.counts[row])
-                return Recommendation(self._scored(rankings.indices[row, :n], rankings.scores[row, :n]),
-                                      cold_start=False)
-        return self.recommend_live(user_index, k, exclude_seen)
+                answer = self._from_ranking(row, user_index, k, restriction)
+                if answer is not None:
+                    return answer
+        return self.recommend_live(user_index, k, exclude_seen, restriction)
 
-    def answers_live(self, user_id: str, k: int, exclude_seen: bool = True) -> bool:
-        """Whether :meth:`recommend` answers this call with a scan of the catalogue (a known user whose
-        answer the rankings do not hold), the work a batch's cost limit counts."""
+    def _from_ranking(self, row: int, user_index: int, k: int, restriction: ResolvedFilter) -> Recommendation | None:
+        """The answer from the user's precomputed ranking, or None when it cannot be known from it.
+
+        The ranking holds the user's best unseen movies in answer order, so the first k of them that
+        pass a restriction are the restricted answer, provided k pass, or the ranking is shorter than
+        its depth (then it holds every unseen movie, and whatever passes is all there is).
+        """
+        rankings = self.rankings
+        count = int(rankings.counts[row])
+        if restriction.is_empty:
+            n = min(k, count)
+            return Recommendation(self._scored(rankings.indices[row, :n], rankings.scores[row, :n]), cold_start=False,
+                                  eligible_movies=self.num_items - self.catalogue.seen_count(user_index))
+        indices = rankings.indices[row, :count]
+        keep = _not_in(indices, restriction.exclude)
+        if restriction.subset is not None:
+            keep &= restriction.subset.mask[indices]
+        passing = np.flatnonzero(keep)
+        if passing.size < k and count == rankings.top:
+            return None
+        best = passing[:k]
+        eligible = self._eligible(restriction, self.catalogue.seen_items(user_index))
+        return Recommendation(self._scored(indices[best], rankings.scores[row, best]), cold_start=False,
+                              unknown_movie_ids=restriction.unknown_movie_ids, eligible_movies=eligible)
+
+    def _cold_start(self, k: int, restriction: ResolvedFilter) -> Recommendation:
+        """The most popular movies that pass, walking the popularity list in growing slices until k pass."""
+        catalogue = self.catalogue
+        if restriction.is_empty:
+            popular = catalogue.popular[:k]
+            return Recommendation(self._scored(popular, catalogue.popular_share[:k]), cold_start=True,
+                                  eligible_movies=self.num_items)
+        subset = restriction.subset
+        eligible = self._eligible(restriction, NO_ITEMS)
+        want = min(k, eligible)
+        scan = max(4 * k, 1024)
+        while True:
+            head = catalogue.popular[:scan]
+            keep = _not_in(head, restriction.exclude)
+            if subset is not None:
+                keep &= subset.mask[head]
+            chosen = np.flatnonzero(keep)
+            if chosen.size >= want or scan >= self.num_items:
+                chosen = chosen[:want]
+                return Recommendation(self._scored(head[chosen], catalogue.popular_share[chosen]), cold_start=True,
+                                      unknown_movie_ids=restriction.unknown_movie_ids, eligible_movies=eligible)
+            scan *= 4
+
+    def answers_live(self, user_id: str, k: int, exclude_seen: bool = True,
+                     restriction: ResolvedFilter = NOTHING_RESOLVED) -> bool:
+        """Whether :meth:`recommend` may answer this call with a search of the catalogue (a known user whose
+        answer the rankings may not hold), the work a batch's cost limit counts."""
         user_index = self._user_index.get(user_id)
         if user_index is None:
             return False
         rankings = self.rankings
-        return not (exclude_seen and k <= rankings.top and rankings.rows[user_index] >= 0)
+        ranked = exclude_seen and k <= rankings.top and rankings.rows[user_index] >= 0
+        return not ranked or not restriction.is_empty
 
-    def recommend_live(self, user_index: int, k: int, exclude_seen: bool = True) -> Recommendation:
+    def live_cost(self, restriction: ResolvedFilter = NOTHING_RESOLVED) -> int:
+        """Movies one live search under ``restriction`` may score: the subset it is drawn from, else all."""
+        return restriction.subset.size if restriction.subset is not None else self.num_items
+
+    def recommend_live(self, user_index: int, k: int, exclude_seen: bool = True,
+                       restriction: ResolvedFilter = NOTHING_RESOLVED) -> Recommendation:
         """Asks the backend, skipping the rankings (the smoke test checks both paths)."""
-        exclude = self.catalogue.seen_items(user_index) if exclude_seen else NO_ITEMS
-        indices, scores = self.top_k.top_k(self._user_vectors[user_index], k, exclude)
-        return Recommendation(self._scored(indices, scores), cold_start=False)
+        seen = self.catalogue.seen_items(user_index) if exclude_seen else NO_ITEMS
+        return self._search(self._user_vectors[user_index], k, seen, restriction)
+
+    def _search(self, query: np.ndarray, k: int, excluded: np.ndarray, restriction: ResolvedFilter,
+                unknown: list[int] | None = None) -> Recommendation:
+        """The backend's answer for ``query``, leaving out ``excluded`` (ascending, distinct) and whatever
+        ``restriction`` rules out."""
+        exclude = excluded
+        if restriction.exclude.size:
+            exclude = np.union1d(excluded, restriction.exclude) if excluded.size else restriction.exclude
+        indices, scores = self.top_k.top_k(query, k, exclude, restriction.subset)
+        subset = restriction.subset
+        eligible = (subset.size - subset.count_among(exclude)) if subset is not None else self.num_items - exclude.size
+        unknown_ids = list(unknown or [])
+        unknown_ids += [i for i in restriction.unknown_movie_ids if i not in unknown_ids]
+        return Recommendation(self._scored(indices, scores), cold_start=False, unknown_movie_ids=unknown_ids,
+                              eligible_movies=eligible)
 
     def recommend_session(self, user_id: str, k: int, recent_movie_ids: Sequence[int] | np.ndarray,
-                          exclude_seen: bool = True) -> Recommendation:
+                          exclude_seen: bool = True,
+                          restriction: ResolvedFilter = NOTHING_RESOLVED) -> Recommendation:
         """Top k for a caller who just saw ``recent_movie_ids`` (oldest first).
 
         A known user's recent movies are the newest part of their history; an
@@ -142,8 +253,9 @@ class Retriever:
         unknown = first_occurrences(ids[~known]) if not known.all() else []
         recent = indices[known]
         if recent.size == 0:
-            answer = self.recommend(user_id, k, exclude_seen)
-            return Recommendation(answer.items, answer.cold_start, unknown)
+            answer = self.recommend(user_id, k, exclude_seen, restriction)
+            return replace(answer, unknown_movie_ids=unknown + [i for i in answer.unknown_movie_ids
+                                                                 if i not in unknown])
         user_index = self._user_index.get(user_id)
         if user_index is None:
             query = self.sessions.for_visitor(recent)
@@ -151,8 +263,7 @@ class Retriever:
         else:
             query = self.sessions.for_user(user_index, recent)
             exclude = np.union1d(self.catalogue.seen_items(user_index), recent) if exclude_seen else NO_ITEMS
-        indices, scores = self.top_k.top_k(query, k, exclude)
-        return Recommendation(self._scored(indices, scores), cold_start=False, unknown_movie_ids=unknown)
+        return self._search(query, k, exclude, restriction, unknown)
 
     def movie_indices(self, movie_ids: np.ndarray) -> np.ndarray:
         """Item index of every id (-1 where this version does not know it), by one vectorised binary search."""
@@ -167,13 +278,18 @@ class Retriever:
             raise UnknownMovie(movie_id)  # the served model names its version (recommender_service.model)
         return index
 
-    def similar_items(self, movie_id: int, k: int) -> tuple[Scored, list[Scored]]:
+    def similar_items(self, movie_id: int, k: int,
+                      restriction: ResolvedFilter = NOTHING_RESOLVED) -> tuple[Scored, Recommendation]:
         """Cosine neighbours in the item space: for a two-tower model, movies its
-        towers place together; for EASE, movies with similar co-rating weights."""
+        towers place together; for EASE, movies with similar co-rating weights.
+        Returns the movie asked about and its neighbours that pass ``restriction``."""
         index = self.movie_index(movie_id)
         query = self._scored(np.array([index]), np.ones(1, dtype=np.float32))[0]
-        indices, scores = self.top_k.similar(index, k)
-        return query, self._scored(indices, scores)
+        indices, scores = self.top_k.similar(index, k, restriction.exclude, restriction.subset)
+        itself = np.array([index], dtype=np.int64)
+        eligible = self._eligible(restriction, itself)
+        return query, Recommendation(self._scored(indices, scores), cold_start=False,
+                                     unknown_movie_ids=restriction.unknown_movie_ids, eligible_movies=eligible)
 
     def _scored(self, indices: np.ndarray, scores: np.ndarray) -> list[Scored]:
         # One gather and one tolist() per field instead of a numpy scalar per item.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -29,6 +30,7 @@ from recommender_service.errors import (
     status,
 )
 from recommender_service.model import LoadedModel
+from recommender_service.movie_filter import NO_FILTER, MovieFilter
 from recommender_service.registry import ModelRegistry
 from recommender_service.retrieval import Recommendation, Scored
 
@@ -93,6 +95,20 @@ def _check_recent(recent_movie_ids: Sequence[int]) -> None:
                              f"are accepted: send the newest {MAX_RECENT_MOVIES}")
 
 
+def _movie_filter(request: Any, rpc: str) -> MovieFilter:
+    """The request's ``filter``, parsed once here (limits checked: InvalidRequest); NO_FILTER when unset."""
+    if not request.HasField("filter"):
+        return NO_FILTER
+    metrics.filtered_request(rpc)
+    f = request.filter
+    movie_filter = MovieFilter.checked(
+        exclude_movie_ids=np.asarray(f.exclude_movie_ids, dtype=np.int64),
+        only_movie_ids=np.asarray(f.only_movie_ids, dtype=np.int64),
+        genres_any=f.genres_any, genres_all=f.genres_all, exclude_genres=f.exclude_genres,
+        min_year=f.min_year, max_year=f.max_year)
+    return NO_FILTER if movie_filter.is_empty else movie_filter
+
+
 def _exclude_seen(request: Any) -> bool:
     return bool(request.exclude_seen) if request.HasField("exclude_seen") else True
 
@@ -112,11 +128,12 @@ def _why_ended(ended: CallEnded, context: grpc.ServicerContext) -> RecommenderEr
     return DeadlinePassed(str(ended)) if _deadline_passed(context) else ended
 
 
-def _batch_response(model: LoadedModel, user_ids: Sequence[str],
-                    ranked: list[Recommendation]) -> recommender_pb2.RecommendBatchResponse:
+def _batch_response(model: LoadedModel, user_ids: Sequence[str], ranked: list[Recommendation],
+                    unknown_movie_ids: list[int]) -> recommender_pb2.RecommendBatchResponse:
     answer = recommender_pb2.RecommendBatchResponse(model_version=model.version, results=[
-        recommender_pb2.UserRecommendations(user_id=user_id, items=_items(result.items), cold_start=result.cold_start)
-        for user_id, result in zip(user_ids, ranked, strict=True)])
+        recommender_pb2.UserRecommendations(user_id=user_id, items=_items(result.items), cold_start=result.cold_start,
+                                            eligible_movies=result.eligible_movies)
+        for user_id, result in zip(user_ids, ranked, strict=True)], unknown_movie_ids=unknown_movie_ids)
     size = answer.ByteSize()
     if size > MAX_BATCH_ANSWER_BYTES:
         raise TooCostly(f"the answer would be {size:,} bytes; a batch answer may be at most "
@@ -127,7 +144,8 @@ def _batch_response(model: LoadedModel, user_ids: Sequence[str],
 
 def _recommend_response(model: LoadedModel, result: Recommendation) -> recommender_pb2.RecommendResponse:
     return recommender_pb2.RecommendResponse(items=_items(result.items), model_version=model.version,
-                                             cold_start=result.cold_start, unknown_movie_ids=result.unknown_movie_ids)
+                                             cold_start=result.cold_start, unknown_movie_ids=result.unknown_movie_ids,
+                                             eligible_movies=result.eligible_movies)
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -151,13 +169,18 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         _check_user_id(request.user_id)
         _check_k(request.k)
         _check_recent(request.recent_movie_ids)
+        movie_filter = _movie_filter(request, "Recommend")
         model = self._model(context)
+        hidden = self._registry.hidden_rules().movie_ids
         if request.recent_movie_ids:  # a session: answered by the version, never kept
             metrics.session_request()
             return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
-                                   request.recent_movie_ids)
+                                   request.recent_movie_ids, model.restriction(movie_filter, hidden))
+        if movie_filter is not NO_FILTER:  # filtered: answered by the version, never kept
+            return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
+                                   restriction=model.restriction(movie_filter, hidden))
         return self._answers.recommend(model, request.user_id, request.k, _exclude_seen(request),
-                                       _recommend_response)
+                                       _recommend_response, hidden)
 
     @_answering
     def RecommendBatch(self, request: recommender_pb2.RecommendBatchRequest,
@@ -172,32 +195,42 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         if len(request.user_ids) * request.k > MAX_BATCH_ITEMS:
             raise InvalidRequest(f"users x k must be at most {MAX_BATCH_ITEMS} per batch "
                                  f"(got {len(request.user_ids)} x {request.k}); split the batch or lower k")
+        movie_filter = _movie_filter(request, "RecommendBatch")
         model = self._model(context)
+        restriction = model.restriction(movie_filter, self._registry.hidden_rules().movie_ids)
         exclude = _exclude_seen(request)
-        check_live_cost(model.retriever, request.user_ids, request.k, exclude, MAX_BATCH_LIVE_SCORES)
+        check_live_cost(model.retriever, request.user_ids, request.k, exclude, MAX_BATCH_LIVE_SCORES, restriction)
         try:
-            ranked = recommend_batch(model.retriever, request.user_ids, request.k, exclude, _should_stop(context))
+            ranked = recommend_batch(model.retriever, request.user_ids, request.k, exclude, _should_stop(context),
+                                     restriction)
         except CallEnded as ended:
             raise _why_ended(ended, context) from None
-        return _batch_response(model, request.user_ids, ranked)
+        return _batch_response(model, request.user_ids, ranked, restriction.unknown_movie_ids)
 
     @_answering
     def SimilarItems(self, request: recommender_pb2.SimilarItemsRequest,
                      context: grpc.ServicerContext) -> recommender_pb2.SimilarItemsResponse:
         _check_k(request.k)
+        movie_filter = _movie_filter(request, "SimilarItems")
         model = self._model(context)
-        movie, similar = model.similar_items(request.movie_id, request.k)
+        restriction = model.restriction(movie_filter, self._registry.hidden_rules().movie_ids)
+        movie, similar = model.similar_items(request.movie_id, request.k, restriction)
         return recommender_pb2.SimilarItemsResponse(
-            movie=_items([movie])[0], items=_items(similar), model_version=model.version)
+            movie=_items([movie])[0], items=_items(similar.items), model_version=model.version,
+            unknown_movie_ids=similar.unknown_movie_ids, eligible_movies=similar.eligible_movies)
 
     def GetModelStatus(self, request: recommender_pb2.GetModelStatusRequest,
                        context: grpc.ServicerContext) -> recommender_pb2.ModelStatus:
         model, versions = self._registry.status()
+        hidden = self._registry.hidden_rules()
         answer = recommender_pb2.ModelStatus(
             model_root=self._registry.model_root,
             pinned_version=self._registry.pinned_version or 0,
             pin_source=self._registry.pin_source or "PIN_SOURCE_UNSPECIFIED",
             pin_problem=self._registry.pin_problem,
+            hidden_movies=hidden.movie_ids.size,
+            hidden_sequence=hidden.sequence,
+            hidden_problem=self._registry.hidden_problem,
             versions=[
                 recommender_pb2.ModelVersion(
                     version=v.version, state=v.state, reason=v.reason, model_kind=v.model_kind, metrics=v.metrics)

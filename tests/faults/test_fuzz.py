@@ -52,6 +52,7 @@ from hypothesis import strategies as st
 
 from clients import RecommenderClient
 from movierec.v1 import recommender_pb2, trainer_pb2
+from movierec_common import movie_metadata
 from movierec_common.artifact import VersionMetadata
 from movierec_common.session_query import POOLED, Part, QueryEncoder
 from tests.artifacts import tiny_artifact
@@ -85,6 +86,9 @@ EXPECTED = {
     "CancelJob": {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND},
     "ListVersions": {Code.OK, Code.INVALID_ARGUMENT},
     "PinVersion": {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND},
+    "HideMovies": {Code.OK, Code.INVALID_ARGUMENT},
+    "UnhideMovies": {Code.OK, Code.INVALID_ARGUMENT},
+    "ListHiddenMovies": {Code.OK, Code.INVALID_ARGUMENT},
     "Recommend": {Code.OK, Code.INVALID_ARGUMENT},
     "RecommendBatch": {Code.OK, Code.INVALID_ARGUMENT},
     "SimilarItems": {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND},
@@ -113,6 +117,11 @@ TIMINGS: dict[str, float] = {}
 
 MAX_K = 1000
 MAX_RECENT_MOVIES = 1000  # recent_movie_ids per Recommend
+MAX_EXCLUDE_MOVIE_IDS = 10_000  # Filter.exclude_movie_ids
+MAX_ONLY_MOVIE_IDS = 100_000    # Filter.only_movie_ids
+MAX_FILTER_GENRES = 64          # names per genre list of a Filter
+MAX_YEAR = 9999
+MAX_HIDE_IDS = 10_000           # ids per HideMovies / UnhideMovies
 MAX_USER_ID_BYTES = 256
 MAX_BATCH_USERS = 1000
 MAX_BATCH_ITEMS = 100_000   # users x k per RecommendBatch
@@ -156,6 +165,12 @@ _NORMS = np.linalg.norm(ITEMS, axis=1)
 COSINE = (ITEMS @ ITEMS.T) / np.outer(_NORMS, _NORMS)                 # [movie, movie]
 POPULAR = sorted(range(len(MOVIE_IDS)), key=lambda i: (-float(ARTIFACT.popularity[i]), i))
 POPULAR_SHARE = ARTIFACT.popularity.astype(np.float64) / ARTIFACT.popularity.sum()
+# The served version's movie metadata: genre names (bit g of a mask is GENRES[g]) and years, 0 = unknown.
+GENRES = ("Action", "Comedy", "Drama", "Film-Noir")
+_FACTS_RNG = np.random.default_rng(17)
+GENRE_BITS = _FACTS_RNG.integers(0, 1 << len(GENRES), size=len(MOVIE_IDS)).astype(np.uint64)
+YEARS = np.where(_FACTS_RNG.random(len(MOVIE_IDS)) < 0.2, 0, _FACTS_RNG.integers(1985, 2000, size=len(MOVIE_IDS)))
+MOVIE_GENRES = [{name for g, name in enumerate(GENRES) if int(bits) >> g & 1} for bits in GENRE_BITS.tolist()]
 
 # --------------------------------------------------------------------------- strategies
 
@@ -317,13 +332,51 @@ def recent_movie_lists(draw) -> list[int]:
 
 
 @st.composite
+def movie_id_lists(draw, limit: int) -> list[int]:
+    """Mostly a few known and unknown ids; sometimes lists at and past ``limit``."""
+    size = draw(st.sampled_from([0, 0, 1, 2, 5, 12, 25, limit, limit + 1]))
+    if size == 0:
+        return []
+    head = draw(st.lists(st.one_of(st.sampled_from(MOVIE_IDS), movie_id_values), min_size=1, max_size=min(size, 12)))
+    return [head[i % len(head)] for i in range(size)]
+
+
+genre_names = st.one_of(st.sampled_from(GENRES), st.sampled_from(["", "Musical", "action", "Drama ", "\x00"]),
+                        texts())
+
+
+@st.composite
+def filters(draw) -> recommender_pb2.Filter | None:
+    """Mostly no filter; else a mix of conditions, valid and hostile (unknown genres, years out of range)."""
+    if draw(st.integers(0, 2)) == 0:
+        return None
+    f = recommender_pb2.Filter(exclude_movie_ids=draw(movie_id_lists(MAX_EXCLUDE_MOVIE_IDS)),
+                               only_movie_ids=draw(movie_id_lists(MAX_ONLY_MOVIE_IDS)))
+    for name in ("genres_any", "genres_all", "exclude_genres"):
+        count = draw(st.sampled_from([0, 0, 0, 1, 2, MAX_FILTER_GENRES + 1]))
+        if count == 0:
+            continue
+        names = draw(st.lists(st.one_of(st.sampled_from(GENRES), genre_names), min_size=1, max_size=min(count, 3)))
+        getattr(f, name).extend(names[i % len(names)] for i in range(count))
+    f.min_year = draw(st.one_of(st.just(0), st.integers(1980, 2005), int32s(MAX_YEAR, MAX_YEAR + 1)))
+    f.max_year = draw(st.one_of(st.just(0), st.integers(1980, 2005), int32s(MAX_YEAR, MAX_YEAR + 1)))
+    return f
+
+
+def with_filter(request, f: recommender_pb2.Filter | None):
+    if f is not None:
+        request.filter.CopyFrom(f)
+    return request
+
+
+@st.composite
 def recommend_requests(draw):
     request = recommender_pb2.RecommendRequest(user_id=draw(user_ids), k=draw(ks),
                                                recent_movie_ids=draw(recent_movie_lists()))
     exclude = draw(optional(st.booleans()))
     if exclude is not None:
         request.exclude_seen = exclude
-    return request
+    return with_filter(request, draw(filters()))
 
 
 @st.composite
@@ -350,13 +403,15 @@ def recommend_batch_requests(draw):
     exclude = draw(optional(st.booleans()))
     if exclude is not None:
         request.exclude_seen = exclude
-    return request
+    return with_filter(request, draw(filters()))
 
 
 similar_items_requests = st.builds(
-    recommender_pb2.SimilarItemsRequest,
-    movie_id=st.one_of(int64s(*MOVIE_IDS, MOVIE_IDS[0] - 1, MOVIE_IDS[-1] + 1), st.sampled_from(MOVIE_IDS)),
-    k=ks,
+    with_filter,
+    st.builds(recommender_pb2.SimilarItemsRequest,
+              movie_id=st.one_of(int64s(*MOVIE_IDS, MOVIE_IDS[0] - 1, MOVIE_IDS[-1] + 1), st.sampled_from(MOVIE_IDS)),
+              k=ks),
+    filters(),
 )
 model_status_requests = st.just(recommender_pb2.GetModelStatusRequest())
 
@@ -501,9 +556,53 @@ def user_id_problem(user_id: str) -> bool:
     return not user_id.strip() or len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES
 
 
+def filter_problem(request) -> bool:
+    """Refused: a list over its limit, a genre the version does not have, a year outside 0..9999, an
+    inverted range."""
+    if not request.HasField("filter"):
+        return False
+    f = request.filter
+    if len(f.exclude_movie_ids) > MAX_EXCLUDE_MOVIE_IDS or len(f.only_movie_ids) > MAX_ONLY_MOVIE_IDS:
+        return True
+    names = [*f.genres_any, *f.genres_all, *f.exclude_genres]
+    if max(len(f.genres_any), len(f.genres_all), len(f.exclude_genres)) > MAX_FILTER_GENRES:
+        return True
+    if any(name not in GENRES for name in names):
+        return True
+    if not (0 <= f.min_year <= MAX_YEAR and 0 <= f.max_year <= MAX_YEAR):
+        return True
+    return bool(f.min_year and f.max_year and f.min_year > f.max_year)
+
+
+def passing(request) -> np.ndarray:
+    """bool per movie: passes the request's filter (all True without one), tested movie by movie."""
+    allowed = np.ones(len(MOVIE_IDS), dtype=bool)
+    if not request.HasField("filter"):
+        return allowed
+    f = request.filter
+    excluded, only = set(f.exclude_movie_ids), set(f.only_movie_ids)
+    for i, movie_id in enumerate(MOVIE_IDS):
+        genres, year = MOVIE_GENRES[i], int(YEARS[i])
+        ok = movie_id not in excluded and (not only or movie_id in only)
+        ok = ok and (not f.genres_any or bool(genres & set(f.genres_any)))
+        ok = ok and set(f.genres_all) <= genres and not genres & set(f.exclude_genres)
+        if f.min_year or f.max_year:
+            ok = ok and year > 0 and (not f.min_year or year >= f.min_year) and (not f.max_year or year <= f.max_year)
+        allowed[i] = ok
+    return allowed
+
+
+def filter_unknown_ids(request) -> list[int]:
+    """The filter's ids the version does not know: exclude_movie_ids' first, then only_movie_ids', each once."""
+    if not request.HasField("filter"):
+        return []
+    ids = [*request.filter.exclude_movie_ids, *request.filter.only_movie_ids]
+    return list(dict.fromkeys(m for m in ids if m not in MOVIE_INDEX))
+
+
 def recommend_code(request: recommender_pb2.RecommendRequest):
     if (user_id_problem(request.user_id) or not 1 <= request.k <= MAX_K
-            or len(request.recent_movie_ids) > MAX_RECENT_MOVIES):
+            or len(request.recent_movie_ids) > MAX_RECENT_MOVIES or filter_problem(request)):
         return Code.INVALID_ARGUMENT
     return Code.OK
 
@@ -511,13 +610,13 @@ def recommend_code(request: recommender_pb2.RecommendRequest):
 def batch_code(request: recommender_pb2.RecommendBatchRequest):
     users = list(request.user_ids)
     if (not users or len(users) > MAX_BATCH_USERS or any(user_id_problem(u) for u in users)
-            or not 1 <= request.k <= MAX_K or len(users) * request.k > MAX_BATCH_ITEMS):
+            or not 1 <= request.k <= MAX_K or len(users) * request.k > MAX_BATCH_ITEMS or filter_problem(request)):
         return Code.INVALID_ARGUMENT
     return Code.OK
 
 
 def similar_code(request: recommender_pb2.SimilarItemsRequest):
-    if not 1 <= request.k <= MAX_K:  # k is checked first, also for a movie the model does not know
+    if not 1 <= request.k <= MAX_K or filter_problem(request):  # checked first, also for an unknown movie
         return Code.INVALID_ARGUMENT
     return Code.OK if request.movie_id in MOVIE_INDEX else Code.NOT_FOUND
 
@@ -631,13 +730,15 @@ def ranking_problem(items, k: int, scores: np.ndarray, eligible: np.ndarray) -> 
     return ""
 
 
-def cold_start_problem(items, k: int) -> str:
-    """The popularity list: most popular first, ties to the lower index, scored by share of interactions."""
-    expected = [MOVIE_IDS[i] for i in POPULAR[:k]]
+def cold_start_problem(items, k: int, allowed: np.ndarray) -> str:
+    """The popularity list of the movies that pass: most popular first, ties to the lower index, scored by
+    share of interactions."""
+    chosen = [i for i in POPULAR if allowed[i]][:k]
+    expected = [MOVIE_IDS[i] for i in chosen]
     got = [item.movie_id for item in items]
     if got != expected:
         return f"cold start served {got}, popularity says {expected}"
-    if not np.allclose([item.score for item in items], POPULAR_SHARE[POPULAR[:k]], rtol=1e-4, atol=1e-7):
+    if not np.allclose([item.score for item in items], POPULAR_SHARE[chosen], rtol=1e-4, atol=1e-7):
         return "cold-start scores are not the popularity shares"
     return ""
 
@@ -647,7 +748,8 @@ def latest_occurrences(items: list[int]) -> list[int]:
     return [item for position, item in enumerate(items) if last[item] == position]
 
 
-def expected_answer(user_id: str, k: int, exclude_seen: bool, recent_ids=()) -> tuple[bool, object]:
+def expected_answer(user_id: str, k: int, exclude_seen: bool, recent_ids=(),
+                    allowed: np.ndarray | None = None) -> tuple[bool, object]:
     """(cold_start, a function judging the items) for one user's Recommend, sessions included.
 
     The session rule of the served version (QueryEncoder with one pooled part, no recency decay, no
@@ -657,9 +759,10 @@ def expected_answer(user_id: str, k: int, exclude_seen: bool, recent_ids=()) -> 
     """
     recent = latest_occurrences([MOVIE_INDEX[m] for m in recent_ids if m in MOVIE_INDEX])
     user = USER_INDEX.get(user_id)
+    allowed = np.ones(len(MOVIE_IDS), dtype=bool) if allowed is None else allowed
     if user is None and not recent:
-        return True, lambda items: cold_start_problem(items, k)
-    eligible = np.ones(len(MOVIE_IDS), dtype=bool)
+        return True, lambda items: cold_start_problem(items, k, allowed)
+    eligible = allowed.copy()
     if exclude_seen:
         eligible[recent] = False
         if user is not None:
@@ -677,9 +780,9 @@ def expected_answer(user_id: str, k: int, exclude_seen: bool, recent_ids=()) -> 
     return False, lambda items: ranking_problem(items, k, scores, eligible)
 
 
-def similar_problem(movie_id: int, k: int, items) -> str:
+def similar_problem(movie_id: int, k: int, items, allowed: np.ndarray) -> str:
     index = MOVIE_INDEX[movie_id]
-    eligible = np.ones(len(MOVIE_IDS), dtype=bool)
+    eligible = allowed.copy()
     eligible[index] = False
     return ranking_problem(items, k, COSINE[index], eligible)
 
@@ -800,7 +903,10 @@ def recommender(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz-recommender")
     model_root = base / "models"
     encoder = QueryEncoder((Part(POOLED, ARTIFACT.user_vectors.shape[1]),))  # sessions: the mean of their movies
-    version = publish(str(model_root), ARTIFACT, VersionMetadata(model_kind="test", query_encoder=encoder.to_json()))
+    files, movies = movie_metadata.files_for_version(
+        movie_metadata.MovieMetadata.build(GENRES, GENRE_BITS, YEARS.astype(np.int16)))
+    version = publish(str(model_root), ARTIFACT, VersionMetadata(model_kind="test", query_encoder=encoder.to_json(),
+                                                                 movies=movies), files)
     server = start_recommender(model_root, base)
     with RecommenderClient(server.address, timeout=10) as client:
         client.wait_until_serving(timeout=120)
@@ -899,10 +1005,10 @@ def test_fuzz_recommend(recommender):
             return
         assert response.model_version == recommender["version"]
         recent = list(request.recent_movie_ids)
-        unknown = list(dict.fromkeys(m for m in recent if m not in MOVIE_INDEX))
+        unknown = list(dict.fromkeys([*(m for m in recent if m not in MOVIE_INDEX), *filter_unknown_ids(request)]))
         assert list(response.unknown_movie_ids) == unknown, (list(response.unknown_movie_ids), unknown)
         exclude = request.exclude_seen if request.HasField("exclude_seen") else True
-        cold_start, judge = expected_answer(request.user_id, request.k, exclude, recent)
+        cold_start, judge = expected_answer(request.user_id, request.k, exclude, recent, passing(request))
         assert response.cold_start == cold_start, f"cold_start={response.cold_start} for {request!r:.300}"
         problem = judge(response.items)
         assert not problem, f"{problem} for {request!r:.300}"
@@ -932,10 +1038,12 @@ def test_fuzz_recommend_batch(recommender):
         assert response.model_version == recommender["version"]
         assert [r.user_id for r in response.results] == list(request.user_ids), "results not in request order"
         exclude = request.exclude_seen if request.HasField("exclude_seen") else True
+        assert list(response.unknown_movie_ids) == filter_unknown_ids(request)
+        allowed = passing(request)
         judged: dict[str, object] = {}
         for result in response.results:
             if result.user_id not in judged:
-                judged[result.user_id] = expected_answer(result.user_id, request.k, exclude)
+                judged[result.user_id] = expected_answer(result.user_id, request.k, exclude, (), allowed)
             cold_start, judge = judged[result.user_id]
             assert result.cold_start == cold_start, f"cold_start={result.cold_start} for {result.user_id!r}"
             problem = judge(result.items)
@@ -965,7 +1073,8 @@ def test_fuzz_similar_items(recommender):
             return
         assert response.model_version == recommender["version"]
         assert (response.movie.movie_id, response.movie.title) == (request.movie_id, TITLES[request.movie_id])
-        problem = similar_problem(request.movie_id, request.k, response.items)
+        assert list(response.unknown_movie_ids) == filter_unknown_ids(request)
+        problem = similar_problem(request.movie_id, request.k, response.items, passing(request))
         assert not problem, f"{problem} for {request!r}"
 
     run_fuzz("SimilarItems", fuzz)
@@ -1330,6 +1439,92 @@ def test_fuzz_pin_version(trainer):
     assert_trainer_healthy(trainer)
 
 
+def hidden_id_lists() -> st.SearchStrategy[list[int]]:
+    """Empty, a few, or lists at and past the per-call limit (of a few distinct ids, so the hidden list stays
+    small and every call stays cheap)."""
+    return st.one_of(movie_id_lists(MAX_HIDE_IDS), st.lists(int64s(0, -1), max_size=3))
+
+
+def _hidden_now(caller: Caller) -> list[int]:
+    _, _, listed, _ = caller.unary("ListHiddenMovies", b"", trainer_pb2.HiddenMovies)
+    return list(listed.movie_ids)
+
+
+def _fuzz_hidden_change(trainer, rpc: str, request_type, change) -> None:
+    """HideMovies or UnhideMovies against a model of the list: ``change(before, ids)`` is the list after."""
+    caller, server = trainer["caller"], trainer["server"]
+    hidden = [_hidden_now(caller)]
+    sequence = [0]
+
+    @FUZZ_SETTINGS
+    @given(payloads(st.builds(request_type, movie_ids=hidden_id_lists())), deadlines())
+    def fuzz(payload, timeout):
+        request, data = payload
+        code, details, response, _ = caller.unary(rpc, data, trainer_pb2.HiddenMovies, timeout)
+        if code == Code.DEADLINE_EXCEEDED:  # the change may or may not have been written: ask
+            hidden[0] = _hidden_now(caller)
+        if not check_status(rpc, server, code, details, timeout, malformed=not parses(data, request_type)):
+            return
+        request = request or request_type.FromString(data)
+        ids = list(request.movie_ids)
+        expected = Code.INVALID_ARGUMENT if not ids or len(ids) > MAX_HIDE_IDS else Code.OK
+        assert code == expected, f"{code.name} {details!r:.200}, expected {expected.name}, for {len(ids)} ids"
+        if code != Code.OK:
+            assert (str(MAX_HIDE_IDS) in details.replace(",", "")) if ids else "no movie ids" in details, details
+            return
+        after = change(hidden[0], ids)
+        assert list(response.movie_ids) == after, (list(response.movie_ids)[:20], after[:20])
+        assert response.sequence >= sequence[0] and (response.sequence > sequence[0] or after == hidden[0])
+        hidden[0], sequence[0] = after, response.sequence
+
+    try:
+        run_fuzz(rpc, fuzz)
+    finally:
+        if hidden[0]:
+            for start in range(0, len(hidden[0]), MAX_HIDE_IDS):
+                caller.unary("UnhideMovies", trainer_pb2.UnhideMoviesRequest(
+                    movie_ids=hidden[0][start:start + MAX_HIDE_IDS]).SerializeToString(), trainer_pb2.HiddenMovies)
+    assert _hidden_now(caller) == []
+    assert_trainer_healthy(trainer)
+
+
+def test_fuzz_hide_movies(trainer):
+    _fuzz_hidden_change(trainer, "HideMovies", trainer_pb2.HideMoviesRequest,
+                        lambda before, ids: sorted(set(before) | set(ids)))
+
+
+def test_fuzz_unhide_movies(trainer):
+    caller = trainer["caller"]
+    caller.unary("HideMovies", trainer_pb2.HideMoviesRequest(movie_ids=[*MOVIE_IDS[:5], 0, -1]).SerializeToString(),
+                 trainer_pb2.HiddenMovies)
+    _fuzz_hidden_change(trainer, "UnhideMovies", trainer_pb2.UnhideMoviesRequest,
+                        lambda before, ids: sorted(set(before) - set(ids)))
+
+
+def test_fuzz_list_hidden_movies(trainer):
+    caller, server = trainer["caller"], trainer["server"]
+    caller.unary("HideMovies", trainer_pb2.HideMoviesRequest(movie_ids=[7, 3]).SerializeToString(),
+                 trainer_pb2.HiddenMovies)
+
+    @FUZZ_SETTINGS
+    @given(payloads(st.just(trainer_pb2.ListHiddenMoviesRequest())), deadlines())
+    def fuzz(payload, timeout):
+        _, data = payload
+        code, details, response, _ = caller.unary("ListHiddenMovies", data, trainer_pb2.HiddenMovies, timeout)
+        if not check_status("ListHiddenMovies", server, code, details, timeout,
+                            malformed=not parses(data, trainer_pb2.ListHiddenMoviesRequest)):
+            return
+        assert code == Code.OK, f"{code.name} {details!r:.200}"
+        assert list(response.movie_ids) == [3, 7] and response.sequence > 0
+
+    try:
+        run_fuzz("ListHiddenMovies", fuzz)
+    finally:
+        caller.unary("UnhideMovies", trainer_pb2.UnhideMoviesRequest(movie_ids=[7, 3]).SerializeToString(),
+                     trainer_pb2.HiddenMovies)
+    assert_trainer_healthy(trainer)
+
+
 def test_trainer_still_trains_after_the_fuzz(trainer):
     """The worker thread survived: a real (tiny) job runs to the end and is published."""
     caller = trainer["caller"]
@@ -1367,6 +1562,11 @@ ALL_RPCS = [
      trainer_pb2.ListVersionsResponse, False),
     ("trainer", "movierec.v1.Trainer", "PinVersion", trainer_pb2.PinVersionRequest, trainer_pb2.PinVersionResponse,
      False),
+    ("trainer", "movierec.v1.Trainer", "HideMovies", trainer_pb2.HideMoviesRequest, trainer_pb2.HiddenMovies, False),
+    ("trainer", "movierec.v1.Trainer", "UnhideMovies", trainer_pb2.UnhideMoviesRequest, trainer_pb2.HiddenMovies,
+     False),
+    ("trainer", "movierec.v1.Trainer", "ListHiddenMovies", trainer_pb2.ListHiddenMoviesRequest,
+     trainer_pb2.HiddenMovies, False),
 ]
 assert {rpc[2] for rpc in ALL_RPCS} == set(EXPECTED)
 

@@ -117,6 +117,10 @@ def test_recommender_reports_the_served_version_its_load_and_sessions(stack):
         for _ in range(3):
             stub.Recommend(recommender_pb2.RecommendRequest(user_id="5", k=5, recent_movie_ids=[1, 2, 3]), timeout=10)
         stub.Recommend(recommender_pb2.RecommendRequest(user_id="5", k=5), timeout=10)  # not a session
+        excluding = recommender_pb2.Filter(exclude_movie_ids=[1])
+        stub.Recommend(recommender_pb2.RecommendRequest(user_id="5", k=5, filter=excluding), timeout=10)
+        stub.SimilarItems(recommender_pb2.SimilarItemsRequest(movie_id=1, k=5, filter=excluding), timeout=10)
+        stub.SimilarItems(recommender_pb2.SimilarItemsRequest(movie_id=1, k=5), timeout=10)  # not filtered
     after = Scrape(port)
 
     assert served == 1
@@ -127,6 +131,10 @@ def test_recommender_reports_the_served_version_its_load_and_sessions(stack):
     assert after("movierec_model_load_seconds_count") == 1
     assert after("movierec_model_load_seconds_sum") > 0
     assert after("movierec_session_requests_total") - before("movierec_session_requests_total") == 3
+    for rpc, filtered in (("Recommend", 1), ("SimilarItems", 1), ("RecommendBatch", 0)):
+        assert after("movierec_filtered_requests_total", rpc=rpc) - before(
+            "movierec_filtered_requests_total", rpc=rpc) == filtered
+    assert after("movierec_hidden_movies") == 0
     assert "movierec_jobs" not in after.names, "the recommender exports the trainer's metrics"
     assert "process_resident_memory_bytes" in after.names
 
