@@ -5,11 +5,12 @@ domain terms (``rc.recommend("42", k=10)``) with typed results and catchable
 exceptions, without importing grpc or the generated protobuf modules, and
 without pulling in the servers' TensorFlow dependencies.
 
-    from clients import RecommenderClient, TrainerClient, NotFound
+    from clients import Filter, RecommenderClient, TrainerClient, NotFound
 
     with RecommenderClient("localhost:50052") as rc:
         rc.wait_until_serving(timeout=60)
         recs = rc.recommend("42", k=10)
+        comedies = rc.recommend("42", k=10, filter=Filter(genres_any=["Comedy"], min_year=1990))
 
 Several recommender replicas: ``RecommenderClient("h1:50052,h2:50052")`` or
 ``RecommenderClient("dns:///recommenders:50052")`` balances round robin over
@@ -41,7 +42,9 @@ from .types import (
     JOB_STATES,
     TERMINAL_STATES,
     BatchRecommendations,
+    Filter,
     GenreCount,
+    HiddenMovies,
     Item,
     Job,
     ModelStatus,
@@ -59,6 +62,8 @@ __all__ = [
     "RecommenderClient",
     "TrainerClient",
     "DEFAULT_TIMEOUT",
+    # requests
+    "Filter",
     # results
     "Item",
     "GenreCount",
@@ -71,6 +76,7 @@ __all__ = [
     "Versions",
     "PublishedVersion",
     "Pin",
+    "HiddenMovies",
     "Job",
     "Progress",
     "JOB_STATES",

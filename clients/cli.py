@@ -5,7 +5,8 @@ operator reaches for, so it must exercise exactly the code applications use
 (same retries, deadlines, credentials and error mapping), and only add
 presentation: tables for people, ``--json`` for scripts, a progress bar for
 training, and one-line errors with meaningful exit codes (0 ok, 1 the call
-failed, 2 bad usage, 130 interrupted) instead of tracebacks.
+failed, 2 bad usage, 130 interrupted) instead of tracebacks. How results read
+is ``clients.render``; the filter flags are ``clients.filter_options``.
 
 Global options may come before or after the subcommand. Tokens are never
 taken on the command line (shell history, ``ps``): use ``--token-file``,
@@ -15,21 +16,20 @@ taken on the command line (shell history, ``ps``): use ``--token-file``,
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime as dt
-import json
 import os
 import sys
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from movierec.v1 import trainer_pb2
 from movierec.v1.vocabulary import DATASET_NAMES, HOLDOUTS, MODEL_KINDS
 
+from . import render
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
+from .filter_options import FilterUsageError, add_filter_options, filter_from_args, id_flags, movie_id_list
 from .flags import refuse_token_flags
-from .types import HYPERPARAMETERS, Item, Job, ModelStatus, Versions
+from .types import HYPERPARAMETERS, Job
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -43,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if hasattr(args, "command_parser"):  # a command with filter flags
+            try:
+                args.filter = filter_from_args(args)
+            except FilterUsageError as exc:
+                args.command_parser.error(str(exc))
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -108,23 +113,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recommend.add_argument(
         "--recent",
-        type=_movie_id_list,
+        type=_recent_movie_ids,
         metavar="ID,ID,...",
         help="movies the user just interacted with, oldest first (at most 1,000): a session; "
         "an unknown user then gets a personal answer",
     )
+    _with_filter(recommend)
     similar = command("similar", cmd_similar, "movies similar to a movie")
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
     similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
-    command("status", cmd_status, "what the recommender is serving (with several replicas: one healthy "
-            "replica's view; give one address to ask that replica)")
+    _with_filter(similar)
+    command("status", cmd_status, "what the recommender is serving, its genres and hidden movies (with several "
+            "replicas: one healthy replica's view; give one address to ask that replica)")
 
     command("versions", cmd_versions, "list the versions in the model root: metrics, pin, which recommenders "
             "serve each")
     pin = command("pin", cmd_pin, "serve this version on every recommender (rollback) until `movierec unpin`")
     pin.add_argument("version", metavar="VERSION", type=_positive_int)
     command("unpin", cmd_unpin, "let every recommender follow the newest valid version again")
+    hide = command("hide", cmd_hide, "leave movies out of every answer of every recommender, whatever version it "
+                   "serves (a licence ended, a takedown), until `movierec unhide`")
+    hide.add_argument("movie_ids", metavar="ID", nargs="+", type=_hidden_movie_ids,
+                      help="movie ids (at most 10,000 a call; commas also separate)")
+    unhide = command("unhide", cmd_unhide, "take movies off the hidden list")
+    unhide.add_argument("movie_ids", metavar="ID", nargs="+", type=_hidden_movie_ids,
+                        help="movie ids (commas also separate)")
+    command("hidden", cmd_hidden, "list the hidden movies, as the model root holds them")
     return parser
+
+
+def _with_filter(command: argparse.ArgumentParser) -> None:
+    add_filter_options(command)
+    command.set_defaults(command_parser=command)  # main() reports flag combinations as this command's usage error
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -216,14 +236,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _movie_id_list(text: str) -> list[int]:
-    parts = [part.strip() for part in text.split(",")]
+def _recent_movie_ids(text: str) -> list[int]:
     try:
-        return [int(part) for part in parts]
-    except ValueError:
+        return movie_id_list(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"must be comma-separated movie ids, oldest first, e.g. 50,181,7; got {text!r}"
         ) from None
+
+
+def _hidden_movie_ids(text: str) -> list[int]:
+    try:
+        return movie_id_list(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be movie ids, e.g. 123 456 or 123,456; got {text!r}") from None
 
 
 def _positive_float(text: str) -> float:
@@ -289,37 +315,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.watch:
             return _watch(tc, job, args)
-    return _show(args, job, _print_job_state)
+    return _show(args, job, render.job_state)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         jobs = tc.list_jobs(limit=args.limit)
-    if args.json:
-        _print_json(jobs)
-        return EXIT_OK
-    if not jobs:
-        print("no jobs")
-        return EXIT_OK
-    rows = [
-        [
-            job.id,
-            job.model,
-            job.state,
-            _or_dash(job.model_version),
-            _metric(job.metrics, "recall_at_10"),
-            _when(job.created_at),
-        ]
-        for job in jobs
-    ]
-    _print_table(["id", "model", "state", "version", "recall@10", "created"], rows, numeric={3, 4})
-    return EXIT_OK
+    return _show(args, jobs, render.jobs)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         job = tc.get_job(args.job_id)
-    return _show(args, job, _print_job)
+    return _show(args, job, render.job)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -330,35 +338,38 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         job = tc.cancel_job(args.job_id)
-    return _show(args, job, _print_job_state)
+    return _show(args, job, render.job_state)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     with _recommender(args) as rc:
-        recs = rc.recommend(
-            args.user_id, k=args.k, exclude_seen=False if args.include_seen else None, recent=args.recent
-        )
+        recs = rc.recommend(args.user_id, k=args.k, exclude_seen=False if args.include_seen else None,
+                            recent=args.recent, filter=args.filter)
     if args.json:
-        _print_json(recs)
+        print(render.json_text(recs))
         return EXIT_OK
-    if recs.unknown_movie_ids:
-        unknown = ", ".join(str(movie_id) for movie_id in recs.unknown_movie_ids)
-        print(f"note: model version {recs.model_version} does not know recent movie(s) {unknown}; ignored",
-              file=sys.stderr)
-    _print_items(recs.items)
-    print(f"model version {recs.model_version}, cold start: {_yes_no(recs.cold_start)}")
+    left_out = "hidden movies" if args.include_seen else "seen and hidden movies"
+    _notes(render.unknown_note(recs.model_version, recs.unknown_movie_ids, id_flags(args))
+           if recs.unknown_movie_ids else None,
+           render.short_answer_note(args.k, len(recs), recs.eligible_movies, filtered=args.filter is not None,
+                                    left_out=left_out))
+    print(render.items(recs.items))
+    print(f"model version {recs.model_version}, cold start: {render.yes_no(recs.cold_start)}")
     return EXIT_OK
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
     with _recommender(args) as rc:
-        similar = rc.similar_items(args.movie_id, k=args.k)
+        similar = rc.similar_items(args.movie_id, k=args.k, filter=args.filter)
     if args.json:
-        _print_json(similar)
+        print(render.json_text(similar))
         return EXIT_OK
-    movie = similar.movie
-    print(f"movies similar to {movie.movie_id} {movie.title} [{_or_dash(movie.year)}; {_genres(movie)}]:")
-    _print_items(similar.items)
+    _notes(render.unknown_note(similar.model_version, similar.unknown_movie_ids, id_flags(args))
+           if similar.unknown_movie_ids else None,
+           render.short_answer_note(args.k, len(similar), similar.eligible_movies, filtered=args.filter is not None,
+                                    left_out="the movie itself and hidden movies"))
+    print(render.similar_heading(similar.movie))
+    print(render.items(similar.items))
     print(f"model version {similar.model_version}")
     return EXIT_OK
 
@@ -366,29 +377,64 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with _recommender(args) as rc:
         status = rc.model_status()
-    return _show(args, status, _print_status)
+    return _show(args, status, render.status)
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         versions = tc.list_versions()
-    return _show(args, versions, _print_versions)
+    if args.json:
+        print(render.json_text(versions))
+        return EXIT_OK
+    print(render.versions(versions))
+    line, warning = render.pin_line(versions)
+    print(line, file=sys.stderr if warning else sys.stdout)
+    return EXIT_OK
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         pin = tc.pin_version(args.version)
-    return _show(args, pin, lambda pin: print(
-        f"pinned version {pin.pinned_version} (before: {_or_none(pin.previous_pinned_version)}); "
-        "every recommender serves it after its next poll (`movierec status` shows one replica's view)"))
+    return _show(args, pin, render.pinned)
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:
     with _trainer(args) as tc:
         pin = tc.unpin()
-    return _show(args, pin, lambda pin: print(
-        f"unpinned (before: {_or_none(pin.previous_pinned_version)}); "
-        "recommenders follow the newest valid version again"))
+    return _show(args, pin, render.unpinned)
+
+
+def cmd_hide(args: argparse.Namespace) -> int:
+    asked = [movie_id for ids in args.movie_ids for movie_id in ids]
+    with _trainer(args) as tc:
+        hidden = tc.hide_movies(asked)
+    return _show(args, hidden, lambda h: render.hidden_changed(h, "hid", asked))
+
+
+def cmd_unhide(args: argparse.Namespace) -> int:
+    asked = [movie_id for ids in args.movie_ids for movie_id in ids]
+    with _trainer(args) as tc:
+        hidden = tc.unhide_movies(asked)
+    return _show(args, hidden, lambda h: render.hidden_changed(h, "unhid", asked))
+
+
+def cmd_hidden(args: argparse.Namespace) -> int:
+    with _trainer(args) as tc:
+        hidden = tc.hidden_movies()
+    return _show(args, hidden, render.hidden)
+
+
+def _show(args: argparse.Namespace, value: Any, for_people: Callable[[Any], str]) -> int:
+    """What most commands end with: ``--json`` prints the value for programs, otherwise ``for_people``'s text."""
+    print(render.json_text(value) if args.json else for_people(value))
+    return EXIT_OK
+
+
+def _notes(*notes: str | None) -> None:
+    """Notes go to stderr, so the table on stdout stays the answer alone."""
+    for note in notes:
+        if note:
+            print(note, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- watching
@@ -410,9 +456,11 @@ def _watch(tc: TrainerClient, job: Job, args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     if args.json:
-        _print_json(final)
+        print(render.json_text(final))
+    elif final.state == "SUCCEEDED":
+        print(render.succeeded(final))
     else:
-        _print_outcome(final)
+        print(render.failed(final), file=sys.stderr)
     return EXIT_OK if final.state == "SUCCEEDED" else EXIT_FAILED
 
 
@@ -440,200 +488,6 @@ def _advance(bar: Any, job: Job) -> None:
     if progress.epoch:
         postfix["loss"] = f"{progress.loss:.4f}"
     bar.set_postfix(postfix, refresh=True)
-
-
-def _print_outcome(job: Job) -> None:
-    if job.state == "SUCCEEDED":
-        print(f"job {job.id} SUCCEEDED: {_publication(job)}")
-        if job.metrics:
-            _print_metrics(job)
-    else:
-        reason = f": {job.error}" if job.error else ""
-        print(f"job {job.id} {job.state}{reason}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- presentation
-
-
-def _print_job(job: Job) -> None:
-    p = job.progress
-    epochs = f"epoch {p.epoch}/{p.total_epochs}" if p.total_epochs else f"epoch {p.epoch}"
-    fields = [
-        ("id", job.id),
-        ("model", job.model),
-        ("state", job.state),
-        ("progress", f"{p.phase or '-'}, {epochs}, loss {p.loss:.4f}, {p.elapsed_seconds:.1f}s"),
-        ("created", _when(job.created_at)),
-        ("started", _when(job.started_at)),
-        ("finished", _when(job.finished_at)),
-    ]
-    if job.done and job.state == "SUCCEEDED":
-        fields.append(("published", _publication(job)))
-    if job.evaluation_split:
-        fields.append(("evaluated on", job.evaluation_split))
-    if job.loss_history:
-        fields.append(("loss history", " ".join(f"{x:.4f}" for x in job.loss_history)))
-    if job.error:
-        fields.append(("error", job.error))
-    width = max(len(name) for name, _ in fields)
-    for name, value in fields:
-        print(f"{name + ':':<{width + 1}} {value}")
-    if job.metrics:
-        print()
-        _print_metrics(job)
-
-
-def _publication(job: Job) -> str:
-    if job.published:
-        return f"published as version {job.model_version}"
-    reason = job.not_published_reason or "no reason given"
-    return f"not published ({reason})"
-
-
-def _print_metrics(job: Job) -> None:
-    names = list(job.metrics) + [n for n in job.baseline_metrics if n not in job.metrics]
-    rows = [[name, _metric(job.metrics, name), _metric(job.baseline_metrics, name)] for name in names]
-    _print_table(["metric", "model", "popularity"], rows, numeric={1, 2})
-
-
-def _print_items(items: Iterable[Item]) -> None:
-    rows = [[rank, item.movie_id, item.title, _or_dash(item.year), _genres(item), f"{item.score:.4f}"]
-            for rank, item in enumerate(items, 1)]
-    _print_table(["#", "movie", "title", "year", "genres", "score"], rows, numeric={0, 1, 3, 5})
-
-
-def _genres(item: Item) -> str:
-    return ", ".join(item.genres) or "-"
-
-
-def _print_status(status: ModelStatus) -> None:
-    if status.served_version is None:
-        print("served version: none (no model loaded yet)")
-    else:
-        print(f"served version: {status.served_version} ({status.model_kind}), loaded {_when(status.loaded_at)}")
-    if status.pinned_version is None:
-        print("pinned version: none (follows the newest valid version)")
-    else:
-        source = _PIN_SOURCES.get(status.pin_source or "", status.pin_source or "unknown source")
-        print(f"pinned version: {status.pinned_version} ({source})")
-    if status.pin_problem:
-        print(f"pin problem:    {status.pin_problem}")
-    print(f"model root:     {status.model_root or '-'}")
-    print(f"users / items:  {status.num_users} / {status.num_items}")
-    if status.genres:
-        print(f"genres ({len(status.genres)}):".ljust(16) + ", ".join(f"{g.name} {g.movies}" for g in status.genres))
-    elif status.served_version is not None:
-        print("genres: none (the served version has no movie metadata; retrain)")
-    if status.metrics:
-        print("metrics:        " + ", ".join(f"{k}={v:.4f}" for k, v in status.metrics.items()))
-    if status.versions:
-        print()
-        rows = [
-            [v.version, v.state, v.model_kind or "-", _metric(v.metrics, "recall_at_10"), v.reason]
-            for v in status.versions
-        ]
-        _print_table(["version", "state", "kind", "recall@10", "reason"], rows, numeric={0, 3})
-
-
-_PIN_SOURCES = {"MODEL_ROOT": "the model root's pin, for every replica",
-                "VERSION_FLAG": "this replica's --version, over the model root's pin"}
-
-
-def _print_versions(versions: Versions) -> None:
-    if not versions:
-        print("no complete versions in the model root")
-    else:
-        rows = [
-            [
-                v.version,
-                v.model_kind or "-",
-                _metric(v.metrics, "recall_at_10"),
-                _when(v.created_at),
-                _size(v.size_bytes),
-                "yes" if v.pinned else "",
-                ", ".join(v.served_by) or "-",
-            ]
-            for v in versions
-        ]
-        _print_table(["version", "kind", "recall@10", "created", "size", "pinned", "served by"], rows,
-                     numeric={0, 2, 4})
-    if versions.pinned_version is None:
-        print("pinned: none (recommenders follow the newest valid version)")
-    elif versions.pinned_version not in {v.version for v in versions}:
-        print(f"pinned: {versions.pinned_version}, which is no longer in the model root: recommenders keep what "
-              f"they serve; `movierec pin N` or `movierec unpin`", file=sys.stderr)
-    else:
-        print(f"pinned: {versions.pinned_version} (`movierec unpin` to follow the newest valid version)")
-
-
-def _size(size_bytes: int) -> str:
-    if size_bytes < 1024:
-        return f"{size_bytes} B"
-    size = size_bytes / 1024
-    for unit in ("KB", "MB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
-def _print_table(headers: list[str], rows: list[list[Any]], *, numeric: Collection[int] = frozenset()) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        parts = [
-            cell.rjust(width) if i in numeric else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(parts).rstrip())
-
-
-def _show(args: argparse.Namespace, value: Any, for_people: Callable[[Any], None]) -> int:
-    """What every command ends with: ``--json`` prints the value for programs, otherwise ``for_people`` prints it."""
-    if args.json:
-        _print_json(value)
-    else:
-        for_people(value)
-    return EXIT_OK
-
-
-def _print_job_state(job: Job) -> None:
-    print(f"job {job.id} {job.state}")
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, default=_json_default, ensure_ascii=False, indent=2))
-
-
-def _json_default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        if isinstance(value, Job):
-            data["done"] = value.done
-        return data
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _metric(metrics: dict[str, float], name: str) -> str:
-    return f"{metrics[name]:.4f}" if name in metrics else "-"
-
-
-def _when(moment: dt.datetime | None) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
-
-
-def _or_dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _or_none(value: Any) -> str:
-    return "none" if value is None else str(value)
-
-
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 # --------------------------------------------------------------------------- terminal plumbing

@@ -37,6 +37,7 @@ from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trai
 
 from . import credentials as creds
 from . import types as t
+from . import wire
 from .errors import ConfigurationError, DeadlineExceeded, MovieRecError, from_rpc_error
 from .targets import channel_target
 
@@ -254,6 +255,7 @@ class RecommenderClient(_Client):
         *,
         exclude_seen: bool | None = None,
         recent: Iterable[int] | None = None,
+        filter: t.Filter | None = None,
         timeout: float | None = None,
     ) -> t.Recommendations:
         """The top ``k`` movies for a user; an unknown user gets the popularity list
@@ -266,10 +268,18 @@ class RecommenderClient(_Client):
         out of the answer. Ids the model does not know come back in
         ``unknown_movie_ids``. A model version published before sessions
         existed raises ``FailedPrecondition``.
+
+        ``filter``: a :class:`clients.Filter`; only movies passing it are
+        answered, chosen inside retrieval, so the answer holds exactly ``k``
+        whenever ``k`` pass (``eligible_movies`` says how many did). Its ids
+        the version does not know come back in ``unknown_movie_ids`` too. An
+        unknown genre name, a list over its limit or an inverted year range
+        raise ``InvalidArgument``; a genre or year condition sent to a version
+        without movie metadata raises ``FailedPrecondition`` (retrain).
         """
-        request = t.recommend_request(user_id, k, exclude_seen=exclude_seen, recent=recent)
+        request = wire.recommend_request(user_id, k, exclude_seen=exclude_seen, recent=recent, filter=filter)
         response = self._call("Recommend", self._stub.Recommend, request, timeout)
-        return t.recommendations_from_proto(response)
+        return wire.recommendations_from_proto(response)
 
     def recommend_batch(
         self,
@@ -277,26 +287,29 @@ class RecommenderClient(_Client):
         k: int = 10,
         *,
         exclude_seen: bool | None = None,
+        filter: t.Filter | None = None,
         timeout: float | None = None,
     ) -> t.BatchRecommendations:
-        """Recommendations for many users, all from the same model version."""
-        request = recommender_pb2.RecommendBatchRequest(user_ids=[str(u) for u in user_ids], k=k)
-        if exclude_seen is not None:
-            request.exclude_seen = exclude_seen
+        """Recommendations for many users, all from the same model version; ``filter`` (as for
+        ``recommend``) applies to every user, each result says how many movies passed for that user."""
+        request = wire.batch_request(user_ids, k, exclude_seen=exclude_seen, filter=filter)
         response = self._call("RecommendBatch", self._stub.RecommendBatch, request, timeout)
-        return t.batch_from_proto(response)
+        return wire.batch_from_proto(response)
 
-    def similar_items(self, movie_id: int, k: int = 10, *, timeout: float | None = None) -> t.SimilarItems:
-        """The ``k`` movies nearest to ``movie_id``; ``NotFound`` if the model does not know it."""
-        request = recommender_pb2.SimilarItemsRequest(movie_id=int(movie_id), k=k)
+    def similar_items(
+        self, movie_id: int, k: int = 10, *, filter: t.Filter | None = None, timeout: float | None = None
+    ) -> t.SimilarItems:
+        """The ``k`` movies nearest to ``movie_id``, drawn from those passing ``filter`` (as for
+        ``recommend``); ``NotFound`` if the model does not know ``movie_id``."""
+        request = wire.similar_request(movie_id, k, filter=filter)
         response = self._call("SimilarItems", self._stub.SimilarItems, request, timeout)
-        return t.similar_from_proto(response)
+        return wire.similar_from_proto(response)
 
     def model_status(self, *, timeout: float | None = None) -> t.ModelStatus:
         """What is served, and every model version the service has seen."""
         request = recommender_pb2.GetModelStatusRequest()
         response = self._call("GetModelStatus", self._stub.GetModelStatus, request, timeout)
-        return t.model_status_from_proto(response)
+        return wire.model_status_from_proto(response)
 
 
 class TrainerClient(_Client):
@@ -310,8 +323,9 @@ class TrainerClient(_Client):
     SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
     DEFAULT_TARGET = "localhost:50051"
     # Train is safe to retry because every request carries an idempotency key;
-    # a pin sent twice leaves the same pin.
-    _RETRIED = ("Train", "GetJob", "ListJobs", "WatchJob", "CancelJob", "ListVersions", "PinVersion")
+    # a pin sent twice leaves the same pin, movies hidden (or unhidden) twice the same list.
+    _RETRIED = ("Train", "GetJob", "ListJobs", "WatchJob", "CancelJob", "ListVersions", "PinVersion",
+                "HideMovies", "UnhideMovies", "ListHiddenMovies")
 
     #: consecutive failed reconnects before ``watch_job``/``wait_for_job`` give up
     max_reconnects = 8
@@ -337,30 +351,30 @@ class TrainerClient(_Client):
         ``refit=False`` publishes the evaluated model itself instead of one
         trained again on all the data (``None``: the trainer's default, a refit).
         """
-        request = t.train_request(model, **options)
+        request = wire.train_request(model, **options)
         if not request.idempotency_key:
             request.idempotency_key = uuid.uuid4().hex
-        return t.job_from_proto(self._call("Train", self._stub.Train, request, timeout))
+        return wire.job_from_proto(self._call("Train", self._stub.Train, request, timeout))
 
     def get_job(self, job_id: str, *, timeout: float | None = None) -> t.Job:
         request = trainer_pb2.GetJobRequest(job_id=job_id)
-        return t.job_from_proto(self._call("GetJob", self._stub.GetJob, request, timeout))
+        return wire.job_from_proto(self._call("GetJob", self._stub.GetJob, request, timeout))
 
     def list_jobs(self, limit: int = 50, *, timeout: float | None = None) -> list[t.Job]:
         """The newest ``limit`` jobs, newest first."""
         request = trainer_pb2.ListJobsRequest(limit=limit)
         response = self._call("ListJobs", self._stub.ListJobs, request, timeout)
-        return [t.job_from_proto(job) for job in response.jobs]
+        return [wire.job_from_proto(job) for job in response.jobs]
 
     def cancel_job(self, job_id: str, *, timeout: float | None = None) -> t.Job:
         """Cancel a queued or running job; a finished job is returned unchanged."""
         request = trainer_pb2.CancelJobRequest(job_id=job_id)
-        return t.job_from_proto(self._call("CancelJob", self._stub.CancelJob, request, timeout))
+        return wire.job_from_proto(self._call("CancelJob", self._stub.CancelJob, request, timeout))
 
     def list_versions(self, *, timeout: float | None = None) -> t.Versions:
         """Every complete version in the model root, newest first, with the pin and the replicas serving each."""
         response = self._call("ListVersions", self._stub.ListVersions, trainer_pb2.ListVersionsRequest(), timeout)
-        return t.versions_from_proto(response)
+        return wire.versions_from_proto(response)
 
     def pin_version(self, version: int, *, timeout: float | None = None) -> t.Pin:
         """Hold every recommender on ``version`` (a rollback) until ``unpin()``; needs a token when tokens are on.
@@ -382,7 +396,30 @@ class TrainerClient(_Client):
 
     def _pin(self, version: int, timeout: float | None) -> t.Pin:
         request = trainer_pb2.PinVersionRequest(version=version)
-        return t.pin_from_proto(self._call("PinVersion", self._stub.PinVersion, request, timeout))
+        return wire.pin_from_proto(self._call("PinVersion", self._stub.PinVersion, request, timeout))
+
+    def hide_movies(self, movie_ids: Iterable[int], *, timeout: float | None = None) -> t.HiddenMovies:
+        """Leave these movies out of every answer of every recommender (a licence ended, a takedown);
+        needs a token when tokens are on. Returns the whole hidden list after the change.
+
+        The list is kept in the model root beside the pin: each recommender
+        applies it on its next poll (``model_status().hidden_sequence`` reaches
+        the returned ``sequence``), whatever version it serves, and it survives
+        restarts and new versions. ``InvalidArgument`` for no ids or more than
+        10,000 in one call.
+        """
+        request = wire.hide_request(movie_ids)
+        return wire.hidden_from_proto(self._call("HideMovies", self._stub.HideMovies, request, timeout))
+
+    def unhide_movies(self, movie_ids: Iterable[int], *, timeout: float | None = None) -> t.HiddenMovies:
+        """Take movies off the hidden list (ids not on it are ignored); returns the list after the change."""
+        request = wire.unhide_request(movie_ids)
+        return wire.hidden_from_proto(self._call("UnhideMovies", self._stub.UnhideMovies, request, timeout))
+
+    def hidden_movies(self, *, timeout: float | None = None) -> t.HiddenMovies:
+        """The hidden movies as the model root holds them (a read: no token needed unless reads are protected)."""
+        request = trainer_pb2.ListHiddenMoviesRequest()
+        return wire.hidden_from_proto(self._call("ListHiddenMovies", self._stub.ListHiddenMovies, request, timeout))
 
     def watch_job(self, job_id: str, *, timeout: float | None = None, reconnect: bool = True) -> Iterator[t.Job]:
         """Yield the job on every change until it ends; the last item is the final state.
@@ -452,7 +489,7 @@ class TrainerClient(_Client):
         )
         try:
             for message in call:
-                yield t.job_from_proto(message)
+                yield wire.job_from_proto(message)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, target=self.target, method="WatchJob") from exc
         finally:

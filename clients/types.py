@@ -1,34 +1,33 @@
-"""Typed results of the movierec clients, and the only proto translation.
+"""Typed results of the movierec clients (the proto translation is ``clients.wire``).
 
 Why dataclasses instead of handing out the protobuf messages: proto3 cannot
 tell "unset" from zero (``model_version == 0`` means "not published",
 an unset ``Timestamp`` reads as 1970), enums are bare ints, and maps are
 special containers. Callers should see ``None``, ``"SUCCEEDED"``, aware
 ``datetime`` objects and plain dicts, and should not need to import generated
-code. Every proto <-> Python conversion is in this module (the ``*_from_proto``
-functions, ``recommend_request`` and ``train_request``), so the wire format is
-handled in one place.
+code. Every proto <-> Python conversion is in one module beside this one,
+``clients.wire`` (the ``*_from_proto`` functions and the ``*_request``
+builders), so the wire format is handled in one place; this one holds the
+values callers see, and checks what they pass in (types only: the server
+judges the rest).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import numbers
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, Unpack
+from typing import TypedDict
 
-from google.protobuf import timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from google.protobuf.message import Message
-
-from movierec.v1 import recommender_pb2, trainer_pb2
+from movierec.v1 import trainer_pb2
 from movierec.v1.vocabulary import FINAL_JOB_STATES as TERMINAL_STATES
 from movierec.v1.vocabulary import JOB_STATES, SUCCEEDED  # trainer.proto's TrainJob.State names
 
 from .errors import ConfigurationError
 
 __all__ = [
+    "Filter",
     "Item",
     "GenreCount",
     "Recommendations",
@@ -40,6 +39,7 @@ __all__ = [
     "PublishedVersion",
     "Versions",
     "Pin",
+    "HiddenMovies",
     "Progress",
     "Job",
     "TrainOptions",
@@ -80,6 +80,49 @@ class TrainOptions(TypedDict, total=False):
 
 
 @dataclass(frozen=True, slots=True)
+class Filter:
+    """Which movies an answer may hold; the conditions combine with AND, and one left empty sets none.
+
+    >>> Filter(genres_any=["Comedy", "Romance"], exclude_movie_ids=[50, 181], min_year=1990, max_year=1999)
+
+    Any collection is taken (a list, a set, a numpy array) and kept as a tuple,
+    so a Filter is hashable and can be shared. A single genre name may be given
+    as a plain string. Only types are checked here, because a wrong type would
+    otherwise reach the server as nonsense (``"Comedy"`` as six one-letter
+    genres) or fail deep in protobuf; the limits (10,000 excluded ids, 100,000
+    ``only`` ids, 64 genre names), the genre names and the year range are
+    checked by the server, which knows them and answers ``InvalidArgument``
+    with the numbers. A year of ``None`` (or 0, as on the wire) is no bound; a
+    movie of unknown year passes only when neither bound is set.
+    """
+
+    exclude_movie_ids: Collection[int] = ()  # never answer these (at most 10,000)
+    only_movie_ids: Collection[int] = ()  # answer only from these (at most 100,000); empty: no such condition
+    genres_any: Collection[str] = ()  # at least one of these genres (names as ModelStatus.genres lists them)
+    genres_all: Collection[str] = ()  # every one of these genres
+    exclude_genres: Collection[str] = ()  # none of these genres
+    min_year: int | None = None  # release year, inclusive
+    max_year: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("exclude_movie_ids", "only_movie_ids"):
+            object.__setattr__(self, name, tuple(movie_ids(getattr(self, name), f"filter.{name}")))
+        for name in ("genres_any", "genres_all", "exclude_genres"):
+            object.__setattr__(self, name, _genre_names(getattr(self, name), f"filter.{name}"))
+        for name in ("min_year", "max_year"):
+            year = getattr(self, name)
+            if year is not None and (isinstance(year, bool) or not isinstance(year, numbers.Integral)):
+                raise ConfigurationError(f"filter.{name} must be a year (an integer) or None, got {year!r}")
+            object.__setattr__(self, name, int(year) if year else None)
+
+    @property
+    def is_empty(self) -> bool:
+        """No condition at all: the answer is the same as without a filter."""
+        return not (self.exclude_movie_ids or self.only_movie_ids or self.genres_any or self.genres_all
+                    or self.exclude_genres or self.min_year or self.max_year)
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     """A movie in a result list; ``score`` is the model's (unitless) affinity."""
 
@@ -95,8 +138,11 @@ class Recommendations:
     items: list[Item]
     model_version: int
     cold_start: bool  # unknown user (and no known recent movie): the popularity list was returned
-    # recent movies the serving model version does not know (ignored), in request order, each once
+    # recent movies, and the filter's exclude/only ids, the serving model version does not know (ignored)
     unknown_movie_ids: list[int] = field(default_factory=list)
+    # How many movies passed the filter, exclude_seen and the hidden movies; the answer holds min(k, this).
+    # None: the server did not say (one older than filters).
+    eligible_movies: int | None = None
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -110,6 +156,7 @@ class UserRecommendations:
     user_id: str
     items: list[Item]
     cold_start: bool
+    eligible_movies: int | None = None  # as Recommendations.eligible_movies, for this user
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -122,6 +169,7 @@ class UserRecommendations:
 class BatchRecommendations:
     results: list[UserRecommendations]  # in request order
     model_version: int
+    unknown_movie_ids: list[int] = field(default_factory=list)  # the filter's ids the version does not know
 
     def __iter__(self) -> Iterator[UserRecommendations]:
         return iter(self.results)
@@ -142,6 +190,8 @@ class SimilarItems:
     movie: Item  # the movie asked about
     items: list[Item]  # most similar first, excluding the movie itself
     model_version: int
+    unknown_movie_ids: list[int] = field(default_factory=list)  # the filter's ids the version does not know
+    eligible_movies: int | None = None  # movies that passed the filter and the hidden movies, itself left out
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -181,6 +231,12 @@ class ModelStatus:
     # The served version's genres and their movie counts, in the source's genre order;
     # [] when it has no movie metadata (published before it existed).
     genres: list[GenreCount] = field(default_factory=list)
+    # The operators' hidden movies (TrainerClient.hide_movies) this replica applies: how many, the sequence
+    # of the rules it read (0: none read), and why the model root's rules could not be applied ("" when they
+    # were; the last rules applied stay in force meanwhile).
+    hidden_movies: int = 0
+    hidden_sequence: int = 0
+    hidden_problem: str = ""
 
     @property
     def serving(self) -> bool:
@@ -262,219 +318,47 @@ class Pin:
     previous_pinned_version: int | None
 
 
-# --------------------------------------------------------------------------- translation
+@dataclass(frozen=True, slots=True)
+class HiddenMovies:
+    """The movies the operators hid from every answer, as the model root holds them."""
+
+    movie_ids: list[int]  # ascending
+    # Grows by one with every change; ModelStatus.hidden_sequence says which rules a replica applies.
+    sequence: int
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.movie_ids)
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
+
+    def __contains__(self, movie_id: object) -> bool:
+        return movie_id in self.movie_ids
 
 
-def _time(message: Message, name: str) -> dt.datetime | None:
-    if not message.HasField(name):
-        return None
-    stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    return stamp.ToDatetime(tzinfo=dt.UTC)
+# --------------------------------------------------------------------------- checks of what callers pass
 
 
-def _metrics(values: Mapping[str, float]) -> dict[str, float]:
-    return dict(sorted(values.items()))
-
-
-def _version(value: int) -> int | None:
-    return value or None
-
-
-def _enum_name(enum: EnumTypeWrapper, value: int) -> str:
-    # A newer server may send a state this client does not know yet.
-    try:
-        return enum.Name(value)
-    except ValueError:
-        return f"STATE_{value}"
-
-
-def item_from_proto(item: recommender_pb2.RecommendedItem) -> Item:
-    return Item(movie_id=item.movie_id, title=item.title, score=item.score, genres=tuple(item.genres),
-                year=item.year or None)
-
-
-def recommendations_from_proto(response: recommender_pb2.RecommendResponse) -> Recommendations:
-    return Recommendations(
-        items=[item_from_proto(i) for i in response.items],
-        model_version=response.model_version,
-        cold_start=response.cold_start,
-        unknown_movie_ids=list(response.unknown_movie_ids),
-    )
-
-
-def recommend_request(
-    user_id: str | int,
-    k: int,
-    *,
-    exclude_seen: bool | None = None,
-    recent: Iterable[int] | None = None,
-) -> recommender_pb2.RecommendRequest:
-    """Build a RecommendRequest; ``exclude_seen=None`` leaves the server default (true)."""
-    try:
-        request = recommender_pb2.RecommendRequest(user_id=str(user_id), k=k)
-        if exclude_seen is not None:
-            request.exclude_seen = exclude_seen
-        if recent is not None:
-            request.recent_movie_ids.extend(_movie_ids(recent))
-    except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
-        raise ConfigurationError(f"invalid recommend request: {exc}") from exc
-    return request
-
-
-def _movie_ids(values: Iterable[int]) -> list[int]:
+def movie_ids(values: Iterable[int], what: str) -> list[int]:
+    """``values`` as a list of ints; ``what`` names them in the ConfigurationError for anything else
+    (protobuf would take ``"50"`` for an error about the field's type, and a string for its characters)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigurationError(f"{what} must be a collection of integer movie ids, got {values!r}")
     ids: list[int] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"recent movies must be integer movie ids, got {value!r}")
+            raise ConfigurationError(f"{what} must be integer movie ids, got {value!r}")
         ids.append(int(value))
     return ids
 
 
-def batch_from_proto(response: recommender_pb2.RecommendBatchResponse) -> BatchRecommendations:
-    return BatchRecommendations(
-        results=[
-            UserRecommendations(
-                user_id=r.user_id,
-                items=[item_from_proto(i) for i in r.items],
-                cold_start=r.cold_start,
-            )
-            for r in response.results
-        ],
-        model_version=response.model_version,
-    )
-
-
-def similar_from_proto(response: recommender_pb2.SimilarItemsResponse) -> SimilarItems:
-    return SimilarItems(
-        movie=item_from_proto(response.movie),
-        items=[item_from_proto(i) for i in response.items],
-        model_version=response.model_version,
-    )
-
-
-def model_status_from_proto(status: recommender_pb2.ModelStatus) -> ModelStatus:
-    return ModelStatus(
-        served_version=_version(status.served_version),
-        model_kind=status.model_kind,
-        loaded_at=_time(status, "loaded_at"),
-        versions=[
-            ModelVersionInfo(
-                version=v.version,
-                state=_enum_name(recommender_pb2.ModelVersion.State, v.state),
-                reason=v.reason,
-                model_kind=v.model_kind,
-                metrics=_metrics(v.metrics),
-            )
-            for v in status.versions
-        ],
-        metrics=_metrics(status.metrics),
-        num_users=status.num_users,
-        num_items=status.num_items,
-        pinned_version=_version(status.pinned_version),
-        model_root=status.model_root,
-        pin_source=(_enum_name(recommender_pb2.ModelStatus.PinSource, status.pin_source)
-                    if status.pin_source else None),
-        pin_problem=status.pin_problem,
-        genres=[GenreCount(name=g.name, movies=g.movies) for g in status.genres],
-    )
-
-
-def versions_from_proto(response: trainer_pb2.ListVersionsResponse) -> Versions:
-    return Versions(
-        versions=[
-            PublishedVersion(
-                version=v.version,
-                model_kind=v.model_kind,
-                metrics=_metrics(v.metrics),
-                created_at=_time(v, "created_at"),
-                size_bytes=v.size_bytes,
-                pinned=v.pinned,
-                served_by=list(v.served_by),
-            )
-            for v in response.versions
-        ],
-        pinned_version=_version(response.pinned_version),
-    )
-
-
-def pin_from_proto(response: trainer_pb2.PinVersionResponse) -> Pin:
-    return Pin(
-        pinned_version=_version(response.pinned_version),
-        previous_pinned_version=_version(response.previous_pinned_version),
-    )
-
-
-def progress_from_proto(progress: trainer_pb2.Progress) -> Progress:
-    return Progress(
-        phase=progress.phase,
-        epoch=progress.epoch,
-        total_epochs=progress.total_epochs,
-        step=progress.step,
-        steps_per_epoch=progress.steps_per_epoch,
-        loss=progress.loss,
-        elapsed_seconds=progress.elapsed_seconds,
-        validation=_metrics(progress.validation),
-    )
-
-
-def job_from_proto(job: trainer_pb2.TrainJob) -> Job:
-    return Job(
-        id=job.id,
-        state=_enum_name(trainer_pb2.TrainJob.State, job.state),
-        model=job.request.model,
-        progress=progress_from_proto(job.progress),
-        loss_history=list(job.loss_history),
-        metrics=_metrics(job.metrics),
-        baseline_metrics=_metrics(job.baseline_metrics),
-        evaluation_split=job.evaluation_split,
-        model_version=_version(job.model_version),
-        published=job.published,
-        not_published_reason=job.not_published_reason,
-        error=job.error,
-        created_at=_time(job, "created_at"),
-        started_at=_time(job, "started_at"),
-        finished_at=_time(job, "finished_at"),
-        workers=job.request.workers,
-    )
-
-
-def train_request(model: str, **options: Unpack[TrainOptions]) -> trainer_pb2.TrainRequest:
-    """Build a TrainRequest; an option left out or ``None`` means "the server's default" (proto zero, or an
-    unset optional). An option :class:`TrainOptions` does not name is a ``TypeError``, as for any call."""
-    unexpected = sorted(set(options) - set(TrainOptions.__optional_keys__))
-    if unexpected:
-        raise TypeError(f"unexpected training option(s) {', '.join(map(repr, unexpected))}; "
-                        f"known: {', '.join(sorted(TrainOptions.__optional_keys__))}")
-    hyperparameters = options.get("hyperparameters") or {}
-    unknown = sorted(set(hyperparameters) - set(HYPERPARAMETERS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETERS)}"
-        )
-    # Each proto field takes its own type; a wrong one is refused below.
-    given: dict[str, Any] = {k: v for k, v in hyperparameters.items() if v is not None}
-    try:
-        request = trainer_pb2.TrainRequest(
-            model=model,
-            dataset=trainer_pb2.DatasetSpec(ratings_path=options.get("ratings_path") or "",
-                                            items_path=options.get("items_path") or "",
-                                            name=options.get("dataset") or ""),
-            epochs=options.get("epochs") or 0,
-            hyperparameters=trainer_pb2.Hyperparameters(**given),
-            evaluation=trainer_pb2.EvaluationSpec(holdout=options.get("holdout") or "",
-                                                  holdout_size=options.get("holdout_size") or 0),
-            seed=options.get("seed") or 0,
-            idempotency_key=options.get("idempotency_key") or "",
-            quality_gate=trainer_pb2.QualityGate(
-                min_validation_recall_at_10=options.get("min_validation_recall_at_10") or 0.0,
-                require_no_regression=options.get("require_no_regression", False),
-                disabled=options.get("quality_gate_disabled", False),
-            ),
-            workers=options.get("workers") or 0,
-        )
-        refit = options.get("refit")
-        if refit is not None:
-            request.evaluation.refit = refit
-    except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
-        raise ConfigurationError(f"invalid training request: {exc}") from exc
-    return request
+def _genre_names(values: Collection[str], what: str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        return (values,)  # one genre
+    if not isinstance(values, Iterable):
+        raise ConfigurationError(f"{what} must be genre names, got {values!r}")
+    names = tuple(values)
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"{what} must be genre names (strings), got {name!r}")
+    return names

@@ -12,8 +12,10 @@ import json
 import grpc
 import pytest
 
+from clients import render
 from clients.cli import main
-from tests.unit.fakes import T0, Replica, abort, finished_job, make_job
+from movierec.v1 import recommender_pb2
+from tests.unit.fakes import T0, Replica, abort, finished_job, make_job, rec_items
 
 pytestmark = pytest.mark.usefixtures("fresh")
 
@@ -50,8 +52,6 @@ def test_recommend_prints_a_numbered_table(run, servers):
 
 
 def test_recommend_include_seen_and_cold_start(run, servers):
-    from movierec.v1 import recommender_pb2
-
     servers.recommender.handlers["Recommend"] = lambda r, c: recommender_pb2.RecommendResponse(
         items=[], model_version=2, cold_start=True
     )
@@ -64,10 +64,8 @@ def test_recommend_include_seen_and_cold_start(run, servers):
 
 
 def test_recommend_with_recent_movies(run, servers):
-    from movierec.v1 import recommender_pb2
-
     servers.recommender.handlers["Recommend"] = lambda r, c: recommender_pb2.RecommendResponse(
-        items=[], model_version=4, unknown_movie_ids=[99999, 5]
+        items=rec_items(2), model_version=4, unknown_movie_ids=[99999, 5]
     )
     code, out, err = run("recommend", "nobody", "--recent", "50, 181,99999,5")
 
@@ -118,6 +116,174 @@ def test_similar(run, servers):
     assert servers.recommender.requests("SimilarItems")[0].movie_id == 50
 
 
+# --------------------------------------------------------------------------- filters
+
+
+def test_no_filter_flag_sends_no_filter(run, servers):
+    assert run("recommend", "42")[0] == 0 and run("similar", "50")[0] == 0
+    assert not servers.recommender.requests("Recommend")[0].HasField("filter")
+    assert not servers.recommender.requests("SimilarItems")[0].HasField("filter")
+
+
+def test_recommend_filter_flags_make_one_filter(run, servers):
+    code, _, err = run("recommend", "42", "--genre", "Comedy", "--genre", "Romance", "--exclude", "50,181",
+                       "--exclude", "7", "--exclude-genre", "Horror", "--only", "1, 2,3", "--years", "1990-1999")
+    assert code == 0, err
+    (request,) = servers.recommender.requests("Recommend")
+    sent = request.filter
+    assert list(sent.genres_any) == ["Comedy", "Romance"] and list(sent.genres_all) == []
+    assert list(sent.exclude_movie_ids) == [50, 181, 7] and list(sent.only_movie_ids) == [1, 2, 3]
+    assert list(sent.exclude_genres) == ["Horror"] and (sent.min_year, sent.max_year) == (1990, 1999)
+
+
+def test_all_genres_asks_for_every_genre(run, servers):
+    assert run("recommend", "42", "--all-genres", "--genre", "Comedy", "--genre", "Romance")[0] == 0
+    sent = servers.recommender.requests("Recommend")[0].filter
+    assert list(sent.genres_all) == ["Comedy", "Romance"] and list(sent.genres_any) == []
+
+
+def test_similar_takes_the_same_flags(run, servers):
+    code, _, err = run("similar", "50", "--genre", "Sci-Fi", "--exclude", "181", "--years", "1980-")
+    assert code == 0, err
+    sent = servers.recommender.requests("SimilarItems")[0].filter
+    assert list(sent.genres_any) == ["Sci-Fi"] and list(sent.exclude_movie_ids) == [181]
+    assert (sent.min_year, sent.max_year) == (1980, 0)
+
+
+@pytest.mark.parametrize(("years", "bounds"), [
+    (["--years", "1990-1999"], (1990, 1999)),
+    (["--years", " 1990 - 1999 "], (1990, 1999)),
+    (["--years", "1990-"], (1990, 0)),
+    (["--years", "-1999"], (0, 1999)),
+    (["--years=-1999"], (0, 1999)),
+    (["--years", "1995"], (1995, 1995)),
+])
+def test_years(run, servers, years, bounds):
+    code, _, err = run("recommend", "42", *years)
+    assert code == 0, err
+    sent = servers.recommender.requests("Recommend")[0].filter
+    assert (sent.min_year, sent.max_year) == bounds
+
+
+def test_only_file_reads_one_id_a_line(run, servers, tmp_path):
+    ids = tmp_path / "in-stock.txt"
+    ids.write_text("# in stock this week\n1\n2, 3\n\n4  # back order\n")
+    code, _, err = run("recommend", "42", "--only", "9", "--only-file", str(ids))
+    assert code == 0, err
+    assert list(servers.recommender.requests("Recommend")[0].filter.only_movie_ids) == [9, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--years", "1999-1990"], "argument --years: '1999-1990' is an inverted range; did you mean 1990-1999?"),
+    (["--years", "nineties"], "argument --years: must be a year range: 1990-1999, 1990- (from), -1999 (until)"),
+    (["--years", "-"], "argument --years: must be a year range"),
+    (["--years", "1990-1999-2000"], "argument --years: must be a year range"),
+    (["--years", "0"], "argument --years: a year is between 1 and 9999; got 0 in '0'"),
+    (["--years", "1990-10000"], "argument --years: a year is between 1 and 9999; got 10000"),
+    (["--exclude", "50,star-wars"], "argument --exclude: must be comma-separated movie ids, e.g. 50,181; got"),
+    (["--exclude", "50,,181"], "argument --exclude: must be comma-separated movie ids"),
+    (["--only", ""], "argument --only: must be comma-separated movie ids"),
+    (["--genre", " "], "argument --genre: must be a genre name, e.g. Comedy; got an empty one"),
+    (["--exclude-genre", ""], "argument --exclude-genre: must be a genre name"),
+    (["--all-genres"], "--all-genres needs at least one --genre"),
+    (["--all-genres", "--exclude-genre", "Horror"], "--all-genres needs at least one --genre"),
+])
+@pytest.mark.parametrize("command", [["recommend", "42"], ["similar", "50"]])
+def test_bad_filter_flags_are_usage_errors_naming_the_flag(run, servers, command, args, message):
+    code, out, err = run(*command, *args)
+    assert code == 2 and out == ""
+    assert f"usage: movierec {command[0]}" in err and message in err and "Traceback" not in err
+    assert servers.recommender.calls == []
+
+
+def test_bad_only_files_are_usage_errors(run, servers, tmp_path):
+    empty, bad = tmp_path / "empty.txt", tmp_path / "bad.txt"
+    empty.write_text("# nothing in stock\n\n")
+    bad.write_text("1\n2 three\n")
+    for path, message in [(tmp_path / "missing.txt", "argument --only-file: cannot read "),
+                          (empty, "holds no movie ids (answering only from none would mean answering nothing"),
+                          (bad, f"argument --only-file: line 2 of {bad} is not movie ids: '2 three'")]:
+        code, out, err = run("recommend", "42", "--only-file", str(path))
+        assert code == 2 and out == "" and message in err, err
+    assert servers.recommender.calls == []
+
+
+def _answer(items: int, **fields):
+    return lambda r, c: recommender_pb2.RecommendResponse(items=rec_items(items), model_version=7, **fields)
+
+
+def test_fewer_than_k_says_how_many_passed_the_filter(run, servers):
+    servers.recommender.handlers["Recommend"] = _answer(2, eligible_movies=2)
+    code, out, err = run("recommend", "42", "--genre", "Film-Noir")
+    assert code == 0
+    assert err.strip() == "note: only 2 movies passed the filter (seen and hidden movies left out); asked for 10"
+    assert len(out.splitlines()) == 4  # header, 2 movies, the version line: the note is not in the answer
+    code, _, err = run("recommend", "42", "--include-seen")
+    assert err.strip() == "note: only 2 movies could be answered (hidden movies left out); asked for 10"
+
+
+def test_exactly_k_or_an_older_server_adds_no_note(run, servers):
+    servers.recommender.handlers["Recommend"] = _answer(2, eligible_movies=1500)
+    assert run("recommend", "42", "-k", "2", "--genre", "Drama")[2] == ""
+    servers.recommender.handlers["Recommend"] = _answer(2)  # eligible_movies left 0 while answering: not said
+    assert run("recommend", "42", "--genre", "Drama")[2] == ""
+
+
+def test_nothing_passed(run, servers):
+    servers.recommender.handlers["Recommend"] = _answer(0)
+    code, out, err = run("recommend", "42", "--only", "5", "-k", "1")
+    assert code == 0 and out.splitlines()[-1] == "model version 7, cold start: no"
+    assert err.strip() == "note: only 0 movies passed the filter (seen and hidden movies left out); asked for 1"
+
+
+def test_unknown_filter_ids_are_named_with_the_flags_that_gave_them(run, servers):
+    servers.recommender.handlers["Recommend"] = _answer(3, unknown_movie_ids=[99999, 88888], eligible_movies=3)
+    code, _, err = run("recommend", "42", "-k", "3", "--recent", "50", "--exclude", "99999", "--only", "88888,50")
+    assert code == 0
+    assert err.strip() == ("note: model version 7 does not know movie(s) 99999, 88888 given in --recent, --exclude, "
+                           "--only; ignored")
+
+
+def test_similar_notes_and_json(run, servers):
+    servers.recommender.handlers["SimilarItems"] = lambda r, c: recommender_pb2.SimilarItemsResponse(
+        movie=rec_items(1)[0], items=rec_items(3)[1:], model_version=7, unknown_movie_ids=list(range(100, 130)),
+        eligible_movies=2)
+    code, out, err = run("similar", "50", "--genre", "Action", "--exclude", ",".join(map(str, range(100, 130))))
+    assert code == 0
+    assert out.splitlines()[0] == "movies similar to 50 Star Wars (1977) [1977; Action, Sci-Fi]:"
+    unknown, short = err.strip().splitlines()
+    assert unknown.startswith("note: model version 7 does not know movie(s) 100, 101,")
+    assert unknown.endswith("118, 119, ... (30 in all) given in --exclude; ignored")
+    assert short == "note: only 2 movies passed the filter (the movie itself and hidden movies left out); asked for 10"
+    code, out, err = run("--json", "similar", "50", "--genre", "Action")
+    data = json.loads(out)
+    assert code == 0 and err == ""
+    assert data["eligible_movies"] == 2 and data["unknown_movie_ids"] == list(range(100, 130))
+
+
+def test_recommend_json_carries_eligible_and_unknown(run, servers):
+    servers.recommender.handlers["Recommend"] = _answer(1, eligible_movies=1, unknown_movie_ids=[5])
+    code, out, err = run("recommend", "42", "--only", "5,50", "--json")
+    data = json.loads(out)
+    assert code == 0 and err == ""  # notes are for people; the JSON carries the numbers
+    assert data["eligible_movies"] == 1 and data["unknown_movie_ids"] == [5] and len(data["items"]) == 1
+    servers.recommender.handlers.clear()
+    assert json.loads(run("recommend", "42", "--json")[1])["eligible_movies"] is None  # the server did not say
+
+
+def test_render_notes_directly():
+    assert render.short_answer_note(10, 10, 3, filtered=True, left_out="x") is None  # k came back
+    assert render.short_answer_note(10, 3, None, filtered=True, left_out="x") is None  # count unknown
+    assert render.short_answer_note(10, 1, 1, filtered=True, left_out="hidden movies") == \
+        "note: only 1 movie passed the filter (hidden movies left out); asked for 10"
+    assert render.id_list(list(range(3))) == "0, 1, 2"
+    assert render.id_list(list(range(2000)), at_most=2) == "0, 1, ... (2,000 in all)"
+    assert render.unknown_note(3, [7], ["--recent"]) == "note: model version 3 does not know recent movie(s) 7; ignored"
+
+
+# --------------------------------------------------------------------------- status
+
+
 def test_status(run):
     code, out, _ = run("status")
 
@@ -128,6 +294,21 @@ def test_status(run):
     rows = [line.split() for line in out.splitlines()]
     assert ["8", "REJECTED", "bpr", "-", "NaN", "scores"] in rows
     assert ["7", "SERVING", "two_tower", "0.1250"] in rows
+    assert "hidden movies:  none" in out and "hidden problem" not in out
+
+
+def test_status_shows_the_hidden_movies_and_their_problem(run, servers):
+    servers.recommender.handlers["GetModelStatus"] = lambda r, c: recommender_pb2.ModelStatus(
+        served_version=7, hidden_movies=1234, hidden_sequence=5,
+        hidden_problem="hidden-movie rules are not signed; the rules of sequence 5 stay in force")
+    code, out, _ = run("status")
+    assert code == 0
+    assert "hidden movies:  1,234 (rules sequence 5)" in out
+    assert "hidden problem: hidden-movie rules are not signed; the rules of sequence 5 stay in force" in out
+    assert "genres: none (the served version has no movie metadata; retrain)" in out
+    data = json.loads(run("--json", "status")[1])
+    assert (data["hidden_movies"], data["hidden_sequence"]) == (1234, 5)
+    assert data["hidden_problem"].startswith("hidden-movie rules are not signed")
 
 
 def test_status_json(run):

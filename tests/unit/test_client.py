@@ -25,6 +25,8 @@ from clients import (
     ConfigurationError,
     DeadlineExceeded,
     FailedPrecondition,
+    Filter,
+    HiddenMovies,
     InvalidArgument,
     Item,
     Job,
@@ -40,7 +42,7 @@ from clients import (
     Unauthenticated,
     Unavailable,
 )
-from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2
+from movierec.v1 import recommender_pb2, recommender_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.certs import self_signed
 from tests.unit.fakes import (
     RECOMMENDER,
@@ -172,11 +174,127 @@ def test_model_status(rc):
     assert status.metrics == {"recall_at_10": 0.125}
 
 
+def test_model_status_hidden_movies(rc, servers):
+    assert (rc.model_status().hidden_movies, rc.model_status().hidden_sequence) == (0, 0)
+    servers.recommender.handlers["GetModelStatus"] = lambda r, c: recommender_pb2.ModelStatus(
+        served_version=7, hidden_movies=3, hidden_sequence=9, hidden_problem="cannot read the rules")
+    status = rc.model_status()
+    assert (status.hidden_movies, status.hidden_sequence, status.hidden_problem) == (3, 9, "cannot read the rules")
+
+
 def test_model_status_before_any_model(rc, servers):
     servers.recommender.handlers["GetModelStatus"] = lambda r, c: recommender_pb2.ModelStatus(model_root="/m")
     status = rc.model_status()
     assert status.served_version is None and not status.serving
     assert status.loaded_at is None and status.versions == []
+
+
+# --------------------------------------------------------------------------- recommender: filters
+
+
+def test_a_filter_is_sent_as_the_proto_filter(rc, servers):
+    rc.recommend("42", k=3, filter=Filter(
+        exclude_movie_ids=[50, np.int64(181)], only_movie_ids=np.arange(1, 4), genres_any=["Comedy", "Romance"],
+        genres_all={"Drama"}, exclude_genres="Horror", min_year=1990, max_year=np.int32(1999)))
+
+    (request,) = servers.recommender.requests("Recommend")
+    assert request.HasField("filter")
+    assert request.filter == recommender_pb2.Filter(
+        exclude_movie_ids=[50, 181], only_movie_ids=[1, 2, 3], genres_any=["Comedy", "Romance"],
+        genres_all=["Drama"], exclude_genres=["Horror"], min_year=1990, max_year=1999)
+
+
+def test_no_filter_or_an_empty_one_sends_none(rc, servers):
+    rc.recommend("1")
+    rc.recommend("1", filter=Filter())
+    rc.recommend("1", filter=Filter(min_year=0, exclude_movie_ids=[]))  # 0 is "no bound", as on the wire
+    assert [r.HasField("filter") for r in servers.recommender.requests("Recommend")] == [False, False, False]
+
+
+def test_batch_and_similar_send_the_filter_too(rc, servers):
+    only_year = Filter(min_year=1995)
+    rc.recommend_batch(["1", "2"], k=2, filter=Filter(genres_any="Sci-Fi", exclude_movie_ids=[50]))
+    rc.similar_items(50, k=2, filter=only_year)
+
+    (batch,) = servers.recommender.requests("RecommendBatch")
+    assert list(batch.filter.genres_any) == ["Sci-Fi"] and list(batch.filter.exclude_movie_ids) == [50]
+    assert list(batch.user_ids) == ["1", "2"] and not batch.HasField("exclude_seen")
+    (similar,) = servers.recommender.requests("SimilarItems")
+    assert similar.filter == recommender_pb2.Filter(min_year=1995) and similar.movie_id == 50
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(exclude_movie_ids=["50"]), "filter.exclude_movie_ids must be integer movie ids, got '50'"),
+    (dict(only_movie_ids=[1, True]), "filter.only_movie_ids must be integer movie ids, got True"),
+    (dict(only_movie_ids=7), "filter.only_movie_ids must be a collection of integer movie ids, got 7"),
+    (dict(exclude_movie_ids="50,181"), "must be a collection of integer movie ids"),
+    (dict(genres_any=["Comedy", 3]), "filter.genres_any must be genre names .strings., got 3"),
+    (dict(genres_all=None), "filter.genres_all must be genre names, got None"),
+    (dict(min_year="1990"), "filter.min_year must be a year .an integer. or None, got '1990'"),
+    (dict(max_year=1999.5), "filter.max_year must be a year"),
+])
+def test_a_filter_of_the_wrong_types_is_refused_when_made(fields, message):
+    with pytest.raises(ConfigurationError, match=message):
+        Filter(**fields)
+
+
+def test_what_does_not_fit_the_wire_is_refused_before_sending(rc, servers):
+    with pytest.raises(ConfigurationError, match="invalid filter"):
+        rc.recommend("1", filter=Filter(exclude_movie_ids=[2**63]))
+    with pytest.raises(ConfigurationError, match="invalid filter"):
+        rc.similar_items(50, filter=Filter(max_year=2**31))
+    with pytest.raises(ConfigurationError, match="filter must be a clients.Filter, got dict"):
+        rc.recommend_batch(["1"], filter={"genres_any": ["Comedy"]})  # type: ignore[arg-type]
+    assert servers.recommender.calls == []
+
+
+def test_the_server_judges_limits_names_and_ranges(rc, servers):
+    """Only types are checked client-side: an inverted range or a list over its limit reaches the server,
+    whose InvalidArgument carries the numbers (and the known genres)."""
+    servers.recommender.handlers["Recommend"] = abort(
+        grpc.StatusCode.INVALID_ARGUMENT, "filter.min_year 1999 is after filter.max_year 1990")
+    with pytest.raises(InvalidArgument, match="1999 is after filter.max_year 1990"):
+        rc.recommend("1", filter=Filter(min_year=1999, max_year=1990, only_movie_ids=range(100_001)))
+    (request,) = servers.recommender.requests("Recommend")
+    assert len(request.filter.only_movie_ids) == 100_001
+
+
+def test_a_filter_is_a_hashable_value():
+    comedy = Filter(genres_any=["Comedy"], exclude_movie_ids=np.array([5, 6]))
+    assert comedy == Filter(genres_any=("Comedy",), exclude_movie_ids=[5, 6]) and len({comedy, comedy}) == 1
+    assert comedy.exclude_movie_ids == (5, 6) and type(comedy.exclude_movie_ids[0]) is int
+    assert Filter().is_empty and Filter(min_year=0).min_year is None and not comedy.is_empty
+    with pytest.raises(AttributeError):
+        comedy.min_year = 1990  # type: ignore[misc]
+
+
+def test_eligible_movies_and_unknown_ids_come_back(rc, servers):
+    items = rec_items(2)
+    servers.recommender.handlers["Recommend"] = lambda r, c: recommender_pb2.RecommendResponse(
+        items=items, model_version=7, eligible_movies=2, unknown_movie_ids=[99999])
+    servers.recommender.handlers["RecommendBatch"] = lambda r, c: recommender_pb2.RecommendBatchResponse(
+        results=[recommender_pb2.UserRecommendations(user_id="1", items=items, eligible_movies=2),
+                 recommender_pb2.UserRecommendations(user_id="2", eligible_movies=0)],
+        model_version=7, unknown_movie_ids=[99999, 88888])
+    servers.recommender.handlers["SimilarItems"] = lambda r, c: recommender_pb2.SimilarItemsResponse(
+        movie=items[0], items=items[1:], model_version=7, eligible_movies=1, unknown_movie_ids=[5])
+    only = Filter(only_movie_ids=[50, 1346, 99999])
+
+    recs = rc.recommend("1", filter=only)
+    assert (recs.eligible_movies, recs.unknown_movie_ids, len(recs)) == (2, [99999], 2)
+    batch = rc.recommend_batch(["1", "2"], filter=only)
+    assert [(r.user_id, r.eligible_movies, len(r)) for r in batch] == [("1", 2, 2), ("2", 0, 0)]
+    assert batch.unknown_movie_ids == [99999, 88888]
+    similar = rc.similar_items(50, filter=only)
+    assert (similar.eligible_movies, similar.unknown_movie_ids, len(similar)) == (1, [5], 1)
+
+
+def test_an_older_server_leaves_eligible_unsaid(rc):
+    """A server older than filters answers movies with eligible_movies 0: None, not "nothing passed"."""
+    assert rc.recommend("1").eligible_movies is None
+    assert [r.eligible_movies for r in rc.recommend_batch(["1"])] == [None]
+    similar = rc.similar_items(50)
+    assert similar.eligible_movies is None and similar.unknown_movie_ids == []
 
 
 # --------------------------------------------------------------------------- errors, deadlines, retries
@@ -846,3 +964,89 @@ def test_tls_replicas_share_the_credentials_and_the_first_name(tmp_path):
     finally:
         for replica in started:
             replica.stop()
+
+
+# --------------------------------------------------------------------------- trainer: hidden movies
+
+
+class HidingTrainer(trainer_pb2_grpc.TrainerServicer):
+    """The hidden list as the trainer keeps it (a set and a sequence), recording what each call sent;
+    its first ``unavailable`` HideMovies calls fail UNAVAILABLE."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, list[int], dict[str, str]]] = []
+        self.hidden: set[int] = set()
+        self.sequence = 0
+        self.unavailable = 0
+
+    def HideMovies(self, request, context):
+        self._record("HideMovies", request, context)
+        if self.unavailable:
+            self.unavailable -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "root briefly unreachable")
+        return self._change(self.hidden.union(request.movie_ids))
+
+    def UnhideMovies(self, request, context):
+        self._record("UnhideMovies", request, context)
+        return self._change(self.hidden.difference(request.movie_ids))
+
+    def ListHiddenMovies(self, request, context):
+        self._record("ListHiddenMovies", request, context)
+        return trainer_pb2.HiddenMovies(movie_ids=sorted(self.hidden), sequence=self.sequence)
+
+    def _record(self, method, request, context):
+        self.calls.append((method, list(getattr(request, "movie_ids", [])), dict(context.invocation_metadata())))
+
+    def _change(self, hidden):
+        self.hidden, self.sequence = hidden, self.sequence + 1
+        return trainer_pb2.HiddenMovies(movie_ids=sorted(self.hidden), sequence=self.sequence)
+
+
+@pytest.fixture
+def hiding():
+    """A trainer keeping a hidden list, and a client of it holding a token."""
+    servicer = HidingTrainer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with TrainerClient(f"127.0.0.1:{port}", timeout=5, token="operator") as client:
+            yield client, servicer
+    finally:
+        server.stop(0)
+
+
+def test_hide_unhide_and_list(hiding):
+    tc, trainer = hiding
+    assert tc.hide_movies([123, np.int64(456), 123]) == HiddenMovies(movie_ids=[123, 456], sequence=1)
+    after = tc.unhide_movies(iter([123, 9]))
+    assert after == HiddenMovies([456], 2) and 456 in after and 123 not in after and list(after) == [456]
+    assert tc.hidden_movies() == HiddenMovies([456], 2) and len(tc.hidden_movies()) == 1
+    assert [(method, ids) for method, ids, _ in trainer.calls] == [
+        ("HideMovies", [123, 456, 123]), ("UnhideMovies", [123, 9]), ("ListHiddenMovies", []),
+        ("ListHiddenMovies", [])]
+    assert {md["authorization"] for _, _, md in trainer.calls} == {"Bearer operator"}
+
+
+def test_hiding_is_retried_when_the_trainer_is_briefly_unavailable(hiding):
+    tc, trainer = hiding
+    trainer.unavailable = 2
+    assert tc.hide_movies([7]).movie_ids == [7]
+    assert [method for method, _, _ in trainer.calls] == ["HideMovies"] * 3
+
+
+@pytest.mark.parametrize(("ids", "message"), [
+    (123, "movie ids to hide must be a collection of integer movie ids, got 123"),
+    ("123", "movie ids to hide must be a collection"),
+    ([1, "2"], "movie ids to hide must be integer movie ids, got '2'"),
+    ([False], "must be integer movie ids, got False"),
+    ([2**63], "invalid hide request"),
+])
+def test_hiding_refuses_what_is_not_movie_ids_before_sending(hiding, ids, message):
+    tc, trainer = hiding
+    with pytest.raises(ConfigurationError, match=message):
+        tc.hide_movies(ids)
+    with pytest.raises(ConfigurationError, match=message.replace("hide", "unhide")):
+        tc.unhide_movies(ids)
+    assert trainer.calls == []
