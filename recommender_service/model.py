@@ -20,7 +20,7 @@ import numpy as np
 
 from movierec_common.artifact import VersionMetadata
 from recommender_service.errors import FilterNeedsMetadata, SessionsUnsupported, UnknownMovie
-from recommender_service.movie_filter import NOTHING_RESOLVED, MovieFilter, ResolvedFilter
+from recommender_service.movie_filter import NOTHING_RESOLVED, MovieFilter, ResolvedFilter, distinct_sorted
 from recommender_service.retrieval import Recommendation, Retriever, Scored
 from recommender_service.top_k import NO_ITEMS
 
@@ -54,7 +54,7 @@ class LoadedModel:
         if kept is not None and kept[0] is hidden_movie_ids:
             return kept[1]
         indices = self.retriever.movie_indices(hidden_movie_ids) if hidden_movie_ids.size else NO_ITEMS
-        resolved = np.unique(indices[indices >= 0])
+        resolved = distinct_sorted(indices[indices >= 0])
         object.__setattr__(self, "_hidden", (hidden_movie_ids, resolved))  # a racing thread stores the same
         return resolved
 

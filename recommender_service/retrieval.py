@@ -20,7 +20,14 @@ from movierec_common.artifact import ModelArtifact
 from movierec_common.session_query import QueryEncoder
 from recommender_service.catalogue import ServingCatalogue
 from recommender_service.errors import SessionsUnsupported, UnknownMovie
-from recommender_service.movie_filter import NOTHING_RESOLVED, MovieFilter, ResolvedFilter, SubsetCache, resolve
+from recommender_service.movie_filter import (
+    NOTHING_RESOLVED,
+    MovieFilter,
+    ResolvedFilter,
+    SubsetCache,
+    resolve,
+    sorted_union,
+)
 from recommender_service.rankings import RANKING_BUDGET_BYTES, Rankings
 from recommender_service.sessions import SessionQueries, first_occurrences
 from recommender_service.top_k import NO_ITEMS, BruteForce, TopK
@@ -53,6 +60,24 @@ def _not_in(indices: np.ndarray, excluded: np.ndarray) -> np.ndarray:
         return np.ones(indices.shape[0], dtype=bool)
     position = np.minimum(np.searchsorted(excluded, indices), excluded.size - 1)
     return excluded[position] != indices
+
+
+# Movie ids up to this many times the catalogue's size get a dense id -> index table (int32, 4 bytes an id:
+# 16 MB at a million movies with ids up to 4 M). Why: a filter's id lists are looked up on the request
+# path, and a binary search of 10,000 random ids in a million sorted ones measured 1.8 ms (a cache miss
+# per step); the table's gather, ~0.05 ms. Sparser id spaces (ids hashed into int64) keep the search.
+DENSE_ID_TABLE_FACTOR = 4
+
+
+def _dense_id_table(movie_ids: np.ndarray) -> np.ndarray | None:
+    if not movie_ids.size or movie_ids.min() < 0:
+        return None
+    largest = int(movie_ids.max())
+    if largest >= DENSE_ID_TABLE_FACTOR * movie_ids.size + 1024:
+        return None
+    table = np.full(largest + 1, -1, dtype=np.int32)
+    table[movie_ids] = np.arange(movie_ids.size, dtype=np.int32)
+    return table
 
 
 class Retriever:
@@ -99,6 +124,7 @@ class Retriever:
         self._titles = source.titles
         self._movies = source.movies
         self._sorted_movie_ids = source.movie_ids[source.movie_order]
+        self._index_by_id = _dense_id_table(source.movie_ids)
         self.rankings = rankings if rankings is not None else Rankings.compute(source, top_k, ranking_budget_bytes)
         self.subsets = SubsetCache()
 
@@ -119,7 +145,7 @@ class Retriever:
         resolved = resolve(movie_filter, self._movies, self.movie_indices, self.subsets)
         if not hidden.size:
             return resolved
-        exclude = np.union1d(resolved.exclude, hidden) if resolved.exclude.size else hidden
+        exclude = sorted_union(resolved.exclude, hidden)
         return ResolvedFilter(resolved.subset, exclude, resolved.unknown_movie_ids)
 
     def _eligible(self, restriction: ResolvedFilter, excluded: np.ndarray) -> int:
@@ -164,7 +190,7 @@ class Retriever:
         indices = rankings.indices[row, :count]
         keep = _not_in(indices, restriction.exclude)
         if restriction.subset is not None:
-            keep &= restriction.subset.mask[indices]
+            keep &= restriction.subset.contains(indices)
         passing = np.flatnonzero(keep)
         if passing.size < k and count == rankings.top:
             return None
@@ -188,7 +214,7 @@ class Retriever:
             head = catalogue.popular[:scan]
             keep = _not_in(head, restriction.exclude)
             if subset is not None:
-                keep &= subset.mask[head]
+                keep &= subset.contains(head)
             chosen = np.flatnonzero(keep)
             if chosen.size >= want or scan >= self.num_items:
                 chosen = chosen[:want]
@@ -223,7 +249,7 @@ class Retriever:
         ``restriction`` rules out."""
         exclude = excluded
         if restriction.exclude.size:
-            exclude = np.union1d(excluded, restriction.exclude) if excluded.size else restriction.exclude
+            exclude = sorted_union(excluded, restriction.exclude)
         indices, scores = self.top_k.top_k(query, k, exclude, restriction.subset)
         subset = restriction.subset
         eligible = (subset.size - subset.count_among(exclude)) if subset is not None else self.num_items - exclude.size
@@ -266,8 +292,15 @@ class Retriever:
         return self._search(query, k, exclude, restriction, unknown)
 
     def movie_indices(self, movie_ids: np.ndarray) -> np.ndarray:
-        """Item index of every id (-1 where this version does not know it), by one vectorised binary search."""
+        """Item index of every id (-1 where this version does not know it): one gather from the dense id
+        table when the version has one, else one vectorised binary search."""
         ids = np.asarray(movie_ids, dtype=np.int64)
+        table = self._index_by_id
+        if table is not None:
+            inside = (ids >= 0) & (ids < table.shape[0])
+            found = np.full(ids.shape, -1, dtype=np.int64)
+            found[inside] = table[ids[inside]]
+            return found
         sorted_ids = self._sorted_movie_ids
         position = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.shape[0] - 1)
         return np.where(sorted_ids[position] == ids, self.catalogue.movie_order[position], -1).astype(np.int64)
