@@ -225,13 +225,16 @@ class Retriever:
     def answers_live(self, user_id: str, k: int, exclude_seen: bool = True,
                      restriction: ResolvedFilter = NOTHING_RESOLVED) -> bool:
         """Whether :meth:`recommend` may answer this call with a search of the catalogue (a known user whose
-        answer the rankings may not hold), the work a batch's cost limit counts."""
+        answer the rankings may not hold), the work a batch's cost limit counts. A ranked user under
+        exclusions only (a filter's excluded ids, the hidden movies) counts as answered by the ranking,
+        which it is unless they take more than depth - k of its movies; under a subset (genres, years,
+        only these ids) the ranking holds the answer only by luck, so the user counts as live."""
         user_index = self._user_index.get(user_id)
         if user_index is None:
             return False
         rankings = self.rankings
         ranked = exclude_seen and k <= rankings.top and rankings.rows[user_index] >= 0
-        return not ranked or not restriction.is_empty
+        return not ranked or restriction.subset is not None
 
     def live_cost(self, restriction: ResolvedFilter = NOTHING_RESOLVED) -> int:
         """Movies one live search under ``restriction`` may score: the subset it is drawn from, else all."""

@@ -3,10 +3,12 @@ stops between users when told to."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from recommender_service.batches import live_users, recommend_batch
-from recommender_service.errors import CallEnded
+from recommender_service.batches import check_live_cost, live_users, recommend_batch
+from recommender_service.errors import CallEnded, TooCostly
+from recommender_service.movie_filter import MovieFilter
 from recommender_service.rankings import PRECOMPUTED_TOP
 from recommender_service.retrieval import Retriever
 from tests.artifacts import tiny_artifact
@@ -22,6 +24,25 @@ def test_only_users_answered_by_a_scan_count_as_live_work():
     assert live_users(ranked, known + unknown, 10, False) == len(known)  # seen movies included: a scan each
     assert live_users(ranked, known + unknown, PRECOMPUTED_TOP + 1, True) == len(known)  # deeper than the table
     assert live_users(unranked, known + unknown + known, 10, True) == 2 * len(known)  # repeats cost again
+
+
+def test_exclusions_keep_ranked_users_off_the_live_count_and_a_subset_costs_only_its_movies():
+    """Hidden movies or excluded ids leave a ranked user answered by the ranking (a batch of a million-movie
+    catalogue stays within its limit once an operator hides a movie); genres, years or an id list make
+    every known user live, each costing the subset's movies, not the catalogue's."""
+    art = tiny_artifact(users=6, items=120)
+    ranked = Retriever(art)
+    known = [str(u) for u in art.user_ids]
+    hidden = np.array([3, 4], dtype=np.int64)
+    excluding = ranked.resolve(MovieFilter.checked(exclude_movie_ids=art.movie_ids[:5]), hidden)
+    assert live_users(ranked, known, 10, True, excluding) == 0
+    assert ranked.live_cost(excluding) == art.num_items
+    only = ranked.resolve(MovieFilter.checked(only_movie_ids=art.movie_ids[:30]), hidden)
+    assert live_users(ranked, known + ["nobody"], 10, True, only) == len(known)
+    assert ranked.live_cost(only) == 30
+    with pytest.raises(TooCostly, match="6 users x 30 movies = 180 scores"):
+        check_live_cost(ranked, known, 10, True, 179, only)
+    check_live_cost(ranked, known, 10, True, 180, only)
 
 
 class StopAfter:
