@@ -11,6 +11,7 @@ import json
 import numpy as np
 
 from benchmarks.filter_load import random_ids
+from tests.artifacts import item_clusters as replayed_clusters
 
 GENRE_NAMES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
                "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
@@ -26,20 +27,20 @@ PROBLEMS = ("fails_filter", "seen", "hidden", "repeated", "not_min_k_eligible", 
 # ----------------------------------------------------------------------------
 
 def item_clusters(artifact, seed: int) -> np.ndarray:
-    """Each movie's cluster in ``clustered_artifact(seed=seed)``: its first draws replayed (centres, then
-    the cluster of every item), checked against the vectors; a k-means assignment if they do not match."""
+    """Each movie's cluster in ``clustered_artifact(seed=seed)`` (tests.artifacts replays its draws), checked
+    against the vectors; a k-means assignment if they do not match (the artifact came from elsewhere)."""
     items, dim = artifact.item_vectors.shape
-    rng = np.random.default_rng(seed)
-    clusters = max(8, items // 1000)
-    centres = (rng.normal(size=(clusters, dim)) / np.sqrt(dim)).astype(np.float32)
-    weight = 1.0 / np.arange(1, clusters + 1) ** 0.5
-    weight /= weight.sum()
-    assigned = rng.choice(clusters, size=items, p=weight)
-    sample = np.arange(0, items, max(1, items // 2000))
-    offset = np.linalg.norm(artifact.item_vectors[sample] - centres[assigned[sample]], axis=1)
+    assigned = replayed_clusters(items, dim, seed)
+    clusters = int(assigned.max()) + 1
+    sample = np.arange(0, items, max(1, items // 20_000))
+    vectors = np.asarray(artifact.item_vectors[sample], dtype=np.float64)
+    sums = np.zeros((clusters, dim))
+    np.add.at(sums, assigned[sample], vectors)
+    centres = sums / np.maximum(np.bincount(assigned[sample], minlength=clusters), 1)[:, None]
+    offset = np.linalg.norm(vectors - centres[assigned[sample]], axis=1)
     if float(np.median(offset)) < 0.9:  # the noise is 0.6 in norm; centres are ~1.4 apart
         return assigned
-    import faiss  # the generator changed: recover clusters from the vectors instead
+    import faiss
 
     kmeans = faiss.Kmeans(dim, clusters, niter=10, seed=seed, verbose=False)
     kmeans.train(np.ascontiguousarray(artifact.item_vectors[::max(1, items // (clusters * 40))]))

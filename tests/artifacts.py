@@ -23,6 +23,21 @@ def tiny_artifact(users: int = 20, items: int = 30, dim: int = 8, seed: int = 0)
     )
 
 
+def _cluster_layout(rng: np.random.Generator, items: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cluster centres, cluster weights, each item's cluster): clustered_artifact's first draws."""
+    clusters = max(8, items // 1000)
+    centres = (rng.normal(size=(clusters, dim)) / np.sqrt(dim)).astype(np.float32)
+    weight = 1.0 / np.arange(1, clusters + 1) ** 0.5
+    weight /= weight.sum()
+    return centres, weight, rng.choice(clusters, size=items, p=weight)
+
+
+def item_clusters(items: int, dim: int, seed: int) -> np.ndarray:
+    """Each item's cluster in ``clustered_artifact(items=items, dim=dim, seed=seed)`` (its first draws, replayed),
+    for metadata that follows the clusters (genres remove whole regions of the vector space)."""
+    return _cluster_layout(np.random.default_rng(seed), items, dim)[2]
+
+
 def clustered_artifact(users: int = 2000, items: int = 20_000, dim: int = 64, *, seed: int = 0,
                        mean_seen: int = 40, own_share: float = 0.5) -> ModelArtifact:
     """Embeddings with the structure real ones have, for approximate retrieval.
@@ -36,11 +51,8 @@ def clustered_artifact(users: int = 2000, items: int = 20_000, dim: int = 64, *,
     first, which is what makes excluding them by over-fetching hard.
     """
     rng = np.random.default_rng(seed)
-    clusters = max(8, items // 1000)
-    centres = (rng.normal(size=(clusters, dim)) / np.sqrt(dim)).astype(np.float32)
-    weight = 1.0 / np.arange(1, clusters + 1) ** 0.5
-    weight /= weight.sum()
-    item_cluster = rng.choice(clusters, size=items, p=weight)
+    centres, weight, item_cluster = _cluster_layout(rng, items, dim)
+    clusters = centres.shape[0]
     item_vectors = centres[item_cluster]
     item_vectors += rng.standard_normal(size=(items, dim), dtype=np.float32) * np.float32(0.6 / np.sqrt(dim))
     user_cluster = rng.choice(clusters, size=users, p=weight)
