@@ -1,5 +1,5 @@
-"""Filters end to end: real recommenders answer filtered Recommend, RecommendBatch and SimilarItems
-calls over gRPC, on an exact version and on a version forced onto the faiss index, and every answer is
+"""Filters end to end: real recommenders answer filtered Recommend (sessions included), RecommendBatch
+and SimilarItems calls over gRPC, on an exact version and on a version forced onto the faiss index, and every answer is
 checked against a brute force over the artifact's own arrays.
 
 The oracle works movie by movie from the genre and year arrays this test made (plain numpy on the
@@ -22,6 +22,7 @@ from clients import RecommenderClient
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from movierec_common import ann_index, movie_metadata
 from movierec_common.artifact import ModelArtifact, VersionMetadata
+from movierec_common.session_query import POOLED, Part, QueryEncoder
 from tests.artifacts import clustered_artifact, tiny_artifact
 from tests.servers import start_recommender
 from trainer_service.publisher import publish
@@ -106,6 +107,24 @@ class Oracle:
             allowed[self.seen(user)] = False
         return self.ranked(self.art.item_vectors @ self.art.user_vectors[user], allowed, k)
 
+    def session(self, user_id: str, recent_ids: list[int], f: recommender_pb2.Filter, k: int = K):
+        """The version's session rule (one pooled part, no decay, no centring): a visitor's query is the mean
+        of the recent movies' vectors; a known user's is (1 - m) x their vector + m x that mean, m the recent
+        movies' share of the whole history. Seen and recent movies are left out."""
+        recent = list(dict.fromkeys(self.index_of[m] for m in recent_ids))
+        pooled = self.art.item_vectors[recent].astype(np.float64).mean(axis=0)
+        allowed = self.allowed(f)
+        allowed[recent] = False
+        user = self.users.get(user_id)
+        if user is None:
+            query = pooled
+        else:
+            seen = set(self.seen(user).tolist())
+            share = len(recent) / len(seen | set(recent))
+            query = (1 - share) * self.art.user_vectors[user].astype(np.float64) + share * pooled
+            allowed[list(seen)] = False
+        return self.ranked(self.art.item_vectors.astype(np.float64) @ query, allowed, k)
+
     def similar(self, movie_id: int, f: recommender_pb2.Filter, k: int = K):
         i = self.index_of[movie_id]
         vectors = self.art.item_vectors.astype(np.float64)
@@ -130,11 +149,13 @@ def filter_stack(tmp_path_factory):
     bits, years = synthetic_facts(art)
     files, record = facts_files(bits, years)
     exact_root, ann_root = base / "exact", base / "ann"
-    publish(str(exact_root), art, VersionMetadata(model_kind="synthetic", movies=record), files)
+    sessions = QueryEncoder((Part(POOLED, art.user_vectors.shape[1]),)).to_json()  # the mean of the movies
+    publish(str(exact_root), art, VersionMetadata(model_kind="synthetic", movies=record, query_encoder=sessions),
+            files)
     index_files, retrieval = ann_index.files_for_version(art.item_vectors, art.user_vectors, min_items=1_000)
     assert retrieval["backend"] == "faiss"
-    publish(str(ann_root), art, VersionMetadata(model_kind="synthetic", retrieval=retrieval, movies=record),
-            {**files, **index_files})
+    publish(str(ann_root), art, VersionMetadata(model_kind="synthetic", retrieval=retrieval, movies=record,
+                                                query_encoder=sessions), {**files, **index_files})
     for logs in ("exact-logs", "ann-logs"):
         (base / logs).mkdir()
     servers = [start_recommender(exact_root, base / "exact-logs"), start_recommender(ann_root, base / "ann-logs")]
@@ -194,7 +215,7 @@ def test_filtered_answers_match_a_brute_force_over_the_artifact(filter_stack, ba
     rng = np.random.default_rng(5)
     users = [str(u) for u in rng.choice(np.arange(1, art.num_users + 1), 12, replace=False)]
     recalls = []
-    for name, f in filter_classes(art, rng).items():
+    for f in filter_classes(art, rng).values():
         allowed_all = set(art.movie_ids[oracle.allowed(f)].tolist())
         for user in users:
             for k, exclude_seen in ((K, True), (150, True), (K, False)):
@@ -209,6 +230,14 @@ def test_filtered_answers_match_a_brute_force_over_the_artifact(filter_stack, ba
             want, eligible = oracle.recommend(result.user_id, f)
             recalls.append(_check(backend, _ids(result.items), want, eligible, result.eligible_movies, allowed_all))
             assert result.cold_start == (result.user_id == "a-stranger")
+        for user_id in (users[0], "a-visitor"):
+            recent = rng.choice(art.movie_ids, 5, replace=False).tolist()
+            session = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=K, filter=f,
+                                                                      recent_movie_ids=recent))
+            want, eligible = oracle.session(user_id, recent, f)
+            assert not session.cold_start
+            recalls.append(_check(backend, _ids(session.items), want, eligible, session.eligible_movies,
+                                  allowed_all - set(recent)))
         for movie_id in rng.choice(art.movie_ids, 4, replace=False).tolist():
             similar = stub.SimilarItems(recommender_pb2.SimilarItemsRequest(movie_id=movie_id, k=K, filter=f))
             want, eligible = oracle.similar(movie_id, f)
@@ -253,11 +282,12 @@ def test_bad_filters_get_invalid_argument_with_the_numbers(filter_stack):
         "max_year is -3": recommender_pb2.Filter(max_year=-3),
     }
     for message, f in cases.items():
-        for call in (lambda: stub.Recommend(recommender_pb2.RecommendRequest(user_id="1", k=K, filter=f)),
-                     lambda: stub.SimilarItems(recommender_pb2.SimilarItemsRequest(movie_id=7, k=K, filter=f)),
-                     lambda: stub.RecommendBatch(recommender_pb2.RecommendBatchRequest(user_ids=["1"], k=K, filter=f))):
+        for call, request in ((stub.Recommend, recommender_pb2.RecommendRequest(user_id="1", k=K, filter=f)),
+                              (stub.SimilarItems, recommender_pb2.SimilarItemsRequest(movie_id=7, k=K, filter=f)),
+                              (stub.RecommendBatch, recommender_pb2.RecommendBatchRequest(user_ids=["1"], k=K,
+                                                                                          filter=f))):
             with pytest.raises(grpc.RpcError) as caught:
-                call()
+                call(request)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert message in caught.value.details(), caught.value.details()
 
