@@ -236,6 +236,12 @@ def _first_unknown(ids: np.ndarray, indices: np.ndarray) -> list[int]:
     return unknown[np.sort(first)].tolist()
 
 
+def _shown(name: str, limit: int = 100) -> str:
+    """A caller's genre name as an error message quotes it: cut, so a 10 KB name cannot make the status
+    message too large for the wire."""
+    return repr(name[:limit]) + ("..." if len(name) > limit else "")
+
+
 def _metadata_subset(movie_filter: MovieFilter, movies: MovieMetadata, cache: SubsetCache | None) -> Subset:
     key = movie_filter.metadata_key
     subset = cache.get(key) if cache is not None else None
@@ -248,8 +254,8 @@ def _metadata_subset(movie_filter: MovieFilter, movies: MovieMetadata, cache: Su
             bits.append(movies.bits_of(genres))
         except KeyError as missing:
             known = ", ".join(movies.genre_names) or "none"
-            raise InvalidRequest(f"filter.{name}: this model version has no genre {missing.args[0]!r}; its genres "
-                                 f"are: {known}") from None
+            raise InvalidRequest(f"filter.{name}: this model version has no genre {_shown(missing.args[0])}; its "
+                                 f"genres are: {known}") from None
     mask = movies.matching(bits[0], bits[1], bits[2], movie_filter.min_year, movie_filter.max_year)
     subset = Subset(np.flatnonzero(mask), len(movies), key, mask)
     if cache is not None:

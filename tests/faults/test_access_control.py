@@ -26,7 +26,7 @@ from trainer_service.publisher import publish
 TOKEN = "s3cret-token-0123456789"
 WRONG_TOKEN = "wrong-token-0123456789"
 # The trainer's RPCs that change something; every other one is open to read.
-TRAINER_MUTATIONS = {"Train", "CancelJob", "PinVersion"}
+TRAINER_MUTATIONS = {"Train", "CancelJob", "PinVersion", "HideMovies", "UnhideMovies"}
 
 
 _cert = self_signed  # in-process, so no missing openssl can make these tests skip
@@ -158,7 +158,7 @@ def test_plain_recommender_stays_open_by_default(tmp_path):
         recommender.terminate()
 
 
-TRAINER_READS = {"GetJob", "ListJobs", "WatchJob", "ListVersions"}
+TRAINER_READS = {"GetJob", "ListJobs", "WatchJob", "ListVersions", "ListHiddenMovies"}
 SERVERS = {"trainer": ("trainer_service.server", []),
            "recommender": ("recommender_service.server", ["--require-token"])}
 
