@@ -46,3 +46,27 @@ def movielens_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the whole session (tests/postgres.py: the pgserver wheel's binaries, else
+    Debian's), started on first use, stopped and deleted at the end. ``stop()`` / ``start()`` restart it at the
+    same address. When none can be started it fails under CI and skips elsewhere, like ``movielens_dir``."""
+    from tests.postgres import PostgresUnavailable, start_server
+
+    try:
+        server = start_server()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is needed and could not be started: {error}")
+        pytest.skip(f"PostgreSQL could not be started: {error}")
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A URL to an empty schema of its own on the session's server (running again if a test stopped it)."""
+    postgres_server.start()
+    return postgres_server.create_schema()
