@@ -45,6 +45,7 @@ from .types import (
     Filter,
     GenreCount,
     HiddenMovies,
+    Interaction,
     Item,
     Job,
     ModelStatus,
@@ -53,6 +54,7 @@ from .types import (
     Progress,
     PublishedVersion,
     Recommendations,
+    Recorded,
     SimilarItems,
     UserRecommendations,
     Versions,
@@ -100,4 +102,6 @@ __all__ = [
     "Internal",
     "DataLoss",
     "ConfigurationError",
+    "Interaction",
+    "Recorded",
 ]

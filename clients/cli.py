@@ -29,7 +29,7 @@ from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
 from .filter_options import FilterUsageError, add_filter_options, filter_from_args, id_flags, movie_id_list
 from .flags import refuse_token_flags
-from .types import HYPERPARAMETERS, Job
+from .types import HYPERPARAMETERS, Interaction, Job
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "an unknown user then gets a personal answer",
     )
     _with_filter(recommend)
+    recorded = command("record", cmd_record, "store that a user interacted with a movie (RecordInteractions)")
+    recorded.add_argument("user_id", metavar="USER_ID")
+    recorded.add_argument("movie_id", metavar="MOVIE_ID", type=int)
+    recorded.add_argument("--rating", type=float, default=None, help="0.5 to 5 (default: none)")
+    recorded.add_argument("--event-id", default=None,
+                          help="your id for this interaction, so a resend stores nothing twice (default: a random one)")
     similar = command("similar", cmd_similar, "movies similar to a movie")
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
     similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
@@ -355,6 +361,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                     left_out=left_out))
     print(render.items(recs.items))
     print(f"model version {recs.model_version}, cold start: {render.yes_no(recs.cold_start)}")
+    return EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    interaction = Interaction(user_id=args.user_id, movie_id=args.movie_id, rating=args.rating,
+                              event_id=args.event_id)
+    with _recommender(args) as rc:
+        recorded = rc.record(interaction)
+    if args.json:
+        print(render.json_text(recorded))
+        return EXIT_OK
+    what = "stored" if recorded.stored else "already stored (same content): nothing written"
+    print(f"event {recorded.event_ids[0]}: {what}; store position {recorded.watermark}")
+    if recorded.unknown_movie_ids:
+        _notes(f"note: the served model version does not know movie {args.movie_id} (stored anyway)")
     return EXIT_OK
 
 

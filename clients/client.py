@@ -245,7 +245,8 @@ class RecommenderClient(_Client):
     SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
     DEFAULT_TARGET = "localhost:50052"
     _BALANCED = True
-    _RETRIED = ("Recommend", "RecommendBatch", "SimilarItems", "GetModelStatus")
+    # RecordInteractions too: the event ids make a resend store nothing twice.
+    _RETRIED = ("Recommend", "RecommendBatch", "SimilarItems", "GetModelStatus", "RecordInteractions")
     _STUB = recommender_pb2_grpc.RecommenderStub
 
     def recommend(
@@ -295,6 +296,19 @@ class RecommenderClient(_Client):
         request = wire.batch_request(user_ids, k, exclude_seen=exclude_seen, filter=filter)
         response = self._call("RecommendBatch", self._stub.RecommendBatch, request, timeout)
         return wire.batch_from_proto(response)
+
+    def record(self, interactions: t.Interaction | Iterable[t.Interaction], *,
+               timeout: float | None = None) -> t.Recorded:
+        """Stores what users did (at most 1,000 interactions a call), durably: it returns once the batch is
+        committed. All or nothing: ``InvalidArgument`` names a bad interaction's index, ``AlreadyExists``
+        an event id stored before with different content (nothing of the batch is stored either way);
+        ``FailedPrecondition`` when the recommender records nothing (``--events none``). A resend with the
+        same event ids (``Recorded.event_ids``) is always safe: unchanged ones count as ``duplicates``.
+        """
+        batch = [interactions] if isinstance(interactions, t.Interaction) else interactions
+        request = wire.record_request(batch)
+        response = self._call("RecordInteractions", self._stub.RecordInteractions, request, timeout)
+        return wire.recorded_from_proto(request, response)
 
     def similar_items(
         self, movie_id: int, k: int = 10, *, filter: t.Filter | None = None, timeout: float | None = None

@@ -40,6 +40,8 @@ __all__ = [
     "Versions",
     "Pin",
     "HiddenMovies",
+    "Interaction",
+    "Recorded",
     "Progress",
     "Job",
     "TrainOptions",
@@ -241,6 +243,34 @@ class ModelStatus:
     @property
     def serving(self) -> bool:
         return self.served_version is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One thing a user did with a movie, for ``RecommenderClient.record``.
+
+    ``event_id``: yours, unique per interaction, so a resend stores nothing twice; None lets the client
+    choose one (a random UUID, kept for its own retries of the call). ``rating``: 0.5 to 5, or None.
+    ``occurred_at``: an aware datetime, or None for the time the recommender receives it.
+    """
+
+    user_id: str | int
+    movie_id: int
+    rating: float | None = None
+    occurred_at: dt.datetime | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a RecordInteractions call stored: ``stored`` new, ``duplicates`` resent unchanged (nothing
+    written), movies the served version does not know (stored anyway), and the store's position after it."""
+
+    stored: int
+    duplicates: int
+    unknown_movie_ids: list[int]
+    watermark: int
+    event_ids: list[str]  # the ids sent, in order (the client's own where you gave none)
 
 
 # --------------------------------------------------------------------------- trainer

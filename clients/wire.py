@@ -10,6 +10,7 @@ fields, so a change of the wire format is a change here.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Unpack
 
@@ -26,6 +27,7 @@ from .types import (
     Filter,
     GenreCount,
     HiddenMovies,
+    Interaction,
     Item,
     Job,
     ModelStatus,
@@ -34,6 +36,7 @@ from .types import (
     Progress,
     PublishedVersion,
     Recommendations,
+    Recorded,
     SimilarItems,
     TrainOptions,
     UserRecommendations,
@@ -326,3 +329,31 @@ def train_request(model: str, **options: Unpack[TrainOptions]) -> trainer_pb2.Tr
     except (TypeError, ValueError) as exc:  # wrong type / out of the field's range
         raise ConfigurationError(f"invalid training request: {exc}") from exc
     return request
+
+
+def record_request(interactions: Iterable[Interaction]) -> recommender_pb2.RecordInteractionsRequest:
+    """A RecordInteractionsRequest; an interaction without an event id gets a random UUID here, once, so the
+    client's retries of this request resend the same ids."""
+    request = recommender_pb2.RecordInteractionsRequest()
+    try:
+        for interaction in interactions:
+            if not isinstance(interaction, Interaction):
+                raise ConfigurationError(f"record() takes clients.Interaction values, got {interaction!r}")
+            item = request.interactions.add(event_id=interaction.event_id or uuid.uuid4().hex,
+                                            user_id=str(interaction.user_id), movie_id=int(interaction.movie_id))
+            if interaction.rating is not None:
+                item.rating = float(interaction.rating)
+            if interaction.occurred_at is not None:
+                if interaction.occurred_at.tzinfo is None:
+                    raise ConfigurationError("occurred_at must be an aware datetime (with a time zone)")
+                item.occurred_at.FromDatetime(interaction.occurred_at)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid interaction: {exc}") from exc
+    return request
+
+
+def recorded_from_proto(request: recommender_pb2.RecordInteractionsRequest,
+                        response: recommender_pb2.RecordInteractionsResponse) -> Recorded:
+    return Recorded(stored=response.stored, duplicates=response.duplicates,
+                    unknown_movie_ids=list(response.unknown_movie_ids), watermark=response.watermark,
+                    event_ids=[i.event_id for i in request.interactions])

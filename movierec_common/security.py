@@ -113,6 +113,22 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
                               "(the client reads $MOVIEREC_TOKEN or --token-file)")
 
 
+class MethodsRefused(grpc.ServerInterceptor):
+    """Answers ``methods`` UNAUTHENTICATED with ``message``, whoever calls: writes on a server that has no
+    way to tell who may write (no tokens, beyond loopback). Every other method is untouched."""
+
+    def __init__(self, methods: Iterable[str], message: str):
+        self._methods = frozenset(methods)
+        self._message = message
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method not in self._methods:
+            return handler
+        return _deny(handler, self._message)
+
+
 def server_credentials(cert_file: str | None, key_file: str | None,
                        client_ca_file: str | None = None) -> grpc.ServerCredentials | None:
     """TLS credentials, or None for plaintext. A client CA turns on client-certificate verification."""

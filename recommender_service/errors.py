@@ -29,6 +29,9 @@ __all__ = [
     "SessionsUnsupported",
     "FilterNeedsMetadata",
     "UnknownMovie",
+    "EventsOff",
+    "InteractionConflict",
+    "StoreDown",
     "TooCostly",
     "CallEnded",
     "CONDITIONS",
@@ -116,6 +119,41 @@ class UnknownMovie(RecommenderError, LookupError):
         super().__init__(f"movie {movie_id} is not in {which}")
 
 
+class EventsOff(RecommenderError):
+    """Interactions are off on this recommender (``--events none``): nothing can be stored here."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self) -> None:
+        super().__init__("interactions are off on this recommender (started with --events none): start it with "
+                         "--events sqlite:///PATH or --events postgresql://... to record them")
+
+
+class InteractionConflict(RecommenderError):
+    """An event id already stored with different content: the first write stands, nothing of the batch was
+    stored (an identical resend is not this: it stores nothing and succeeds)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+    def __init__(self, event_id: str, index: int) -> None:
+        self.event_id = event_id
+        self.index = index
+        super().__init__(f"interactions[{index}].event_id {event_id[:128]!r} was stored before with different "
+                         f"content; the first write stands and nothing of this batch was stored: give a new "
+                         f"interaction a new id")
+
+
+class StoreDown(RecommenderError):
+    """The event store cannot be written now; nothing of the batch was stored, and a resend with the same
+    event ids is safe."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the event store cannot be written now ({why[:300]}); nothing of this batch was "
+                         f"stored: retry with the same event ids")
+
+
 class TooCostly(RecommenderError):
     """The request keeps every static limit but would cost more than one call may (live scoring work,
     answer bytes); the message gives the figures and how to split the call."""
@@ -140,7 +178,7 @@ class CallEnded(RecommenderError):
 # Every condition a caller can meet, with its status: the table the README's status table documents.
 CONDITIONS: tuple[type[RecommenderError], ...] = (
     InvalidRequest, DeadlinePassed, NoModelLoaded, SessionsUnsupported, FilterNeedsMetadata, UnknownMovie, TooCostly,
-    CallEnded)
+    CallEnded, EventsOff, InteractionConflict, StoreDown)
 
 
 def status(error: RecommenderError) -> tuple[grpc.StatusCode, str]:

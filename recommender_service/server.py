@@ -20,6 +20,9 @@ from movierec_common.logs import event
 
 log = logging.getLogger("movierec.recommender")
 SERVICE_NAME = "movierec.v1.Recommender"
+# Calls that change something: they need a token whenever tokens are configured, and beyond loopback
+# without tokens they are refused (anyone on the network could write), while reads stay open.
+WRITE_METHODS = (f"/{SERVICE_NAME}/RecordInteractions",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="memory for answers kept for repeated calls (known users, k up to 100; the least "
                              "recently used go first); 0 = keep none")
     parser.add_argument("--require-token", action="store_true",
-                        help="protect every Recommender call with a bearer token (health stays open)")
+                        help="protect every Recommender call with a bearer token (health stays open); "
+                             "RecordInteractions needs one whenever tokens are configured")
+    parser.add_argument("--events", default=None, metavar="URL",
+                        help="where RecordInteractions stores interactions: sqlite:///PATH (WAL; replicas on one "
+                             "machine share the file), postgresql://... (replicas on many machines share it), or "
+                             "none (off); default: events.sqlite in the per-user state folder "
+                             "($XDG_STATE_HOME/movierec, else ~/.local/state/movierec)")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     metrics.add_arguments(parser)
     security.add_arguments(parser)
@@ -64,10 +73,20 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(args.log_level)
     try:
         interceptors, credentials = security.from_args(
-            args, protected=None if args.require_token else (), require_tokens=args.require_token,
+            args, protected=None if args.require_token else WRITE_METHODS, require_tokens=args.require_token,
             what="--require-token")
     except security.SecurityConfigError as exc:
         raise SystemExit(f"movierec-recommender: {exc}") from exc
+    if not interceptors and not security.is_loopback(args.host):
+        interceptors.append(security.MethodsRefused(
+            WRITE_METHODS, f"this recommender listens beyond loopback ({args.host}) without tokens, so it takes "
+                           "no writes: configure tokens (--token-file or $MOVIEREC_TOKENS) to record interactions"))
+    from movierec_common.event_store import open_store
+
+    try:
+        events = open_store(args.events)
+    except Exception as exc:  # a bad URL, or a store that cannot be opened: say so before serving anything
+        raise SystemExit(f"movierec-recommender: --events {args.events or '(default)'}: {exc}") from exc
     with_metrics = metrics.serve_from_args(args, "recommender")
     import faiss
 
@@ -82,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     loader.start()
     registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
                              cache_dir=args.cache_dir, loader=loader, publish_keys=args.publish_keys)
-    servicer = RecommenderServicer(registry, answer_cache_bytes=int(args.answer_cache_mb * 1024 * 1024))
+    servicer = RecommenderServicer(registry, answer_cache_bytes=int(args.answer_cache_mb * 1024 * 1024),
+                                   events=events)
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server),
@@ -90,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     registry.on_change = lambda model: handle.set_serving(True)
     registry.start()
-    event(log, "recommender listening", port=handle.port, model_root=args.model_root, pinned_version=args.version)
+    event(log, "recommender listening", port=handle.port, model_root=args.model_root, pinned_version=args.version,
+          events="off" if events is None else events.description)
     print(f"movierec-recommender listening on {args.host}:{handle.port}", flush=True)
     if with_metrics:
         print(f"movierec-recommender metrics at http://{args.host}:{args.metrics_port}/metrics", flush=True)
@@ -98,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     def stop() -> None:
         registry.stop()
         loader.shutdown()
+        if events is not None:
+            events.close()
 
     wait_for_termination(handle, on_stop=stop)
 

@@ -9,6 +9,7 @@ one place (:func:`_answering`).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from movierec_common import metrics
+from movierec_common.event_store import EventStore, Interaction
 from recommender_service.answers import DEFAULT_BUDGET_BYTES, ServedAnswers
 from recommender_service.batches import check_live_cost, recommend_batch
 from recommender_service.errors import (
@@ -29,6 +31,7 @@ from recommender_service.errors import (
     TooCostly,
     status,
 )
+from recommender_service.interactions import check_batch, check_size, record
 from recommender_service.model import LoadedModel
 from recommender_service.movie_filter import NO_FILTER, MovieFilter
 from recommender_service.registry import ModelRegistry
@@ -148,10 +151,20 @@ def _recommend_response(model: LoadedModel, result: Recommendation) -> recommend
                                              eligible_movies=result.eligible_movies)
 
 
+def _interactions(request: recommender_pb2.RecordInteractionsRequest, received_at: float) -> list[Interaction]:
+    return [Interaction(event_id=i.event_id, user_id=i.user_id, movie_id=i.movie_id,
+                        rating=i.rating if i.HasField("rating") else None,
+                        occurred_at=i.occurred_at.ToNanoseconds() / 1e9 if i.HasField("occurred_at") else received_at,
+                        occurred_at_given=i.HasField("occurred_at"))
+            for i in request.interactions]
+
+
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
-    def __init__(self, registry: ModelRegistry, answer_cache_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(self, registry: ModelRegistry, answer_cache_bytes: int = DEFAULT_BUDGET_BYTES,
+                 events: EventStore | None = None):
         self._registry = registry
         self._answers = ServedAnswers(answer_cache_bytes)
+        self._events = events  # None: interactions are off (--events none)
 
     def _model(self, context: grpc.ServicerContext) -> LoadedModel:
         """The version this call will use from start to end; checked before any work."""
@@ -218,6 +231,20 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         return recommender_pb2.SimilarItemsResponse(
             movie=_items([movie])[0], items=_items(similar.items), model_version=model.version,
             unknown_movie_ids=similar.unknown_movie_ids, eligible_movies=similar.eligible_movies)
+
+    @_answering
+    def RecordInteractions(self, request: recommender_pb2.RecordInteractionsRequest,
+                           context: grpc.ServicerContext) -> recommender_pb2.RecordInteractionsResponse:
+        if _deadline_passed(context):  # nobody waits for the answer: write nothing
+            raise DeadlinePassed()
+        check_size(len(request.interactions))  # before building a value per interaction
+        batch = _interactions(request, time.time())
+        check_batch(batch, _check_user_id)
+        model = self._registry.current()
+        recorded = record(self._events, batch, None if model is None else model.retriever.movie_indices)
+        return recommender_pb2.RecordInteractionsResponse(
+            stored=recorded.stored, duplicates=recorded.duplicates, watermark=recorded.watermark,
+            unknown_movie_ids=recorded.unknown_movie_ids)
 
     def GetModelStatus(self, request: recommender_pb2.GetModelStatusRequest,
                        context: grpc.ServicerContext) -> recommender_pb2.ModelStatus:

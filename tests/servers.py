@@ -55,8 +55,11 @@ def start_trainer(model_root: Path, log_dir: Path, *extra: str, env: dict | None
 
 
 def start_recommender(model_root: Path, log_dir: Path, *extra: str) -> ServerProcess:
+    """A recommender on ``model_root``; its interactions go to ``log_dir/events.sqlite`` unless ``extra``
+    says where (tests never use the per-user default store)."""
+    events = () if "--events" in extra else ("--events", f"sqlite:///{log_dir / 'events.sqlite'}")
     return ServerProcess("recommender_service.server",
-                         ["--model-root", str(model_root), "--poll-seconds", "0.5", *extra],
+                         ["--model-root", str(model_root), "--poll-seconds", "0.5", *events, *extra],
                          log_dir / "recommender.log").start(60)
 
 

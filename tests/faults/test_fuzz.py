@@ -54,6 +54,7 @@ from clients import RecommenderClient
 from movierec.v1 import recommender_pb2, trainer_pb2
 from movierec_common import movie_metadata
 from movierec_common.artifact import VersionMetadata
+from movierec_common.event_store import open_store
 from movierec_common.session_query import POOLED, Part, QueryEncoder
 from tests.artifacts import tiny_artifact
 from tests.datagen import write_grouplens_files
@@ -93,6 +94,7 @@ EXPECTED = {
     "RecommendBatch": {Code.OK, Code.INVALID_ARGUMENT},
     "SimilarItems": {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND},
     "GetModelStatus": {Code.OK, Code.INVALID_ARGUMENT},
+    "RecordInteractions": {Code.OK, Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS},
 }
 assert all(codes <= DOCUMENTED for codes in EXPECTED.values())
 
@@ -122,6 +124,9 @@ MAX_ONLY_MOVIE_IDS = 100_000    # Filter.only_movie_ids
 MAX_FILTER_GENRES = 64          # names per genre list of a Filter
 MAX_YEAR = 9999
 MAX_HIDE_IDS = 10_000           # ids per HideMovies / UnhideMovies
+MAX_INTERACTIONS = 1000         # per RecordInteractions
+MAX_EVENT_ID_BYTES = 128
+MAX_FUTURE_SECONDS = 24 * 3600  # occurred_at ahead of the server's clock
 MAX_USER_ID_BYTES = 256
 MAX_BATCH_USERS = 1000
 MAX_BATCH_ITEMS = 100_000   # users x k per RecommendBatch
@@ -907,12 +912,12 @@ def recommender(tmp_path_factory):
         movie_metadata.MovieMetadata.build(GENRES, GENRE_BITS, YEARS.astype(np.int16)))
     version = publish(str(model_root), ARTIFACT, VersionMetadata(model_kind="test", query_encoder=encoder.to_json(),
                                                                  movies=movies), files)
-    server = start_recommender(model_root, base)
+    server = start_recommender(model_root, base)  # interactions go to base / events.sqlite
     with RecommenderClient(server.address, timeout=10) as client:
         client.wait_until_serving(timeout=120)
     channel = grpc.insecure_channel(server.address)
     yield {"server": server, "channel": channel, "caller": Caller(channel, "movierec.v1.Recommender"),
-           "version": version}
+           "version": version, "events_url": f"sqlite:///{base / 'events.sqlite'}"}
     channel.close()
     server.terminate()
 
@@ -1078,6 +1083,119 @@ def test_fuzz_similar_items(recommender):
         assert not problem, f"{problem} for {request!r}"
 
     run_fuzz("SimilarItems", fuzz)
+    assert_recommender_healthy(recommender)
+
+
+EVENT_IDS = [f"ev-{n}" for n in range(60)]  # a pool: resends (mostly of the same content) and conflicts happen
+
+
+@st.composite
+def interactions(draw) -> recommender_pb2.Interaction:
+    """Mostly well-formed (so OK and ALREADY_EXISTS are common), each field hostile now and then."""
+    hostile = draw(st.sampled_from(["none"] * 6 + ["event_id", "user_id", "movie_id", "rating", "occurred_at"]))
+    item = recommender_pb2.Interaction(
+        event_id=draw(st.one_of(st.uuids().map(str), texts("", " ", "x" * 129)) if hostile == "event_id"
+                      else st.sampled_from(EVENT_IDS)),
+        user_id=draw(user_ids if hostile == "user_id" else st.sampled_from(USER_IDS)),
+        movie_id=draw(movie_id_values if hostile == "movie_id" else st.sampled_from(MOVIE_IDS)))
+    rating = draw(doubles(0.49, 5.01, 0.0, -1.0) if hostile == "rating"
+                  else optional(st.sampled_from([0.5, 1.0, 3.5, 5.0])))
+    if rating is not None:
+        item.rating = rating
+    seconds = draw(st.sampled_from([0, -1, 253_402_300_799, int(time.time()) + 10 * 86_400]) if hostile == "occurred_at"
+                   else optional(st.integers(1_500_000_000, 1_700_000_000)))
+    if seconds is not None:
+        item.occurred_at.seconds = seconds
+    if hostile == "none" and draw(st.sampled_from([True, True, False])):  # the same content as every resend
+        n = EVENT_IDS.index(item.event_id)
+        item = recommender_pb2.Interaction(event_id=item.event_id, user_id=USER_IDS[n % len(USER_IDS)],
+                                           movie_id=MOVIE_IDS[n % len(MOVIE_IDS)], rating=0.5 + n % 10 / 2)
+        item.occurred_at.seconds = 1_600_000_000 + n
+    return item
+
+
+@st.composite
+def record_requests(draw) -> recommender_pb2.RecordInteractionsRequest:
+    size = draw(st.sampled_from([0, 1, 1, 1, 2, 2, 3, 5, MAX_INTERACTIONS, MAX_INTERACTIONS + 1]))
+    head = draw(st.lists(interactions(), min_size=1, max_size=min(max(size, 1), 6)))
+    return recommender_pb2.RecordInteractionsRequest(interactions=[head[i % len(head)] for i in range(size)])
+
+
+def _interaction_problem(item: recommender_pb2.Interaction, now: float) -> bool:
+    if not item.event_id.strip() or len(item.event_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
+        return True
+    if user_id_problem(item.user_id):
+        return True
+    if item.HasField("rating") and not (math.isfinite(item.rating) and 0.5 <= item.rating <= 5.0):
+        return True
+    if item.HasField("occurred_at"):
+        stamp = item.occurred_at.seconds + item.occurred_at.nanos / 1e9
+        return not 0 < stamp <= now + MAX_FUTURE_SECONDS
+    return False
+
+
+def _content(item: recommender_pb2.Interaction) -> tuple:
+    """What a caller chose: None for an unset time (the time of receipt, which no resend can match)."""
+    return (item.user_id, item.movie_id, item.rating if item.HasField("rating") else None,
+            item.occurred_at.seconds + item.occurred_at.nanos / 1e9 if item.HasField("occurred_at") else None)
+
+
+def _same(resent: tuple, stored: tuple) -> bool:
+    return resent[:3] == stored[:3] and (resent[3] is None or resent[3] == stored[3])
+
+
+def _stored_contents(url: str) -> dict[str, tuple]:
+    store = open_store(url)
+    assert store is not None
+    try:
+        rows = store.read_after(0, 10_000_000)
+    finally:
+        store.close()
+    return {row.interaction.event_id: (row.interaction.user_id, row.interaction.movie_id, row.interaction.rating,
+                                       row.interaction.occurred_at) for row in rows}
+
+
+def test_fuzz_record_interactions(recommender):
+    caller, server = recommender["caller"], recommender["server"]
+    stored: dict[str, tuple] = {}  # the oracle's own record of what is stored: event id -> content
+
+    @FUZZ_SETTINGS
+    @given(payloads(record_requests()), deadlines())
+    def fuzz(payload, timeout):
+        request, data = payload
+        code, details, response, _ = caller.unary("RecordInteractions", data,
+                                                  recommender_pb2.RecordInteractionsResponse, timeout)
+        if code == Code.DEADLINE_EXCEEDED:  # written or not: the store says (what the caller would resend into)
+            stored.clear()
+            stored.update(_stored_contents(recommender["events_url"]))
+        malformed = not parses(data, recommender_pb2.RecordInteractionsRequest)
+        if not check_status("RecordInteractions", server, code, details, timeout, malformed=malformed,
+                            size=len(data)):
+            return
+        request = request or recommender_pb2.RecordInteractionsRequest.FromString(data)
+        batch = list(request.interactions)
+        now = time.time()
+        if not 1 <= len(batch) <= MAX_INTERACTIONS or any(_interaction_problem(i, now) for i in batch):
+            expected, new = Code.INVALID_ARGUMENT, {}
+        else:
+            expected, new, seen = Code.OK, {}, dict(stored)
+            for index, item in enumerate(batch):
+                earlier = seen.get(item.event_id)
+                if earlier is None:
+                    seen[item.event_id] = new[item.event_id] = _content(item)
+                elif not _same(_content(item), earlier):
+                    expected = Code.ALREADY_EXISTS
+                    assert f"interactions[{index}].event_id" in details or code != Code.ALREADY_EXISTS, details
+                    break
+        assert code == expected, f"{code.name} {details!r:.300}, expected {expected.name}, for {len(batch)} items"
+        if code != Code.OK:
+            return
+        assert (response.stored, response.duplicates) == (len(new), len(batch) - len(new)), (response, len(new))
+        unknown = list(dict.fromkeys(i.movie_id for i in batch if i.movie_id not in MOVIE_INDEX))
+        assert list(response.unknown_movie_ids) == unknown
+        stored.update(new)
+
+    run_fuzz("RecordInteractions", fuzz)
     assert_recommender_healthy(recommender)
 
 
@@ -1553,6 +1671,8 @@ ALL_RPCS = [
      recommender_pb2.SimilarItemsResponse, False),
     ("recommender", "movierec.v1.Recommender", "GetModelStatus", recommender_pb2.GetModelStatusRequest,
      recommender_pb2.ModelStatus, False),
+    ("recommender", "movierec.v1.Recommender", "RecordInteractions", recommender_pb2.RecordInteractionsRequest,
+     recommender_pb2.RecordInteractionsResponse, False),
     ("trainer", "movierec.v1.Trainer", "Train", trainer_pb2.TrainRequest, trainer_pb2.TrainJob, False),
     ("trainer", "movierec.v1.Trainer", "GetJob", trainer_pb2.GetJobRequest, trainer_pb2.TrainJob, False),
     ("trainer", "movierec.v1.Trainer", "ListJobs", trainer_pb2.ListJobsRequest, trainer_pb2.ListJobsResponse, False),

@@ -223,3 +223,35 @@ class GenreCount(_message.Message):
     name: str
     movies: int
     def __init__(self, name: _Optional[str] = ..., movies: _Optional[int] = ...) -> None: ...
+
+class Interaction(_message.Message):
+    __slots__ = ("event_id", "user_id", "movie_id", "rating", "occurred_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    user_id: str
+    movie_id: int
+    rating: float
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., movie_id: _Optional[int] = ..., rating: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RecordInteractionsRequest(_message.Message):
+    __slots__ = ("interactions",)
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    interactions: _containers.RepeatedCompositeFieldContainer[Interaction]
+    def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ...) -> None: ...
+
+class RecordInteractionsResponse(_message.Message):
+    __slots__ = ("stored", "duplicates", "unknown_movie_ids", "watermark")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    duplicates: int
+    unknown_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    watermark: int
+    def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ..., watermark: _Optional[int] = ...) -> None: ...

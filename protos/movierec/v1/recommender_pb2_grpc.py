@@ -54,6 +54,11 @@ class RecommenderStub:
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.GetModelStatusRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_recommender__pb2.ModelStatus.FromString,
                 _registered_method=True)
+        self.RecordInteractions = channel.unary_unary(
+                '/movierec.v1.Recommender/RecordInteractions',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -94,6 +99,22 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordInteractions(self, request, context):
+        """Stores what users did (a rating, a view, a purchase), durably: it returns
+        once the batch is committed to the event store (--events), so nothing
+        acknowledged is lost. A write: it needs a token whenever the recommender
+        has tokens, and beyond loopback without tokens it is UNAUTHENTICATED.
+        All or nothing: INVALID_ARGUMENT naming the interaction's index for a bad
+        field (nothing of the batch is stored); ALREADY_EXISTS naming the id for
+        an event_id stored before with different content (the first write stands;
+        an identical resend stores nothing and is OK); FAILED_PRECONDITION when
+        interactions are off (--events none); UNAVAILABLE while the store cannot
+        be written (retry with the same event ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +137,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetModelStatus,
                     request_deserializer=movierec_dot_v1_dot_recommender__pb2.GetModelStatusRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_recommender__pb2.ModelStatus.SerializeToString,
+            ),
+            'RecordInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInteractions,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +252,33 @@ class Recommender:
             '/movierec.v1.Recommender/GetModelStatus',
             movierec_dot_v1_dot_recommender__pb2.GetModelStatusRequest.SerializeToString,
             movierec_dot_v1_dot_recommender__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.Recommender/RecordInteractions',
+            movierec_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
