@@ -18,6 +18,21 @@ def _movielens_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_folder_of_this_run(tmp_path_factory):
+    """Every server a test starts without --events (benchmarks' tiny runs, direct ServerProcess starts)
+    keeps its interactions under this run's own state folder, never the user's ~/.local/state: the
+    servers inherit $XDG_STATE_HOME."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    yield state
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_server_outlives_its_module():
     """Stops any server this module's tests or fixtures started and did not stop, and fails the module

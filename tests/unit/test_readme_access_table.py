@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from movierec.v1 import recommender_pb2, trainer_pb2
+from recommender_service.server import WRITE_METHODS as RECOMMENDER_WRITES
 from tests.conftest import REPO_ROOT
 from trainer_service.server import MUTATING_METHODS, READ_METHODS
 
@@ -64,5 +65,7 @@ def test_the_readme_table_matches_what_the_servers_protect():
     assert set(recommender) == _methods(recommender_pb2, "Recommender"), recommender
     assert {name for name, condition in trainer.items() if condition == ALWAYS} == _names(MUTATING_METHODS)
     assert {name for name, condition in trainer.items() if condition == READS} == _names(READ_METHODS)
-    # The recommender protects all its RPCs or none (protected=None with --require-token).
-    assert set(recommender.values()) == {RECOMMENDER}, recommender
+    # The recommender's writes need a token whenever there are tokens; the rest, only with --require-token.
+    writes = {name for name, condition in recommender.items() if condition.startswith(ALWAYS)}
+    assert writes == _names(RECOMMENDER_WRITES), recommender
+    assert {recommender[name] for name in set(recommender) - writes} == {RECOMMENDER}, recommender
