@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,13 +208,33 @@ class SqliteEventStore(EventStore):
 
 
 def _configure(connection: sqlite3.Connection, description: str) -> None:
-    # Switching a new file to WAL takes an exclusive lock; the busy handler covers a concurrent opener.
-    mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    mode = _switch_to_wal(connection)
     if str(mode).lower() != "wal":
         raise IncompatibleStore(f"event store {description} cannot use WAL mode (got {mode!r}): put it on a "
                                 "local filesystem")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+
+
+def _switch_to_wal(connection: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock it needs.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite may answer SQLITE_BUSY at once,
+    without its busy handler, when connections race to switch (seen in a clean CI run: two processes
+    opening a new file together, one got "database is locked"). So this waits as the busy handler
+    would, up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            return str(connection.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as error:
+            busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _create_schema(connection: sqlite3.Connection, description: str) -> None:
