@@ -182,6 +182,16 @@ class HiddenListFull(TrainerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlinePassed(TrainerError):
+    """The caller's deadline ran out before a change was made: nothing is changed for a caller who
+    will never learn the outcome (and a retry after DEADLINE_EXCEEDED finds the state it left)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self) -> None:
+        super().__init__("the deadline passed before the call was handled; nothing was changed")
+
+
 class RootLost(TrainerError):
     """Another trainer took this trainer's lease on the model root: this one writes nothing more."""
 

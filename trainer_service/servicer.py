@@ -75,6 +75,14 @@ def _answering(context: grpc.ServicerContext, storage: StorageMessages | None = 
         _abort(context, errors.from_storage(exc, storage))
 
 
+def _before_deadline(context: grpc.ServicerContext) -> None:
+    """Raises DeadlinePassed when the caller's deadline has already run out: a change (a pin, hidden
+    movies) is not made for a caller who has stopped waiting and cannot know whether it was."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise errors.DeadlinePassed()
+
+
 def _timestamp(seconds: float) -> Timestamp | None:
     if not seconds:
         return None
@@ -189,6 +197,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def PinVersion(self, request: trainer_pb2.PinVersionRequest,
                    context: grpc.ServicerContext) -> trainer_pb2.PinVersionResponse:
         with _answering(context, storage=_PINNING):
+            _before_deadline(context)
             if request.version < 0:
                 raise InvalidRequest(f"version must be a published version number, or 0 to unpin; "
                                      f"got {request.version}")
@@ -200,6 +209,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                    context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:
         config = self._config
         with _answering(context, storage=_HIDING):
+            _before_deadline(context)
             return _changed_hidden(lambda: hidden_movies.hide(config.model_root, request.movie_ids,
                                                               config.publish_keys))
 
@@ -207,6 +217,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                      context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:
         config = self._config
         with _answering(context, storage=_HIDING):
+            _before_deadline(context)
             return _changed_hidden(lambda: hidden_movies.unhide(config.model_root, request.movie_ids,
                                                                 config.publish_keys))
 

@@ -33,8 +33,14 @@ class Aborted(Exception):
 
 
 class Context:
+    def __init__(self, remaining: float | None = None):
+        self.remaining = remaining
+
     def abort(self, code, details):
         raise Aborted(code, details)
+
+    def time_remaining(self):
+        return self.remaining
 
 
 @pytest.mark.parametrize(("failure", "code", "message"), [
@@ -73,3 +79,24 @@ def test_pin_version_answers_each_failure_with_its_status(monkeypatch, failure, 
     with pytest.raises(Aborted) as aborted:
         service.PinVersion(trainer_pb2.PinVersionRequest(version=9), Context())
     assert aborted.value.args[0] is code and aborted.value.args[1].startswith(message)
+
+
+def test_a_change_whose_caller_has_stopped_waiting_is_not_made(tmp_path, monkeypatch):
+    """PinVersion, HideMovies and UnhideMovies past their deadline change nothing and say so, so that a
+    caller's retry after DEADLINE_EXCEEDED finds the state it left (the fuzz re-reads the state then)."""
+    from trainer_service import servicer as servicer_module
+
+    calls = []
+    monkeypatch.setattr(servicer_module, "pin_version", lambda *args: calls.append(args))
+    monkeypatch.setattr(servicer_module.hidden_movies, "hide", lambda *args: calls.append(args))
+    monkeypatch.setattr(servicer_module.hidden_movies, "unhide", lambda *args: calls.append(args))
+    servicer = servicer_module.TrainerServicer.__new__(servicer_module.TrainerServicer)
+    servicer._config = type("Config", (), {"model_root": str(tmp_path), "publish_keys": None})()
+    for call, request in ((servicer.PinVersion, trainer_pb2.PinVersionRequest(version=1)),
+                          (servicer.HideMovies, trainer_pb2.HideMoviesRequest(movie_ids=[1])),
+                          (servicer.UnhideMovies, trainer_pb2.UnhideMoviesRequest(movie_ids=[1]))):
+        with pytest.raises(Aborted) as aborted:
+            call(request, Context(remaining=-0.001))
+        assert aborted.value.args[0] == grpc.StatusCode.DEADLINE_EXCEEDED and "nothing was changed" in \
+            aborted.value.args[1]
+    assert calls == []
