@@ -36,6 +36,7 @@ import numpy as np
 
 from movierec_common.movie_metadata import MovieMetadata
 from recommender_service.errors import FilterNeedsMetadata, InvalidRequest
+from recommender_service.sessions import first_occurrences
 
 MAX_EXCLUDE_MOVIE_IDS = 10_000
 MAX_ONLY_MOVIE_IDS = 100_000
@@ -228,14 +229,6 @@ class ResolvedFilter:
 NOTHING_RESOLVED = ResolvedFilter(None, _NO_IDS, [])
 
 
-def _first_unknown(ids: np.ndarray, indices: np.ndarray) -> list[int]:
-    unknown = ids[indices < 0]
-    if not unknown.size:
-        return []
-    _, first = np.unique(unknown, return_index=True)
-    return unknown[np.sort(first)].tolist()
-
-
 def _shown(name: str, limit: int = 100) -> str:
     """A caller's genre name as an error message quotes it: cut, so a 10 KB name cannot make the status
     message too large for the wire."""
@@ -275,20 +268,19 @@ def resolve(movie_filter: MovieFilter, movies: MovieMetadata, index_of_ids: Call
         return NOTHING_RESOLVED
     if movie_filter.needs_metadata and not movies.present:
         raise FilterNeedsMetadata()
-    unknown: list[int] = []
+    unknown = [_NO_IDS, _NO_IDS]  # the ids of each list the version does not know
     exclude = _NO_IDS
     if movie_filter.exclude_movie_ids.size:
         indices = index_of_ids(movie_filter.exclude_movie_ids)
-        unknown = _first_unknown(movie_filter.exclude_movie_ids, indices)
+        unknown[0] = movie_filter.exclude_movie_ids[indices < 0]
         exclude = distinct_sorted(indices[indices >= 0])
     subset = _metadata_subset(movie_filter, movies, cache) if movie_filter.needs_metadata else None
     if movie_filter.only_movie_ids.size:
         indices = index_of_ids(movie_filter.only_movie_ids)
-        for movie_id in _first_unknown(movie_filter.only_movie_ids, indices):
-            if movie_id not in unknown:
-                unknown.append(movie_id)
+        unknown[1] = movie_filter.only_movie_ids[indices < 0]
         only = distinct_sorted(indices[indices >= 0])
         if subset is not None:
             only = only[subset.mask[only]]
         subset = Subset(only, len(movies))
-    return ResolvedFilter(subset, exclude, unknown)
+    # exclude_movie_ids' unknown ids first, then only_movie_ids', each once, in request order
+    return ResolvedFilter(subset, exclude, first_occurrences(np.concatenate(unknown)))

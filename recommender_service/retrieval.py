@@ -53,6 +53,12 @@ class Recommendation:
     eligible_movies: int = 0  # movies that passed the filter, exclude_seen and the hidden movies
 
 
+def _merged(first: list[int], then: list[int]) -> list[int]:
+    """Unknown ids as a response reports them: ``first``'s, then ``then``'s not among them, each once (a
+    dict, not a list scan: an id list may hold 100,000 unknown ids)."""
+    return list(dict.fromkeys([*first, *then])) if then else first
+
+
 def _not_in(indices: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     """bool per entry of ``indices``: not in ``excluded`` (ascending, distinct): one binary search each,
     so checking a ranking row of 100 against 10,000 exclusions costs microseconds, not a sort."""
@@ -256,12 +262,9 @@ class Retriever:
         if restriction.exclude.size:
             exclude = sorted_union(excluded, restriction.exclude)
         indices, scores = self.top_k.top_k(query, k, exclude, restriction.subset)
-        subset = restriction.subset
-        eligible = (subset.size - subset.count_among(exclude)) if subset is not None else self.num_items - exclude.size
-        unknown_ids = list(unknown or [])
-        unknown_ids += [i for i in restriction.unknown_movie_ids if i not in unknown_ids]
-        return Recommendation(self._scored(indices, scores), cold_start=False, unknown_movie_ids=unknown_ids,
-                              eligible_movies=eligible)
+        return Recommendation(self._scored(indices, scores), cold_start=False,
+                              unknown_movie_ids=_merged(unknown or [], restriction.unknown_movie_ids),
+                              eligible_movies=self._eligible(restriction, excluded))
 
     def recommend_session(self, user_id: str, k: int, recent_movie_ids: Sequence[int] | np.ndarray,
                           exclude_seen: bool = True,
@@ -285,8 +288,7 @@ class Retriever:
         recent = indices[known]
         if recent.size == 0:
             answer = self.recommend(user_id, k, exclude_seen, restriction)
-            return replace(answer, unknown_movie_ids=unknown + [i for i in answer.unknown_movie_ids
-                                                                 if i not in unknown])
+            return replace(answer, unknown_movie_ids=_merged(unknown, answer.unknown_movie_ids))
         user_index = self._user_index.get(user_id)
         if user_index is None:
             query = self.sessions.for_visitor(recent)
