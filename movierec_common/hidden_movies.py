@@ -176,23 +176,27 @@ def stamp(root: str) -> str | None:
 # --------------------------------------------------------------------------- changing (the trainer)
 
 
-def hide(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | None = None) -> HiddenRules:
-    """Adds movie_ids to root's hidden movies; returns the rules now in force.
+def hide(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | None = None,
+         before_write: Callable[[], None] | None = None) -> HiddenRules:
+    """Adds movie_ids to root's hidden movies; returns the rules now in force. ``before_write`` runs
+    under the lock just before a change is written, as the last moment to refuse: if it raises, nothing is.
 
     Raises HiddenRequestInvalid, HiddenListFull, HiddenRulesDamaged,
     RootUnreachable, root_lease.RootLeaseLost.
     """
-    return _change(root, movie_ids, keys, "hide", np.union1d)
+    return _change(root, movie_ids, keys, "hide", np.union1d, before_write)
 
 
-def unhide(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | None = None) -> HiddenRules:
+def unhide(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | None = None,
+           before_write: Callable[[], None] | None = None) -> HiddenRules:
     """Takes movie_ids off root's hidden movies (ids not on it are ignored); returns the rules now in force.
     Raises as :func:`hide` does, except HiddenListFull."""
-    return _change(root, movie_ids, keys, "unhide", np.setdiff1d)
+    return _change(root, movie_ids, keys, "unhide", np.setdiff1d, before_write)
 
 
 def _change(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | None, verb: str,
-            combine: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> HiddenRules:
+            combine: Callable[[np.ndarray, np.ndarray], np.ndarray],
+            before_write: Callable[[], None] | None) -> HiddenRules:
     if not len(movie_ids):
         raise HiddenRequestInvalid(f"no movie ids to {verb}: give at least one")
     if len(movie_ids) > MAX_IDS_PER_CALL:
@@ -210,6 +214,8 @@ def _change(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | 
                                  "unhide some first")
         rules = HiddenRules.of(ids, max(time.time_ns() // 1_000_000, current.sequence + 1))
         root_lease.confirm(root)  # still this trainer's root: nobody else is writing the rules
+        if before_write is not None:
+            before_write()  # the last moment to refuse (a caller's passed deadline): raising writes nothing
         model_root.write_bytes(location(root), document(rules, keys))
     event(log, "movies hidden" if verb == "hide" else "movies unhidden", asked=int(asked.size),
           hidden_movies=int(rules.movie_ids.size), sequence=rules.sequence, previous_sequence=current.sequence,

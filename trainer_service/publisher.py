@@ -313,13 +313,16 @@ def root_versions(root: str) -> RootVersions:
     return RootVersions(versions=found, pinned_version=pinned)
 
 
-def pin_version(root: str, version: int | None, keys: PublishingKeys | None = None) -> int | None:
+def pin_version(root: str, version: int | None, keys: PublishingKeys | None = None,
+                before_write: Callable[[], None] | None = None) -> int | None:
     """Pins every recommender watching root to ``version`` (None unpins); returns the previous pin.
 
     Only a complete version can be pinned (VersionNotFound otherwise), and
     retention then keeps it. A damaged pin file is simply replaced. With
     ``keys`` (the trainer's --publish-key-file) the pin, and an unpin, are
-    signed (model_root.write_pin).
+    signed (model_root.write_pin). ``before_write`` runs under the lock just
+    before the pin is written, as the last moment to refuse: if it raises,
+    nothing is written (the trainer checks the caller's deadline there).
     """
     if version is not None and version < 1:
         raise ValueError(f"versions are positive, got {version}")
@@ -336,6 +339,8 @@ def pin_version(root: str, version: int | None, keys: PublishingKeys | None = No
             raise VersionNotFound(
                 f"version {version} is not a complete version in the model root {root} (never published, still "
                 f"being written, or deleted); complete versions: {known}. `movierec versions` lists them")
+        if before_write is not None:
+            before_write()
         write_pin(root, version, keys)
     if version is None:
         event(log, "versions unpinned: recommenders follow the newest valid version", previous=previous)

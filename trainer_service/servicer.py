@@ -77,7 +77,9 @@ def _answering(context: grpc.ServicerContext, storage: StorageMessages | None = 
 
 def _before_deadline(context: grpc.ServicerContext) -> None:
     """Raises DeadlinePassed when the caller's deadline has already run out: a change (a pin, hidden
-    movies) is not made for a caller who has stopped waiting and cannot know whether it was."""
+    movies) is not made for a caller who has stopped waiting and cannot know whether it was. Checked on
+    entry and again under the writer's lock just before the write; a write already under way when the
+    deadline passes still lands (as with any RPC, DEADLINE_EXCEEDED then means "maybe")."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         raise errors.DeadlinePassed()
@@ -201,7 +203,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             if request.version < 0:
                 raise InvalidRequest(f"version must be a published version number, or 0 to unpin; "
                                      f"got {request.version}")
-            previous = pin_version(self._config.model_root, request.version or None, self._config.publish_keys)
+            previous = pin_version(self._config.model_root, request.version or None, self._config.publish_keys,
+                                   before_write=lambda: _before_deadline(context))
             return trainer_pb2.PinVersionResponse(pinned_version=request.version,
                                                   previous_pinned_version=previous or 0)
 
@@ -211,15 +214,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         with _answering(context, storage=_HIDING):
             _before_deadline(context)
             return _changed_hidden(lambda: hidden_movies.hide(config.model_root, request.movie_ids,
-                                                              config.publish_keys))
+                                                              config.publish_keys, lambda: _before_deadline(context)))
 
     def UnhideMovies(self, request: trainer_pb2.UnhideMoviesRequest,
                      context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:
         config = self._config
         with _answering(context, storage=_HIDING):
             _before_deadline(context)
-            return _changed_hidden(lambda: hidden_movies.unhide(config.model_root, request.movie_ids,
-                                                                config.publish_keys))
+            return _changed_hidden(lambda: hidden_movies.unhide(
+                config.model_root, request.movie_ids, config.publish_keys, lambda: _before_deadline(context)))
 
     def ListHiddenMovies(self, request: trainer_pb2.ListHiddenMoviesRequest,
                          context: grpc.ServicerContext) -> trainer_pb2.HiddenMovies:

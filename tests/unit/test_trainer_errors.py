@@ -33,13 +33,17 @@ class Aborted(Exception):
 
 
 class Context:
-    def __init__(self, remaining: float | None = None):
+    """``remaining``: the time left, or a list of the answers to successive time_remaining() calls."""
+
+    def __init__(self, remaining: float | list[float] | None = None):
         self.remaining = remaining
 
     def abort(self, code, details):
         raise Aborted(code, details)
 
     def time_remaining(self):
+        if isinstance(self.remaining, list):
+            return self.remaining.pop(0) if len(self.remaining) > 1 else self.remaining[0]
         return self.remaining
 
 
@@ -71,7 +75,7 @@ def test_list_versions_answers_a_storage_failure_with_its_status(monkeypatch, fa
      "version 9 is not a complete version"),
 ])
 def test_pin_version_answers_each_failure_with_its_status(monkeypatch, failure, code, message):
-    def failing(root, version, keys):
+    def failing(root, version, keys, before_write=None):
         raise failure
 
     monkeypatch.setattr(servicer, "pin_version", failing)
@@ -100,3 +104,29 @@ def test_a_change_whose_caller_has_stopped_waiting_is_not_made(tmp_path, monkeyp
         assert aborted.value.args[0] == grpc.StatusCode.DEADLINE_EXCEEDED and "nothing was changed" in \
             aborted.value.args[1]
     assert calls == []
+
+
+def test_a_deadline_that_passes_before_the_write_changes_nothing(tmp_path):
+    """The deadline is checked again under the writer's lock just before writing: a caller whose time ran
+    out while the trainer read the current state finds that state unchanged (real pin and hidden files)."""
+    from movierec_common import hidden_movies
+    from movierec_common.artifact import VersionMetadata
+    from movierec_common.model_root import read_pin
+    from tests.artifacts import tiny_artifact
+    from trainer_service.publisher import publish
+
+    root = str(tmp_path / "models")
+    version = publish(root, tiny_artifact(), VersionMetadata(model_kind="test"))
+    service = servicer.TrainerServicer(manager=None, config=TrainerConfig(model_root=root))
+    for call, request in ((service.PinVersion, trainer_pb2.PinVersionRequest(version=version)),
+                          (service.HideMovies, trainer_pb2.HideMoviesRequest(movie_ids=[1]))):
+        with pytest.raises(Aborted) as aborted:
+            call(request, Context(remaining=[1.0, -0.001]))  # time on entry, none left at the write
+        assert aborted.value.args[0] == grpc.StatusCode.DEADLINE_EXCEEDED, aborted.value.args
+    assert read_pin(root) is None
+    assert hidden_movies.read_rules(root).movie_ids.size == 0
+    # With time left at both checks, the same calls do change the state (the test can fail).
+    service.PinVersion(trainer_pb2.PinVersionRequest(version=version), Context(remaining=[1.0, 1.0]))
+    service.HideMovies(trainer_pb2.HideMoviesRequest(movie_ids=[1]), Context(remaining=[1.0, 1.0]))
+    assert read_pin(root) == version
+    assert list(hidden_movies.read_rules(root).movie_ids) == [1]
