@@ -414,6 +414,28 @@ class DatasetFacts(_Record):
 
 
 @dataclass(frozen=True)
+class InteractionsRecord(_Record):
+    """Recorded interactions (the event store's) added to the version's base data: every one stored in
+    the store ``store_id`` with a sequence up to ``watermark``. A recommender serving the version counts
+    a user's interactions after the watermark as their fresh history, and those at or below it not
+    again (they are in the model); a watermark from another store means nothing there.
+
+    The counts say what became of them: ``read`` up to the watermark; ``unknown_movies`` of movies the
+    items data does not list (left out); ``replaced`` (user, movie) pairs given again, by a later
+    interaction or over the base data (the latest wins); ``used`` interactions that are in the training
+    data; ``new_users`` users the base data did not have."""
+
+    store_id: str = ""
+    store: str = ""  # the store's description (its URL, password redacted), for people
+    watermark: int = 0
+    read: int = 0
+    used: int = 0
+    replaced: int = 0
+    unknown_movies: int = 0
+    new_users: int = 0
+
+
+@dataclass(frozen=True)
 class MovieFactsRecord(_Record):
     """The version's movie metadata (movie_metadata.MovieMetadata): its genre names, in the
     source's order (bit g of a movie's genre mask is genres[g]), and the side arrays holding
@@ -489,6 +511,8 @@ class VersionMetadata(_Record):
     # Genres and years beside the SavedModel (movie_metadata); None: published before metadata
     # existed, which serves with no genres, unknown years and no genre counts.
     movies: MovieFactsRecord | None = None
+    # Recorded interactions added to the base data; None: trained on the base data alone.
+    interactions: InteractionsRecord | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)  # the manifest, filled in by write_version
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this release does not know, kept as read

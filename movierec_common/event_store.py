@@ -35,11 +35,17 @@ included, passes through as it is and is never disguised as unavailability.
 
 The schema is versioned (``movierec_meta.schema_version``) and created on first use, under each
 engine's write lock so that two processes using a new store at once do not both create it.
+
+**One identity.** A store is named by a random ``store_id`` (``movierec_meta.store_id``), made with its
+schema. A watermark means something only in the store that numbered it: a version trained on
+interactions records the id beside its watermark, and a recommender following another store (a new
+file, another database) knows not to trust it.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +136,24 @@ class EventStore(ABC):
     """
 
     description: str  # for logs and status: the URL with any password redacted
+    _store_id: str = ""  # set by ensure_schema
+
+    @property
+    def store_id(self) -> str:
+        """This store's random identity (see the module's rules); raises as :meth:`ensure_schema` does."""
+        self.ensure_schema()
+        return self._store_id
+
+    def read_up_to(self, watermark: int, page: int = 50_000) -> Iterable[list[StoredInteraction]]:
+        """Every stored interaction with ``sequence <= watermark``, ascending, in pages of at most ``page``
+        (what the trainer reads to add interactions to its data, without holding one huge result)."""
+        after = 0
+        while after < watermark:
+            rows = [row for row in self.read_after(after, page) if row.sequence <= watermark]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].sequence
 
     @abstractmethod
     def record(self, interactions: Sequence[Interaction]) -> RecordOutcome:
@@ -183,6 +207,14 @@ def check_schema_version(found: int, description: str) -> None:
     if found > SCHEMA_VERSION:
         raise IncompatibleStore(f"event store {description} has schema version {found}, newer than the "
                                 f"{SCHEMA_VERSION} this movierec knows: upgrade movierec, or point --events elsewhere")
+
+
+def new_store_id() -> str:
+    """A store's identity, made once with its schema."""
+    return uuid.uuid4().hex
+
+
+STORE_ID_KEY = "store_id"
 
 
 def chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -42,6 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 from movierec_common.event_store import (
     META_TABLE,
     SCHEMA_VERSION,
+    STORE_ID_KEY,
     TABLE,
     EventStore,
     Interaction,
@@ -49,6 +50,7 @@ from movierec_common.event_store import (
     StoredInteraction,
     StoreUnavailable,
     check_schema_version,
+    new_store_id,
     plan_batch,
 )
 
@@ -194,21 +196,28 @@ class PostgresEventStore(EventStore):
             return
         with self._schema_lock:
             if not self._schema_ready:
-                self._run(self._create_schema)
+                self._store_id = self._run(self._create_schema)
                 self._schema_ready = True
 
-    def _create_schema(self, connection: Connection) -> None:
+    def _create_schema(self, connection: Connection) -> str:
+        """Returns the store's id (made here if missing)."""
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK_KEY,))
             connection.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = connection.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'").fetchone()
             if row is not None:
                 check_schema_version(int(row[0]), self.description)
-                return
-            for statement in _SCHEMA:
-                connection.execute(statement)
-            connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('schema_version', %s)",
-                               (str(SCHEMA_VERSION),))
+            else:
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('schema_version', %s)",
+                                   (str(SCHEMA_VERSION),))
+            row = connection.execute(f"SELECT value FROM {META_TABLE} WHERE key = %s", (STORE_ID_KEY,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            store_id = new_store_id()
+            connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES (%s, %s)", (STORE_ID_KEY, store_id))
+            return store_id
 
     def record(self, interactions: Sequence[Interaction]) -> RecordOutcome:
         self.ensure_schema()

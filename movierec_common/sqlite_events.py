@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from movierec_common.event_store import (
     META_TABLE,
     SCHEMA_VERSION,
+    STORE_ID_KEY,
     TABLE,
     EventStore,
     IncompatibleStore,
@@ -36,6 +37,7 @@ from movierec_common.event_store import (
     StoreUnavailable,
     check_schema_version,
     chunks,
+    new_store_id,
     plan_batch,
 )
 
@@ -150,7 +152,7 @@ class SqliteEventStore(EventStore):
             return
         with self._schema_lock:
             if not self._schema_ready:
-                self._write(lambda connection: _create_schema(connection, self.description))
+                self._store_id = self._write(lambda connection: _create_schema(connection, self.description))
                 self._schema_ready = True
 
     def record(self, interactions: Sequence[Interaction]) -> RecordOutcome:
@@ -237,17 +239,24 @@ def _switch_to_wal(connection: sqlite3.Connection) -> str:
             delay = min(delay * 2, 0.1)
 
 
-def _create_schema(connection: sqlite3.Connection, description: str) -> None:
+def _create_schema(connection: sqlite3.Connection, description: str) -> str:
     """Inside the writer's BEGIN IMMEDIATE: a second process opening a new file waits for the first one's
-    commit, then finds the version and creates nothing."""
+    commit, then finds the version and creates nothing. Returns the store's id (made here if missing)."""
     connection.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     row = connection.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'").fetchone()
     if row is not None:
         check_schema_version(int(row[0]), description)
-        return
-    for statement in _SCHEMA:
-        connection.execute(statement)
-    connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    else:
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+    row = connection.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", (STORE_ID_KEY,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    store_id = new_store_id()
+    connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)", (STORE_ID_KEY, store_id))
+    return store_id
 
 
 def _latest(connection: sqlite3.Connection) -> int:

@@ -82,6 +82,32 @@ def test_an_empty_store(store):
     assert store.record([]).watermark == 0
 
 
+def test_a_store_keeps_one_identity_and_another_store_has_its_own(store_url, tmp_path):
+    first = open_store(store_url)
+    assert first is not None
+    identity = first.store_id
+    assert len(identity) == 32 and int(identity, 16) >= 0
+    first.close()
+    again = open_store(store_url)
+    assert again is not None and again.store_id == identity  # kept in the store, not made per opener
+    again.close()
+    other = open_store(f"sqlite:///{tmp_path}/other/events.sqlite")
+    assert other is not None and other.store_id != identity
+    other.close()
+
+
+def test_read_up_to_pages_through_a_watermark(store):
+    store.record(_batch("a", 7))
+    middle = store.record(_batch("b", 5)).watermark
+    store.record(_batch("c", 3))
+    pages = list(store.read_up_to(middle, page=4))
+    assert [len(page) for page in pages] == [4, 4, 4]
+    rows = [row for page in pages for row in page]
+    assert [row.interaction for row in rows] == _batch("a", 7) + _batch("b", 5)
+    assert rows[-1].sequence == middle
+    assert list(store.read_up_to(0)) == []
+
+
 def test_a_resend_stores_nothing(store):
     batch = _batch("r", 5)
     first = store.record(batch)
@@ -241,8 +267,9 @@ def test_two_processes_share_one_sqlite_file(tmp_path):
     assert len(rows) == 400 and len({row.interaction.event_id for row in rows}) == 400
     assert [row.sequence for row in rows] == list(range(1, 401))
     with sqlite3.connect(tmp_path / "events.sqlite") as connection:
-        assert connection.execute("SELECT key, value FROM movierec_meta").fetchall() == [
-            ("schema_version", str(SCHEMA_VERSION))]
+        meta = connection.execute("SELECT key, value FROM movierec_meta ORDER BY key").fetchall()
+    assert [key for key, _ in meta] == ["schema_version", "store_id"], meta  # made once, by one of them
+    assert meta[0][1] == str(SCHEMA_VERSION)
 
 
 def test_sqlite_is_durable_on_commit(tmp_path):
