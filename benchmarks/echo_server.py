@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
-from movierec_common.grpc_server import build_server, wait_for_termination
+from movierec_common.graceful_stop import wait_for_termination
+from movierec_common.grpc_server import build_server
 
 SERVICE_NAME = "movierec.v1.Recommender"
 

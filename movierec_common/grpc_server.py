@@ -1,4 +1,4 @@
-"""What both gRPC servers share: health, reflection, limits and a graceful stop.
+"""What both gRPC servers share: health, reflection, limits and the gate a graceful stop closes.
 
 Kept in one place so the two servers cannot drift apart in how they start,
 report health and shut down (the grpc examples' ``health_checking`` and
@@ -7,15 +7,12 @@ route_guide lifecycles, made explicit).
 
 from __future__ import annotations
 
-import faulthandler
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, TypeAlias
 
 import grpc
@@ -24,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 
 from movierec_common import metrics
-from movierec_common.logs import event
+from movierec_common.graceful_stop import StopGate
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +41,7 @@ class ServerHandle:
     health: health.HealthServicer
     port: int
     service_names: tuple[str, ...]
+    gate: StopGate
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -375,7 +373,8 @@ def build_server(
     ``with_metrics`` counts and times every call (:class:`MetricsInterceptor`);
     off, nothing of it is on the request path.
     """
-    chain: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor(), *interceptors]
+    gate = StopGate()
+    chain: list[grpc.ServerInterceptor] = [gate, MalformedRequestInterceptor(), *interceptors]
     observer = MetricsInterceptor() if with_metrics else None
     if observer is not None:
         chain.insert(0, observer)
@@ -401,53 +400,6 @@ def build_server(
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
-    handle = ServerHandle(server=server, health=health_servicer, port=port, service_names=names)
+    handle = ServerHandle(server=server, health=health_servicer, port=port, service_names=names, gate=gate)
     handle.set_serving(False)
     return handle
-
-
-# How often the main thread wakes while it waits for a stop signal. A signal
-# the kernel hands to another thread (TensorFlow and gRPC start many) only
-# sets CPython's flag; the main thread runs the handler the next time it runs
-# Python code, which a wait without a timeout would never do.
-_SIGNAL_POLL_SECONDS = 0.5
-
-
-def wait_for_termination(handle: ServerHandle, on_stop: Callable[[], None] = lambda: None, grace: float = 10.0,
-                         drain: float = 1.0, stop_budget: float = 30.0, linger: float = 0.5) -> None:
-    """Blocks until SIGTERM/SIGINT, then stops gracefully.
-
-    Health turns NOT_SERVING first, and for ``drain`` seconds the server keeps
-    answering: clients balancing over replicas watch that status and stop
-    sending here within milliseconds, so no call of theirs lands on a server
-    that is already refusing (measured with three replicas under load: a call
-    failed CANCELLED in 2 of 6 SIGTERMs without the pause, in none of 8 with
-    it). Then new calls are refused, in-flight calls get ``grace`` seconds,
-    and ``on_stop`` (cancelling a training job, stopping a watcher) runs so
-    nothing is left half-done.
-
-    A stop that overruns all of that (``drain + grace + stop_budget`` and a
-    margin) is a bug, not a reason to hang until an orchestrator's SIGKILL:
-    every thread's stack goes to stderr and the process exits with status 1,
-    so the log shows where it was stuck.
-    """
-    stop = threading.Event()
-
-    def _signal(signum: int, _frame: FrameType | None) -> None:
-        event(log, "shutdown requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
-    while not stop.wait(_SIGNAL_POLL_SECONDS):
-        pass
-    faulthandler.dump_traceback_later(drain + grace + stop_budget + linger + 10.0, exit=True)
-    handle.set_serving(False)
-    time.sleep(drain)
-    done = handle.server.stop(grace)
-    on_stop()
-    done.wait(grace + 5)
-    # Answers handed to gRPC may still be crossing the wire when every call counts as done: a 6 MB
-    # RecommendBatch answer was cut by the process exiting right after (a clean CI run, under load).
-    time.sleep(linger)
-    event(log, "stopped")

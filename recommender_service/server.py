@@ -15,7 +15,8 @@ import argparse
 import logging
 
 from movierec_common import logs, metrics, security, signing
-from movierec_common.grpc_server import build_server, wait_for_termination
+from movierec_common.graceful_stop import wait_for_termination
+from movierec_common.grpc_server import build_server
 from movierec_common.logs import event
 
 log = logging.getLogger("movierec.recommender")
