@@ -55,6 +55,9 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 META_TABLE = "movierec_meta"
 TABLE = "movierec_interactions"
+# Each recommender replica's running count of judged recommendations and hits per version (see
+# EventStore.report_online): a few rows, rewritten every few seconds, never a write per call.
+ONLINE_TABLE = "movierec_online_outcomes"
 
 ACCEPTED_FORMS = ("sqlite:///ABSOLUTE/PATH", "sqlite:RELATIVE/PATH", "postgresql://USER:PASSWORD@HOST:PORT/DB",
                   "postgres://...", "none")
@@ -104,6 +107,22 @@ class RecordOutcome:
     stored: int
     duplicates: int
     watermark: int
+
+
+@dataclass(frozen=True)
+class OnlineOutcome:
+    """Recommendations judged (followed by their user's next 10 interactions, or 24 hours old) and how
+    many of them were hits (one of those interactions was with a recommended movie)."""
+
+    judged: int = 0
+    hits: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.judged if self.judged else 0.0
+
+    def __add__(self, other: OnlineOutcome) -> OnlineOutcome:
+        return OnlineOutcome(self.judged + other.judged, self.hits + other.hits)
 
 
 class EventStoreError(Exception):
@@ -169,6 +188,16 @@ class EventStore(ABC):
     @abstractmethod
     def latest_sequence(self) -> int:
         """The highest sequence stored (0 for an empty store)."""
+
+    @abstractmethod
+    def report_online(self, replica: str, outcomes: Mapping[int, OnlineOutcome]) -> None:
+        """Stores ``replica``'s running totals per model version (replacing what it reported before), in
+        one transaction. A replica reports every few seconds; a restarted one reports under a new name,
+        so what its predecessor counted stays."""
+
+    @abstractmethod
+    def online_outcomes(self) -> dict[int, OnlineOutcome]:
+        """Every version's outcomes, summed over the replicas that reported them."""
 
     @abstractmethod
     def ensure_schema(self) -> None:

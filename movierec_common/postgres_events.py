@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -41,11 +41,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from movierec_common.event_store import (
     META_TABLE,
+    ONLINE_TABLE,
     SCHEMA_VERSION,
     STORE_ID_KEY,
     TABLE,
     EventStore,
     Interaction,
+    OnlineOutcome,
     RecordOutcome,
     StoredInteraction,
     StoreUnavailable,
@@ -90,6 +92,10 @@ _INSERT = (f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT e, u, m, r, o, c FROM unnes
            "WITH ORDINALITY AS batch(e, u, m, r, o, c, n) ORDER BY n")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+# Made on every schema check, not only with a new store: stores made before it existed get it too.
+_ONLINE_SCHEMA = (f"CREATE TABLE IF NOT EXISTS {ONLINE_TABLE} (replica TEXT NOT NULL, version BIGINT NOT NULL, "
+                  f"judged BIGINT NOT NULL, hits BIGINT NOT NULL, PRIMARY KEY (replica, version))")
+
 T = TypeVar("T")
 
 
@@ -212,6 +218,7 @@ class PostgresEventStore(EventStore):
                     connection.execute(statement)
                 connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('schema_version', %s)",
                                    (str(SCHEMA_VERSION),))
+            connection.execute(_ONLINE_SCHEMA)
             row = connection.execute(f"SELECT value FROM {META_TABLE} WHERE key = %s", (STORE_ID_KEY,)).fetchone()
             if row is not None:
                 return str(row[0])
@@ -253,6 +260,27 @@ class PostgresEventStore(EventStore):
     def latest_sequence(self) -> int:
         self.ensure_schema()
         return self._run(_latest)
+
+    def report_online(self, replica: str, outcomes: Mapping[int, OnlineOutcome]) -> None:
+        self.ensure_schema()
+        rows = [(replica, version, outcome.judged, outcome.hits) for version, outcome in outcomes.items()]
+        if not rows:
+            return
+
+        def write(connection: Connection) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO {ONLINE_TABLE} (replica, version, judged, hits) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (replica, version) DO UPDATE SET judged = excluded.judged, hits = excluded.hits",
+                    rows)
+
+        self._run(write)
+
+    def online_outcomes(self) -> dict[int, OnlineOutcome]:
+        self.ensure_schema()
+        rows = self._run(lambda connection: connection.execute(
+            f"SELECT version, sum(judged), sum(hits) FROM {ONLINE_TABLE} GROUP BY version").fetchall())
+        return {int(version): OnlineOutcome(int(judged), int(hits)) for version, judged, hits in rows}
 
     def close(self) -> None:
         with self._lock:

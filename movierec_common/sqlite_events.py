@@ -20,18 +20,20 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from movierec_common.event_store import (
     META_TABLE,
+    ONLINE_TABLE,
     SCHEMA_VERSION,
     STORE_ID_KEY,
     TABLE,
     EventStore,
     IncompatibleStore,
     Interaction,
+    OnlineOutcome,
     RecordOutcome,
     StoredInteraction,
     StoreUnavailable,
@@ -72,6 +74,10 @@ _SCHEMA = (
     # A user's history in store order: what a replica reads at start and the trainer joins.
     f"CREATE INDEX {TABLE}_user_sequence ON {TABLE} (user_id, sequence)",
 )
+
+# Made on every schema check, not only with a new store: stores made before it existed get it too.
+_ONLINE_SCHEMA = (f"CREATE TABLE IF NOT EXISTS {ONLINE_TABLE} (replica TEXT NOT NULL, version INTEGER NOT NULL, "
+                  f"judged INTEGER NOT NULL, hits INTEGER NOT NULL, PRIMARY KEY (replica, version))")
 
 T = TypeVar("T")
 
@@ -186,6 +192,19 @@ class SqliteEventStore(EventStore):
     def latest_sequence(self) -> int:
         return self._read(_latest)
 
+    def report_online(self, replica: str, outcomes: Mapping[int, OnlineOutcome]) -> None:
+        self.ensure_schema()
+        rows = [(replica, version, outcome.judged, outcome.hits) for version, outcome in outcomes.items()]
+        if rows:
+            self._write(lambda connection: connection.executemany(
+                f"INSERT INTO {ONLINE_TABLE} (replica, version, judged, hits) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (replica, version) DO UPDATE SET judged = excluded.judged, hits = excluded.hits", rows))
+
+    def online_outcomes(self) -> dict[int, OnlineOutcome]:
+        rows = self._read(lambda connection: connection.execute(
+            f"SELECT version, sum(judged), sum(hits) FROM {ONLINE_TABLE} GROUP BY version").fetchall())
+        return {int(version): OnlineOutcome(int(judged), int(hits)) for version, judged, hits in rows}
+
     def settings(self) -> dict[str, object]:
         """The writer connection's durability settings, as SQLite reports them (for status and tests):
         ``journal_mode`` ('wal'), ``synchronous`` (2 = FULL), ``busy_timeout`` (ms)."""
@@ -251,6 +270,7 @@ def _create_schema(connection: sqlite3.Connection, description: str) -> str:
             connection.execute(statement)
         connection.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('schema_version', ?)",
                            (str(SCHEMA_VERSION),))
+    connection.execute(_ONLINE_SCHEMA)
     row = connection.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", (STORE_ID_KEY,)).fetchone()
     if row is not None:
         return str(row[0])

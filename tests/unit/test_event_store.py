@@ -17,6 +17,7 @@ from movierec_common.event_store import (
     EventConflict,
     IncompatibleStore,
     Interaction,
+    OnlineOutcome,
     StoreUnavailable,
     default_url,
     open_store,
@@ -106,6 +107,17 @@ def test_read_up_to_pages_through_a_watermark(store):
     assert [row.interaction for row in rows] == _batch("a", 7) + _batch("b", 5)
     assert rows[-1].sequence == middle
     assert list(store.read_up_to(0)) == []
+
+
+def test_online_outcomes_are_each_replicas_latest_totals_summed_per_version(store):
+    assert store.online_outcomes() == {}
+    store.report_online("replica-a", {3: OnlineOutcome(10, 4), 4: OnlineOutcome(2, 1)})
+    store.report_online("replica-b", {3: OnlineOutcome(5, 1)})
+    store.report_online("replica-a", {3: OnlineOutcome(12, 5)})  # running totals: replaces its 10/4
+    store.report_online("replica-c", {})
+    outcomes = store.online_outcomes()
+    assert outcomes == {3: OnlineOutcome(17, 6), 4: OnlineOutcome(2, 1)}
+    assert outcomes[3].hit_rate == pytest.approx(6 / 17) and OnlineOutcome().hit_rate == 0.0
 
 
 def test_a_resend_stores_nothing(store):

@@ -57,18 +57,20 @@ class RecommendedItem(_message.Message):
     def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., genres: _Optional[_Iterable[str]] = ..., year: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "cold_start", "unknown_movie_ids", "eligible_movies")
+    __slots__ = ("items", "model_version", "cold_start", "unknown_movie_ids", "eligible_movies", "recommendation_id")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_MOVIES_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: int
     cold_start: bool
     unknown_movie_ids: _containers.RepeatedScalarFieldContainer[int]
     eligible_movies: int
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., cold_start: _Optional[bool] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ..., eligible_movies: _Optional[int] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., cold_start: _Optional[bool] = ..., unknown_movie_ids: _Optional[_Iterable[int]] = ..., eligible_movies: _Optional[int] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("user_ids", "k", "exclude_seen", "filter")
@@ -83,16 +85,18 @@ class RecommendBatchRequest(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class UserRecommendations(_message.Message):
-    __slots__ = ("user_id", "items", "cold_start", "eligible_movies")
+    __slots__ = ("user_id", "items", "cold_start", "eligible_movies", "recommendation_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_MOVIES_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     cold_start: bool
     eligible_movies: int
-    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_movies: _Optional[int] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_movies: _Optional[int] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class RecommendBatchResponse(_message.Message):
     __slots__ = ("results", "model_version", "unknown_movie_ids")
@@ -168,7 +172,7 @@ class ModelVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., reason: _Optional[str] = ..., model_kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem", "genres", "hidden_movies", "hidden_sequence", "hidden_problem")
+    __slots__ = ("served_version", "model_kind", "loaded_at", "model_root", "pinned_version", "versions", "metrics", "num_users", "num_items", "pin_source", "pin_problem", "genres", "hidden_movies", "hidden_sequence", "hidden_problem", "events_store", "events_followed", "fresh_interactions", "fresh_users", "events_problem", "online_judged", "online_hit_rate")
     class PinSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PIN_SOURCE_UNSPECIFIED: _ClassVar[ModelStatus.PinSource]
@@ -199,6 +203,13 @@ class ModelStatus(_message.Message):
     HIDDEN_MOVIES_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_STORE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FOLLOWED_FIELD_NUMBER: _ClassVar[int]
+    FRESH_INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_USERS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_JUDGED_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     served_version: int
     model_kind: str
     loaded_at: _timestamp_pb2.Timestamp
@@ -214,7 +225,14 @@ class ModelStatus(_message.Message):
     hidden_movies: int
     hidden_sequence: int
     hidden_problem: str
-    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ..., genres: _Optional[_Iterable[_Union[GenreCount, _Mapping]]] = ..., hidden_movies: _Optional[int] = ..., hidden_sequence: _Optional[int] = ..., hidden_problem: _Optional[str] = ...) -> None: ...
+    events_store: str
+    events_followed: int
+    fresh_interactions: int
+    fresh_users: int
+    events_problem: str
+    online_judged: int
+    online_hit_rate: float
+    def __init__(self, served_version: _Optional[int] = ..., model_kind: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_root: _Optional[str] = ..., pinned_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., pin_source: _Optional[_Union[ModelStatus.PinSource, str]] = ..., pin_problem: _Optional[str] = ..., genres: _Optional[_Iterable[_Union[GenreCount, _Mapping]]] = ..., hidden_movies: _Optional[int] = ..., hidden_sequence: _Optional[int] = ..., hidden_problem: _Optional[str] = ..., events_store: _Optional[str] = ..., events_followed: _Optional[int] = ..., fresh_interactions: _Optional[int] = ..., fresh_users: _Optional[int] = ..., events_problem: _Optional[str] = ..., online_judged: _Optional[int] = ..., online_hit_rate: _Optional[float] = ...) -> None: ...
 
 class GenreCount(_message.Message):
     __slots__ = ("name", "movies")
@@ -225,18 +243,20 @@ class GenreCount(_message.Message):
     def __init__(self, name: _Optional[str] = ..., movies: _Optional[int] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("event_id", "user_id", "movie_id", "rating", "occurred_at")
+    __slots__ = ("event_id", "user_id", "movie_id", "rating", "occurred_at", "recommendation_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     user_id: str
     movie_id: int
     rating: float
     occurred_at: _timestamp_pb2.Timestamp
-    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., movie_id: _Optional[int] = ..., rating: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., movie_id: _Optional[int] = ..., rating: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class RecordInteractionsRequest(_message.Message):
     __slots__ = ("interactions",)
