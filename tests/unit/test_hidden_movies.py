@@ -206,7 +206,7 @@ def test_the_trainer_answers_each_refusal_with_its_status(tmp_path, monkeypatch)
 
 
 def test_the_trainer_answers_an_unreachable_root_unavailable(monkeypatch):
-    def unreachable(root, movie_ids, keys):
+    def unreachable(root, movie_ids, keys, before_write=None):
         raise RootUnreachable("writing s3://m/.hidden.json failed: EndpointConnectionError")
 
     monkeypatch.setattr(hidden_movies, "hide", unreachable)
