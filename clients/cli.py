@@ -214,6 +214,12 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                       help="movies in any GroupLens layout: u.item, movies.dat or movies.csv")
     data.add_argument("--dataset", metavar="NAME",
                       help=f"a MovieLens release instead of files: {', '.join(DATASET_NAMES)}")
+    data.add_argument("--interactions", action="store_true",
+                      help="add the interactions recorded in the trainer's event store to this data "
+                           "(the latest per user and movie wins; movies the data does not list are left out)")
+    data.add_argument("--interactions-up-to", type=_positive_int, metavar="POSITION",
+                      help="with --interactions: only those up to this store position (default: the store's "
+                           "latest when the job starts)")
     hp = train.add_argument_group("training (unset = the model kind's default)")
     hp.add_argument("--epochs", type=_positive_int, help="at most N epochs (early stopping may end sooner)")
     for name in HYPERPARAMETERS:  # one flag per proto field, so new fields need no CLI change
@@ -300,6 +306,8 @@ _HYPERPARAMETER_HELP = {
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.interactions_up_to is not None and not args.interactions:
+        raise ConfigurationError("--interactions-up-to goes with --interactions")
     hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if getattr(args, name) is not None}
     with _trainer(args) as tc:
         job = tc.train(
@@ -318,6 +326,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             workers=args.workers,
             quality_gate_disabled=args.no_quality_gate,
             refit=False if args.no_refit else None,
+            interactions=args.interactions,
+            interactions_up_to=args.interactions_up_to,
         )
         if args.watch:
             return _watch(tc, job, args)
@@ -408,6 +418,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         print(render.json_text(versions))
         return EXIT_OK
     print(render.versions(versions))
+    _notes(render.online_note(versions))
     line, warning = render.pin_line(versions)
     print(line, file=sys.stderr if warning else sys.stdout)
     return EXIT_OK

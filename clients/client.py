@@ -364,6 +364,10 @@ class TrainerClient(_Client):
         trainer's ``--workers``; ``None`` takes the trainer's own number).
         ``refit=False`` publishes the evaluated model itself instead of one
         trained again on all the data (``None``: the trainer's default, a refit).
+        ``interactions=True`` adds the interactions recorded in the trainer's event
+        store to the data, up to store position ``interactions_up_to`` (``None``:
+        the latest when the job starts; the job's ``interactions_watermark`` says
+        which it used); ``FailedPrecondition`` from a trainer run with ``--events none``.
         """
         request = wire.train_request(model, **options)
         if not request.idempotency_key:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from .types import HiddenMovies, Item, Job, ModelStatus, Pin, Versions
+from .types import HiddenMovies, Item, Job, ModelStatus, Pin, PublishedVersion, Versions
 
 # A note naming unknown ids shows at most this many (an --only-file may name thousands).
 NOTE_IDS = 20
@@ -48,7 +48,8 @@ def json_text(value: Any) -> str:
 
 def _json_default(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        data = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_when_none") and getattr(value, f.name) is None)}
         if isinstance(value, Job):
             data["done"] = value.done
         return data
@@ -148,6 +149,7 @@ def job(job: Job) -> str:
         ("id", job.id),
         ("model", job.model),
         ("state", job.state),
+        ("trigger", trigger(job)),
         ("progress", f"{p.phase or '-'}, {epochs}, loss {p.loss:.4f}, {p.elapsed_seconds:.1f}s"),
         ("created", when(job.created_at)),
         ("started", when(job.started_at)),
@@ -155,6 +157,8 @@ def job(job: Job) -> str:
     ]
     if job.done and job.state == "SUCCEEDED":
         fields.append(("published", publication(job)))
+    if job.interactions:
+        fields.append(("interactions", interactions_asked(job)))
     if job.evaluation_split:
         fields.append(("evaluated on", job.evaluation_split))
     if job.loss_history:
@@ -169,11 +173,30 @@ def job(job: Job) -> str:
 
 
 def jobs(listed: Sequence[Job]) -> str:
+    """The jobs table; a "trigger" column joins it when a listed job was queued by the retrain policy."""
     if not listed:
         return "no jobs"
-    rows = [[j.id, j.model, j.state, or_dash(j.model_version), metric(j.metrics, "recall_at_10"), when(j.created_at)]
-            for j in listed]
-    return table(["id", "model", "state", "version", "recall@10", "created"], rows, numeric={3, 4})
+    triggered = any(j.trigger != REQUEST for j in listed)
+    rows = [[j.id, j.model, j.state, *([j.trigger] if triggered else []), or_dash(j.model_version),
+             metric(j.metrics, "recall_at_10"), when(j.created_at)] for j in listed]
+    headers = ["id", "model", "state", *(["trigger"] if triggered else []), "version", "recall@10", "created"]
+    return table(headers, rows, numeric={3 + triggered, 4 + triggered})
+
+
+REQUEST = "request"
+_TRIGGERS = {REQUEST: "request (a Train call)",
+             "retrain_after_interactions": "retrain policy (--retrain-after-interactions)",
+             "retrain_every": "retrain policy (--retrain-every)"}
+
+
+def trigger(job: Job) -> str:
+    return _TRIGGERS.get(job.trigger, job.trigger)
+
+
+def interactions_asked(job: Job) -> str:
+    if job.interactions_watermark is not None:
+        return f"recorded interactions up to store position {job.interactions_watermark}"
+    return "recorded interactions, up to the store's latest position when the job reads them"
 
 
 def publication(job: Job) -> str:
@@ -247,14 +270,39 @@ def hidden_count(status: ModelStatus) -> str:
 
 
 def versions(listed: Versions) -> str:
+    """The versions table. The online hit rate and the recommendations judged join it, beside the offline
+    Recall@10, when some version has them; the interactions column when some version was trained on any."""
     if not listed:
         return "no complete versions in the model root"
+    online = any(v.online is not None for v in listed)
+    trained_on = any(v.interactions is not None for v in listed)
+    headers = ["version", "kind", "recall@10", *(["online", "judged"] if online else []), "created", "size",
+               "pinned", "served by", *(["interactions"] if trained_on else [])]
     rows = [
-        [v.version, v.model_kind or "-", metric(v.metrics, "recall_at_10"), when(v.created_at), size(v.size_bytes),
-         "yes" if v.pinned else "", ", ".join(v.served_by) or "-"]
+        [v.version, v.model_kind or "-", metric(v.metrics, "recall_at_10"),
+         *(online_cells(v) if online else []), when(v.created_at), size(v.size_bytes),
+         "yes" if v.pinned else "", ", ".join(v.served_by) or "-",
+         *([interactions_cell(v)] if trained_on else [])]
         for v in listed
     ]
-    return table(["version", "kind", "recall@10", "created", "size", "pinned", "served by"], rows, numeric={0, 2, 4})
+    numeric = {0, 2, 3, 4, 6} if online else {0, 2, 4}
+    return table(headers, rows, numeric=numeric)
+
+
+def online_cells(version: PublishedVersion) -> list[str]:
+    if version.online is None:
+        return ["-", "0"]
+    return [f"{version.online.hit_rate:.4f}", f"{version.online.judged:,}"]
+
+
+def interactions_cell(version: PublishedVersion) -> str:
+    used = version.interactions
+    return "-" if used is None else f"{used.used:,} up to #{used.watermark}"
+
+
+def online_note(listed: Versions) -> str | None:
+    """Why the table has no online figures, when the trainer could not read them."""
+    return f"note: {listed.online_problem}" if listed.online_problem else None
 
 
 def pin_line(listed: Versions) -> tuple[str, bool]:

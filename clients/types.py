@@ -37,6 +37,8 @@ __all__ = [
     "ModelVersionInfo",
     "ModelStatus",
     "PublishedVersion",
+    "OnlineHits",
+    "InteractionsUsed",
     "Versions",
     "Pin",
     "HiddenMovies",
@@ -76,6 +78,8 @@ class TrainOptions(TypedDict, total=False):
     quality_gate_disabled: bool  # publish regardless of the trainer's default floor
     workers: int | None  # data-parallel workers (at most the trainer's --workers)
     refit: bool | None  # False: publish the evaluated model itself, not one trained again on all the data
+    interactions: bool  # add the interactions recorded in the trainer's event store to the data
+    interactions_up_to: int | None  # ... up to this store position (None or 0: the store's latest when the job starts)
 
 
 # --------------------------------------------------------------------------- recommender
@@ -278,7 +282,8 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    phase: str  # "queued", "loading data", "training", "evaluating", "refitting", "publishing", "done"
+    # "queued", "loading data", "reading interactions", "training", "evaluating", "refitting", "publishing", "done"
+    phase: str
     epoch: int  # epochs completed
     total_epochs: int
     step: int  # within the current epoch
@@ -306,6 +311,11 @@ class Job:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     workers: int = 0  # data-parallel workers requested (0: the trainer's --workers); metrics['workers']: what ran
+    # What queued it: "request" (a Train call), "retrain_after_interactions" or "retrain_every" (the
+    # trainer's retrain policy).
+    trigger: str = "request"
+    interactions: bool = False  # asked to add recorded interactions to its data
+    interactions_watermark: int | None = None  # the store position they go up to, once known; None: none
 
     @property
     def done(self) -> bool:
@@ -315,6 +325,36 @@ class Job:
     @property
     def succeeded(self) -> bool:
         return self.state == SUCCEEDED
+
+
+# A dataclass field marked so is left out of ``--json`` output while it is None (render.json_text):
+# figures only some versions have.
+OMIT_WHEN_NONE = {"omit_when_none": True}
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineHits:
+    """How a version does live: recommendations its replicas judged (followed by the user's next 10
+    interactions, or 24 hours old), and how many were hits (one of those interactions was with a
+    recommended movie)."""
+
+    judged: int
+    hits: int
+    hit_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionsUsed:
+    """The recorded interactions a version was trained on besides its base data (its metadata.json)."""
+
+    store_id: str  # the event store's identity: the watermark is a position in that store
+    store: str  # its URL, password redacted
+    watermark: int  # every interaction up to this store position was read
+    read: int
+    used: int  # in the training data
+    replaced: int  # ratings and earlier interactions a later interaction of the same (user, movie) replaced
+    unknown_movies: int  # left out: movies the items data does not list
+    new_users: int  # users the base data did not have
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,12 +368,18 @@ class PublishedVersion:
     size_bytes: int
     pinned: bool
     served_by: list[str]  # replica ids of the recommenders serving it now
+    # None: no recommendation of it judged yet (or the trainer could not read them: Versions.online_problem)
+    online: OnlineHits | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # None: trained on its base data alone
+    interactions: InteractionsUsed | None = field(default=None, metadata=OMIT_WHEN_NONE)
 
 
 @dataclass(frozen=True, slots=True)
 class Versions:
     versions: list[PublishedVersion]  # newest first
     pinned_version: int | None  # None: recommenders follow the newest valid version
+    # Why no version has online figures when the trainer could not read them (interactions off, store down)
+    online_problem: str = ""
 
     def __iter__(self) -> Iterator[PublishedVersion]:
         return iter(self.versions)

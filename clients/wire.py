@@ -28,10 +28,12 @@ from .types import (
     GenreCount,
     HiddenMovies,
     Interaction,
+    InteractionsUsed,
     Item,
     Job,
     ModelStatus,
     ModelVersionInfo,
+    OnlineHits,
     Pin,
     Progress,
     PublishedVersion,
@@ -212,6 +214,20 @@ def model_status_from_proto(status: recommender_pb2.ModelStatus) -> ModelStatus:
     )
 
 
+def _online(v: trainer_pb2.VersionInfo) -> OnlineHits | None:
+    if not v.online_judged:
+        return None
+    return OnlineHits(judged=v.online_judged, hits=v.online_hits, hit_rate=v.online_hit_rate)
+
+
+def _interactions(v: trainer_pb2.VersionInfo) -> InteractionsUsed | None:
+    if not v.HasField("interactions"):
+        return None
+    i = v.interactions
+    return InteractionsUsed(store_id=i.store_id, store=i.store, watermark=i.watermark, read=i.read, used=i.used,
+                            replaced=i.replaced, unknown_movies=i.unknown_movies, new_users=i.new_users)
+
+
 def versions_from_proto(response: trainer_pb2.ListVersionsResponse) -> Versions:
     return Versions(
         versions=[
@@ -223,10 +239,13 @@ def versions_from_proto(response: trainer_pb2.ListVersionsResponse) -> Versions:
                 size_bytes=v.size_bytes,
                 pinned=v.pinned,
                 served_by=list(v.served_by),
+                online=_online(v),
+                interactions=_interactions(v),
             )
             for v in response.versions
         ],
         pinned_version=_version(response.pinned_version),
+        online_problem=response.online_problem,
     )
 
 
@@ -286,6 +305,9 @@ def job_from_proto(job: trainer_pb2.TrainJob) -> Job:
         started_at=_time(job, "started_at"),
         finished_at=_time(job, "finished_at"),
         workers=job.request.workers,
+        trigger=job.trigger or "request",  # trainers older than the field: every job was a request
+        interactions=job.request.dataset.interactions.include,
+        interactions_watermark=job.interactions_watermark or None,
     )
 
 
@@ -309,7 +331,10 @@ def train_request(model: str, **options: Unpack[TrainOptions]) -> trainer_pb2.Tr
             model=model,
             dataset=trainer_pb2.DatasetSpec(ratings_path=options.get("ratings_path") or "",
                                             items_path=options.get("items_path") or "",
-                                            name=options.get("dataset") or ""),
+                                            name=options.get("dataset") or "",
+                                            interactions=trainer_pb2.InteractionsSpec(
+                                                include=options.get("interactions", False),
+                                                up_to=options.get("interactions_up_to") or 0)),
             epochs=options.get("epochs") or 0,
             hyperparameters=trainer_pb2.Hyperparameters(**given),
             evaluation=trainer_pb2.EvaluationSpec(holdout=options.get("holdout") or "",

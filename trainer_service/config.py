@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from movierec_common import ann_index
+from movierec_common.event_store import EventStore
 from movierec_common.signing import PublishingKeys
 from trainer_service.data_root import MAX_FILE_BYTES
 
@@ -27,3 +28,6 @@ class TrainerConfig:
     tensorboard_dir: str | None = None
     # --publish-key-file: versions and pins are signed with its first key; None = nothing signed
     publish_keys: PublishingKeys | None = None
+    # --events: the event store a job reads recorded interactions from (interactions_data) and ListVersions
+    # reads online outcomes from; opened lazily (connects on first use). None = --events none: off.
+    events: EventStore | None = None

@@ -43,6 +43,8 @@ __all__ = [
     "VersionNotFound",
     "Cancelled",
     "DistributedTrainingFailed",
+    "InteractionsOff",
+    "EventStoreUnavailable",
     "StoreUnavailable",
     "StoreRefused",
     "PinUnreadable",
@@ -140,6 +142,22 @@ class DistributedTrainingFailed(TrainerError, RuntimeError):
     """A Ray run ended without a model; the message says why, for the job's error."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+# --------------------------------------------------------------------------- recorded interactions
+
+
+class InteractionsOff(TrainerError):
+    """A request to train on recorded interactions to a trainer started with ``--events none``."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class EventStoreUnavailable(TrainerError):
+    """The event store could not be read (down, unreachable, or of a newer schema); the message names it.
+    A job that meets it fails with the message; nothing was trained."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 # --------------------------------------------------------------------------- versions and the model root

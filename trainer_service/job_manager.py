@@ -25,6 +25,7 @@ from trainer_service.jobs import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    TRIGGER_REQUEST,
     JobRecord,
     JobResult,
     JobStore,
@@ -76,7 +77,10 @@ class JobManager:
 
     # -- public API ---------------------------------------------------------
 
-    def submit(self, spec: TrainSpec) -> JobRecord:
+    def submit(self, spec: TrainSpec, *, trigger: str = TRIGGER_REQUEST, interactions_watermark: int = 0,
+               interactions_store_id: str = "") -> JobRecord:
+        """Queues ``spec`` (or returns the job its idempotency key names). ``trigger`` says what queued it; the
+        retrain policy also names the store position its job trains up to, and the store."""
         with self._changed:
             if self._closing:
                 raise QueueFull("the trainer is shutting down")
@@ -92,7 +96,8 @@ class JobManager:
                 raise QueueFull(
                     f"the training queue is full ({self._queue_size} jobs waiting); retry after a job finishes"
                 )
-            job = JobRecord(id=new_job_id(), spec=spec)
+            job = JobRecord(id=new_job_id(), spec=spec, trigger=trigger, interactions_watermark=interactions_watermark,
+                            interactions_store_id=interactions_store_id)
             self._jobs[job.id] = job
             self._revision[job.id] = 0
             self._cancel_events[job.id] = threading.Event()
@@ -102,7 +107,7 @@ class JobManager:
             job_queued(len(self._queue))
             self._store.save(job)
             self._changed.notify_all()
-            event(log, "job queued", job_id=job.id, model=spec.model, queue_length=len(self._queue))
+            event(log, "job queued", job_id=job.id, model=spec.model, queue_length=len(self._queue), trigger=trigger)
             return copy.deepcopy(job)
 
     def get(self, job_id: str) -> JobRecord:
@@ -113,6 +118,12 @@ class JobManager:
         with self._changed:
             jobs = sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
             return [copy.deepcopy(j) for j in jobs[:limit]]
+
+    def newest(self, where: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """The most recently created job ``where`` holds for (a copy), or None."""
+        with self._changed:
+            found = max((j for j in self._jobs.values() if where(j)), key=lambda j: j.created_at, default=None)
+            return copy.deepcopy(found)
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._changed:

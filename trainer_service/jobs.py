@@ -49,6 +49,18 @@ class TrainSpec:
     # Publish a refit on all the data (holdout included) with the settings the
     # evaluation run chose; False publishes the evaluated model itself.
     refit: bool = True
+    # Add the event store's recorded interactions up to a store position to the base data
+    # (interactions_data); up_to 0 = the store's latest when the job starts. Old job records,
+    # written before these fields, load as jobs without interactions.
+    interactions: bool = False
+    interactions_up_to: int = 0
+
+
+# What queued a job (TrainJob.trigger): a Train call, or the retrain policy (retrain_policy).
+TRIGGER_REQUEST = "request"
+TRIGGER_RETRAIN_AFTER_INTERACTIONS = "retrain_after_interactions"
+TRIGGER_RETRAIN_EVERY = "retrain_every"
+POLICY_TRIGGERS = (TRIGGER_RETRAIN_AFTER_INTERACTIONS, TRIGGER_RETRAIN_EVERY)
 
 
 @dataclass
@@ -75,6 +87,13 @@ class JobRecord:
     created_at: float = field(default_factory=time.time)
     started_at: float = 0.0
     finished_at: float = 0.0
+    # What queued the job (TRIGGER_*); records written before the field read as a request.
+    trigger: str = TRIGGER_REQUEST
+    # The store position the job's interactions go up to, and the store it numbers (its store_id):
+    # set when the job has read them, or from the start for a policy job (which names its position).
+    # 0 / "": no interactions (yet).
+    interactions_watermark: int = 0
+    interactions_store_id: str = ""
 
     @property
     def done(self) -> bool:

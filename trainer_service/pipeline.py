@@ -29,6 +29,7 @@ from movierec_common.artifact import (
     LOSS_PLOT_FILE,
     DatasetFacts,
     Distribution,
+    InteractionsRecord,
     ModelArtifact,
     RefitRecord,
     VersionMetadata,
@@ -37,8 +38,9 @@ from movierec_common.logs import event
 from trainer_service import quality_gate
 from trainer_service.config import TrainerConfig
 from trainer_service.data import items_file_movies, load_movielens, load_ratings_files
-from trainer_service.errors import Cancelled
+from trainer_service.errors import Cancelled, InteractionsOff
 from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_scores, popularity_vectors
+from trainer_service.interactions_data import add_interactions
 from trainer_service.job_manager import JobContext
 from trainer_service.jobs import JobRecord, JobResult
 from trainer_service.kind_settings import KindSettings
@@ -147,6 +149,7 @@ class Job:
         self.board = JobRun(runs_dir(config.model_root, config.tensorboard_dir), record.id, self._board_hparams(),
                             started=record.started_at or None)
         self.loss_history: list[float] = []
+        self.interactions: InteractionsRecord | None = None  # set by load when the job adds interactions
 
     def run(self) -> JobResult:
         split = self.load()
@@ -196,9 +199,29 @@ class Job:
         else:
             ratings, _where = load_movielens(spec.dataset_name, config.movielens_dir,
                                              max_bytes=config.max_dataset_bytes)
+        self.ctx.check_cancelled()
+        if spec.interactions:
+            ratings = self.add_interactions(ratings)
         split = make_split(ratings, spec.holdout, spec.holdout_size, self.seed)
         self.ctx.check_cancelled()
         return split
+
+    def add_interactions(self, ratings: Ratings) -> Ratings:
+        """The base ratings with the event store's interactions up to the request's position joined
+        (``interactions_data``); the position read is the job's ``interactions_watermark`` from here on."""
+        store = self.config.events
+        if store is None:  # refused at Train; a job record from a trainer that had a store says it here
+            raise InteractionsOff("this trainer runs with --events none, so it has no interactions to add")
+        self.ctx.report(phase="reading interactions")
+        joined = add_interactions(ratings, store, self.spec.interactions_up_to,
+                                  check_cancelled=self.ctx.check_cancelled)
+        record = joined.record
+        self.interactions = record
+        self.ctx.report(interactions_watermark=record.watermark, interactions_store_id=record.store_id)
+        event(log, "interactions added", job_id=self.record.id, store=record.store, watermark=record.watermark,
+              read=record.read, used=record.used, replaced=record.replaced, unknown_movies=record.unknown_movies,
+              new_users=record.new_users)
+        return joined.ratings
 
     def train(self, split: Split) -> TrainedModel:
         """The evaluation run: settings chosen on validation carved from the split's training ratings."""
@@ -325,6 +348,7 @@ class Job:
             distribution=Distribution.from_json(trained.distribution),
             libraries=_library_versions(),
             retrieval=retrieval,
+            interactions=self.interactions,
         )
 
     def publish(self, artifact: ModelArtifact, metadata: VersionMetadata,

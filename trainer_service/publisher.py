@@ -43,6 +43,7 @@ from movierec_common import root_lease
 from movierec_common.artifact import (
     METADATA_FILE,
     ArtifactError,
+    InteractionsRecord,
     ModelArtifact,
     VersionMetadata,
     read_metadata,
@@ -258,6 +259,7 @@ class PublishedVersion:
     size_bytes: int
     pinned: bool = False
     served_by: tuple[str, ...] = ()  # replica ids, from their serving markers
+    interactions: InteractionsRecord | None = None  # recorded interactions it was trained on besides its base data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +295,7 @@ def published_version(root: str, version: int) -> PublishedVersion | None:
         metrics=dict(metadata.metrics),
         created_at=metadata.created_at_seconds,
         size_bytes=sum(int(info.get("size") or 0) for info in files.values()),
+        interactions=metadata.interactions,
     )
 
 

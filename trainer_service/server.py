@@ -55,11 +55,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--require-token-for-reads", action="store_true",
                         help="protect the reads (GetJob, ListJobs, WatchJob, ListVersions, ListHiddenMovies) with a "
                              "token too (health stays open)")
+    parser.add_argument("--events", default=None, metavar="URL",
+                        help="the event store the recommenders record interactions in, which jobs may train on "
+                             "(TrainRequest dataset.interactions) and ListVersions reads online hit rates from: "
+                             "sqlite:///PATH, postgresql://..., or none (off); default: events.sqlite in the "
+                             "per-user state folder ($XDG_STATE_HOME/movierec, else ~/.local/state/movierec). "
+                             "Opened on first use, so the trainer starts while the database is down")
+    parser.add_argument("--retrain-after-interactions", type=_positive_int, default=None, metavar="N",
+                        help="queue a job with the last successful job's settings plus the recorded interactions "
+                             "once N have arrived since the last one trained on or queued")
+    parser.add_argument("--retrain-every", type=_duration, default=None, metavar="DURATION",
+                        help="queue such a job every DURATION (90s, 15m, 2h, 1d or plain seconds) when there are "
+                             "new interactions")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     metrics.add_arguments(parser)
     security.add_arguments(parser)
     signing.add_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.retrain_after_interactions or args.retrain_every) and (args.events or "").strip().lower() == "none":
+        parser.error("--retrain-after-interactions and --retrain-every need interactions: not with --events none")
+    return args
+
+
+def _duration(text: str) -> float:
+    from trainer_service.retrain_policy import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -100,15 +124,23 @@ def main(argv: list[str] | None = None) -> None:
     except (RootLeaseHeld, RootUnreachable) as exc:
         raise SystemExit(f"movierec-trainer: {exc}") from exc
     atexit.register(lease.release)  # also when start-up fails below; stop() does it first
+    from movierec_common.event_store import open_store
+
+    try:
+        events = open_store(args.events)  # connects on first use: the trainer starts while the database is down
+    except Exception as exc:  # a bad URL: say so before serving anything
+        raise SystemExit(f"movierec-trainer: --events {args.events or '(default)'}: {exc}") from exc
     with_metrics = metrics.serve_from_args(args, "trainer")
     # Imported after logging is set up: they import TensorFlow.
     from movierec.v1 import trainer_pb2_grpc
     from trainer_service.config import TrainerConfig
     from trainer_service.job_manager import JobManager
-    from trainer_service.jobs import JobStore
+    from trainer_service.jobs import JobStore, TrainSpec
     from trainer_service.pipeline import run_job
     from trainer_service.publisher import remove_stale_temp_folders
+    from trainer_service.retrain_policy import PolicySettings, RetrainPolicy
     from trainer_service.servicer import TrainerServicer
+    from trainer_service.train_request import resolve_workers, validate_spec
 
     config = TrainerConfig(
         model_root=args.model_root, data_root=args.data_root, movielens_dir=args.movielens_dir,
@@ -117,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         **({} if args.max_dataset_bytes is None else {"max_dataset_bytes": args.max_dataset_bytes}),
         workers=args.workers, ray_address=args.ray_address, tensorboard_dir=args.tensorboard_dir,
         stale_staging_seconds=args.stale_staging_age,
-        publish_keys=args.publish_keys,
+        publish_keys=args.publish_keys, events=events,
     )
     remove_stale_temp_folders(config.model_root, min_age_seconds=config.stale_staging_seconds)
     ray_training = None
@@ -140,21 +172,38 @@ def main(argv: list[str] | None = None) -> None:
         queue_size=config.queue_size,
     )
     servicer = TrainerServicer(manager, config)
+    policy = None
+    settings = PolicySettings(after_interactions=args.retrain_after_interactions, every_seconds=args.retrain_every)
+    if settings.enabled:
+        assert events is not None  # parse_args refuses the policy with --events none
+
+        def validate(spec: TrainSpec) -> None:  # the Train call's checks
+            validate_spec(spec, config)
+            resolve_workers(spec.workers, config)
+
+        policy = RetrainPolicy(settings, manager, events, validate)
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server),
         interceptors=interceptors, credentials=credentials, with_metrics=with_metrics,
     )
     handle.set_serving(True)
-    event(log, "trainer listening", port=handle.port, model_root=config.model_root, workers=config.workers)
+    event(log, "trainer listening", port=handle.port, model_root=config.model_root, workers=config.workers,
+          events="off" if events is None else events.description, retrain=settings.describe())
+    if policy is not None:
+        policy.start()
     print(f"movierec-trainer listening on {args.host}:{handle.port}", flush=True)
     if with_metrics:
         print(f"movierec-trainer metrics at http://{args.host}:{args.metrics_port}/metrics", flush=True)
 
     def stop() -> None:
+        if policy is not None:
+            policy.stop()  # queues nothing more
         manager.shutdown(timeout=30)
         if ray_training is not None:
             ray_training.shutdown()  # a local Ray goes with the trainer
+        if events is not None:
+            events.close()
         lease.release()  # after the last job: a trainer waiting in a rolling deploy starts at once
 
     # No balancer in front: nothing to drain for. The budget covers a job's

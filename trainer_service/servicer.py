@@ -17,6 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import trainer_pb2, trainer_pb2_grpc
 from movierec_common import hidden_movies
+from movierec_common.artifact import InteractionsRecord
+from movierec_common.event_store import OnlineOutcome
 from movierec_common.hidden_movies import HiddenRules, HiddenRulesDamaged
 from movierec_common.model_root import PinDamaged, RootUnreachable
 from movierec_common.root_lease import RootLeaseLost
@@ -25,6 +27,7 @@ from trainer_service.config import TrainerConfig
 from trainer_service.errors import InvalidRequest, StorageMessages, TooManyWatchers, TrainerError
 from trainer_service.job_manager import JobManager
 from trainer_service.jobs import JobRecord
+from trainer_service.online_figures import online_outcomes
 from trainer_service.publisher import PublishedVersion, pin_version, root_versions
 from trainer_service.train_request import MAX_KEY_LENGTH, resolve_workers, spec_from_proto, spec_to_proto, validate_spec
 
@@ -114,14 +117,26 @@ def job_to_proto(job: JobRecord) -> trainer_pb2.TrainJob:
         created_at=_timestamp(job.created_at),
         started_at=_timestamp(job.started_at),
         finished_at=_timestamp(job.finished_at),
+        trigger=job.trigger,
+        interactions_watermark=job.interactions_watermark,
     )
 
 
-def version_to_proto(version: PublishedVersion) -> trainer_pb2.VersionInfo:
+def interactions_to_proto(record: InteractionsRecord | None) -> trainer_pb2.InteractionsUsed | None:
+    if record is None:
+        return None
+    return trainer_pb2.InteractionsUsed(
+        store_id=record.store_id, store=record.store, watermark=record.watermark, read=record.read, used=record.used,
+        replaced=record.replaced, unknown_movies=record.unknown_movies, new_users=record.new_users)
+
+
+def version_to_proto(version: PublishedVersion, online: OnlineOutcome | None = None) -> trainer_pb2.VersionInfo:
+    online = online or OnlineOutcome()
     return trainer_pb2.VersionInfo(
         version=version.version, model_kind=version.model_kind, metrics=version.metrics,
         created_at=_timestamp(version.created_at or 0.0), size_bytes=version.size_bytes, pinned=version.pinned,
-        served_by=version.served_by,
+        served_by=version.served_by, online_judged=online.judged, online_hits=online.hits,
+        online_hit_rate=online.hit_rate, interactions=interactions_to_proto(version.interactions),
     )
 
 
@@ -193,8 +208,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                      context: grpc.ServicerContext) -> trainer_pb2.ListVersionsResponse:
         with _answering(context, storage=_LISTING):
             listing = root_versions(self._config.model_root)
-            return trainer_pb2.ListVersionsResponse(versions=[version_to_proto(v) for v in listing.versions],
-                                                    pinned_version=listing.pinned_version or 0)
+            online, problem = online_outcomes(self._config.events)  # one query; never fails the listing
+            return trainer_pb2.ListVersionsResponse(
+                versions=[version_to_proto(v, online.get(v.version)) for v in listing.versions],
+                pinned_version=listing.pinned_version or 0, online_problem=problem)
 
     def PinVersion(self, request: trainer_pb2.PinVersionRequest,
                    context: grpc.ServicerContext) -> trainer_pb2.PinVersionResponse:

@@ -15,7 +15,7 @@ from movierec.v1 import trainer_pb2
 from movierec.v1.vocabulary import HOLDOUTS, PREDEFINED_SPLITS
 from trainer_service import data_root
 from trainer_service.config import TrainerConfig
-from trainer_service.errors import InvalidRequest
+from trainer_service.errors import InteractionsOff, InvalidRequest
 from trainer_service.hyperparams import Hyperparameters
 from trainer_service.jobs import TrainSpec
 from trainer_service.releases import ML_100K, release_named
@@ -60,6 +60,8 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
         require_no_regression=gate.require_no_regression,
         quality_gate_disabled=gate.disabled,
         workers=request.workers,
+        interactions=request.dataset.interactions.include,
+        interactions_up_to=request.dataset.interactions.up_to,
     )
 
 
@@ -68,7 +70,9 @@ def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
     return trainer_pb2.TrainRequest(
         model=spec.model,
         dataset=trainer_pb2.DatasetSpec(ratings_path=spec.ratings_path, items_path=spec.items_path,
-                                        name=spec.dataset_name),
+                                        name=spec.dataset_name,
+                                        interactions=trainer_pb2.InteractionsSpec(include=spec.interactions,
+                                                                                  up_to=spec.interactions_up_to)),
         epochs=spec.epochs,
         # The spec holds only fields the request set, by their proto names; the stub types each one.
         hyperparameters=trainer_pb2.Hyperparameters(**spec.hyperparameters),  # type: ignore[arg-type]
@@ -139,6 +143,30 @@ def validate_spec(spec: TrainSpec, config: TrainerConfig) -> None:
         movies = 0  # unknown until the job counts them
     # Known catalogue sizes refuse a kind that cannot fit now; otherwise the job fails before training.
     check_catalogue(kind, movies)
+    validate_interactions(spec, config)
+
+
+def validate_interactions(spec: TrainSpec, config: TrainerConfig) -> None:
+    """Refuses what is wrong with a request's ``dataset.interactions`` without asking the store.
+
+    The store is not asked here: Train only queues, a store that is down now may be back when the job
+    runs (a job that finds it down fails, saying so), and a Train call must not wait on a database.
+    """
+    if spec.interactions_up_to < 0:
+        raise InvalidRequest(f"dataset.interactions.up_to must be 0 (the store's latest) or a store position, "
+                             f"got {spec.interactions_up_to}")
+    if not spec.interactions:
+        if spec.interactions_up_to:
+            raise InvalidRequest("dataset.interactions.up_to is set but include is not: set include to add the "
+                                 "recorded interactions")
+        return
+    if spec.holdout in PREDEFINED_SPLITS:
+        raise InvalidRequest(f"holdout {spec.holdout!r} is a fixed split of MovieLens 100K's files, which recorded "
+                             "interactions are not in; use 'random' or 'last_n_per_user' with interactions")
+    if config.events is None:
+        raise InteractionsOff("this trainer runs with --events none, so it has no recorded interactions to add: "
+                              "start it with --events URL (the store its recommenders write), or leave "
+                              "dataset.interactions unset")
 
 
 def resolve_workers(requested: int, config: TrainerConfig) -> int:

@@ -11,14 +11,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("ratings_path", "items_path", "name")
+    __slots__ = ("ratings_path", "items_path", "name", "interactions")
     RATINGS_PATH_FIELD_NUMBER: _ClassVar[int]
     ITEMS_PATH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     ratings_path: str
     items_path: str
     name: str
-    def __init__(self, ratings_path: _Optional[str] = ..., items_path: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    interactions: InteractionsSpec
+    def __init__(self, ratings_path: _Optional[str] = ..., items_path: _Optional[str] = ..., name: _Optional[str] = ..., interactions: _Optional[_Union[InteractionsSpec, _Mapping]] = ...) -> None: ...
+
+class InteractionsSpec(_message.Message):
+    __slots__ = ("include", "up_to")
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    include: bool
+    up_to: int
+    def __init__(self, include: _Optional[bool] = ..., up_to: _Optional[int] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("embedding_dim", "batch_size", "learning_rate", "dropout_rate", "num_negatives", "weight_decay", "temperature", "patience", "validation_size", "hidden_dim", "l2_lambda", "blend_weight")
@@ -118,7 +128,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., validation: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TrainJob(_message.Message):
-    __slots__ = ("id", "state", "request", "progress", "loss_history", "metrics", "baseline_metrics", "evaluation_split", "model_version", "published", "not_published_reason", "error", "created_at", "started_at", "finished_at")
+    __slots__ = ("id", "state", "request", "progress", "loss_history", "metrics", "baseline_metrics", "evaluation_split", "model_version", "published", "not_published_reason", "error", "created_at", "started_at", "finished_at", "trigger", "interactions_watermark")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[TrainJob.State]
@@ -162,6 +172,8 @@ class TrainJob(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIONS_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: TrainJob.State
     request: TrainRequest
@@ -177,7 +189,9 @@ class TrainJob(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[TrainJob.State, str]] = ..., request: _Optional[_Union[TrainRequest, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., loss_history: _Optional[_Iterable[float]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., evaluation_split: _Optional[str] = ..., model_version: _Optional[int] = ..., published: _Optional[bool] = ..., not_published_reason: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trigger: str
+    interactions_watermark: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[TrainJob.State, str]] = ..., request: _Optional[_Union[TrainRequest, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., loss_history: _Optional[_Iterable[float]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., baseline_metrics: _Optional[_Mapping[str, float]] = ..., evaluation_split: _Optional[str] = ..., model_version: _Optional[int] = ..., published: _Optional[bool] = ..., not_published_reason: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trigger: _Optional[str] = ..., interactions_watermark: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -208,7 +222,7 @@ class ListVersionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "model_kind", "metrics", "created_at", "size_bytes", "pinned", "served_by")
+    __slots__ = ("version", "model_kind", "metrics", "created_at", "size_bytes", "pinned", "served_by", "online_judged", "online_hit_rate", "online_hits", "interactions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +237,10 @@ class VersionInfo(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_JUDGED_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_HITS_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     version: int
     model_kind: str
     metrics: _containers.ScalarMap[str, float]
@@ -230,15 +248,41 @@ class VersionInfo(_message.Message):
     size_bytes: int
     pinned: bool
     served_by: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., model_kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., served_by: _Optional[_Iterable[str]] = ...) -> None: ...
+    online_judged: int
+    online_hit_rate: float
+    online_hits: int
+    interactions: InteractionsUsed
+    def __init__(self, version: _Optional[int] = ..., model_kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., served_by: _Optional[_Iterable[str]] = ..., online_judged: _Optional[int] = ..., online_hit_rate: _Optional[float] = ..., online_hits: _Optional[int] = ..., interactions: _Optional[_Union[InteractionsUsed, _Mapping]] = ...) -> None: ...
+
+class InteractionsUsed(_message.Message):
+    __slots__ = ("store_id", "store", "watermark", "read", "used", "replaced", "unknown_movies", "new_users")
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MOVIES_FIELD_NUMBER: _ClassVar[int]
+    NEW_USERS_FIELD_NUMBER: _ClassVar[int]
+    store_id: str
+    store: str
+    watermark: int
+    read: int
+    used: int
+    replaced: int
+    unknown_movies: int
+    new_users: int
+    def __init__(self, store_id: _Optional[str] = ..., store: _Optional[str] = ..., watermark: _Optional[int] = ..., read: _Optional[int] = ..., used: _Optional[int] = ..., replaced: _Optional[int] = ..., unknown_movies: _Optional[int] = ..., new_users: _Optional[int] = ...) -> None: ...
 
 class ListVersionsResponse(_message.Message):
-    __slots__ = ("versions", "pinned_version")
+    __slots__ = ("versions", "pinned_version", "online_problem")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
     pinned_version: int
-    def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., pinned_version: _Optional[int] = ...) -> None: ...
+    online_problem: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., online_problem: _Optional[str] = ...) -> None: ...
 
 class PinVersionRequest(_message.Message):
     __slots__ = ("version",)
