@@ -107,6 +107,9 @@ class RecordOutcome:
     stored: int
     duplicates: int
     watermark: int
+    # The new rows at their sequences, in batch order: what the writing replica adds to its fresh
+    # histories at once (read your writes), before its follower reads them back from the store.
+    rows: tuple[StoredInteraction, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,20 @@ BATCH_USERS_RANKED = Counter(
     "movierec_batch_users_ranked_total",
     "Users RecommendBatch calls ranked, counted when a call ends (a call stopped because its caller left or "
     "its deadline passed counts the users ranked before it stopped).", registry=None)
+ONLINE_JUDGED = Counter(
+    "movierec_online_judged_total", "Recommendations judged for the online hit rate (followed by 10 interactions "
+    "of their user, or 24 hours old), by the model version that made them.", ["version"], registry=None)
+ONLINE_HITS = Counter(
+    "movierec_online_hits_total", "Judged recommendations whose user then interacted with one of the recommended "
+    "movies, by model version.", ["version"], registry=None)
+ONLINE_HIT_RATE = Gauge(
+    "movierec_online_hit_rate", "hits / judged of each model version on this replica since it started.",
+    ["version"], registry=None)
+FRESH_INTERACTIONS = Gauge(
+    "movierec_fresh_interactions", "Interactions after the served version's watermark held in memory as "
+    "fresh histories.", registry=None)
+EVENTS_FOLLOWED = Gauge(
+    "movierec_events_followed", "The event store position this replica has read up to.", registry=None)
 
 # -- Trainer -------------------------------------------------------------------
 
@@ -122,7 +136,8 @@ _FILTERED_BY_RPC = {rpc: FILTERED_REQUESTS.labels(rpc) for rpc in ("Recommend", 
 
 ROLES = {
     "recommender": (MODEL_VERSION, MODEL_RELOADS, MODEL_LOAD_SECONDS, SESSION_REQUESTS, FILTERED_REQUESTS,
-                    HIDDEN_MOVIES, ANSWER_CACHE_BYTES, BATCH_USERS_RANKED),
+                    HIDDEN_MOVIES, ANSWER_CACHE_BYTES, BATCH_USERS_RANKED, ONLINE_JUDGED, ONLINE_HITS,
+                    ONLINE_HIT_RATE, FRESH_INTERACTIONS, EVENTS_FOLLOWED),
     "trainer": (JOBS, JOBS_QUEUED, TRAINING_EPOCH, TRAINING_LOSS),
 }
 
@@ -158,6 +173,20 @@ def answer_cache_bytes(nbytes: int) -> None:
 
 def batch_users_ranked(users: int) -> None:
     BATCH_USERS_RANKED.inc(users)
+
+
+def online_outcome(version: int, hit: bool, hit_rate: float) -> None:
+    label = str(version)
+    ONLINE_JUDGED.labels(label).inc()
+    hits = ONLINE_HITS.labels(label)  # exported from the first judgement on, at 0 until a hit
+    if hit:
+        hits.inc()
+    ONLINE_HIT_RATE.labels(label).set(hit_rate)
+
+
+def events_followed(position: int, fresh_interactions: int) -> None:
+    EVENTS_FOLLOWED.set(position)
+    FRESH_INTERACTIONS.set(fresh_interactions)
 
 
 def job_reached(state: str) -> None:

@@ -89,7 +89,7 @@ _SCHEMA = (
 # One statement inserts the batch in its order, so its sequences follow the batch.
 _INSERT = (f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT e, u, m, r, o, c FROM unnest("
            "%s::text[], %s::text[], %s::bigint[], %s::float8[], %s::float8[], %s::text[]) "
-           "WITH ORDINALITY AS batch(e, u, m, r, o, c, n) ORDER BY n")
+           "WITH ORDINALITY AS batch(e, u, m, r, o, c, n) ORDER BY n RETURNING sequence")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 # Made on every schema check, not only with a new store: stores made before it existed get it too.
@@ -238,12 +238,15 @@ class PostgresEventStore(EventStore):
                 rows = connection.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE event_id = ANY(%s::text[])",
                                           (ids,), prepare=False).fetchall()
                 new, duplicates = plan_batch(interactions, {row[0]: _interaction(row) for row in rows})
+                sequences: list[int] = []
                 if new:
-                    connection.execute(_INSERT, (
+                    sequences = sorted(row[0] for row in connection.execute(_INSERT, (
                         [item.event_id for item in new], [item.user_id for item in new],
                         [item.movie_id for item in new], [item.rating for item in new],
-                        [item.occurred_at for item in new], [item.recommendation_id for item in new]))
-                return RecordOutcome(stored=len(new), duplicates=duplicates, watermark=_latest(connection))
+                        [item.occurred_at for item in new], [item.recommendation_id for item in new])).fetchall())
+                written = tuple(map(StoredInteraction, sequences, new))
+                return RecordOutcome(stored=len(new), duplicates=duplicates, watermark=_latest(connection),
+                                     rows=written)
 
         return self._run(write)
 

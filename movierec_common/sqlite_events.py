@@ -177,7 +177,12 @@ class SqliteEventStore(EventStore):
                     f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [(item.event_id, item.user_id, item.movie_id, item.rating, item.occurred_at,
                       item.recommendation_id) for item in new])
-            return RecordOutcome(stored=len(new), duplicates=duplicates, watermark=_latest(connection))
+            watermark = _latest(connection)
+            # One BEGIN IMMEDIATE transaction holds the only writer: AUTOINCREMENT gave its rows the
+            # numbers right below the new maximum, in batch order.
+            first = watermark - len(new) + 1
+            written = tuple(StoredInteraction(first + n, item) for n, item in enumerate(new))
+            return RecordOutcome(stored=len(new), duplicates=duplicates, watermark=watermark, rows=written)
 
         return self._write(write)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from movierec_common.event_store import EventConflict, EventStore, Interaction, StoreUnavailable
-from recommender_service.errors import EventsOff, InteractionConflict, InvalidRequest, StoreDown
+from movierec_common.event_store import EventConflict, EventStore, Interaction, StoredInteraction, StoreUnavailable
+from recommender_service.errors import InteractionConflict, InvalidRequest, StoreDown
 
 MAX_INTERACTIONS_PER_CALL = 1000
 MAX_EVENT_ID_BYTES = 128
@@ -35,6 +35,7 @@ class Recorded:
     duplicates: int
     watermark: int
     unknown_movie_ids: list[int]
+    rows: tuple[StoredInteraction, ...] = ()  # the new rows at their sequences (fresh histories take them)
 
 
 def check_size(count: int) -> None:
@@ -60,6 +61,10 @@ def check_batch(interactions: Sequence[Interaction], check_user_id: Callable[[st
         if len(event_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
             raise InvalidRequest(f"{where}.event_id is longer than {MAX_EVENT_ID_BYTES} bytes")
         check_user_id(interaction.user_id, f"{where}.user_id")
+        if interaction.recommendation_id is not None and len(
+                interaction.recommendation_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
+            raise InvalidRequest(f"{where}.recommendation_id is longer than {MAX_EVENT_ID_BYTES} bytes; send the "
+                                 f"id an answer carried")
         rating = interaction.rating
         if rating is not None and not (math.isfinite(rating) and MIN_RATING <= rating <= MAX_RATING):
             raise InvalidRequest(f"{where}.rating is {rating}; a rating is between {MIN_RATING} and {MAX_RATING} "
@@ -70,12 +75,10 @@ def check_batch(interactions: Sequence[Interaction], check_user_id: Callable[[st
                                  f"for the time of receipt)")
 
 
-def record(store: EventStore | None, interactions: Sequence[Interaction],
+def record(store: EventStore, interactions: Sequence[Interaction],
            movie_indices: Callable[[np.ndarray], np.ndarray] | None) -> Recorded:
     """Writes a checked batch; ``movie_indices`` (the served version's, or None before one is loaded) says
-    which movies it does not know. Raises EventsOff, InteractionConflict, StoreDown."""
-    if store is None:
-        raise EventsOff()
+    which movies it does not know. Raises InteractionConflict, StoreDown."""
     try:
         outcome = store.record(interactions)
     except EventConflict as conflict:
@@ -86,4 +89,4 @@ def record(store: EventStore | None, interactions: Sequence[Interaction],
     if movie_indices is not None:
         ids = np.fromiter((i.movie_id for i in interactions), dtype=np.int64, count=len(interactions))
         unknown = list(dict.fromkeys(ids[movie_indices(ids) < 0].tolist()))
-    return Recorded(outcome.stored, outcome.duplicates, outcome.watermark, unknown)
+    return Recorded(outcome.stored, outcome.duplicates, outcome.watermark, unknown, outcome.rows)

@@ -73,16 +73,19 @@ class LoadedModel:
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool,
                   render: Callable[[LoadedModel, Recommendation], T], recent_movie_ids: Sequence[int] = (),
-                  restriction: ResolvedFilter = NOTHING_RESOLVED) -> T:
+                  restriction: ResolvedFilter = NOTHING_RESOLVED, history: np.ndarray = NO_ITEMS) -> T:
         """One Recommend answer as ``render(self, ranked)`` makes it, computed now (nothing is kept here).
+        ``history``: the user's fresh history (movie ids after this version's watermark, oldest first).
 
         Raises SessionsUnsupported for a session on a version published before sessions.
         """
-        if len(recent_movie_ids):  # a session varies call by call: never kept
-            if self.retriever.sessions is None:
-                raise SessionsUnsupported(self.version)
-            return render(self, self.retriever.recommend_session(user_id, k, list(recent_movie_ids), exclude_seen,
-                                                                 restriction))
+        if len(recent_movie_ids) or history.size:  # a session or a fresh history varies call by call: never kept
+            try:
+                ranked = self.retriever.recommend_session(user_id, k, np.asarray(recent_movie_ids, dtype=np.int64),
+                                                          exclude_seen, restriction, history)
+            except SessionsUnsupported:
+                raise SessionsUnsupported(self.version) from None
+            return render(self, ranked)
         return render(self, self.retriever.recommend(user_id, k, exclude_seen, restriction))
 
     def similar_items(self, movie_id: int, k: int,

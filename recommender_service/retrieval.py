@@ -268,27 +268,42 @@ class Retriever:
 
     def recommend_session(self, user_id: str, k: int, recent_movie_ids: Sequence[int] | np.ndarray,
                           exclude_seen: bool = True,
-                          restriction: ResolvedFilter = NOTHING_RESOLVED) -> Recommendation:
-        """Top k for a caller who just saw ``recent_movie_ids`` (oldest first).
+                          restriction: ResolvedFilter = NOTHING_RESOLVED,
+                          history: np.ndarray = NO_ITEMS) -> Recommendation:
+        """Top k for a caller who just saw ``recent_movie_ids`` (oldest first), after ``history``.
 
-        A known user's recent movies are the newest part of their history; an
-        unknown user's are the whole of it, and the answer is personal as soon
-        as one of them is known. With exclude_seen, the answer leaves out the
-        user's seen movies and the recent ones. Movies this version does not
-        know are reported back and otherwise ignored; with none known, the
-        answer is what it would have been without a session. Raises
-        SessionsUnsupported for a version without a query encoder.
+        ``history`` is what the user did since this version was trained (the fresh histories of
+        ``recommender_service.fresh_histories``, movie ids, oldest first); the recent movies come after
+        it. A known user's history and recent movies are the newest part of their stored history; an
+        unknown user's are the whole of it, and the answer is personal as soon as one of them is known.
+        With exclude_seen, the answer leaves out the user's seen movies, the history and the recent
+        ones. Recent movies this version does not know are reported back and otherwise ignored;
+        history movies it does not know are ignored (the caller did not send them). With none known, the
+        answer is what it would have been without a session. Raises SessionsUnsupported for recent
+        movies on a version without a query encoder; such a version answers a history by leaving its
+        movies out (with exclude_seen) of the answer it would give anyway.
         """
-        if self.sessions is None:
-            raise SessionsUnsupported()
         ids = np.asarray(recent_movie_ids, dtype=np.int64).reshape(-1)
+        if self.sessions is None and ids.size:
+            raise SessionsUnsupported()
         indices = self.movie_indices(ids)
         known = indices >= 0
         unknown = first_occurrences(ids[~known]) if not known.all() else []
         recent = indices[known]
+        if history.size:
+            earlier = self.movie_indices(history)
+            recent = np.concatenate([earlier[earlier >= 0], recent])
         if recent.size == 0:
             answer = self.recommend(user_id, k, exclude_seen, restriction)
             return replace(answer, unknown_movie_ids=_merged(unknown, answer.unknown_movie_ids))
+        if self.sessions is None:  # a history on a version without sessions: left out, not used as a query
+            if exclude_seen:
+                restriction = ResolvedFilter(restriction.subset, sorted_union(restriction.exclude, np.unique(recent)),
+                                             restriction.unknown_movie_ids)
+            user_index = self._user_index.get(user_id)
+            if user_index is None:
+                return self._cold_start(k, restriction)
+            return self.recommend_live(user_index, k, exclude_seen, restriction)
         user_index = self._user_index.get(user_id)
         if user_index is None:
             query = self.sessions.for_visitor(recent)

@@ -18,6 +18,7 @@ from movierec_common import logs, metrics, security, signing
 from movierec_common.graceful_stop import wait_for_termination
 from movierec_common.grpc_server import build_server
 from movierec_common.logs import event
+from recommender_service.fresh_histories import DEFAULT_MAX_TOTAL, MAX_PER_USER
 
 log = logging.getLogger("movierec.recommender")
 SERVICE_NAME = "movierec.v1.Recommender"
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "machine share the file), postgresql://... (replicas on many machines share it), or "
                              "none (off); default: events.sqlite in the per-user state folder "
                              "($XDG_STATE_HOME/movierec, else ~/.local/state/movierec)")
+    parser.add_argument("--fresh-interactions-max", type=int, default=DEFAULT_MAX_TOTAL, metavar="N",
+                        help="interactions held in memory as fresh histories (what users did after the served "
+                             f"version was trained; the newest {MAX_PER_USER:,} per user), about 16 bytes each; past "
+                             "it, the users least recently active are forgotten first")
     parser.add_argument("--log-level", default=os.environ.get("MOVIEREC_LOG_LEVEL", "info"))
     metrics.add_arguments(parser)
     security.add_arguments(parser)
@@ -66,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--ranking-mb must not be negative")
     if args.answer_cache_mb < 0:
         parser.error("--answer-cache-mb must not be negative")
+    if args.fresh_interactions_max < 1:
+        parser.error("--fresh-interactions-max must be positive")
     return args
 
 
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
 
     from movierec.v1 import recommender_pb2_grpc
+    from recommender_service.feedback_loop import FeedbackLoop
+    from recommender_service.fresh_histories import FreshHistories
     from recommender_service.isolation import IsolatedLoader
     from recommender_service.registry import ModelRegistry
     from recommender_service.servicer import RecommenderServicer
@@ -102,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     loader.start()
     registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
                              cache_dir=args.cache_dir, loader=loader, publish_keys=args.publish_keys)
-    servicer = RecommenderServicer(registry, answer_cache_bytes=int(args.answer_cache_mb * 1024 * 1024),
-                                   events=events)
+    loop = None if events is None else FeedbackLoop(events, registry.current,
+                                                    FreshHistories(max_total=args.fresh_interactions_max))
+    servicer = RecommenderServicer(registry, answer_cache_bytes=int(args.answer_cache_mb * 1024 * 1024), loop=loop)
     handle = build_server(
         f"{args.host}:{args.port}", [SERVICE_NAME],
         lambda server: recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server),
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     registry.on_change = lambda model: handle.set_serving(True)
     registry.start()
+    if loop is not None:
+        loop.start()
     event(log, "recommender listening", port=handle.port, model_root=args.model_root, pinned_version=args.version,
           events="off" if events is None else events.description)
     print(f"movierec-recommender listening on {args.host}:{handle.port}", flush=True)
@@ -120,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     def stop() -> None:
         registry.stop()
         loader.shutdown()
-        if events is not None:
-            events.close()
+        if loop is not None:
+            loop.stop()
 
     wait_for_termination(handle, on_stop=stop)
 

@@ -19,19 +19,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from movierec_common import metrics
-from movierec_common.event_store import EventStore, Interaction
+from movierec_common.event_store import Interaction
 from recommender_service.answers import DEFAULT_BUDGET_BYTES, ServedAnswers
 from recommender_service.batches import check_live_cost, recommend_batch
 from recommender_service.errors import (
     CallEnded,
     DeadlinePassed,
+    EventsOff,
     InvalidRequest,
     NoModelLoaded,
     RecommenderError,
     TooCostly,
     status,
 )
-from recommender_service.interactions import check_batch, check_size, record
+from recommender_service.feedback_loop import NO_MOVIES, FeedbackLoop
+from recommender_service.interactions import check_batch, check_size
 from recommender_service.model import LoadedModel
 from recommender_service.movie_filter import NO_FILTER, MovieFilter
 from recommender_service.registry import ModelRegistry
@@ -155,16 +157,30 @@ def _interactions(request: recommender_pb2.RecordInteractionsRequest, received_a
     return [Interaction(event_id=i.event_id, user_id=i.user_id, movie_id=i.movie_id,
                         rating=i.rating if i.HasField("rating") else None,
                         occurred_at=i.occurred_at.ToNanoseconds() / 1e9 if i.HasField("occurred_at") else received_at,
-                        occurred_at_given=i.HasField("occurred_at"))
+                        occurred_at_given=i.HasField("occurred_at"), recommendation_id=i.recommendation_id or None)
             for i in request.interactions]
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def __init__(self, registry: ModelRegistry, answer_cache_bytes: int = DEFAULT_BUDGET_BYTES,
-                 events: EventStore | None = None):
+                 loop: FeedbackLoop | None = None):
         self._registry = registry
         self._answers = ServedAnswers(answer_cache_bytes)
-        self._events = events  # None: interactions are off (--events none)
+        self._loop = loop  # None: interactions are off (--events none), and answers carry no recommendation id
+
+    def _history(self, user_id: str, model: LoadedModel) -> np.ndarray:
+        return NO_MOVIES if self._loop is None else self._loop.fresh_movies(user_id, model)
+
+    def _judged(self, model: LoadedModel, user_id: str,
+                answer: recommender_pb2.RecommendResponse) -> recommender_pb2.RecommendResponse:
+        """``answer`` with a recommendation id, opened for the online hit rate (a copy: a kept answer is
+        shared; copying costs under a microsecond)."""
+        if self._loop is None:
+            return answer
+        judged = recommender_pb2.RecommendResponse()
+        judged.CopyFrom(answer)
+        judged.recommendation_id = self._loop.recommended(user_id, model.version, [i.movie_id for i in answer.items])
+        return judged
 
     def _model(self, context: grpc.ServicerContext) -> LoadedModel:
         """The version this call will use from start to end; checked before any work."""
@@ -185,15 +201,19 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         movie_filter = _movie_filter(request, "Recommend")
         model = self._model(context)
         hidden = self._registry.hidden_rules().movie_ids
-        if request.recent_movie_ids:  # a session: answered by the version, never kept
-            metrics.session_request()
-            return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
-                                   request.recent_movie_ids, model.restriction(movie_filter, hidden))
-        if movie_filter is not NO_FILTER:  # filtered: answered by the version, never kept
-            return model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
-                                   restriction=model.restriction(movie_filter, hidden))
-        return self._answers.recommend(model, request.user_id, request.k, _exclude_seen(request),
-                                       _recommend_response, hidden)
+        history = self._history(request.user_id, model)
+        if request.recent_movie_ids or history.size:  # a session or a fresh history: never kept
+            if request.recent_movie_ids:
+                metrics.session_request()
+            answer = model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
+                                     request.recent_movie_ids, model.restriction(movie_filter, hidden), history)
+        elif movie_filter is not NO_FILTER:  # filtered: answered by the version, never kept
+            answer = model.recommend(request.user_id, request.k, _exclude_seen(request), _recommend_response,
+                                     restriction=model.restriction(movie_filter, hidden))
+        else:
+            answer = self._answers.recommend(model, request.user_id, request.k, _exclude_seen(request),
+                                             _recommend_response, hidden)
+        return self._judged(model, request.user_id, answer)
 
     @_answering
     def RecommendBatch(self, request: recommender_pb2.RecommendBatchRequest,
@@ -212,13 +232,21 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         model = self._model(context)
         restriction = model.restriction(movie_filter, self._registry.hidden_rules().movie_ids)
         exclude = _exclude_seen(request)
-        check_live_cost(model.retriever, request.user_ids, request.k, exclude, MAX_BATCH_LIVE_SCORES, restriction)
+        loop = self._loop
+        history = functools.partial(self._history, model=model)
+        check_live_cost(model.retriever, request.user_ids, request.k, exclude, MAX_BATCH_LIVE_SCORES, restriction,
+                        history)
         try:
             ranked = recommend_batch(model.retriever, request.user_ids, request.k, exclude, _should_stop(context),
-                                     restriction)
+                                     restriction, history)
         except CallEnded as ended:
             raise _why_ended(ended, context) from None
-        return _batch_response(model, request.user_ids, ranked, restriction.unknown_movie_ids)
+        answer = _batch_response(model, request.user_ids, ranked, restriction.unknown_movie_ids)
+        if loop is not None:
+            for user_id, result, user_answer in zip(request.user_ids, ranked, answer.results, strict=True):
+                user_answer.recommendation_id = loop.recommended(user_id, model.version,
+                                                                 [item.movie_id for item in result.items])
+        return answer
 
     @_answering
     def SimilarItems(self, request: recommender_pb2.SimilarItemsRequest,
@@ -240,8 +268,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         check_size(len(request.interactions))  # before building a value per interaction
         batch = _interactions(request, time.time())
         check_batch(batch, _check_user_id)
+        if self._loop is None:
+            raise EventsOff()
         model = self._registry.current()
-        recorded = record(self._events, batch, None if model is None else model.retriever.movie_indices)
+        recorded = self._loop.record(batch, None if model is None else model.retriever.movie_indices)
         return recommender_pb2.RecordInteractionsResponse(
             stored=recorded.stored, duplicates=recorded.duplicates, watermark=recorded.watermark,
             unknown_movie_ids=recorded.unknown_movie_ids)
@@ -276,4 +306,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             answer.num_items = model.retriever.num_items
             answer.genres.extend(recommender_pb2.GenreCount(name=name, movies=count)
                                  for name, count in model.genre_counts)
+        if self._loop is not None:
+            loop = self._loop.status()
+            answer.events_store, answer.events_followed, answer.events_problem = loop.store, loop.followed, loop.problem
+            answer.fresh_users, answer.fresh_interactions = loop.fresh_users, loop.fresh_interactions
+            if model is not None:
+                online = self._loop.online.totals().get(model.version)
+                if online is not None:
+                    answer.online_judged, answer.online_hit_rate = online.judged, online.hit_rate
         return answer

@@ -1087,17 +1087,24 @@ def test_fuzz_similar_items(recommender):
 
 
 EVENT_IDS = [f"ev-{n}" for n in range(60)]  # a pool: resends (mostly of the same content) and conflicts happen
+# Users of their own: what is recorded becomes their fresh history and changes their answers, which the
+# Recommend oracle (the served artifact alone) must not see for the users it asks about.
+RECORDING_USERS = [f"recording-{n}" for n in range(20)]
+recording_user_ids = st.one_of(st.sampled_from(["", " ", "\t", "recording-" + "x" * 250]),
+                               texts().map(lambda text: "recording-" + text))
 
 
 @st.composite
 def interactions(draw) -> recommender_pb2.Interaction:
     """Mostly well-formed (so OK and ALREADY_EXISTS are common), each field hostile now and then."""
-    hostile = draw(st.sampled_from(["none"] * 6 + ["event_id", "user_id", "movie_id", "rating", "occurred_at"]))
+    hostile = draw(st.sampled_from(["none"] * 6 + ["event_id", "user_id", "movie_id", "rating", "occurred_at",
+                                                   "recommendation_id"]))
     item = recommender_pb2.Interaction(
         event_id=draw(st.one_of(st.uuids().map(str), texts("", " ", "x" * 129)) if hostile == "event_id"
                       else st.sampled_from(EVENT_IDS)),
-        user_id=draw(user_ids if hostile == "user_id" else st.sampled_from(USER_IDS)),
-        movie_id=draw(movie_id_values if hostile == "movie_id" else st.sampled_from(MOVIE_IDS)))
+        user_id=draw(recording_user_ids if hostile == "user_id" else st.sampled_from(RECORDING_USERS)),
+        movie_id=draw(movie_id_values if hostile == "movie_id" else st.sampled_from(MOVIE_IDS)),
+        recommendation_id=draw(texts("", "1-abc-7", "x" * 129) if hostile == "recommendation_id" else st.just("")))
     rating = draw(doubles(0.49, 5.01, 0.0, -1.0) if hostile == "rating"
                   else optional(st.sampled_from([0.5, 1.0, 3.5, 5.0])))
     if rating is not None:
@@ -1108,7 +1115,7 @@ def interactions(draw) -> recommender_pb2.Interaction:
         item.occurred_at.seconds = seconds
     if hostile == "none" and draw(st.sampled_from([True, True, False])):  # the same content as every resend
         n = EVENT_IDS.index(item.event_id)
-        item = recommender_pb2.Interaction(event_id=item.event_id, user_id=USER_IDS[n % len(USER_IDS)],
+        item = recommender_pb2.Interaction(event_id=item.event_id, user_id=RECORDING_USERS[n % len(RECORDING_USERS)],
                                            movie_id=MOVIE_IDS[n % len(MOVIE_IDS)], rating=0.5 + n % 10 / 2)
         item.occurred_at.seconds = 1_600_000_000 + n
     return item
@@ -1124,7 +1131,7 @@ def record_requests(draw) -> recommender_pb2.RecordInteractionsRequest:
 def _interaction_problem(item: recommender_pb2.Interaction, now: float) -> bool:
     if not item.event_id.strip() or len(item.event_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
         return True
-    if user_id_problem(item.user_id):
+    if user_id_problem(item.user_id) or len(item.recommendation_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
         return True
     if item.HasField("rating") and not (math.isfinite(item.rating) and 0.5 <= item.rating <= 5.0):
         return True
@@ -1136,12 +1143,12 @@ def _interaction_problem(item: recommender_pb2.Interaction, now: float) -> bool:
 
 def _content(item: recommender_pb2.Interaction) -> tuple:
     """What a caller chose: None for an unset time (the time of receipt, which no resend can match)."""
-    return (item.user_id, item.movie_id, item.rating if item.HasField("rating") else None,
+    return (item.user_id, item.movie_id, item.rating if item.HasField("rating") else None, item.recommendation_id,
             item.occurred_at.seconds + item.occurred_at.nanos / 1e9 if item.HasField("occurred_at") else None)
 
 
 def _same(resent: tuple, stored: tuple) -> bool:
-    return resent[:3] == stored[:3] and (resent[3] is None or resent[3] == stored[3])
+    return resent[:4] == stored[:4] and (resent[4] is None or resent[4] == stored[4])
 
 
 def _stored_contents(url: str) -> dict[str, tuple]:
@@ -1152,7 +1159,8 @@ def _stored_contents(url: str) -> dict[str, tuple]:
     finally:
         store.close()
     return {row.interaction.event_id: (row.interaction.user_id, row.interaction.movie_id, row.interaction.rating,
-                                       row.interaction.occurred_at) for row in rows}
+                                       row.interaction.recommendation_id or "", row.interaction.occurred_at)
+            for row in rows}
 
 
 def test_fuzz_record_interactions(recommender):

@@ -70,11 +70,15 @@ def test_round_trip_in_store_order(store):
 
     rows = _everything(store)
     assert [row.interaction for row in rows] == first + _batch("b", 2, user="bob")  # batch order kept
+    assert list(outcome.rows) + list(second.rows) == rows  # the writer learns each new row's sequence
     sequences = [row.sequence for row in rows]
     assert sequences == sorted(set(sequences)) and sequences[-1] == second.watermark
     assert [row.interaction for row in store.read_after(outcome.watermark, 10)] == _batch("b", 2, user="bob")
     assert [row.sequence for row in store.read_after(0, 2)] == sequences[:2]
     assert store.read_after(second.watermark, 10) == []
+    resent = store.record(_batch("b", 3, user="bob"))  # two duplicates, one new
+    assert [row.interaction for row in resent.rows] == _batch("b", 3, user="bob")[2:]
+    assert resent.rows[0].sequence == resent.watermark == store.read_after(second.watermark, 5)[0].sequence
 
 
 def test_an_empty_store(store):
