@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     recorded.add_argument("--rating", type=float, default=None, help="0.5 to 5 (default: none)")
     recorded.add_argument("--event-id", default=None,
                           help="your id for this interaction, so a resend stores nothing twice (default: a random one)")
+    recorded.add_argument("--recommendation-id", default=None, metavar="ID",
+                          help="the answer that led to it (what `movierec recommend` printed), if any")
     similar = command("similar", cmd_similar, "movies similar to a movie")
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
     similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
@@ -370,13 +372,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
            render.short_answer_note(args.k, len(recs), recs.eligible_movies, filtered=args.filter is not None,
                                     left_out=left_out))
     print(render.items(recs.items))
-    print(f"model version {recs.model_version}, cold start: {render.yes_no(recs.cold_start)}")
+    answer = f", recommendation {recs.recommendation_id}" if recs.recommendation_id else ""
+    print(f"model version {recs.model_version}, cold start: {render.yes_no(recs.cold_start)}{answer}")
     return EXIT_OK
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     interaction = Interaction(user_id=args.user_id, movie_id=args.movie_id, rating=args.rating,
-                              event_id=args.event_id)
+                              event_id=args.event_id, recommendation_id=args.recommendation_id)
     with _recommender(args) as rc:
         recorded = rc.record(interaction)
     if args.json:

@@ -247,6 +247,9 @@ def status(status: ModelStatus) -> str:
     if status.hidden_problem:
         lines.append(f"hidden problem: {status.hidden_problem}")
     lines.append(f"model root:     {status.model_root or '-'}")
+    lines.append(f"interactions:   {feedback(status)}")
+    if status.events_problem:
+        lines.append(f"events problem: {status.events_problem}")
     lines.append(f"users / items:  {status.num_users} / {status.num_items}")
     if status.genres:
         lines.append(f"genres ({len(status.genres)}):".ljust(16)
@@ -260,6 +263,17 @@ def status(status: ModelStatus) -> str:
                 for v in status.versions]
         lines += ["", table(["version", "state", "kind", "recall@10", "reason"], rows, numeric={0, 3})]
     return "\n".join(lines)
+
+
+def feedback(status: ModelStatus) -> str:
+    """The feedback loop in one line: the store followed, how far, the fresh histories, the online rate."""
+    if not status.events_store:
+        return "off (--events none)"
+    text = (f"{status.events_store}, read to {status.events_followed:,}; fresh: {status.fresh_interactions:,} "
+            f"of {status.fresh_users:,} users")
+    if status.online_judged:
+        text += f"; online hit rate {status.online_hit_rate:.3f} of {status.online_judged:,} judged"
+    return text
 
 
 def hidden_count(status: ModelStatus) -> str:

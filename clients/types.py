@@ -149,6 +149,9 @@ class Recommendations:
     # How many movies passed the filter, exclude_seen and the hidden movies; the answer holds min(k, this).
     # None: the server did not say (one older than filters).
     eligible_movies: int | None = None
+    # Names this answer: pass it as Interaction.recommendation_id when the user acts on it. None: the
+    # recommender records no interactions (--events none), or is older than the feedback loop.
+    recommendation_id: str | None = None
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -163,6 +166,7 @@ class UserRecommendations:
     items: list[Item]
     cold_start: bool
     eligible_movies: int | None = None  # as Recommendations.eligible_movies, for this user
+    recommendation_id: str | None = None  # as Recommendations.recommendation_id, for this user's answer
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -243,6 +247,17 @@ class ModelStatus:
     hidden_movies: int = 0
     hidden_sequence: int = 0
     hidden_problem: str = ""
+    # The feedback loop: the event store followed ("" with --events none), the store position read up to,
+    # the interactions after the served version's watermark held as fresh histories and their users, and
+    # why the store cannot be read now ("" when it can).
+    events_store: str = ""
+    events_followed: int = 0
+    fresh_interactions: int = 0
+    fresh_users: int = 0
+    events_problem: str = ""
+    # The served version's online hit rate on this replica: recommendations judged, and the share hit.
+    online_judged: int = 0
+    online_hit_rate: float = 0.0
 
     @property
     def serving(self) -> bool:
@@ -256,6 +271,7 @@ class Interaction:
     ``event_id``: yours, unique per interaction, so a resend stores nothing twice; None lets the client
     choose one (a random UUID, kept for its own retries of the call). ``rating``: 0.5 to 5, or None.
     ``occurred_at``: an aware datetime, or None for the time the recommender receives it.
+    ``recommendation_id``: the answer that led to it (``Recommendations.recommendation_id``), if any.
     """
 
     user_id: str | int
@@ -263,6 +279,7 @@ class Interaction:
     rating: float | None = None
     occurred_at: dt.datetime | None = None
     event_id: str | None = None
+    recommendation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ def recommendations_from_proto(response: recommender_pb2.RecommendResponse) -> R
         cold_start=response.cold_start,
         unknown_movie_ids=list(response.unknown_movie_ids),
         eligible_movies=_eligible(response.eligible_movies, len(response.items)),
+        recommendation_id=response.recommendation_id or None,
     )
 
 
@@ -166,6 +167,7 @@ def batch_from_proto(response: recommender_pb2.RecommendBatchResponse) -> BatchR
                 items=[item_from_proto(i) for i in r.items],
                 cold_start=r.cold_start,
                 eligible_movies=_eligible(r.eligible_movies, len(r.items)),
+                recommendation_id=r.recommendation_id or None,
             )
             for r in response.results
         ],
@@ -211,6 +213,13 @@ def model_status_from_proto(status: recommender_pb2.ModelStatus) -> ModelStatus:
         hidden_movies=status.hidden_movies,
         hidden_sequence=status.hidden_sequence,
         hidden_problem=status.hidden_problem,
+        events_store=status.events_store,
+        events_followed=status.events_followed,
+        fresh_interactions=status.fresh_interactions,
+        fresh_users=status.fresh_users,
+        events_problem=status.events_problem,
+        online_judged=status.online_judged,
+        online_hit_rate=status.online_hit_rate,
     )
 
 
@@ -368,6 +377,8 @@ def record_request(interactions: Iterable[Interaction]) -> recommender_pb2.Recor
                                             user_id=str(interaction.user_id), movie_id=int(interaction.movie_id))
             if interaction.rating is not None:
                 item.rating = float(interaction.rating)
+            if interaction.recommendation_id:
+                item.recommendation_id = interaction.recommendation_id
             if interaction.occurred_at is not None:
                 if interaction.occurred_at.tzinfo is None:
                     raise ConfigurationError("occurred_at must be an aware datetime (with a time zone)")

@@ -100,10 +100,13 @@ def test_one_replica_reads_its_writes_and_a_new_version_takes_over(root, tmp_pat
             again = stub.Recommend(recommender_pb2.RecommendRequest(user_id="alice", k=10), timeout=10)
             assert first.recommendation_id and again.recommendation_id != first.recommendation_id
             assert first.recommendation_id.startswith("1-")
+            assert rc.recommend("alice").recommendation_id.startswith("1-")  # through the client too
+            batch_ids = [r.recommendation_id for r in batch.results]
+            assert all(batch_ids) and len(set(batch_ids)) == len(batch_ids)  # one per user's answer
             cited = recommender_pb2.Interaction(event_id="v4", user_id="alice", movie_id=first.items[3].movie_id,
                                                 recommendation_id=first.recommendation_id)
             stub.RecordInteractions(recommender_pb2.RecordInteractionsRequest(interactions=[cited]), timeout=10)
-            status = stub.GetModelStatus(recommender_pb2.GetModelStatusRequest(), timeout=10)
+            status = rc.model_status()
             # The three answers alice got after v3 hold that movie: each is a hit (her cold start answer, made
             # before v1, can only be a hit or still open: four of her next ten interactions have happened).
             assert status.online_judged >= 3 and status.online_hit_rate == 1.0
