@@ -50,7 +50,10 @@ def stop_leftovers(since: int = 0) -> list[str]:
 
 
 def start_trainer(model_root: Path, log_dir: Path, *extra: str, env: dict | None = None) -> ServerProcess:
-    return ServerProcess("trainer_service.server", ["--model-root", str(model_root), *extra],
+    """A trainer on ``model_root``; its event store is ``log_dir/events.sqlite`` (a recommender started with
+    the same ``log_dir`` shares it) unless ``extra`` says where."""
+    events = () if "--events" in extra else ("--events", f"sqlite:///{log_dir / 'events.sqlite'}")
+    return ServerProcess("trainer_service.server", ["--model-root", str(model_root), *events, *extra],
                          log_dir / "trainer.log", env).start(60)
 
 
