@@ -126,10 +126,13 @@ class OnlineHits:
 
     # -- under the lock
     def _judge(self, user_id: str, entry: _Open, hit: bool) -> None:
-        """Counts ``entry`` (the age queue drops judged entries lazily, when they reach its front)."""
+        """Counts ``entry``. The age queue drops judged entries lazily: at its front, and all at once when
+        they outnumber the open ones (else a day of judged answers would pile up behind an open one)."""
         entry.judged = True
         self._open -= 1
         self._open_movies -= len(entry.movies)
+        if len(self._by_age) > 2 * self._open + 1024:
+            self._by_age = deque(pair for pair in self._by_age if not pair[1].judged)
         queue = self._users.get(user_id)
         if queue is not None:
             queue.remove(entry)

@@ -106,3 +106,13 @@ def test_open_recommendations_are_bounded():
     assert by_movies.open == 1 and by_movies.dropped == 1
     ids = {online.new_id(7) for _ in range(1000)}
     assert len(ids) == 1000 and all(i.startswith("7-") for i in ids)
+
+
+def test_judged_recommendations_do_not_pile_up():
+    online = OnlineHits(replica="test")
+    online.recommended("never-acts", 1, [1], 0.0)  # open all day, at the front of the age queue
+    for n in range(5000):
+        online.recommended(f"user{n}", 1, [n], 1.0)
+        online.observe(f"user{n}", n, 2.0)
+    assert online.totals() == {1: OnlineOutcome(5000, 5000)} and online.open == 1
+    assert len(online._by_age) <= 2 * online.open + 1025
