@@ -9,6 +9,19 @@ from tests.unit.fakes import Replica, Servers
 
 
 @pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` -> (exit code, stdout, stderr) of the ``movierec`` command line, run in this process."""
+    from clients.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+@pytest.fixture
 def offline_without_tfds_cache(tmp_path, monkeypatch):
     """A machine where tensorflow-datasets has nothing cached and the GroupLens host cannot be reached.
 

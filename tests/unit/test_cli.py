@@ -13,7 +13,6 @@ import grpc
 import pytest
 
 from clients import render
-from clients.cli import main
 from movierec.v1 import recommender_pb2
 from tests.unit.fakes import T0, Replica, abort, finished_job, make_job, rec_items
 
@@ -21,17 +20,11 @@ pytestmark = pytest.mark.usefixtures("fresh")
 
 
 @pytest.fixture
-def run(servers, capsys, monkeypatch):
+def run(servers, cli, monkeypatch):
     """``run(*args)`` -> (exit code, stdout, stderr), both services at the fake server."""
     monkeypatch.setenv("MOVIEREC_TRAINER", servers.address)
     monkeypatch.setenv("MOVIEREC_RECOMMENDER", servers.address)
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return cli
 
 
 # --------------------------------------------------------------------------- recommender

@@ -11,7 +11,6 @@ from concurrent import futures
 import grpc
 import pytest
 
-from clients.cli import main
 from movierec.v1 import trainer_pb2, trainer_pb2_grpc
 
 USED = trainer_pb2.InteractionsUsed(store_id="s1", store="sqlite:///e.sqlite", watermark=5000, read=5000, used=4812,
@@ -64,19 +63,13 @@ def server():
 
 
 @pytest.fixture
-def run(server, capsys, monkeypatch):
+def run(server, cli, monkeypatch):
     trainer, address = server
     trainer.trains.clear()
     trainer.online_problem = ""
     monkeypatch.setenv("MOVIEREC_TRAINER", address)
     monkeypatch.delenv("MOVIEREC_TOKEN", raising=False)
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return cli
 
 
 def test_train_with_interactions_sends_them(run, server):

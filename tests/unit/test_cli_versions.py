@@ -95,7 +95,7 @@ def fakes():
 
 
 @pytest.fixture
-def run(fakes, capsys, monkeypatch):
+def run(fakes, cli, monkeypatch):
     address, trainer = fakes
     trainer.pins.clear()
     trainer.pinned = 11
@@ -105,13 +105,7 @@ def run(fakes, capsys, monkeypatch):
     monkeypatch.setenv("MOVIEREC_TRAINER", address)
     monkeypatch.setenv("MOVIEREC_RECOMMENDER", address)
     monkeypatch.delenv("MOVIEREC_TOKEN", raising=False)
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return cli
 
 
 def test_versions_prints_a_table_with_sizes_pin_and_replicas(run):
