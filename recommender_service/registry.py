@@ -311,9 +311,12 @@ class ModelRegistry:
             self._root_visible = visible
             if visible:
                 event(log, "model root visible again", root=self.model_root)
-            else:
+            elif self._current is not None:
                 event(log, "model root shows no versions (empty or unreachable); serving continues on the loaded one",
-                      logging.WARNING, root=self.model_root)
+                      logging.WARNING, root=self.model_root, serving=self._current.version)
+            else:
+                event(log, "model root shows no versions yet (empty or unreachable); nothing to serve until one "
+                           "appears", root=self.model_root)
 
     def _report_rejection(self, version: int, fingerprint: str, reason: str) -> None:
         """Tells retention, through the root, that this replica refused version (movierec_common.rejections).
