@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ from tests.servers import start_trainer
 from trainer_service.publisher import publish
 
 pytestmark = pytest.mark.slow
-KILLS = 8
+# Half aimed at the publishing window. Each costs a trainer restart and a training (~20 s in CI); 4 keep CI in
+# budget, MOVIEREC_TRAINER_KILLS=20 runs the longer series this test began with.
+KILLS = int(os.environ.get("MOVIEREC_TRAINER_KILLS", "4"))
 
 
 def _assert_every_version_complete(model_root) -> list[int]:
