@@ -260,6 +260,12 @@ class PostgresEventStore(EventStore):
 
         return self._run(read)
 
+    def follow_after(self, watermark: int, limit: int) -> list[tuple[int, str, int]]:
+        self.ensure_schema()
+        return self._run(lambda connection: connection.execute(
+            f"SELECT sequence, user_id, movie_id FROM {TABLE} WHERE sequence > %s ORDER BY sequence LIMIT %s",
+            (watermark, limit)).fetchall())
+
     def latest_sequence(self) -> int:
         self.ensure_schema()
         return self._run(_latest)

@@ -194,6 +194,11 @@ class SqliteEventStore(EventStore):
 
         return self._read(read)
 
+    def follow_after(self, watermark: int, limit: int) -> list[tuple[int, str, int]]:
+        return self._read(lambda connection: connection.execute(
+            f"SELECT sequence, user_id, movie_id FROM {TABLE} WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            (watermark, limit)).fetchall())
+
     def latest_sequence(self) -> int:
         return self._read(_latest)
 

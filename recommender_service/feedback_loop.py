@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from movierec_common import metrics
-from movierec_common.event_store import EventStore, IncompatibleStore, Interaction, StoredInteraction, StoreUnavailable
+from movierec_common.event_store import EventStore, IncompatibleStore, Interaction, StoreUnavailable
 from movierec_common.logs import event
-from recommender_service.fresh_histories import NO_MOVIES, FreshHistories
+from recommender_service.fresh_histories import NO_MOVIES, FreshHistories, Row
 from recommender_service.interactions import Recorded, record
 from recommender_service.model import LoadedModel
 from recommender_service.online_hits import OnlineHits
@@ -96,10 +96,11 @@ class FeedbackLoop:
         """Stores the batch (raises as ``interactions.record``), then holds and judges its new rows at once."""
         recorded = record(self.store, interactions, movie_indices)
         if recorded.rows:
+            rows = [(row.sequence, row.interaction.user_id, row.interaction.movie_id) for row in recorded.rows]
             with self._taking:
-                mine = [row for row in recorded.rows if row.sequence > self._judged_through]
-                self._local.update(row.sequence for row in mine)
-                self._take(mine, recorded.rows)
+                mine = [row for row in rows if row[0] > self._judged_through]
+                self._local.update(row[0] for row in mine)
+                self._take(mine, rows)
         return recorded
 
     def fresh_movies(self, user_id: str, model: LoadedModel) -> np.ndarray:
@@ -145,26 +146,30 @@ class FeedbackLoop:
             self.histories.drop_through(floor)
             self._floor = floor
             self._followed = max(self._followed, floor)
-        rows = self.store.read_after(self._followed, PAGE)
+        rows = self.store.follow_after(self._followed, PAGE)
         if rows:
-            last = rows[-1].sequence
+            last = rows[-1][0]
             with self._taking:
                 judged, local = self._judged_through, self._local
-                news = [row for row in rows if row.sequence > judged and row.sequence not in local]
-                self._local = {sequence for sequence in local if sequence > last}
+                # What this replica wrote it holds and judged already: only the others' rows are news. Rows
+                # at or below what was judged come again only after a rollback, to be held again.
+                news = [row for row in rows if row[0] > judged and row[0] not in local]
+                hold = news if rows[0][0] > judged else [row for row in rows if row[0] <= judged or row[0] not in local]
+                self._local = {sequence for sequence in local if sequence > last} if local else local
                 self._judged_through = max(judged, last)
                 self._followed = last
-                self._take(news, rows)
+                self._take(news, hold)
         metrics.events_followed(self._followed, self.histories.counts().interactions)
         return len(rows)
 
-    def _take(self, judge: Sequence[StoredInteraction], hold: Sequence[StoredInteraction]) -> None:
+    def _take(self, judge: Sequence[Row], hold: Sequence[Row]) -> None:
         """Holds ``hold`` in the fresh histories (already held ones are skipped) and judges the open
         recommendations of ``judge``'s users."""
         self.histories.add(hold)
         now = time.time()
-        for row in judge:
-            self.online.observe(row.interaction.user_id, row.interaction.movie_id, now)
+        observe = self.online.observe
+        for _, user_id, movie_id in judge:
+            observe(user_id, movie_id, now)
 
     def _follow(self) -> None:
         pause = self._poll

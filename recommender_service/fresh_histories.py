@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from movierec_common.event_store import StoredInteraction
-
 MAX_PER_USER = 1000  # as a session's recent_movie_ids (servicer.MAX_RECENT_MOVIES)
 DEFAULT_MAX_TOTAL = 2_000_000
 
 NO_MOVIES = np.zeros(0, dtype=np.int64)
+
+Row = tuple[int, str, int]  # (sequence, user_id, movie_id): what EventStore.follow_after reads
 
 
 class _History:
@@ -89,19 +89,19 @@ class FreshHistories:
         self._total = 0
         self._lock = threading.Lock()
 
-    def add(self, rows: Iterable[StoredInteraction]) -> int:
-        """Holds ``rows`` (any order; ones already held are skipped); returns how many were new."""
+    def add(self, rows: Iterable[Row]) -> int:
+        """Holds ``rows``, ``(sequence, user_id, movie_id)`` each (any order; ones already held are skipped);
+        returns how many were new."""
         added = 0
         with self._lock:
             users = self._users
-            for row in rows:
-                user_id = row.interaction.user_id
+            for sequence, user_id, movie_id in rows:
                 history = users.get(user_id)
                 if history is None:
                     history = users[user_id] = _History()
                 else:
                     users.move_to_end(user_id)
-                if not history.add(row.sequence, row.interaction.movie_id):
+                if not history.add(sequence, movie_id):
                     continue
                 added += 1
                 self._total += 1

@@ -124,6 +124,14 @@ def test_online_outcomes_are_each_replicas_latest_totals_summed_per_version(stor
     assert outcomes[3].hit_rate == pytest.approx(6 / 17) and OnlineOutcome().hit_rate == 0.0
 
 
+def test_follow_after_reads_what_read_after_reads_in_brief(store):
+    store.record(_batch("a", 3) + _batch("b", 2, user="bob"))
+    full = store.read_after(1, 10)
+    assert [tuple(row) for row in store.follow_after(1, 10)] == [
+        (row.sequence, row.interaction.user_id, row.interaction.movie_id) for row in full]
+    assert [tuple(row) for row in store.follow_after(0, 2)] == [(1, "u1", 100), (2, "u1", 101)]
+
+
 def test_a_resend_stores_nothing(store):
     batch = _batch("r", 5)
     first = store.record(batch)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from movierec_common.event_store import Interaction, OnlineOutcome, StoredInteraction
+from movierec_common.event_store import OnlineOutcome
 from recommender_service.fresh_histories import FreshHistories
 from recommender_service.online_hits import JUDGED_AFTER_INTERACTIONS, JUDGED_AFTER_SECONDS, OnlineHits
 
 
-def rows(*triples: tuple[int, str, int]) -> list[StoredInteraction]:
-    return [StoredInteraction(sequence, Interaction(f"e{sequence}", user, movie, None, 1.0))
-            for sequence, user, movie in triples]
+def rows(*triples: tuple[int, str, int]) -> list[tuple[int, str, int]]:
+    return list(triples)
 
 
 def test_a_history_is_in_store_order_and_holds_each_sequence_once():
