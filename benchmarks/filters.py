@@ -54,7 +54,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -79,6 +78,7 @@ from benchmarks.filter_oracle import (  # noqa: E402
     synthetic_metadata,
     year_range,
 )
+from benchmarks.report import target_lines, work_folder  # noqa: E402
 from benchmarks.serve import DEFAULT_MOVIELENS, wait_for_version  # noqa: E402
 from movierec_common.server_process import ServerProcess  # noqa: E402
 
@@ -704,11 +704,7 @@ def report_lines(report: dict) -> list[str]:
                   f"{load['answers_holding_hidden']} answers holding a hidden movie, {load['errors']} errors, "
                   f"other problems {sum(v for k, v in load['problems'].items() if k != 'hidden')}",
                   ""]
-    for t in report["targets"]:
-        unit = f" {t['unit']}" if t["unit"] else ""
-        verdict = "PASS" if t["passed"] else "FAIL"
-        lines.append(f"{verdict}  {t['name']}: {t['value']}{unit} (target {t['limit']}{unit})")
-    return lines
+    return lines + target_lines(report["targets"])
 
 
 # ----------------------------------------------------------------------------
@@ -717,8 +713,7 @@ def report_lines(report: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="movierec-filters-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work_dir, "movierec-filters-bench-")
     started = time.monotonic()
     servers = Servers(work)
     report: dict[str, Any] = {"benchmark": "filters", "created_at": dt.datetime.now(dt.UTC).isoformat(),

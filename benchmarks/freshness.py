@@ -45,7 +45,6 @@ import platform
 import random
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -69,6 +68,7 @@ from benchmarks.ingestion_support import (  # noqa: E402
     stop_all,
     wait_serving,
 )
+from benchmarks.report import target_lines, work_folder  # noqa: E402
 from movierec_common.server_process import ServerProcess  # noqa: E402
 
 TARGET_P99_S = 1.0
@@ -234,17 +234,12 @@ def report_lines(report: dict) -> list[str]:
                   f"next answer missing its own write: {s['writer_missed_own_write']}; write (1 interaction) p50 "
                   f"{fmt((s['write_ms']['p50_s'] or 0) * 1000)} ms, p99 {fmt((s['write_ms']['p99_s'] or 0) * 1000)} ms",
               ""]
-    for t in report["targets"]:
-        unit = f" {t['unit']}" if t["unit"] else ""
-        verdict = "PASS" if t["passed"] else "FAIL"
-        lines.append(f"{verdict}  {t['name']}: {t['value']}{unit} (target {t['limit']}{unit})")
-    return lines
+    return lines + target_lines(report["targets"])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="movierec-freshness-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work_dir, "movierec-freshness-bench-")
     started = time.monotonic()
     root = str(work / "models")
     shutil.rmtree(root, ignore_errors=True)

@@ -54,7 +54,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -83,6 +82,7 @@ from benchmarks.ingestion_support import (  # noqa: E402
     stop_all,
     wait_serving,
 )
+from benchmarks.report import target_lines, work_folder  # noqa: E402
 from benchmarks.serve import latency_stats, run_loadgen  # noqa: E402
 from movierec_common.server_process import ServerProcess  # noqa: E402
 
@@ -469,11 +469,7 @@ def report_lines(report: dict) -> list[str]:
                      f"{ch['stored_without_acknowledgement']} without an acknowledgement ({ch['failed_calls']} failed "
                      f"calls)")
     lines.append("")
-    for t in report["targets"]:
-        unit = f" {t['unit']}" if t["unit"] else ""
-        lines.append(f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {_fmt(t['value'])}{unit} "
-                     f"(target {t['limit']}{unit})")
-    return lines
+    return lines + target_lines(report["targets"], _fmt)
 
 
 # ----------------------------------------------------------------------------
@@ -482,8 +478,7 @@ def report_lines(report: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="movierec-ingestion-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work_dir, "movierec-ingestion-bench-")
     started = time.monotonic()
     root = str(work / "models")
     shutil.rmtree(root, ignore_errors=True)

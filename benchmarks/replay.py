@@ -51,7 +51,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.replay_servers import TOKEN, KindServers  # noqa: E402
+from benchmarks.report import target_lines, work_folder  # noqa: E402
 
 DEFAULT_MOVIELENS = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
 SETTINGS = ("frozen", "fresh", "retrain")
@@ -410,11 +410,7 @@ def report_lines(report: dict) -> list[str]:
                          f"{result['cold_start_answers']:,} cold-start answers, "
                          f"{result['answers_by_unexpected_version']} answers by an unexpected version{extra}")
         lines.append("")
-    for t in report["targets"]:
-        verdict = ("PASS" if t["passed"] else "FAIL") if t["judged"] else "REPORTED"
-        value = "-" if t["value"] is None else f"{t['value']:.3f}"
-        lines.append(f"{verdict}  {t['name']}: {value} (target {t['limit']})")
-    return lines
+    return lines + target_lines(report["targets"], lambda value: "-" if value is None else f"{value:.3f}")
 
 
 def main(argv=None) -> int:
@@ -422,8 +418,7 @@ def main(argv=None) -> int:
     movielens_dir = Path(args.movielens_dir)
     if not (movielens_dir / "u.data").is_file():
         raise SystemExit(f"MovieLens 100K not found at {movielens_dir}: set MOVIELENS_DIR or --movielens-dir")
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="movierec-replay-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work_dir, "movierec-replay-bench-")
     started = time.monotonic()
     load_before = os.getloadavg()
     try:
