@@ -236,6 +236,8 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     ev.add_argument("--holdout-size", type=_positive_int, help="ratings held out per user (default 10)")
     ev.add_argument("--min-recall", type=float, metavar="X", help="quality gate: minimum validation Recall@10")
     ev.add_argument("--require-no-regression", action="store_true", help="refuse a model worse than the served one")
+    ev.add_argument("--require-beating-baseline", action="store_true",
+                    help="refuse a model whose validation Recall@10 is below neighbourhood popularity's")
     ev.add_argument("--no-quality-gate", action="store_true", help="publish regardless of the default floor")
     ev.add_argument("--no-refit", action="store_true",
                     help="publish the evaluated model itself instead of training it again on all the data")
@@ -325,6 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             min_validation_recall_at_10=args.min_recall,
             require_no_regression=args.require_no_regression,
+            require_beating_baseline=args.require_beating_baseline,
             workers=args.workers,
             quality_gate_disabled=args.no_quality_gate,
             refit=False if args.no_refit else None,

@@ -206,10 +206,23 @@ def publication(job: Job) -> str:
     return f"not published ({reason})"
 
 
+# The trainer reports the neighbourhood-popularity baseline's figures in baseline_metrics under this prefix.
+NEIGHBOURHOOD_PREFIX = "neighbourhood_"
+
+
 def metrics(job: Job) -> str:
-    names = list(job.metrics) + [n for n in job.baseline_metrics if n not in job.metrics]
-    rows = [[name, metric(job.metrics, name), metric(job.baseline_metrics, name)] for name in names]
-    return table(["metric", "model", "popularity"], rows, numeric={1, 2})
+    """The model's held-out figures beside popularity's and, when reported, neighbourhood popularity's."""
+    neighbourhood = {name[len(NEIGHBOURHOOD_PREFIX):]: value for name, value in job.baseline_metrics.items()
+                     if name.startswith(NEIGHBOURHOOD_PREFIX)}
+    popularity = {name: value for name, value in job.baseline_metrics.items()
+                  if not name.startswith(NEIGHBOURHOOD_PREFIX)}
+    names = list(job.metrics) + [n for n in {**popularity, **neighbourhood} if n not in job.metrics]
+    if not neighbourhood:
+        rows = [[name, metric(job.metrics, name), metric(popularity, name)] for name in names]
+        return table(["metric", "model", "popularity"], rows, numeric={1, 2})
+    rows = [[name, metric(job.metrics, name), metric(popularity, name), metric(neighbourhood, name)]
+            for name in names]
+    return table(["metric", "model", "popularity", "neighbourhood"], rows, numeric={1, 2, 3})
 
 
 def succeeded(job: Job) -> str:

@@ -75,6 +75,7 @@ class TrainOptions(TypedDict, total=False):
     idempotency_key: str | None  # the same key returns the same job
     min_validation_recall_at_10: float | None  # quality gate
     require_no_regression: bool  # quality gate: refuse a model worse than the served one
+    require_beating_baseline: bool  # quality gate: refuse a model below neighbourhood popularity on validation
     quality_gate_disabled: bool  # publish regardless of the trainer's default floor
     workers: int | None  # data-parallel workers (at most the trainer's --workers)
     refit: bool | None  # False: publish the evaluated model itself, not one trained again on all the data

@@ -353,6 +353,7 @@ def train_request(model: str, **options: Unpack[TrainOptions]) -> trainer_pb2.Tr
             quality_gate=trainer_pb2.QualityGate(
                 min_validation_recall_at_10=options.get("min_validation_recall_at_10") or 0.0,
                 require_no_regression=options.get("require_no_regression", False),
+                require_beating_baseline=options.get("require_beating_baseline", False),
                 disabled=options.get("quality_gate_disabled", False),
             ),
             workers=options.get("workers") or 0,

@@ -52,7 +52,7 @@ def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def _rows_of(indptr: np.ndarray, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rows_of(indptr: np.ndarray, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row in ``users``, item) pairs of a CSR's rows, concatenated."""
     counts = indptr[users + 1] - indptr[users]
     rows = np.repeat(np.arange(len(users)), counts)
@@ -82,17 +82,22 @@ def evaluate_score_rows(scores: np.ndarray, users: np.ndarray, train_csr, test_c
     Users outside ``users`` are not evaluated (their test items are ignored).
     """
     users = np.asarray(users, dtype=np.int64)
+    row_of = np.full(len(test_csr[0]) - 1, -1, dtype=np.int64)
+    row_of[users] = np.arange(users.size)
+    return evaluate_ranking(lambda chunk: scores[row_of[chunk]], scores.shape[1], train_csr,
+                            restrict_to_users(test_csr, users), ks, None)
+
+
+def restrict_to_users(test_csr, users: np.ndarray):
+    """``test_csr`` with every row outside ``users`` emptied, so only ``users`` are evaluated."""
     test_indptr, test_items = test_csr
     keep = np.zeros(len(test_indptr) - 1, dtype=bool)
-    keep[users] = True
+    keep[np.asarray(users, dtype=np.int64)] = True
     counts = np.where(keep, np.diff(test_indptr), 0)
     indptr = np.zeros_like(test_indptr)
     np.cumsum(counts, out=indptr[1:])
     owner = np.repeat(np.arange(len(test_indptr) - 1), np.diff(test_indptr))
-    row_of = np.full(len(test_indptr) - 1, -1, dtype=np.int64)
-    row_of[users] = np.arange(users.size)
-    return evaluate_ranking(lambda chunk: scores[row_of[chunk]], scores.shape[1], train_csr,
-                            (indptr, test_items[keep[owner]]), ks, None)
+    return indptr, test_items[keep[owner]]
 
 
 def evaluate_ranking(score_rows, n_items: int, train_csr, test_csr, ks=(10, 50),
@@ -112,11 +117,11 @@ def evaluate_ranking(score_rows, n_items: int, train_csr, test_csr, ks=(10, 50),
     for start in range(0, len(evaluated), chunk):
         users = evaluated[start:start + chunk]
         scores = score_rows(users)
-        seen_rows, seen_cols = _rows_of(train_indptr, train_items, users)
+        seen_rows, seen_cols = rows_of(train_indptr, train_items, users)
         scores[seen_rows, seen_cols] = -np.inf
         top = _top_items(scores, max_k)
         # A top-k movie is a hit when (row, movie) is among the test pairs.
-        test_rows, test_cols = _rows_of(test_indptr, test_items, users)
+        test_rows, test_cols = rows_of(test_indptr, test_items, users)
         test_keys = test_rows.astype(np.int64) * n_items + test_cols
         top_keys = np.arange(len(users), dtype=np.int64)[:, None] * n_items + top
         hits = np.isin(top_keys, test_keys).astype(np.float64)

@@ -42,6 +42,7 @@ class TrainSpec:
     idempotency_key: str = ""
     min_validation_recall_at_10: float = 0.0
     require_no_regression: bool = False
+    require_beating_baseline: bool = False
     quality_gate_disabled: bool = False
     # Data-parallel workers as requested (0 = the trainer's --workers; closed-form
     # kinds always run on one). What a job ran on is in its metrics ("workers").

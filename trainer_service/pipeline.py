@@ -45,11 +45,12 @@ from trainer_service.job_manager import JobContext
 from trainer_service.jobs import JobRecord, JobResult
 from trainer_service.kind_settings import KindSettings
 from trainer_service.model_kind import EpochReport, TrainedModel, TrainingRun
+from trainer_service.neighbourhood_baseline import NEIGHBOURHOOD_PREFIX, evaluate_neighbourhood_popularity
 from trainer_service.plots import loss_plot_png
 from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
 from trainer_service.ratings import Ratings, Split, time_ordered_history
 from trainer_service.releases import ML_100K
-from trainer_service.splits import make_split
+from trainer_service.splits import carve_validation, make_split
 from trainer_service.tensorboard_runs import REFIT_RUN, JobRun, runs_dir
 from trainer_service.train_request import hyperparameters_for, resolve_workers, seed_for
 from trainer_service.training import check_catalogue, kind_named, train
@@ -66,12 +67,15 @@ class Evaluation:
 
     metrics: dict[str, float]    # held out, with the run's bookkeeping (validation Recall@10, timings)
     baseline: dict[str, float]   # popularity on the same holdout
+    neighbourhood: dict[str, float]  # neighbourhood popularity on the same holdout (``neighbourhood_baseline``)
     split_name: str
     loss_history: tuple[float, ...]
     validation_recall: float     # what the quality gate judges
 
     def result(self, *, version: int = 0, refusal: str = "") -> JobResult:
-        return JobResult(metrics=self.metrics, baseline_metrics=self.baseline, evaluation_split=self.split_name,
+        baseline = {**self.baseline, **{f"{NEIGHBOURHOOD_PREFIX}{name}": value
+                                        for name, value in self.neighbourhood.items()}}
+        return JobResult(metrics=self.metrics, baseline_metrics=baseline, evaluation_split=self.split_name,
                          loss_history=self.loss_history, published=version > 0, model_version=version,
                          not_published_reason=refusal)
 
@@ -248,6 +252,7 @@ class Job:
                                   max_scores=EVALUATION_MAX_SCORES)
         baseline = evaluate_scores(*popularity_vectors(train_csr, split.data.n_items), train_csr, test_csr,
                                    max_scores=EVALUATION_MAX_SCORES)
+        neighbourhood = evaluate_neighbourhood_popularity(train_csr, test_csr, split.data.n_items)
         validation_recall = float(trained.validation_metrics.get("recall_at_10", 0.0))
         metrics.update(
             validation_recall_at_10=validation_recall,
@@ -262,14 +267,21 @@ class Job:
         event(log, "job evaluated", job_id=self.record.id, model=self.spec.model, split=split.name,
               recall_at_10=round(metrics["recall_at_10"], 4), ndcg_at_10=round(metrics["ndcg_at_10"], 4),
               popularity_recall_at_10=round(baseline["recall_at_10"], 4),
+              neighbourhood_recall_at_10=round(neighbourhood["recall_at_10"], 4),
               train_seconds=round(trained.train_seconds, 1),
               engine=trained.distribution["engine"], workers=trained.distribution["workers"])
-        return Evaluation(metrics=metrics, baseline=baseline, split_name=split.name,
+        return Evaluation(metrics=metrics, baseline=baseline, neighbourhood=neighbourhood, split_name=split.name,
                           loss_history=tuple(trained.loss_history), validation_recall=validation_recall)
 
     def gate(self, split: Split, evaluation: Evaluation) -> str:
         """Why the model must not be published (see ``quality_gate``); "" when it may."""
-        return quality_gate.refusal(self.spec, self.config, evaluation.validation_recall, split)
+        def baseline_recall() -> float:
+            validation = carve_validation(split, self.hp.validation_size, self.seed,
+                                          by_time=self.kind.validated_by_time)
+            return evaluate_neighbourhood_popularity(validation.train_csr(), validation.test_csr(),
+                                                     split.data.n_items)["recall_at_10"]
+
+        return quality_gate.refusal(self.spec, self.config, evaluation.validation_recall, split, baseline_recall)
 
     def refit(self, split: Split, trained: TrainedModel) -> tuple[TrainedModel, RefitRecord]:
         """The model to publish, trained on every rating (holdout included) with what evaluation chose.
@@ -342,7 +354,7 @@ class Job:
             history_order="time",
             query_encoder=served.encoder.to_json() if served.encoder is not None else None,
             metrics=evaluation.metrics,
-            baseline_metrics={"popularity": evaluation.baseline},
+            baseline_metrics={"popularity": evaluation.baseline, "neighbourhood_popularity": evaluation.neighbourhood},
             loss_history=evaluation.loss_history,
             validation_history=tuple(trained.validation_history),
             distribution=Distribution.from_json(trained.distribution),

@@ -1,14 +1,18 @@
 """The quality gate: whether a job's model may be published, judged on its validation Recall@10.
 
-Two rules, both on the validation split the kind chose its settings on (the
+Three rules, all on the validation split the kind chose its settings on (the
 holdout's figures are reported, never used to decide): a floor (the
 request's, else the trainer's ``--min-recall``), and, when the request asks
-for it, no regression against what callers are served now.
+for them, beating neighbourhood popularity (``neighbourhood_baseline``: a bar
+that still means something on a long-tailed catalogue, where global
+popularity finds almost nothing) and no regression against what callers are
+served now.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from movierec_common.artifact import ArtifactError, read_metadata
 from movierec_common.logs import event
@@ -27,13 +31,23 @@ from trainer_service.ratings import Split
 log = logging.getLogger(__name__)
 
 
-def refusal(spec: TrainSpec, config: TrainerConfig, validation_recall: float, split: Split) -> str:
-    """Returns why the model must not be published, or "" when it may."""
+def refusal(spec: TrainSpec, config: TrainerConfig, validation_recall: float, split: Split,
+            baseline_recall: Callable[[], float] | None = None) -> str:
+    """Returns why the model must not be published, or "" when it may.
+
+    ``baseline_recall`` computes neighbourhood popularity's Recall@10 on the validation split the model was
+    chosen on; it is called only when the request asks to beat it.
+    """
     if spec.quality_gate_disabled:
         return ""
     floor = spec.min_validation_recall_at_10 or config.min_validation_recall_at_10
     if validation_recall < floor:
         return f"validation Recall@10 {validation_recall:.4f} is below the floor {floor:.4f}"
+    if spec.require_beating_baseline and baseline_recall is not None:
+        bar = baseline_recall()
+        if validation_recall < bar:
+            return (f"validation Recall@10 {validation_recall:.4f} is below neighbourhood popularity's {bar:.4f} "
+                    f"on the same validation split (the movies most often rated together with each user's own)")
     if spec.require_no_regression:
         return regression(config.model_root, validation_recall, split)
     return ""

@@ -137,9 +137,16 @@ class JobRun:
         self._guard("settings", lambda: self._scalars("", _numbers(settings, "settings"), step))
 
     def finish(self, metrics: Mapping[str, float], baseline: Mapping[str, float], outcome: str, step: int) -> None:
-        """The job's result: its metrics, the baseline's, what happened, and the hparams session's end."""
+        """The job's result: its metrics, the baselines' (popularity's as they are, neighbourhood popularity's
+        prefixed ``neighbourhood_`` in the job, under ``neighbourhood/`` here), what happened, and the hparams
+        session's end."""
+        prefix = "neighbourhood_"
+        popularity = {name: value for name, value in baseline.items() if not name.startswith(prefix)}
+        neighbourhood = {name[len(prefix):]: value for name, value in baseline.items() if name.startswith(prefix)}
+
         def write():
-            self._scalars("", {**_numbers(metrics, "final"), **_numbers(baseline, "popularity")}, step)
+            self._scalars("", {**_numbers(metrics, "final"), **_numbers(popularity, "popularity"),
+                               **_numbers(neighbourhood, "neighbourhood")}, step)
             self._text("job/outcome", outcome, step)
             self._add("", _tb().session_end_pb(_tb().SUCCESS), step)
         self._guard("finish", write)

@@ -58,6 +58,7 @@ def spec_from_proto(request: trainer_pb2.TrainRequest) -> TrainSpec:
         idempotency_key=request.idempotency_key,
         min_validation_recall_at_10=gate.min_validation_recall_at_10,
         require_no_regression=gate.require_no_regression,
+        require_beating_baseline=gate.require_beating_baseline,
         quality_gate_disabled=gate.disabled,
         workers=request.workers,
         interactions=request.dataset.interactions.include,
@@ -83,6 +84,7 @@ def spec_to_proto(spec: TrainSpec) -> trainer_pb2.TrainRequest:
         quality_gate=trainer_pb2.QualityGate(
             min_validation_recall_at_10=spec.min_validation_recall_at_10,
             require_no_regression=spec.require_no_regression,
+            require_beating_baseline=spec.require_beating_baseline,
             disabled=spec.quality_gate_disabled,
         ),
         workers=spec.workers,

@@ -491,6 +491,7 @@ def train_requests(draw):
     elif draw(st.booleans()):
         request.quality_gate.min_validation_recall_at_10 = draw(st.sampled_from([0.0, 0.5, 1.0]))
     request.quality_gate.require_no_regression = draw(st.booleans())
+    request.quality_gate.require_beating_baseline = draw(st.booleans())
     request.quality_gate.disabled = draw(st.booleans())
     if hostile("workers"):
         request.workers = draw(int32s(TRAINER_WORKERS, TRAINER_WORKERS + 1))
@@ -699,7 +700,8 @@ def train_spec(request: trainer_pb2.TrainRequest) -> tuple:
             request.evaluation.holdout or DEFAULT_HOLDOUT, request.evaluation.holdout_size or DEFAULT_HOLDOUT_SIZE,
             request.evaluation.refit if request.evaluation.HasField("refit") else True, request.seed,
             request.idempotency_key, request.quality_gate.min_validation_recall_at_10,
-            request.quality_gate.require_no_regression, request.quality_gate.disabled, request.workers)
+            request.quality_gate.require_no_regression, request.quality_gate.require_beating_baseline,
+            request.quality_gate.disabled, request.workers)
 
 
 # --------------------------------------------------------------------------- the oracle: right answers

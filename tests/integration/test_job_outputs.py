@@ -74,8 +74,11 @@ def _check_common(run: dict, job, metadata: dict, kind: str) -> None:
     assert final.keys() == job.metrics.keys()
     for name, value in job.metrics.items():
         assert final[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+    assert "neighbourhood_recall_at_10" in job.baseline_metrics
     for name, value in job.baseline_metrics.items():
-        assert run[f"popularity/{name}"][-1][1] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+        tag = f"neighbourhood/{name[len('neighbourhood_'):]}" if name.startswith("neighbourhood_") \
+            else f"popularity/{name}"
+        assert run[tag][-1][1] == pytest.approx(value, rel=1e-6, abs=1e-6), name
     for name, value in metadata["settings"].items():
         if isinstance(value, float):
             assert run[f"settings/{name}"][-1][1] == pytest.approx(value, rel=1e-6), name

@@ -8,6 +8,8 @@ comparing with the newest instead would decide the other way.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from clients import TrainerClient
@@ -82,3 +84,16 @@ def test_floor_and_regression_gates(gated_trainer):
         assert "below version 2's" in behind_served.not_published_reason
         assert "(served by a live recommender)" in behind_served.not_published_reason
         assert _versions(model_root) == [1, 2, 3]
+
+        # Beating neighbourhood popularity on the validation split the model was chosen on: the
+        # near-initial model does not; EASE (item-item regression, a stronger use of the same
+        # co-occurrences) does, and is published.
+        below = run(**BAD, require_beating_baseline=True, min_validation_recall_at_10=0.001)
+        assert below.state == "SUCCEEDED" and not below.published
+        found = re.search(r"below neighbourhood popularity's (\d\.\d{4}) on the same validation split",
+                          below.not_published_reason)
+        assert found, below.not_published_reason
+        assert _recall(below) < float(found.group(1))
+        above = run("ease", require_beating_baseline=True, min_validation_recall_at_10=0.001, **DATA)
+        assert above.published and above.model_version == 4, above.not_published_reason
+        assert _recall(above) >= float(found.group(1))  # the same validation split (same seed and size)

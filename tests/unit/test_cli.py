@@ -339,6 +339,15 @@ def test_train_no_refit(run, servers):
     assert code == 0, err
     (request,) = servers.trainer.requests("Train")
     assert request.evaluation.HasField("refit") and request.evaluation.refit is False
+    assert not request.quality_gate.require_beating_baseline
+
+
+def test_train_require_beating_baseline(run, servers):
+    code, _, err = run("train", "--model", "ease", "--require-beating-baseline")
+
+    assert code == 0, err
+    (request,) = servers.trainer.requests("Train")
+    assert request.quality_gate.require_beating_baseline and not request.quality_gate.require_no_regression
 
 
 def test_train_watch_shows_progress_then_metrics(run, servers):
@@ -401,6 +410,17 @@ def test_job_details(run):
     assert "state:" in out and "SUCCEEDED" in out
     assert "published as version 7" in out and "evaluated on: ua" in out
     assert ["recall_at_10", "0.1250", "0.0625"] in [line.split() for line in out.splitlines()]
+
+
+def test_job_details_with_the_neighbourhood_baseline(run, servers):
+    servers.trainer.handlers["GetJob"] = lambda r, c: finished_job(baseline_metrics={
+        "recall_at_10": 0.0625, "neighbourhood_recall_at_10": 0.1, "neighbourhood_users_evaluated": 300})
+    code, out, _ = run("job", "job-1")
+    rows = [line.split() for line in out.splitlines()]
+    assert code == 0
+    assert ["metric", "model", "popularity", "neighbourhood"] in rows
+    assert ["recall_at_10", "0.1250", "0.0625", "0.1000"] in rows
+    assert ["users_evaluated", "-", "-", "300.0000"] in rows
 
 
 def test_cancel(run, servers):

@@ -541,6 +541,7 @@ def test_train_translates_every_field(tc, servers):
         idempotency_key="key-1",
         min_validation_recall_at_10=0.05,
         require_no_regression=True,
+        require_beating_baseline=True,
     )
 
     (request,) = servers.trainer.requests("Train")
@@ -553,6 +554,7 @@ def test_train_translates_every_field(tc, servers):
     assert request.idempotency_key == "key-1"
     assert request.quality_gate.min_validation_recall_at_10 == pytest.approx(0.05)
     assert request.quality_gate.require_no_regression and not request.quality_gate.disabled
+    assert request.quality_gate.require_beating_baseline
     assert isinstance(job, Job)
     assert (job.id, job.state, job.model, job.done) == ("job-1", "QUEUED", "two_tower", False)
     assert job.progress.total_epochs == 5 and job.model_version is None

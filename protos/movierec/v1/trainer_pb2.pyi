@@ -69,14 +69,16 @@ class EvaluationSpec(_message.Message):
     def __init__(self, holdout: _Optional[str] = ..., holdout_size: _Optional[int] = ..., refit: _Optional[bool] = ...) -> None: ...
 
 class QualityGate(_message.Message):
-    __slots__ = ("min_validation_recall_at_10", "require_no_regression", "disabled")
+    __slots__ = ("min_validation_recall_at_10", "require_no_regression", "disabled", "require_beating_baseline")
     MIN_VALIDATION_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_NO_REGRESSION_FIELD_NUMBER: _ClassVar[int]
     DISABLED_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_BEATING_BASELINE_FIELD_NUMBER: _ClassVar[int]
     min_validation_recall_at_10: float
     require_no_regression: bool
     disabled: bool
-    def __init__(self, min_validation_recall_at_10: _Optional[float] = ..., require_no_regression: _Optional[bool] = ..., disabled: _Optional[bool] = ...) -> None: ...
+    require_beating_baseline: bool
+    def __init__(self, min_validation_recall_at_10: _Optional[float] = ..., require_no_regression: _Optional[bool] = ..., disabled: _Optional[bool] = ..., require_beating_baseline: _Optional[bool] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("model", "dataset", "epochs", "hyperparameters", "evaluation", "seed", "idempotency_key", "quality_gate", "workers")
