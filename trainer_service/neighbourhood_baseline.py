@@ -21,8 +21,9 @@ MovieLens 100K) is scored exactly with two dense products, ``(X_u X^T) X``.
 Past that, the work is the co-occurrence expansion, ``sum over j in history(u)
 of sum over j's raters v of |history(v)|``, which popular movies make huge
 (80,000 raters of one movie at ML-25M's shape). So each movie's raters are
-subsampled to at most :data:`MAX_CO_RATERS` (seeded), each sampled rater's
-vote scaled by raters / sampled, an unbiased estimate of the counts; and the
+subsampled to at most :data:`MAX_CO_RATERS` and each voting user's movies to
+:data:`MAX_VOTER_MOVIES` (seeded), votes scaled by all / kept, an unbiased
+estimate of the counts (noisier, so a slightly weaker bar); and the
 baseline is evaluated on a seeded random sample of the evaluated users whose
 total work stays within :data:`NEIGHBOURHOOD_MAX_WORK`. The sample is random
 (taken in random order, not by cost), so its mean estimates the
@@ -39,14 +40,30 @@ from trainer_service.evaluation import evaluate_ranking, restrict_to_users, rows
 NEIGHBOURHOOD_PREFIX = "neighbourhood_"
 # Up to this many users x movies the baseline is exact, by dense products (64 MB of float32).
 DENSE_MAX_ENTRIES = 1 << 24
-# Past it: raters kept per movie, and co-occurrence entries expanded in all (about 2 s of numpy).
+# Past it: raters kept per movie, movies kept per voting user, and co-occurrence entries expanded in all
+# (about 2 s of numpy).
 MAX_CO_RATERS = 64
+MAX_VOTER_MOVIES = 64
 NEIGHBOURHOOD_MAX_WORK = 200_000_000
 _SAMPLE_SEED = 1
 
 
+def subsample_rows(indptr: np.ndarray, values: np.ndarray, cap: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded random ``cap`` of each CSR row's values (all of a shorter row), and each row's scale
+    (length / kept), which makes a sum over the kept values an unbiased estimate of the sum over all."""
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    shuffled = np.lexsort((rng.random(len(values)), rows))  # rows in order, each row's values shuffled
+    rank = np.arange(len(values)) - np.repeat(indptr[:-1], counts)
+    kept_counts = np.minimum(counts, cap)
+    kept_indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(kept_counts, out=kept_indptr[1:])
+    return kept_indptr, values[shuffled[rank < cap]], counts / np.maximum(kept_counts, 1)
+
+
 class CoRaters:
-    """Who rated each movie (the training ratings by movie), and each movie's expansion cost."""
+    """The training ratings by movie (who rated it) and by user, as the baseline expands them."""
 
     def __init__(self, train_csr, n_items: int):
         indptr, items = train_csr
@@ -54,29 +71,24 @@ class CoRaters:
         self.n_items = n_items
         self.train_csr = (indptr, items)
         owners = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(indptr))
-        order = np.argsort(items, kind="stable")
-        self.raters = owners[order]
-        self.raters_indptr = np.zeros(n_items + 1, dtype=np.int64)
-        np.cumsum(np.bincount(items, minlength=n_items), out=self.raters_indptr[1:])
         self.dense: np.ndarray | None = None
         if self.n_users * n_items <= DENSE_MAX_ENTRIES:
             self.dense = np.zeros((self.n_users, n_items), dtype=np.float32)
             self.dense[owners, items] = 1.0
-        # Subsample popular movies' raters (a seeded random MAX_CO_RATERS of each), votes scaled up.
-        counts = np.diff(self.raters_indptr)
-        rank = np.arange(len(self.raters)) - np.repeat(self.raters_indptr[:-1], counts)
-        shuffled = np.lexsort((np.random.default_rng(_SAMPLE_SEED).random(len(self.raters)),
-                               np.repeat(np.arange(n_items), counts)))
-        kept = shuffled[rank < MAX_CO_RATERS]
-        self.raters = self.raters[kept]
-        kept_counts = np.minimum(counts, MAX_CO_RATERS)
-        self.raters_indptr = np.zeros(n_items + 1, dtype=np.int64)
-        np.cumsum(kept_counts, out=self.raters_indptr[1:])
-        self.vote_scale = counts / np.maximum(kept_counts, 1)
-        # cost[j] = total history length of j's kept raters
-        lengths = np.diff(indptr).astype(np.float64)
-        self.cost = np.zeros(n_items) if self.dense is not None else np.bincount(
-            np.repeat(np.arange(n_items), kept_counts), weights=lengths[self.raters], minlength=n_items)
+            self.cost = np.zeros(n_items)
+            return
+        raters_indptr = np.zeros(n_items + 1, dtype=np.int64)
+        np.cumsum(np.bincount(items, minlength=n_items), out=raters_indptr[1:])
+        raters = owners[np.argsort(items, kind="stable")]
+        rng = np.random.default_rng(_SAMPLE_SEED)
+        # A popular movie's raters and a heavy user's movies are subsampled, their votes scaled up.
+        self.raters_indptr, self.raters, self.rater_scale = subsample_rows(raters_indptr, raters, MAX_CO_RATERS, rng)
+        self.votes_indptr, self.votes, self.vote_scale = subsample_rows(
+            np.asarray(indptr, dtype=np.int64), items, MAX_VOTER_MOVIES, rng)
+        # cost[j]: the movies j's kept raters vote for.
+        kept_votes = np.diff(self.votes_indptr).astype(np.float64)
+        self.cost = np.bincount(np.repeat(np.arange(n_items), np.diff(self.raters_indptr)),
+                                weights=kept_votes[self.raters], minlength=n_items)
 
     def user_work(self, users: np.ndarray) -> np.ndarray:
         indptr, items = self.train_csr
@@ -84,18 +96,19 @@ class CoRaters:
         return np.bincount(rows, weights=self.cost[movies], minlength=len(users))
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        """[len(users), movies] co-occurrence scores (float64 counts)."""
+        """[len(users), movies] co-occurrence scores (counts; estimates past the dense size)."""
         if self.dense is not None:
             return (self.dense[users] @ self.dense.T) @ self.dense
         indptr, items = self.train_csr
         m = len(users)
         rows, movies = rows_of(indptr, items, users)
         pair, others = rows_of(self.raters_indptr, self.raters, movies)
-        # What each (row, other user) pair votes: the movies they share, scaled for subsampling.
+        # What each (row, other user) pair's votes weigh: the movies they share, scaled for subsampling.
         keys, inverse = np.unique(rows[pair] * self.n_users + others, return_inverse=True)
-        shared = np.bincount(inverse, weights=self.vote_scale[movies[pair]])
+        shared = np.bincount(inverse, weights=self.rater_scale[movies[pair]])
         voter_row, voter = keys // self.n_users, keys % self.n_users
-        which, voted = rows_of(indptr, items, voter)
+        shared *= self.vote_scale[voter]
+        which, voted = rows_of(self.votes_indptr, self.votes, voter)
         flat = voter_row[which] * self.n_items + voted
         return np.bincount(flat, weights=shared[which], minlength=m * self.n_items).reshape(m, self.n_items)
 

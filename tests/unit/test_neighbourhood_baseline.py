@@ -45,16 +45,23 @@ def test_scores_are_the_co_occurrence_counts(histories, dense, monkeypatch):
         np.testing.assert_allclose(scores[row], _brute_force(histories, int(user), 40))
 
 
-def test_popular_movies_raters_are_subsampled_with_scaled_votes(histories, monkeypatch):
+def test_subsampled_counts_are_unbiased(histories, monkeypatch):
+    """Raters and voters' movies cut to 2 each: over many seeds the mean score is the exact count."""
     monkeypatch.setattr(neighbourhood_baseline, "DENSE_MAX_ENTRIES", 0)
     monkeypatch.setattr(neighbourhood_baseline, "MAX_CO_RATERS", 2)
-    co_raters = CoRaters(_csr(histories), 40)
-    raters = np.bincount(_csr(histories)[1], minlength=40)
-    assert np.diff(co_raters.raters_indptr).max() == 2
-    # A user's own movies each still count all their raters' votes in expectation: each kept rater's vote
-    # is scaled so the kept votes sum to the movie's rater count.
-    kept = np.diff(co_raters.raters_indptr)
-    np.testing.assert_allclose((co_raters.vote_scale * kept)[raters > 0], raters[raters > 0])
+    monkeypatch.setattr(neighbourhood_baseline, "MAX_VOTER_MOVIES", 2)
+    users = np.array([3, 11])
+    exact = np.array([_brute_force(histories, int(u), 40) for u in users])
+    runs = []
+    for seed in range(150):
+        monkeypatch.setattr(neighbourhood_baseline, "_SAMPLE_SEED", seed)
+        co_raters = CoRaters(_csr(histories), 40)
+        assert np.diff(co_raters.raters_indptr).max() == 2 and np.diff(co_raters.votes_indptr).max() == 2
+        runs.append(co_raters.scores(users))
+    mean, standard_error = np.mean(runs, axis=0), np.std(runs, axis=0) / np.sqrt(len(runs))
+    assert not np.allclose(runs[0], exact)  # one run is an estimate ...
+    assert np.all(np.abs(mean - exact) <= 4.5 * standard_error + 1e-9)  # ... whose mean is the count
+    np.testing.assert_allclose(mean.sum(axis=1), exact.sum(axis=1), rtol=0.02)
 
 
 def test_the_user_sample_stays_within_the_work_budget(histories, monkeypatch):
