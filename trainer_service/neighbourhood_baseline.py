@@ -75,7 +75,7 @@ class CoRaters:
         if self.n_users * n_items <= DENSE_MAX_ENTRIES:
             self.dense = np.zeros((self.n_users, n_items), dtype=np.float32)
             self.dense[owners, items] = 1.0
-            self.cost = np.zeros(n_items)
+            self.cost: np.ndarray = np.zeros(n_items)
             return
         raters_indptr = np.zeros(n_items + 1, dtype=np.int64)
         np.cumsum(np.bincount(items, minlength=n_items), out=raters_indptr[1:])
