@@ -27,6 +27,11 @@ Why it is built this way:
   ``query_encoder``, so nothing is cached or precomputed. ``--model ease``
   serves EASE^R at MovieLens 100K size, whose session queries are
   1,682-wide history rows against a 1,682 x 1,682 item matrix.
+  ``--session-compare`` also starts a second recommender on the same version
+  with ``MOVIEREC_SESSION_TRIM=0`` (history parts keep every movie, the rule
+  before ``session_query.TRIM_TOLERANCE``) and runs its session rows
+  interleaved with ours, with plain 1-in-flight calls to ours beside them
+  each repeat as the floor: old and new under the same load.
 
 Run ``python benchmarks/serve.py`` (about 3 minutes; ``--tiny`` for a
 seconds-long smoke run). It prints the tables and a PASS/FAIL line per target
@@ -69,6 +74,8 @@ TARGET_RELOAD_P99_RATIO = 2.0
 TARGET_PUBLISH_TO_SERVED_S = 2.0
 TARGET_RSS_RATIO = 2.0
 TARGET_SESSION_P50_MS = 1.0
+# Issue 20, with --session-compare: a session's p50 over the plain call's p50 measured in the same run.
+TARGET_SESSION_GAP_MS = {"known_user": 0.3, "unknown_user": 0.2}
 RELOAD_IN_FLIGHT = 32
 SESSION_MOVIES = 10
 SESSIONS = 1000  # distinct sessions per row, drawn at random per call
@@ -110,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds-long smoke run: short levels, 2 reload versions, 50 correctness users, "
                              "synthetic model unless --model says otherwise")
     parser.add_argument("--fail-on-target", action="store_true", help="exit 1 when any target fails")
+    parser.add_argument("--session-compare", action="store_true",
+                        help="sessions: also serve the version with MOVIEREC_SESSION_TRIM=0 (no trimming) and "
+                             "interleave its rows with ours, plain 1-in-flight calls beside them as the floor")
     args = parser.parse_args(argv)
     if args.tiny:
         args.seconds_per_level = min(args.seconds_per_level, 1.0)
@@ -262,9 +272,9 @@ def variant(artifact, number: int, seed: int):
 # Processes
 # ----------------------------------------------------------------------------
 
-def server_process(name: str, command: list[str], log_path: Path) -> ServerProcess:
-    """A server started from the repository's root (not yet running: call ``start``)."""
-    return ServerProcess(name, command, log_path, cwd=REPO_ROOT)
+def server_process(name: str, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """A server started from the repository's root (not yet running: call ``start``), ``env`` added to ours."""
+    return ServerProcess(name, command, log_path, env=env, cwd=REPO_ROOT)
 
 
 class RssSampler(threading.Thread):
@@ -486,38 +496,89 @@ def session_refusal(target: str, session: dict) -> str:
     return ""
 
 
-def session_phase(args, work: Path, ours: ServerProcess, artifact) -> dict:
-    """Session calls at 1 in flight, one row per kind of caller; medians over --repeats."""
+def session_run(args, work: Path, server: ServerProcess, tag: str, repeat: int, *,
+                sessions_file: Path | None = None, users_file: Path | None = None) -> dict:
+    """One 1-in-flight run of sessions (or of plain calls, given ``users_file``) against ``server``."""
+    cpu_at_start: list[float] = []
+    run = run_loadgen(work, server.target, users_file, concurrency=1, seconds=args.seconds_per_level,
+                      warmup=args.warmup, k=args.k, seed=args.seed + repeat, tag=f"{tag}-{repeat}",
+                      sessions_file=sessions_file,
+                      on_measuring=lambda _t, pid=server.process.pid, into=cpu_at_start: into.append(
+                          cpu_seconds(pid)))
+    stats = latency_stats(run)
+    stats["server_cpu_us_per_call"] = round(
+        (cpu_seconds(server.process.pid) - cpu_at_start[0]) / max(stats["calls"], 1) * 1e6, 1)
+    stats["error_details"] = run["error_details"]
+    print(f"  {tag} 1 in flight: p50 {stats['p50_ms']} ms, p95 {stats['p95_ms']} ms, "
+          f"{stats['calls_per_s']} calls/s, {stats['errors']} errors", flush=True)
+    return stats
+
+
+def session_row(who: str, runs: list[dict]) -> dict:
+    details: dict[str, int] = {}
+    for run in runs:
+        for key, count in run.pop("error_details").items():
+            details[key] = details.get(key, 0) + count
+    return {"who": who, **median_stats(runs), "error_details": details, "repeats": runs}
+
+
+def session_phase(args, work: Path, ours: ServerProcess, artifact, root: str | None = None) -> dict:
+    """Session calls at 1 in flight, one row per kind of caller; medians over --repeats.
+
+    With --session-compare (and ``root``), a second recommender serves the same version without trimming
+    (MOVIEREC_SESSION_TRIM=0): each repeat runs plain calls to ours (the floor), then every row on ours and on
+    the untrimmed one, alternately, so drift on a shared machine hits old and new alike."""
     sets = session_sets(artifact, args.seed)
     result = {"in_flight": 1, "recent_movies": min(SESSION_MOVIES, artifact.num_items), "sessions_per_row": SESSIONS}
     refusal = session_refusal(ours.target, sets["unknown_user"][0])
     if refusal:
         return {**result, "skipped": refusal, "rows": []}
-    rows = []
+    files = {}
     for who, sessions in sets.items():
-        sessions_file = work / f"sessions-{who}.json"
-        sessions_file.write_text(json.dumps(sessions))
-        runs = []
+        files[who] = work / f"sessions-{who}.json"
+        files[who].write_text(json.dumps(sessions))
+    untrimmed = None
+    if args.session_compare and root is not None:
+        from recommender_service.sessions import TRIM_ENV
+
+        untrimmed = server_process("untrimmed", [sys.executable, "-m", "recommender_service.server", "--port", "0",
+                                                 "--model-root", root, "--poll-seconds", str(args.poll_seconds),
+                                                 "--threads", str(args.threads)],
+                                   work / "recommender-untrimmed.log", env={TRIM_ENV: "0"}).start()
+    try:
+        servers = [("ours", ours)] + ([("untrimmed", untrimmed)] if untrimmed is not None else [])
+        if untrimmed is not None:
+            wait_for_version(untrimmed.target, served_version(ours.target))
+        runs: dict[tuple[str, str], list[dict]] = {(name, who): [] for name, _ in servers for who in sets}
+        floor: list[dict] = []
+        users_file = work / "users.json"
         for repeat in range(args.repeats):
-            cpu_at_start: list[float] = []
-            run = run_loadgen(work, ours.target, None, concurrency=1, seconds=args.seconds_per_level,
-                              warmup=args.warmup, k=args.k, seed=args.seed + repeat, tag=f"session-{who}-{repeat}",
-                              sessions_file=sessions_file,
-                              on_measuring=lambda _t, pid=ours.process.pid, into=cpu_at_start: into.append(
-                                  cpu_seconds(pid)))
-            stats = latency_stats(run)
-            stats["server_cpu_us_per_call"] = round(
-                (cpu_seconds(ours.process.pid) - cpu_at_start[0]) / max(stats["calls"], 1) * 1e6, 1)
-            stats["error_details"] = run["error_details"]
-            runs.append(stats)
-            print(f"  session ({who}) 1 in flight: p50 {stats['p50_ms']} ms, p95 {stats['p95_ms']} ms, "
-                  f"{stats['calls_per_s']} calls/s, {stats['errors']} errors", flush=True)
-        details: dict[str, int] = {}
-        for run in runs:
-            for key, count in run.pop("error_details").items():
-                details[key] = details.get(key, 0) + count
-        rows.append({"who": who, **median_stats(runs), "error_details": details, "repeats": runs})
-    return {**result, "rows": rows}
+            if untrimmed is not None:
+                floor.append(session_run(args, work, ours, "plain (floor)", repeat, users_file=users_file))
+            for who in sets:
+                for name, server in servers:
+                    runs[(name, who)].append(session_run(args, work, server, f"session ({who}, {name})", repeat,
+                                                         sessions_file=files[who]))
+    finally:
+        if untrimmed is not None:
+            untrimmed.stop()
+    rows = [session_row(who, runs[("ours", who)]) for who in sets]
+    if untrimmed is None:
+        return {**result, "rows": rows}
+    compare = {"floor": session_row("plain", floor),
+               "untrimmed_rows": [session_row(who, runs[("untrimmed", who)]) for who in sets]}
+    floor_p50 = [run["p50_ms"] for run in compare["floor"]["repeats"]]
+
+    def median_over_repeats(values) -> float:  # per repeat (same moment of the shared machine), then the median
+        return round(float(statistics.median(values)), 3)
+
+    for new_row, old_row in zip(rows, compare["untrimmed_rows"], strict=True):
+        new_p50 = [run["p50_ms"] for run in new_row["repeats"]]
+        old_p50 = [run["p50_ms"] for run in old_row["repeats"]]
+        new_row["gap_over_floor_ms"] = median_over_repeats(np.subtract(new_p50, floor_p50))
+        old_row["gap_over_floor_ms"] = median_over_repeats(np.subtract(old_p50, floor_p50))
+        new_row["p50_ratio_to_untrimmed"] = median_over_repeats(np.divide(new_p50, old_p50))
+    return {**result, "rows": rows, "compare": compare}
 
 
 def reload_phase(args, work: Path, users_file: Path, ours: ServerProcess, base_artifact, root: str,
@@ -736,6 +797,10 @@ def evaluate_targets(levels: list[dict], reload: dict, correctness: dict, sessio
         add(f"session of {sessions['recent_movies']}, {who}, 1 in flight: p50", p50, f"<= {TARGET_SESSION_P50_MS}",
             p50 is not None and p50 <= TARGET_SESSION_P50_MS, "ms")
         add(f"session of {sessions['recent_movies']}, {who}: failed calls", row["errors"], "== 0", row["errors"] == 0)
+        if "gap_over_floor_ms" in row and row["who"] in TARGET_SESSION_GAP_MS:
+            gap, limit = row["gap_over_floor_ms"], TARGET_SESSION_GAP_MS[row["who"]]
+            add(f"session of {sessions['recent_movies']}, {who}: p50 - plain p50", gap, f"<= {limit}",
+                gap is not None and gap <= limit, "ms")
     return targets
 
 
@@ -775,10 +840,17 @@ def print_report(report: dict) -> None:
     print(f"Sessions of {sessions['recent_movies']} recent movies, {sessions['in_flight']} in flight:")
     if sessions.get("skipped"):
         print(f"  skipped: {sessions['skipped']}")
-    for row in sessions["rows"]:
-        print(f"  {row['who'].replace('_', ' '):>12} | p50 {_fmt(row['p50_ms'])} ms, p95 {_fmt(row['p95_ms'])} ms, "
-              f"p99 {_fmt(row['p99_ms'])} ms, {_fmt(row['calls_per_s'], 0)} calls/s, {row['errors']} errors, "
-              f"server CPU {_fmt(row['server_cpu_us_per_call'], 0)} us/call")
+    compare = sessions.get("compare")
+    shown = [("", row) for row in sessions["rows"]]
+    if compare:
+        shown = [("plain call (floor), ", compare["floor"])] + [
+            (f"{rule}, ", row) for pair in zip(sessions["rows"], compare["untrimmed_rows"], strict=True)
+            for rule, row in zip(("trimmed", "untrimmed"), pair, strict=True)]
+    for rule, row in shown:
+        gap = f", p50 - floor {_fmt(row['gap_over_floor_ms'])} ms" if "gap_over_floor_ms" in row else ""
+        print(f"  {rule}{row['who'].replace('_', ' '):>12} | p50 {_fmt(row['p50_ms'])} ms, "
+              f"p95 {_fmt(row['p95_ms'])} ms, p99 {_fmt(row['p99_ms'])} ms, {_fmt(row['calls_per_s'], 0)} calls/s, "
+              f"{row['errors']} errors, server CPU {_fmt(row['server_cpu_us_per_call'], 0)} us/call{gap}")
     reload = report["reload"]
     print()
     print(f"Reloads: {reload['versions_published']} versions published "
@@ -840,7 +912,7 @@ def main(argv=None) -> int:
         levels = level_phase(args, work, users_file, ours, echo)
         echo.stop()  # idle, but nothing else should share the CPUs during reloads
         print(f"Sessions ({SESSION_MOVIES} recent movies, 1 in flight)...", flush=True)
-        sessions = session_phase(args, work, ours, artifact)
+        sessions = session_phase(args, work, ours, artifact, root)
         print(f"Reload phase: {args.reload_versions} versions, {args.reload_interval} s apart...", flush=True)
         reload = reload_phase(args, work, users_file, ours, artifact, root, sampler, shared_metadata)
         print("Correctness phase...", flush=True)

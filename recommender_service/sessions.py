@@ -12,16 +12,31 @@ oldest first) with the recent movies as its newest part.
 Nothing here needs TensorFlow: everything is numpy on arrays already loaded.
 A version without an encoder refuses sessions with
 ``recommender_service.errors.SessionsUnsupported``.
+
+History parts leave out the old movies whose weights cannot move a score
+beyond float noise (``session_query.TRIM_TOLERANCE``). Setting
+``MOVIEREC_SESSION_TRIM=0`` in a server's environment keeps every movie: it
+exists so that ``benchmarks/serve.py --session-compare`` can serve the old
+rule beside the new one in the same run, and is not a setting to tune.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from movierec_common.session_query import QueryEncoder
+from movierec_common.session_query import TRIM_TOLERANCE, QueryEncoder
+
+# "0": history parts keep every movie (the rule before trimming), for side-by-side benchmarks only.
+TRIM_ENV = "MOVIEREC_SESSION_TRIM"
+
+
+def trim_tolerance() -> float:
+    """What a history part may leave out in this process: TRIM_TOLERANCE, or 0 when TRIM_ENV is "0"."""
+    return 0.0 if os.environ.get(TRIM_ENV, "").strip() == "0" else TRIM_TOLERANCE
 
 
 def first_occurrences(ids: np.ndarray) -> list[int]:
@@ -60,6 +75,7 @@ class SessionQueries:
         self._history_indptr = history_indptr
         self._history_indices = history_indices
         self._item_rows = item_rows
+        self._tolerance = trim_tolerance()
 
     def history(self, user_index: int) -> np.ndarray:
         """The user's stored history, item indices, oldest first."""
@@ -67,9 +83,9 @@ class SessionQueries:
 
     def for_visitor(self, recent: np.ndarray) -> np.ndarray:
         """The query of someone the model has no vector for: the recent movies are their whole history."""
-        return self.encoder.encode(recent, self._item_rows)
+        return self.encoder.encode(recent, self._item_rows, tolerance=self._tolerance)
 
     def for_user(self, user_index: int, recent: np.ndarray) -> np.ndarray:
         """The query of a known user whose newest movies are ``recent``."""
         return self.encoder.encode_for_user(self._user_vectors[user_index], self.history(user_index), recent,
-                                            self._item_rows)
+                                            self._item_rows, tolerance=self._tolerance)

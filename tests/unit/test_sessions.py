@@ -17,14 +17,22 @@ import pytest
 from movierec.v1.vocabulary import REJECTED
 from movierec_common import artifact
 from movierec_common.artifact import ModelArtifact
-from movierec_common.session_query import HISTORY, METADATA_KEY, POOLED, Part, QueryEncoder, history_encoder
+from movierec_common.session_query import (
+    HISTORY,
+    METADATA_KEY,
+    POOLED,
+    Part,
+    QueryEncoder,
+    history_encoder,
+    latest_occurrences,
+)
 from recommender_service.errors import SessionsUnsupported
 from recommender_service.registry import ModelRegistry
 from recommender_service.retrieval import Retriever
 from recommender_service.top_k import BruteForce, top_k_indices
 from recommender_service.validation import validate_version
 from tests.artifacts import tiny_artifact
-from tests.session_reference import best, known_user_query, visitor_query
+from tests.session_reference import best, known_user_query, once_at_latest, visitor_query
 
 
 def timed(base: ModelArtifact, seed: int = 0) -> ModelArtifact:
@@ -191,6 +199,16 @@ def test_unknown_movies_are_reported_once_in_request_order_and_ignored():
     user = retriever.recommend_session(art.user_ids[2], 5, [999])
     assert not user.cold_start and user.unknown_movie_ids == [999]
     assert ids_of(user) == ids_of(retriever.recommend(art.user_ids[2], 5))
+
+
+def test_each_movie_is_kept_once_at_its_latest_position_in_short_and_long_histories():
+    """Short histories take a list-based path, long ones np.unique: both against the reference."""
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 2, 10, 64, 65, 300):
+        for catalogue in (8, 1000):  # many repeats, few repeats
+            items = rng.integers(0, catalogue, size=size)
+            assert latest_occurrences(items).tolist() == once_at_latest(items)
+            assert latest_occurrences(items).dtype == np.int64
 
 
 def test_a_movie_sent_twice_counts_once_at_its_latest_position():
