@@ -18,11 +18,18 @@ Every figure is reproducible offline: the data comes from ``movierec-synth``
   epoch; Recall@10 against popularity on a last-rating-per-user holdout
   (evaluated on a fixed sample of users, see
   ``trainer_service.evaluation.EVALUATION_MAX_SCORES``, as jobs are).
+* **(c) a clustered long tail: 1,000 clusters x 1,000 movies, 100,000 users,
+  2,450,000 ratings**, each user's taste in two clusters, Zipf popularity
+  inside each cluster (``benchmarks/long_tail.py``, whose code this part runs
+  in a child process). Hit@10 of each user's last rating for ``two_tower``
+  with today's defaults and with the settings before issue 20, beside global
+  popularity and the cluster oracle, with the diagnostics of what the model
+  recommends (the tiny run trains today's defaults only).
 
 Each heavy step runs in its own process so peak memory is its own. Run
-``python benchmarks/scale.py`` (about 30 minutes on 2 cores; ``--part a``
-or ``--part b`` for one half, ``--tiny`` for a minute-long smoke run). It
-prints a table and writes JSON to ``--out``.
+``python benchmarks/scale.py`` (about two hours on 2 cores, half of it (c);
+``--part a``, ``b`` or ``c`` for one part, ``--tiny`` for a minute-long smoke
+run). It prints a table and writes JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks import long_tail  # noqa: E402
 from benchmarks.ann_serving import MemorySampler, load_seconds_from_log, start_recommender  # noqa: E402
 from benchmarks.serve import latency_stats, run_loadgen, wait_for_version  # noqa: E402
 from movierec_common.artifact import read_metadata  # noqa: E402
@@ -56,10 +64,12 @@ from movierec_common.server_process import ServerProcess  # noqa: E402
 SIZES = {
     "a": {"users": 50_000, "movies": 1_000_000, "ratings": 2_000_000},
     "b": {"users": 162_541, "movies": 62_423, "ratings": 25_000_095},
+    "c": long_tail.SHAPES["full"],
 }
 TINY_SIZES = {
     "a": {"users": 2_000, "movies": 40_000, "ratings": 40_000},
     "b": {"users": 2_000, "movies": 2_000, "ratings": 80_000},
+    "c": long_tail.SHAPES["tiny"],
 }
 
 TARGETS = {
@@ -71,14 +81,18 @@ TARGETS = {
     "parse_peak_rss_gb": 4.0,
     "epoch_s": 600.0,
     "model_over_popularity": 1.5,
+    "long_tail_over_oracle": long_tail.TARGET_OVER_ORACLE,
+    "long_tail_over_popularity": long_tail.TARGET_OVER_POPULARITY,
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("a", "b", "all"), default="all")
+    parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
     parser.add_argument("--epochs-a", type=int, default=2, help="two_tower epochs at 1M movies")
     parser.add_argument("--epochs-b", type=int, default=2, help="two_tower epochs at the 25M shape")
+    parser.add_argument("--epochs-c", type=int, default=long_tail.FULL_EPOCHS,
+                        help="most two_tower epochs on the clustered long tail (early stopping)")
     # With in-batch negatives the batch is also the number of negatives, and the
     # logits cost batch^2 x dim per step: an epoch at 4096 costs about 2.5x one
     # at 1024 here (341 against 34 ms per step at the 25M shape).
@@ -89,11 +103,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=None, help="keep data, models and logs here (default: temp, removed)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "scale.json"))
     parser.add_argument("--tiny", action="store_true", help="small sizes and short runs, for a smoke test")
-    parser.add_argument("--child", choices=("parse", "train"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("parse", "train", "long_tail"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tiny:
-        args.epochs_a, args.epochs_b = 1, min(args.epochs_b, 2)
+        args.epochs_a, args.epochs_b, args.epochs_c = 1, min(args.epochs_b, 2), 1
         args.batch_size = min(args.batch_size, 512)
         args.seconds, args.check_users = min(args.seconds, 2.0), min(args.check_users, 100)
     # Calls run through a whole reload: 30 s covers a million-movie version's; a tiny one loads in seconds.
@@ -145,11 +159,20 @@ def child_train(data: str, epochs: int, batch_size: int, seed: int) -> dict:
     popular = evaluate_scores(*popularity_vectors(train_csr, ratings.n_items), train_csr, test_csr,
                               max_scores=EVALUATION_MAX_SCORES)
     return {"epochs": epochs_seen, "softmax": model.selection.get("softmax"),
+            "optimizer": model.selection.get("optimizer"),
             "train_seconds": round(model.train_seconds, 1), "train_ratings": int(len(split.train)),
             "batch_size": batch_size, "recall_at_10": round(ours["recall_at_10"], 4),
             "popularity_recall_at_10": round(popular["recall_at_10"], 4),
             "users_evaluated": int(ours["users_evaluated"]), "evaluate_seconds": round(time.monotonic() - started, 1),
             "peak_rss_mb": _peak_rss_mb()}
+
+
+def child_long_tail(tiny: bool, epochs: int, batch_size: int, seed: int) -> dict:
+    """(c): today's two_tower (and, at full size, the settings before issue 20) on the clustered long tail."""
+    variants = [("default", {})] if tiny else [("before issue 20", long_tail.BEFORE_ISSUE_20), ("default", {})]
+    result = long_tail.measure(TINY_SIZES["c"] if tiny else SIZES["c"], variants,
+                               {"epochs": epochs, "batch_size": batch_size, "patience": long_tail.PATIENCE}, seed)
+    return {**result, "peak_rss_mb": _peak_rss_mb()}
 
 
 def run_child(work: Path, *arguments: str) -> dict:
@@ -378,6 +401,14 @@ def evaluate_targets(report: dict) -> list[dict]:
             a["publish_to_served_s"] <= TARGETS["publish_to_served_s"])
         add("(a) reload RSS / steady RSS", a["memory"]["reload_ratio_total"], f"<= {TARGETS['reload_rss_ratio']}",
             a["memory"]["reload_ratio_total"] <= TARGETS["reload_rss_ratio"])
+    c = report.get("c")
+    if c:
+        default = c["variants"][-1]["hit_at_10"]
+        oracle, popular = c["cluster_oracle"]["hit_at_10"], c["global_popularity"]["hit_at_10"]
+        add("(c) long-tail hit@10 / cluster oracle", round(default / max(oracle, 1e-9), 3),
+            f">= {TARGETS['long_tail_over_oracle']}", default >= TARGETS["long_tail_over_oracle"] * oracle)
+        add("(c) long-tail hit@10 / global popularity", round(default / max(popular, 1e-9), 1),
+            f">= {TARGETS['long_tail_over_popularity']}", default >= TARGETS["long_tail_over_popularity"] * popular)
     if b:
         add("(b) 25M parse s", b["parse"]["parse_seconds"], f"<= {TARGETS['parse_s']}",
             b["parse"]["parse_seconds"] <= TARGETS["parse_s"])
@@ -428,6 +459,12 @@ def print_report(report: dict) -> None:
                   f"Recall@10 {epoch['validation_recall_at_10']})")
         print(f"  Recall@10 (last rating per user) {t['recall_at_10']} vs popularity {t['popularity_recall_at_10']} "
               f"on {t['users_evaluated']:,} users ({t['softmax']} softmax, batch {t['batch_size']})")
+    c = report.get("c")
+    if c:
+        s = c["shape"]
+        print(f"\n(c) clustered long tail: {s['clusters']:,} clusters, {s['movies']:,} movies, {s['users']:,} users, "
+              f"{s['ratings']:,} ratings, {s['clusters_per_user']} clusters per user (synthetic)")
+        print("  " + long_tail.format_table(c).replace("\n", "\n  "))
     print("\nTargets:")
     for row in report["targets"]:
         print(f"  {'PASS' if row['passed'] else 'MISS'}  {row['name']}: {row['value']} (target {row['limit']})")
@@ -441,6 +478,9 @@ def main(argv=None) -> int:
     if args.child == "train":
         print(json.dumps(child_train(args.data, args.epochs_b, args.batch_size, args.seed)), flush=True)
         return 0
+    if args.child == "long_tail":
+        print(json.dumps(child_long_tail(args.tiny, args.epochs_c, args.batch_size, args.seed)), flush=True)
+        return 0
     sizes = TINY_SIZES if args.tiny else SIZES
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="movierec-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -453,6 +493,12 @@ def main(argv=None) -> int:
         if args.part in ("b", "all"):
             report["b"] = part_b(args, work, sizes["b"])
             print(json.dumps({"b": report["b"]}), flush=True)  # kept in the log should (a) fail
+        if args.part in ("c", "all"):
+            print(f"(c) clustered long tail: training two_tower (at most {args.epochs_c} epochs)...", flush=True)
+            arguments = ["--child", "long_tail", "--epochs-c", str(args.epochs_c), "--batch-size",
+                         str(args.batch_size), "--seed", str(args.seed)]
+            report["c"] = run_child(work, *arguments, *(["--tiny"] if args.tiny else []))
+            print(json.dumps({"c": report["c"]}), flush=True)  # kept in the log should (a) fail
         if args.part in ("a", "all"):
             report["a"] = part_a(args, work, sizes["a"])
         report["targets"] = evaluate_targets(report)

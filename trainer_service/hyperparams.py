@@ -36,6 +36,13 @@ class Hyperparameters:
     l2_lambda: float = 300.0       # ease kinds: ridge penalty of the item-item regression;
                                    # dlae/ease_blend default to 0 = choose on validation
     blend_weight: float = 0.0      # ease_blend: share of the neural scores; 0 = choose on validation
+    # Two-tower sampled softmax only (catalogues past models.SAMPLED_SOFTMAX_MIN_ITEMS); the full softmax ignores
+    # them. See models.TwoTowerModel.
+    sampled_temperature: float = 0.1  # cosine scores at this temperature unless l2_normalize asks for its own;
+                                      # 0 (in code only) = the dot product scored by `temperature`, as before
+    uniform_negatives: int = 0     # movies drawn uniformly from the whole catalogue per batch, added to the
+                                   # in-batch negatives (mixed negative sampling)
+    logq_strength: float = 1.0     # share of the logQ correction applied: logits minus strength x log q
 
     def as_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
@@ -57,6 +64,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "validation_size": (1, 50),
     "l2_lambda": (0.01, 1e6),
     "blend_weight": (0.0, 1.0),
+    "sampled_temperature": (0.01, 10.0),
+    "uniform_negatives": (1, 8192),
+    "logq_strength": (1e-6, 2.0),
 }
 
 # Every kind's defaults start here; each kind (``training.KINDS``) states what it changes.

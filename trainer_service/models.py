@@ -22,6 +22,18 @@ candidate's in-batch sampling probability, which undoes the popularity bias)
 and removal of accidental hits (a batch's other rows that are the same movie
 are not negatives).
 
+On that sampled path the towers' outputs are unit length and the score is
+their cosine divided by ``sampled_temperature`` (0.1). With free vector
+lengths, a long-tailed million-movie catalogue taught the towers to store
+popularity in the movie vectors' length (the 1% most-rated movies twice the
+median), which then outvoted the direction that carries the user's taste:
+the model recommended the global hits, far below an oracle that knows each
+user's clusters. The low temperature also scales the logits' gradients, so
+the rarely seen user and movie rows learn faster. Measured against the
+alternatives (mixed negatives, a weaker logQ correction, other temperatures)
+in ``benchmarks/long_tail.py``; the full softmax keeps the dot product, so
+small catalogues' figures do not move.
+
 Every loss is a sum over the batch divided by the global batch
 (``tf.nn.compute_average_loss``), not a per-replica mean: under a
 multi-worker strategy the replicas' gradients are summed, so per-replica means
@@ -50,6 +62,19 @@ def _tower(n_rows: int, hp: Hyperparameters, name: str) -> Any:  # a tf.keras.Se
         ],
         name=name,
     )
+
+
+def _step_seed(model: Any, training: bool) -> Any:
+    """A stateless sampling seed keyed on (run seed, step, replica).
+
+    Stateful RNG ops are not reproducible under XLA, and runs must be; each
+    replica of a multi-worker step draws its own sample.
+    """
+    step = tf.cast(model.optimizer.iterations, tf.int32) if training else tf.constant(-1)
+    replica = tf.distribute.get_replica_context()
+    if training and replica is not None and replica.num_replicas_in_sync > 1:
+        step = step * replica.num_replicas_in_sync + tf.cast(replica.replica_id_in_sync_group, tf.int32)
+    return tf.stack([tf.constant(model.sampling_seed), step])
 
 
 class VectorModel(tfrs.Model):
@@ -90,6 +115,11 @@ class TwoTowerModel(VectorModel):
     def __init__(self, n_users: int, n_items: int, hp: Hyperparameters, sampled: bool | None = None):
         super().__init__(n_users, n_items, hp)
         self.sampled = n_items >= SAMPLED_SOFTMAX_MIN_ITEMS if sampled is None else bool(sampled)
+        # The sampled path scores by cosine at hp.sampled_temperature unless the caller chose cosine scores
+        # (l2_normalize) with a temperature of their own, or turned it off (0); the full softmax is unchanged.
+        default_cosine = self.sampled and not hp.l2_normalize and hp.sampled_temperature > 0
+        self.cosine = bool(hp.l2_normalize) or default_cosine
+        self.temperature = hp.sampled_temperature if default_cosine else hp.temperature
         self.user_tower = _tower(n_users, hp, "user_tower")
         self.item_tower = _tower(n_items, hp, "item_tower")
         # Dropout on the tower outputs; a rate of 0 makes it the identity.
@@ -101,7 +131,7 @@ class TwoTowerModel(VectorModel):
         self.task = tfrs.tasks.Retrieval(
             loss=tf.keras.losses.CategoricalCrossentropy(
                 from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-            temperature=hp.temperature, remove_accidental_hits=True)
+            temperature=self.temperature, remove_accidental_hits=True)
 
     def training_examples(self, users: np.ndarray, items: np.ndarray, train_csr) -> dict[str, np.ndarray]:
         """Adds, for sampled softmax, each positive's in-batch sampling probability.
@@ -112,12 +142,15 @@ class TwoTowerModel(VectorModel):
         examples = super().training_examples(users, items, train_csr)
         if self.sampled:
             counts = np.bincount(items, minlength=self.n_items).astype(np.float64)
-            examples["item_probability"] = (counts / counts.sum())[items].astype(np.float32)
+            share = counts / counts.sum()
+            examples["item_probability"] = share[items].astype(np.float32)
+            # Every movie's share, for the sampling probability of uniformly drawn negatives.
+            self._item_share = tf.constant(share.astype(np.float32))
         return examples
 
     def _finish(self, vectors):
         # Cosine scores with a temperature stop popular movies winning on vector length alone.
-        return tf.math.l2_normalize(vectors, axis=-1) if self.hp.l2_normalize else vectors
+        return tf.math.l2_normalize(vectors, axis=-1) if self.cosine else vectors
 
     def user_embeddings(self, users, training: bool = False):
         return self._finish(self.user_dropout(self.user_tower(users, training=training), training=training))
@@ -125,15 +158,43 @@ class TwoTowerModel(VectorModel):
     def item_embeddings(self, items, training: bool = False):
         return self._finish(self.item_dropout(self.item_tower(items, training=training), training=training))
 
+    def _uniform_items(self, training: bool):
+        """``hp.uniform_negatives`` movie indices drawn uniformly from the whole catalogue."""
+        return tf.random.stateless_uniform([self.hp.uniform_negatives], seed=_step_seed(self, training),
+                                           minval=0, maxval=self.n_items, dtype=tf.int32)
+
+    def _sampled_loss(self, queries, features, training: bool):
+        """Sampled softmax over the batch's movies, plus ``uniform_negatives`` drawn from the whole catalogue.
+
+        In-batch negatives are drawn by popularity, so a movie few users rated
+        is almost never pushed away from anyone; uniform negatives (Yang et
+        al. 2020, mixed negative sampling) reach the tail. The logQ
+        correction then uses each candidate's probability under the mixture,
+        B x share + M / movies, raised to ``logq_strength``. Both are off by
+        default: on the clustered long tail (``benchmarks/long_tail.py``)
+        1,024 uniform negatives learned more slowly per epoch, and each epoch
+        cost 1.4x, and a half-strength correction did worse too.
+        """
+        items = features["item"]
+        probability = features["item_probability"]
+        if self.hp.uniform_negatives:
+            items = tf.concat([items, self._uniform_items(training)], axis=0)
+            in_batch = tf.cast(tf.shape(features["item"])[0], tf.float32)
+            probability = (in_batch * tf.gather(self._item_share, items)
+                           + float(self.hp.uniform_negatives) / float(self.n_items))
+        if self.hp.logq_strength != 1.0:
+            probability = tf.pow(probability, self.hp.logq_strength)
+        candidates = self.item_embeddings(items, training=training)
+        losses = self.task(queries, candidates, candidate_sampling_probability=probability,
+                           candidate_ids=items, compute_metrics=False, compute_batch_metrics=False)
+        return tf.nn.compute_average_loss(losses)
+
     def compute_loss(self, features, training: bool = False):
         queries = self.user_embeddings(features["user"], training=training)
         if self.sampled:
-            candidates = self.item_embeddings(features["item"], training=training)
-            losses = self.task(queries, candidates, candidate_sampling_probability=features["item_probability"],
-                               candidate_ids=features["item"], compute_metrics=False, compute_batch_metrics=False)
-            return tf.nn.compute_average_loss(losses)
+            return self._sampled_loss(queries, features, training)
         candidates = self.item_embeddings(self._all_items, training=training)
-        logits = tf.matmul(queries, candidates, transpose_b=True) / self.hp.temperature
+        logits = tf.matmul(queries, candidates, transpose_b=True) / self.temperature
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=features["item"], logits=logits)
         return tf.nn.compute_average_loss(losses)
 
@@ -145,7 +206,7 @@ class TwoTowerModel(VectorModel):
     def export_vectors(self, train_csr) -> tuple[np.ndarray, np.ndarray]:
         users = self._embed_all(self.user_embeddings, self.n_users)
         items = self._embed_all(self.item_embeddings, self.n_items)
-        return users / self.hp.temperature, items
+        return users / self.temperature, items
 
 
 class BPRModel(VectorModel):
@@ -173,15 +234,8 @@ class BPRModel(VectorModel):
     def compute_loss(self, features, training: bool = False):
         users = features["user"]
         positives = features["item"][:, None]
-        # Stateless sampling keyed on (run seed, step, replica): stateful RNG
-        # ops are not reproducible under XLA, and runs must be; each replica of
-        # a multi-worker step draws its own negatives.
-        step = tf.cast(self.optimizer.iterations, tf.int32) if training else tf.constant(-1)
-        replica = tf.distribute.get_replica_context()
-        if training and replica is not None and replica.num_replicas_in_sync > 1:
-            step = step * replica.num_replicas_in_sync + tf.cast(replica.replica_id_in_sync_group, tf.int32)
         negatives = tf.random.stateless_uniform(
-            [tf.shape(users)[0], self.hp.num_negatives], seed=tf.stack([tf.constant(self.sampling_seed), step]),
+            [tf.shape(users)[0], self.hp.num_negatives], seed=_step_seed(self, training),
             minval=0, maxval=self.n_items, dtype=tf.int32,
         )
         margin = self.score(users, positives) - self.score(users, negatives)

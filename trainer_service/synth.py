@@ -12,6 +12,14 @@ data imitates what matters to a recommender:
   over them. A user's movies are drawn without repetition from weights
   taste x popularity, plus a ``mainstream`` share drawn by popularity alone,
   so a model that finds the clusters beats "most popular" clearly;
+* a second, clustered long-tail shape (``clusters_per_user``,
+  ``popularity_within_clusters``, ``zipf_exponent``) imitates catalogues
+  where taste, not global popularity, decides: equal-size clusters, Zipf
+  popularity ranked inside each cluster (every cluster has its own hits and
+  its own tail), and each user's taste split evenly over a few random
+  clusters. There the most popular movies of the user's own clusters are a
+  strong answer and global popularity a useless one, which the default shape
+  (where a few clusters and the global hits dominate) cannot show;
 * activity is heavy-tailed (every user has at least 2 ratings, a few have
   thousands), and each user's timestamps increase: rows are sorted by user,
   then time, so a last-rating-per-user holdout holds out a random pick.
@@ -75,6 +83,8 @@ class Synthetic:
     catalogue: np.ndarray   # int64 movie ids, all movies, ascending
     movie_cluster: np.ndarray  # int32 taste cluster of each catalogue movie
     seed: int               # titles and genres are drawn from it when written
+    # int32 [users, clusters_per_user]: each user's true clusters in the clustered shape; None for the mixture.
+    user_clusters: np.ndarray | None = None
 
     @property
     def ratings(self) -> np.ndarray:
@@ -102,9 +112,20 @@ class _World:
     cluster_sizes: np.ndarray
 
 
-def _world(rng: np.random.Generator, movies: int, clusters: int) -> _World:
-    cluster = rng.integers(0, clusters, size=movies).astype(np.int32)
-    weight = (rng.permutation(movies) + ZIPF_OFFSET) ** -ZIPF_EXPONENT
+def _world(rng: np.random.Generator, movies: int, clusters: int, exponent: float = ZIPF_EXPONENT,
+           within_clusters: bool = False) -> _World:
+    if within_clusters:
+        # Movie order[j] joins cluster j % clusters at popularity rank j // clusters: equal sizes (within one),
+        # and each cluster's own Zipf curve, so every cluster has hits and a tail of its own.
+        order = rng.permutation(movies)
+        cluster = np.empty(movies, dtype=np.int32)
+        cluster[order] = np.arange(movies) % clusters
+        rank = np.empty(movies, dtype=np.int64)
+        rank[order] = np.arange(movies) // clusters
+        weight = (rank + ZIPF_OFFSET) ** -exponent
+    else:
+        cluster = rng.integers(0, clusters, size=movies).astype(np.int32)
+        weight = (rng.permutation(movies) + ZIPF_OFFSET) ** -exponent
     by_cluster = np.argsort(cluster, kind="stable")
     sorted_cluster = cluster[by_cluster]
     sizes = np.bincount(cluster, minlength=clusters)
@@ -127,6 +148,26 @@ def _tastes(rng: np.random.Generator, users: int, world: _World) -> np.ndarray:
     totals = taste.sum(axis=1, keepdims=True)
     fallback = (world.cluster_sizes > 0) / max(1, int((world.cluster_sizes > 0).sum()))
     return np.where(totals > 0, taste / np.where(totals > 0, totals, 1.0), fallback)
+
+
+def _split_tastes(rng: np.random.Generator, users: int, world: _World, per_user: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's taste split evenly over ``per_user`` distinct non-empty clusters drawn uniformly.
+
+    Returns the taste matrix (as :func:`_tastes`) and the chosen clusters [users, per_user].
+    """
+    nonempty = np.flatnonzero(world.cluster_sizes > 0)
+    picks = rng.integers(0, len(nonempty), size=(users, per_user))
+    while True:  # redraw the rows that repeat a cluster (rare unless per_user is near the cluster count)
+        ordered = np.sort(picks, axis=1)
+        repeated = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if not repeated.any():
+            break
+        picks[repeated] = rng.integers(0, len(nonempty), size=(int(repeated.sum()), per_user))
+    chosen = nonempty[picks].astype(np.int32)
+    taste = np.zeros((users, len(world.cluster_sizes)))
+    taste[np.arange(users)[:, None], chosen] = 1.0 / per_user
+    return taste, chosen
 
 
 def _activity(rng: np.random.Generator, users: int, movies: int, ratings: int) -> np.ndarray:
@@ -287,8 +328,15 @@ def _shuffle_within_users(rng: np.random.Generator, keys: np.ndarray, users: int
 
 
 def synthesize(users: int, movies: int, ratings: int, seed: int = 0, clusters: int = DEFAULT_CLUSTERS,
-               mainstream: float = DEFAULT_MAINSTREAM) -> Synthetic:
-    """Generate a dataset in memory; ``ValueError`` when the sizes cannot be met."""
+               mainstream: float = DEFAULT_MAINSTREAM, clusters_per_user: int = 0,
+               zipf_exponent: float = ZIPF_EXPONENT, popularity_within_clusters: bool = False) -> Synthetic:
+    """Generate a dataset in memory; ``ValueError`` when the sizes cannot be met.
+
+    ``clusters_per_user`` > 0 splits each user's taste evenly over that many
+    random clusters (0: the Dirichlet mixture); ``popularity_within_clusters``
+    makes clusters equal-sized with Zipf popularity ranked inside each; the
+    defaults give the original shape, byte for byte.
+    """
     if users < 1 or movies < 2 or clusters < 1:
         raise ValueError("need at least 1 user, 2 movies and 1 cluster")
     if not 2 * users <= ratings <= users * movies:
@@ -296,9 +344,18 @@ def synthesize(users: int, movies: int, ratings: int, seed: int = 0, clusters: i
                          f"({users * movies}), got {ratings}")
     if not 0.0 < mainstream <= 1.0:
         raise ValueError(f"mainstream must be in (0, 1], got {mainstream}")
+    if not 0 <= clusters_per_user <= min(clusters, movies):
+        raise ValueError(f"clusters per user must be between 0 (a mixture) and the non-empty clusters "
+                         f"({min(clusters, movies)}), got {clusters_per_user}")
+    if not zipf_exponent > 0:
+        raise ValueError(f"the Zipf exponent must be positive, got {zipf_exponent}")
     rng = np.random.default_rng(seed)
-    world = _world(rng, movies, clusters)
-    taste = _tastes(rng, users, world)
+    world = _world(rng, movies, clusters, zipf_exponent, popularity_within_clusters)
+    user_clusters = None
+    if clusters_per_user:
+        taste, user_clusters = _split_tastes(rng, users, world, clusters_per_user)
+    else:
+        taste = _tastes(rng, users, world)
     counts = _activity(rng, users, movies, ratings)
     keys = _sample_pairs(rng, world, taste, counts, mainstream)
     user, movie = _shuffle_within_users(rng, keys, users, movies)
@@ -312,6 +369,7 @@ def synthesize(users: int, movies: int, ratings: int, seed: int = 0, clusters: i
         catalogue=catalogue,
         movie_cluster=world.cluster,
         seed=seed,
+        user_clusters=user_clusters,
     )
 
 
@@ -417,9 +475,11 @@ def write(data: Synthetic, out_dir: str | os.PathLike) -> SynthFiles:
 
 
 def generate(out_dir: str | os.PathLike, users: int, movies: int, ratings: int, seed: int = 0,
-             clusters: int = DEFAULT_CLUSTERS, mainstream: float = DEFAULT_MAINSTREAM) -> SynthFiles:
+             clusters: int = DEFAULT_CLUSTERS, mainstream: float = DEFAULT_MAINSTREAM, clusters_per_user: int = 0,
+             zipf_exponent: float = ZIPF_EXPONENT, popularity_within_clusters: bool = False) -> SynthFiles:
     """Generate a dataset and write it as MovieLens 25M's ``ratings.csv`` and ``movies.csv``."""
-    return write(synthesize(users, movies, ratings, seed, clusters, mainstream), out_dir)
+    return write(synthesize(users, movies, ratings, seed, clusters, mainstream, clusters_per_user, zipf_exponent,
+                            popularity_within_clusters), out_dir)
 
 
 # --------------------------------------------------------------------------- command line
@@ -436,12 +496,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"taste clusters: more = more structure to learn (default {DEFAULT_CLUSTERS})")
     parser.add_argument("--mainstream", type=float, default=DEFAULT_MAINSTREAM,
                         help=f"share of ratings drawn by popularity alone (default {DEFAULT_MAINSTREAM})")
+    parser.add_argument("--clusters-per-user", type=int, default=0, metavar="N",
+                        help="split each user's taste evenly over N random clusters (default 0: a Dirichlet "
+                             "mixture leaning on 1-2 clusters)")
+    parser.add_argument("--zipf-exponent", type=float, default=ZIPF_EXPONENT,
+                        help=f"exponent of the popularity power law (default {ZIPF_EXPONENT})")
+    parser.add_argument("--popularity-within-clusters", action="store_true",
+                        help="equal-size clusters, each with its own Zipf popularity (default: one global ranking "
+                             "and clusters drawn at random); with --clusters-per-user this is a clustered long tail")
 
 
 def run(args: argparse.Namespace) -> SynthFiles:
     started = time.monotonic()
     files = generate(args.out, args.users, args.movies, args.ratings, seed=args.seed, clusters=args.clusters,
-                     mainstream=args.mainstream)
+                     mainstream=args.mainstream, clusters_per_user=args.clusters_per_user,
+                     zipf_exponent=args.zipf_exponent, popularity_within_clusters=args.popularity_within_clusters)
     print(f"wrote {files.ratings} ({args.ratings:,} ratings by {args.users:,} users) and {files.movies} "
           f"({args.movies:,} movies) in {time.monotonic() - started:.1f}s", flush=True)
     return files

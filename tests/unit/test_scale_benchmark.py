@@ -29,7 +29,12 @@ def test_tiny_scale_benchmark_trains_publishes_serves_from_the_index_and_reports
     # (b): parsed in its own process, trained, compared with popularity.
     assert b["parse"]["ratings"] == scale.TINY_SIZES["b"]["ratings"]
     assert len(b["train"]["epochs"]) >= 1 and b["train"]["popularity_recall_at_10"] > 0
+    # (c): the clustered long tail, measured by benchmarks/long_tail.py's code in a child process.
+    c = report["c"]
+    assert c["shape"] == scale.TINY_SIZES["c"] and c["shape"]["clusters_per_user"] == 2
+    assert c["cluster_oracle"]["hit_at_10"] > c["global_popularity"]["hit_at_10"]
+    assert [v["name"] for v in c["variants"]] == ["default"] and c["variants"][0]["softmax"] == "sampled"
     names = [row["name"] for row in report["targets"]]
-    assert len(names) == 8
+    assert len(names) == 10
     table = capsys.readouterr().out
     assert "recall@10 vs exact" in table and "Targets:" in table and str(out) in table

@@ -134,3 +134,40 @@ def test_movierec_synth_refuses_impossible_sizes_as_a_usage_error(tmp_path, caps
     assert exited.value.code == 2
     assert "2 per user" in capsys.readouterr().err
     assert not (tmp_path / "d" / "ratings.csv").exists()
+
+
+def test_clustered_long_tail_shape_keeps_users_in_their_clusters_with_hits_in_every_cluster():
+    """--clusters-per-user 2 --popularity-within-clusters: equal clusters, each with its own Zipf head and
+    tail, and each user's ratings drawn from their two clusters (apart from the mainstream share)."""
+    data = synth.synthesize(users=600, movies=4000, ratings=12_000, seed=5, clusters=40, clusters_per_user=2,
+                            popularity_within_clusters=True)
+    assert data.user_clusters is not None and data.user_clusters.shape == (600, 2)
+    assert np.all(data.user_clusters[:, 0] != data.user_clusters[:, 1])
+    assert np.ptp(np.bincount(data.movie_cluster, minlength=40)) <= 1  # equal-size clusters
+    movie = np.searchsorted(data.catalogue, data.movie_ids)
+    cluster = data.movie_cluster[movie]
+    own = data.user_clusters[data.user_ids - 1]
+    in_own = (cluster == own[:, 0]) | (cluster == own[:, 1])
+    assert in_own.mean() > 0.85  # 90% drawn by taste, plus mainstream picks that land in a user's own clusters
+    counts = np.bincount(movie, minlength=4000)
+    shares = []
+    for c in range(40):
+        within = np.sort(counts[data.movie_cluster == c])[::-1]
+        shares.append(within[:10].sum() / max(within.sum(), 1))
+    assert np.median(shares) > 0.3  # the top 10% of a cluster's movies hold a long-tailed share of its ratings
+    assert len(np.unique(data.movie_cluster[np.argsort(-counts)[:40]])) >= 20  # the hits are spread over clusters
+    default = synth.synthesize(users=600, movies=4000, ratings=12_000, seed=5, clusters=40)
+    assert default.user_clusters is None
+
+
+def test_movierec_synth_offers_the_clustered_shape(tmp_path):
+    shape = ["--users", "40", "--movies", "200", "--ratings", "400", "--seed", "4", "--clusters", "10"]
+    assert synth.main(["--out", str(tmp_path / "a"), *shape, "--clusters-per-user", "2",
+                       "--popularity-within-clusters", "--zipf-exponent", "1.2"]) == 0
+    library = synth.generate(tmp_path / "b", users=40, movies=200, ratings=400, seed=4, clusters=10,
+                             clusters_per_user=2, popularity_within_clusters=True, zipf_exponent=1.2)
+    assert (tmp_path / "a" / "ratings.csv").read_bytes() == library.ratings.read_bytes()
+    plain = synth.generate(tmp_path / "c", users=40, movies=200, ratings=400, seed=4, clusters=10)
+    assert plain.ratings.read_bytes() != library.ratings.read_bytes()
+    with pytest.raises(ValueError, match="clusters per user"):
+        synth.synthesize(users=40, movies=200, ratings=400, clusters=10, clusters_per_user=11)
