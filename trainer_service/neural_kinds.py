@@ -5,6 +5,11 @@ Recall@10 peaked. The fit loop trains with early stopping on the validation
 split and keeps the best epoch's weights; the refit trains that many epochs
 on every rating.
 
+They train with AdamW; on one worker, embedding tables of a large catalogue
+(or user base) get lazy updates of the batch's rows only, and several steps
+run per call of the compiled train function (see ``embedding_optimizer`` and
+``LARGE_RUN_STEPS_PER_EXECUTION``); metadata.json's ``selection`` says which.
+
 The neural kinds can also run as one replica of a data-parallel run (see
 ``distributed``): the run carries a ``tf.distribute`` strategy, the model is
 built under its scope, and every worker runs this same code on the same data
@@ -21,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from movierec_common.session_query import pooled_encoder
-from trainer_service import models
+from trainer_service import embedding_optimizer, models
 from trainer_service.hyperparams import COMMON, Hyperparameters
 from trainer_service.kind_settings import NeuralSettings
 from trainer_service.model_kind import (
@@ -41,6 +46,27 @@ from trainer_service.ratings import Split
 # minutes to fill). Beyond it the arrays are permuted once in numpy and the
 # order of whole batches is reshuffled every epoch.
 FULL_SHUFFLE_MAX_EXAMPLES = 2_000_000
+# Training steps per call of the compiled train function when the run is large
+# (its tables get lazy updates). Each call costs a Python round trip, the
+# callbacks and a read of the loss that waits for the step to finish, which
+# matters more once a step is ~20 ms instead of ~75 ms (benchmarks/train_speed.py
+# --part epoch --variants lazy,lazy-spe1 compares; on the shared machine the
+# difference was not separable from the load yet). Cancellation and the loss
+# are then checked once per call (16 steps, well under a second), and an
+# epoch's loss is the mean of every 16th batch's. Small runs keep 1: their
+# loss history stays the mean of every batch.
+LARGE_RUN_STEPS_PER_EXECUTION = 16
+# Whether a large run (lazy table updates) always streams whole batches cut from
+# one numpy permutation (see _batches) rather than shuffling examples in tf.data.
+# On the movierec-synth million-movie set (1.7M training examples) one epoch took
+# 36 s against 43 s with the per-example shuffle (AdamW's: 77 s), Recall@10 0.095 vs 0.093.
+LARGE_RUN_WHOLE_BATCHES = True
+# Whether a large run (lazy table updates) compiles its steps with XLA. XLA's
+# gain was fusing the dense AdamW update of whole tables, which lazy runs no
+# longer do; XLA keeps the row updates sparse (scatters, no copy of the
+# table). With and without XLA measured alike within the shared machine's
+# noise (--variants lazy,lazy-nojit), so XLA stays, as for every other run.
+LARGE_RUN_JIT_COMPILE = True
 
 
 def is_chief(strategy: Any) -> bool:
@@ -86,15 +112,21 @@ class _Supervisor(_Callback):
         self.steps = 0
         self._epoch_loss_sum = 0.0
         self._epoch_batches = 0
+        self._execution_start = 0
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._execution_start = batch
         self.run.cancel_point()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # tfrs.Model reports the last batch's loss, not a running mean, so average here.
-        self.steps += 1
-        self._epoch_loss_sum += float((logs or {})["loss"])
-        self._epoch_batches += 1
+        # Keras calls these once per execution: batches begin..batch (one batch unless
+        # steps_per_execution > 1). tfrs.Model reports the last batch's loss, not a
+        # running mean, so average here; with several batches per execution the
+        # last one stands for all of them.
+        batches = batch - self._execution_start + 1
+        self.steps += batches
+        self._epoch_loss_sum += float((logs or {})["loss"]) * batches
+        self._epoch_batches += batches
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # Under a strategy Keras sums the replicas' losses, each already divided
@@ -137,7 +169,7 @@ class _Supervisor(_Callback):
 
 
 def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int,
-                     shard_by_data: bool = False) -> Any:
+                     shard_by_data: bool = False, whole_batches: bool = False) -> Any:
     """Batches of ``features`` streamed from the arrays (a ``tf.data.Dataset``), in a seeded order that
     changes every epoch.
 
@@ -152,7 +184,7 @@ def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int
     would restore it and is not done yet.)
     """
     n_examples = len(next(iter(features.values())))
-    dataset = _batches(features, n_examples, batch_size, seed)
+    dataset = _batches(features, n_examples, batch_size, seed, whole_batches)
     if shard_by_data:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -160,8 +192,11 @@ def training_dataset(features: dict[str, np.ndarray], batch_size: int, seed: int
     return dataset
 
 
-def _batches(features: dict[str, np.ndarray], n_examples: int, batch_size: int, seed: int) -> Any:
-    if n_examples <= FULL_SHUFFLE_MAX_EXAMPLES:
+def _batches(features: dict[str, np.ndarray], n_examples: int, batch_size: int, seed: int,
+             whole_batches: bool = False) -> Any:
+    """Per-example shuffling each epoch, or (past FULL_SHUFFLE_MAX_EXAMPLES, or asked for
+    ``whole_batches``) one numpy permutation and the batches' order reshuffled each epoch."""
+    if n_examples <= FULL_SHUFFLE_MAX_EXAMPLES and not whole_batches:
         return (tf.data.Dataset.from_tensor_slices(features)
                 .shuffle(n_examples, seed=seed, reshuffle_each_iteration=True)
                 .batch(batch_size)
@@ -213,15 +248,19 @@ def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None) -> 
         # XLA roughly halves the step time on CPU, mostly in the optimizer
         # update; it has no CPU kernel for the multi-worker collectives in that
         # update (CollectiveGatherV2), so several workers step without it.
-        model.compile(
-            optimizer=tf.keras.optimizers.AdamW(learning_rate=hp.learning_rate, weight_decay=hp.weight_decay),
-            jit_compile=replicas == 1,
-        )
+        # Large embedding tables get lazy (batch-rows-only) updates; see embedding_optimizer.
+        optimizer = embedding_optimizer.choose(model, hp.learning_rate, hp.weight_decay, replicas)
+        model.compile(optimizer=optimizer.optimizer,
+                      jit_compile=replicas == 1 and (LARGE_RUN_JIT_COMPILE or not optimizer.lazy),
+                      steps_per_execution=LARGE_RUN_STEPS_PER_EXECUTION if optimizer.lazy else 1)
     fitted_on = split if validation is None else validation
     train = fitted_on.train
     features = model.training_examples(split.data.users[train], split.data.items[train], fitted_on.train_csr())
     n_examples = len(next(iter(features.values())))
-    dataset = training_dataset(features, hp.batch_size, seed, shard_by_data=replicas > 1)
+    # A large run's steps are cheap enough that tf.data's per-example shuffle and
+    # batching of up to 2M examples would be a large share of them; it takes whole batches.
+    dataset = training_dataset(features, hp.batch_size, seed, shard_by_data=replicas > 1,
+                               whole_batches=optimizer.lazy and LARGE_RUN_WHOLE_BATCHES)
     del features
     steps = int(np.ceil(n_examples / hp.batch_size))
     supervisor = _Supervisor(model, run, validation, steps, strategy)
@@ -245,8 +284,9 @@ def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None) -> 
         epochs_run=len(supervisor.losses), best_epoch=best,
         train_seconds=run.seconds(), hyperparameters=hp,
         validation_split="" if validation is None else validation.name,
-        selection={"softmax": "sampled" if model.sampled else "full"} if isinstance(model, models.TwoTowerModel)
-        else {},
+        selection={**({"softmax": "sampled" if model.sampled else "full"}
+                      if isinstance(model, models.TwoTowerModel) else {}),
+                   "optimizer": optimizer.description},
         distribution={**in_process_distribution(), "num_replicas_in_sync": replicas},
         settings=NeuralSettings(epochs=best), encoder=encoder, refit=validation is None,
     )
