@@ -73,9 +73,9 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS)
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def init_helper(parent_pid: int, niceness: int = 0) -> None:
+def init_helper(parent_pid: int, niceness: int = 0, idle: bool = False) -> None:
     """A ProcessPoolExecutor initializer for a server's helper: it ends with the
-    server, and a positive ``niceness`` yields the CPU to the server's own work.
+    server, and yields the CPU to the server's own work (see :func:`yield_cpu`).
 
     It lives here, in a module that imports only the standard library, because
     a pool pickles its initializer by reference: the helper imports this
@@ -84,8 +84,37 @@ def init_helper(parent_pid: int, niceness: int = 0) -> None:
     helper running for seconds.
     """
     exit_with_parent(parent_pid)
-    if niceness:
-        os.nice(niceness)
+    yield_cpu(niceness, idle)
+
+
+def yield_cpu(niceness: int, idle: bool = False) -> None:
+    """Lowers the CPU priority of every thread of this process, and so of every thread it starts later.
+
+    Linux keeps a nice value and a scheduling policy per *thread*, and a new
+    thread inherits them from the thread that starts it: ``os.nice`` in one
+    thread leaves the threads already running where they were (a helper's
+    exit-with-parent watcher stayed at nice 0), so each is set here.
+
+    ``idle`` adds SCHED_IDLE: a thread that runs only on CPU time no other
+    thread of its scheduling group wants (weight 3 against nice 19's 15) and
+    that the kernel preempts at once when any normal thread wakes up on its
+    core, where a nice-19 thread may finish its time slice first. Elsewhere
+    than Linux, the process's nice value is raised instead.
+    """
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: one nice value for the process
+        if niceness:
+            os.nice(niceness)
+        return
+    for tid in threads:
+        try:
+            if niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
 
 
 def owned_prefix(prefix: str, pid: int | None = None) -> str:

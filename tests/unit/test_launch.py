@@ -64,3 +64,29 @@ def test_what_a_tool_started_ends_when_the_tool_is_killed(tmp_path):
         tool.wait()
         for process in still_running(started, timeout=0):
             process.kill()
+
+
+THREAD_PRIORITIES = """
+import os, threading
+from movierec_common import launch
+
+started_before = threading.Event()
+threading.Thread(target=started_before.wait, daemon=True).start()  # a thread that exists before the call
+launch.yield_cpu(19, idle=True)
+started_after = threading.Event()
+threading.Thread(target=started_after.wait, daemon=True).start()  # one started after it
+for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+    print(tid, os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid) == os.SCHED_IDLE)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread priorities are Linux's")
+def test_a_helper_yields_the_cpu_in_every_thread_it_runs():
+    """yield_cpu: nice 19 and SCHED_IDLE for the threads running already, not just the caller, and for those
+    started later (os.nice alone would leave the earlier thread at nice 0, competing with the server)."""
+    run = subprocess.run([sys.executable, "-c", THREAD_PRIORITIES], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    threads = [line.split() for line in run.stdout.splitlines()]
+    assert len(threads) == 3, run.stdout
+    assert all(nice == "19" and idle == "True" for _, nice, idle in threads), run.stdout
+
