@@ -122,20 +122,26 @@ def _hit_at_10(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def baselines(data: LongTailData, max_scores: int) -> dict[str, dict[str, float]]:
-    """Global popularity and the cluster oracle, on the same users the models are evaluated on."""
+    """Global popularity and the cluster oracle, on the same users the models are evaluated on, and the
+    job's neighbourhood-popularity baseline (``trainer_service.neighbourhood_baseline``), on its own sample."""
     from trainer_service.evaluation import evaluate_ranking, evaluate_scores, popularity_vectors
+    from trainer_service.neighbourhood_baseline import evaluate_neighbourhood_popularity
 
     split = data.split
     n_items = split.data.n_items
     train_csr, test_csr = split.train_csr(), split.test_csr()
     popular = evaluate_scores(*popularity_vectors(train_csr, n_items), train_csr, test_csr, ks=(10,),
                               max_scores=max_scores)
+    neighbourhood = evaluate_neighbourhood_popularity(train_csr, test_csr, n_items, ks=(10,))
+    found = {"global_popularity": _hit_at_10(popular),
+             "neighbourhood_popularity": {**_hit_at_10(neighbourhood),
+                                          "users_evaluated": int(neighbourhood["users_evaluated"])}}
     if data.user_clusters is None:
-        return {"global_popularity": _hit_at_10(popular)}
+        return found
     counts = np.bincount(train_csr[1], minlength=n_items).astype(np.float32)
     oracle = evaluate_ranking(lambda users: data.oracle_scores(users, counts), n_items, train_csr, test_csr,
                               ks=(10,), max_scores=max_scores)
-    return {"global_popularity": _hit_at_10(popular), "cluster_oracle": _hit_at_10(oracle)}
+    return {**found, "cluster_oracle": _hit_at_10(oracle)}
 
 
 def diagnostics(user_vectors: np.ndarray, item_vectors: np.ndarray, train_csr, seed: int) -> dict[str, float]:
@@ -256,7 +262,7 @@ def format_table(result: dict[str, Any]) -> str:
     ratio = "x oracle" if reference == "cluster_oracle" else "x pop"
     lines = [f"{'scorer':<22} {'hit@10':>7} {ratio:>8} {'train s':>8} {'epochs':>6} {'med pop':>7} "
              f"{'tail %':>6} {'distinct':>8} {'norm top1%/med':>15}"]
-    for label in ("cluster_oracle", "global_popularity"):
+    for label in ("cluster_oracle", "global_popularity", "neighbourhood_popularity"):
         if label not in result:
             continue
         hit = result[label]["hit_at_10"]

@@ -19,6 +19,10 @@ def test_tiny_long_tail_benchmark_measures_model_baselines_and_diagnostics(tmp_p
     assert oracle["users_evaluated"] == popular["users_evaluated"] == users
     # The shape works as intended: the user's own clusters' hits are a far better answer than the global hits.
     assert oracle["hit_at_10"] > 3 * popular["hit_at_10"]
+    # The job's neighbourhood baseline finds the users' own tastes too (it knows no clusters).
+    neighbourhood = report["neighbourhood_popularity"]
+    assert 0 < neighbourhood["users_evaluated"] <= users
+    assert neighbourhood["hit_at_10"] > 2 * popular["hit_at_10"]
     (variant,) = report["variants"]
     assert variant["name"] == "before" and variant["softmax"] == "sampled" and variant["epochs_run"] == 1
     assert variant["hyperparameters"]["sampled_temperature"] == 0 and variant["users_evaluated"] == users
