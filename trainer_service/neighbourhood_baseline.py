@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer_service.evaluation import evaluate_ranking, restrict_to_users, rows_of
+from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_ranking, restrict_to_users, rows_of
 
 # A job's flat baseline metrics hold popularity's figures as they are and this baseline's under this prefix.
 NEIGHBOURHOOD_PREFIX = "neighbourhood_"
@@ -113,19 +113,32 @@ class CoRaters:
         return np.bincount(flat, weights=shared[which], minlength=m * self.n_items).reshape(m, self.n_items)
 
 
-def sample_within_work(co_raters: CoRaters, evaluated: np.ndarray, max_work: float) -> np.ndarray:
-    """A seeded random subset of ``evaluated`` whose expansion work stays within ``max_work`` (at least one user)."""
+def sample_within_work(co_raters: CoRaters, evaluated: np.ndarray, max_work: float,
+                       max_users: int | None = None) -> np.ndarray:
+    """A seeded random subset of ``evaluated`` whose expansion work stays within ``max_work``, of at most
+    ``max_users`` users (at least one)."""
     order = np.random.default_rng(_SAMPLE_SEED).permutation(len(evaluated))
     shuffled = evaluated[order]
     running = np.cumsum(co_raters.user_work(shuffled))
     keep = max(1, int(np.searchsorted(running, max_work, side="right")))
+    if max_users is not None:
+        keep = max(1, min(keep, max_users))
     return np.sort(shuffled[:keep])
 
 
 def evaluate_neighbourhood_popularity(train_csr, test_csr, n_items: int, ks=(10, 50),
-                                      max_work: float = NEIGHBOURHOOD_MAX_WORK) -> dict[str, float]:
-    """Recall/NDCG/precision@k of the neighbourhood-popularity baseline, by the one protocol (``evaluation``)."""
+                                      max_work: float = NEIGHBOURHOOD_MAX_WORK,
+                                      max_scores: int = EVALUATION_MAX_SCORES) -> dict[str, float]:
+    """Recall/NDCG/precision@k of the neighbourhood-popularity baseline, by the one protocol (``evaluation``).
+
+    Besides the expansion work, every user scored costs a row over the whole catalogue, so at most
+    ``max_scores`` users x movies are scored, as for the model (2,000 users at a million movies)."""
     co_raters = CoRaters(train_csr, n_items)
     evaluated = np.flatnonzero(np.diff(test_csr[0]) > 0)
-    users = evaluated if co_raters.dense is not None else sample_within_work(co_raters, evaluated, max_work)
+    max_users = max(1, int(max_scores // max(n_items, 1)))
+    if co_raters.dense is not None and len(evaluated) <= max_users:
+        users = evaluated
+    else:
+        users = sample_within_work(co_raters, evaluated, np.inf if co_raters.dense is not None else max_work,
+                                   max_users)
     return evaluate_ranking(co_raters.scores, n_items, train_csr, restrict_to_users(test_csr, users), ks, None)

@@ -74,6 +74,19 @@ def test_the_user_sample_stays_within_the_work_budget(histories, monkeypatch):
     assert 1 <= len(chosen) < 30
     assert co_raters.user_work(chosen).sum() <= budget
     assert len(sample_within_work(co_raters, everyone, 0.0)) == 1
+    assert len(sample_within_work(co_raters, everyone, float(work.sum()), max_users=4)) == 4
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_no_more_users_than_the_score_budget_allows(histories, dense, monkeypatch):
+    """Each user scored is a row over the whole catalogue: the model's score budget bounds them too."""
+    if not dense:
+        monkeypatch.setattr(neighbourhood_baseline, "DENSE_MAX_ENTRIES", 0)
+    train = _csr([h[:-1] or h for h in histories])
+    test = _csr([h[-1:] for h in histories])
+    found = evaluate_neighbourhood_popularity(train, test, 40, max_scores=40 * 7)
+    assert found["users_evaluated"] == 7
+    assert evaluate_neighbourhood_popularity(train, test, 40)["users_evaluated"] == 30
 
 
 def test_it_finds_a_users_own_taste_where_global_popularity_does_not():
