@@ -53,6 +53,7 @@ from types import SimpleNamespace
 from movierec_common.logs import event
 from movierec_common.model_root import RootUnreachable, is_local, join, local_path, upload_file
 from movierec_common.tfenv import tensorflow
+from trainer_service.neighbourhood_baseline import NEIGHBOURHOOD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class JobRun:
         """The job's result: its metrics, the baselines' (popularity's as they are, neighbourhood popularity's
         prefixed ``neighbourhood_`` in the job, under ``neighbourhood/`` here), what happened, and the hparams
         session's end."""
-        prefix = "neighbourhood_"
+        prefix = NEIGHBOURHOOD_PREFIX
         popularity = {name: value for name, value in baseline.items() if not name.startswith(prefix)}
         neighbourhood = {name[len(prefix):]: value for name, value in baseline.items() if name.startswith(prefix)}
 
