@@ -25,9 +25,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Calls(grpc.ServerInterceptor):
     def __init__(self):
         self.methods: list[str] = []
+        self.first_call = threading.Event()
 
     def intercept_service(self, continuation, handler_call_details):
         self.methods.append(handler_call_details.method.rsplit("/", 1)[-1])
+        self.first_call.set()
         return continuation(handler_call_details)
 
 
@@ -54,17 +56,30 @@ def serve(servicer, port: int = 0):
 def test_returns_the_moment_the_watched_status_turns_serving():
     servicer = health.HealthServicer(experimental_non_blocking=True)  # as the real servers
     server, address, calls = serve(servicer)
+    serving_set_at: list[float] = []
+
+    def turn_serving_once_watched():
+        # One thread sets both statuses, in order: two timers could fire in either order on a
+        # stalled machine and leave NOT_SERVING last (CI saw exactly that once).
+        assert calls.first_call.wait(20), "the client never opened its Watch stream"
+        servicer.set(SERVICE, NOT_SERVING)
+        time.sleep(0.2)  # spacing only: the stream has an update that is not SERVING to read past
+        serving_set_at.append(time.monotonic())
+        servicer.set(SERVICE, SERVING)
+
+    announcer = threading.Thread(target=turn_serving_once_watched)
     try:
         # Not registered yet (SERVICE_UNKNOWN), then NOT_SERVING, then SERVING: all on one stream.
-        threading.Timer(0.2, servicer.set, (SERVICE, NOT_SERVING)).start()
-        threading.Timer(0.4, servicer.set, (SERVICE, SERVING)).start()
+        announcer.start()
         with RecommenderClient(address, timeout=5) as client:
             started = time.monotonic()
             client.wait_until_serving(timeout=20, poll_interval=30)  # a poller would sleep 30 s after the first look
-            took = time.monotonic() - started
+            returned_at = time.monotonic()
     finally:
+        announcer.join()
         server.stop(0)
-    assert 0.35 < took < 5
+    assert serving_set_at and serving_set_at[0] <= returned_at  # it waited for SERVING
+    assert returned_at - started < 5  # and did not wait for a second look 30 s later
     assert calls.methods == ["Watch"]
 
 
