@@ -12,7 +12,8 @@ What it does, and why:
   exactly as ``run_job`` does.
 * **A real recommender process**, started before the first publish, so
   publish-to-served covers everything: discovery, the manifest check, the
-  SavedModel load and smoke test in the helper process, the rankings, the
+  SavedModel load and smoke test in the helper process, the rankings (shipped
+  by the trainer and checked, or computed by the loader: ``--rankings``), the
   hand-off and the index load in the server. Then ``--reloads`` more versions
   are published, each while one call stays in flight, to see whether a reload
   stalls requests (its p99 counts the calls from the publish until
@@ -64,6 +65,7 @@ TARGET_P99_MS_AT_1 = 2.0
 TARGET_RECALL_AT_10 = 0.95
 # Calls this long after a version starts serving still count as "during the reload".
 SWAP_TAIL_SECONDS = 3.0
+RANKINGS_MODES = ("shipped", "at-load", "alternate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reloads", type=int, default=3,
                         help="versions published after the first, each measured with one call in flight; "
                              "the reload figures are their medians (max: the worst)")
+    parser.add_argument("--rankings", choices=RANKINGS_MODES, default="shipped",
+                        help="shipped: versions carry the per-user rankings the trainer computes (the product); "
+                             "at-load: the recommender's loader computes them (as before); alternate: reloads "
+                             "alternate between the two, measured side by side in one run")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "ann_serving.json"))
     parser.add_argument("--work-dir", default=None, help="keep the model root and logs here (default: temp, removed)")
@@ -167,6 +173,17 @@ class MemorySampler(threading.Thread):
 # Phases
 # ----------------------------------------------------------------------------
 
+def publish_version(root: str, artifact, retrieval: dict, files: dict, variant: int, mode: str,
+                    shipped: tuple | None) -> tuple[int, float, float]:
+    """publish_timed with the rankings shipped (``mode`` "shipped", ``shipped`` from shipped_rankings_for)
+    or left to the loader."""
+    if mode != "shipped":
+        return publish_timed(root, artifact, retrieval, files, variant)
+    assert shipped is not None
+    ranking_files, record, _ = shipped
+    return publish_timed(root, artifact, retrieval, {**files, **ranking_files}, variant, record)
+
+
 def build_artifact(args):
     from tests.artifacts import clustered_artifact
 
@@ -187,13 +204,24 @@ def build_index(args, artifact) -> tuple[dict, dict, float]:
     return files, retrieval, round(time.monotonic() - started, 1)
 
 
-def publish_timed(root: str, artifact, retrieval: dict, files: dict, variant: int) -> tuple[int, float, float]:
-    """(version, publish seconds, monotonic time the version became visible)."""
+def shipped_rankings_for(artifact, files: dict, retrieval: dict) -> tuple[dict, object, float]:
+    """The rankings the trainer ships beside the index (its own code): (files, metadata record, seconds)."""
+    from recommender_service import shipped_rankings
+
+    started = time.monotonic()
+    ranking_files, record = shipped_rankings.files_for_version(artifact, files, retrieval)
+    return ranking_files, record, round(time.monotonic() - started, 1)
+
+
+def publish_timed(root: str, artifact, retrieval: dict, files: dict, variant: int,
+                  rankings=None) -> tuple[int, float, float]:
+    """(version, publish seconds, monotonic time the version became visible); ``rankings``: the shipped
+    rankings' record (their file is in ``files``), None to leave them to the loader."""
     from movierec_common.artifact import VersionMetadata
     from trainer_service.publisher import publish
 
     started = time.monotonic()
-    metadata = VersionMetadata(model_kind="synthetic", retrieval=retrieval,
+    metadata = VersionMetadata(model_kind="synthetic", retrieval=retrieval, rankings=rankings,
                                extra={"benchmark": "ann_serving", "variant": variant})
     version = publish(root, artifact, metadata, files)
     done = time.monotonic()
@@ -300,9 +328,10 @@ def print_report(report: dict) -> None:
           f"{index['calibration_recall_at_10']}), trained on {index['train_vectors']:,} vectors; "
           f"build {index['build_seconds']} s, file {index['file_mb']} MB")
     print()
-    print(f"{'version':>7} | {'publish s':>9} | {'publish-to-served s':>19} | {'load s (server log)':>19}")
+    print(f"{'version':>7} | {'rankings':>8} | {'publish s':>9} | {'publish-to-served s':>19} | "
+          f"{'load s (server log)':>19}")
     for v in report["versions"]:
-        print(f"{v['version']:>7} | {v['publish_seconds']:>9} | {v['publish_to_served_s']:>19} | "
+        print(f"{v['version']:>7} | {v['rankings']:>8} | {v['publish_seconds']:>9} | {v['publish_to_served_s']:>19} | "
               f"{v.get('load_seconds', '-')!s:>19}")
         phases = {k[:-len("_seconds")]: v[k] for k in v if k.endswith("_seconds") and k not in (
             "load_seconds", "publish_seconds")}
@@ -316,9 +345,9 @@ def print_report(report: dict) -> None:
     print(f"  reload peak / steady: total x{m['reload_ratio_total']}, server alone x{m['reload_ratio_server']}; "
           f"server VmHWM {m['steady']['server_hwm_mb']} -> {m['reload_peak']['server_hwm_mb']} MB")
     print()
-    print(f"{'Recommend at 1 in flight (distinct users)':<44} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'calls':>7}")
+    print(f"{'Recommend at 1 in flight (distinct users)':<54} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'calls':>7}")
     for name, run in report["latency"].items():
-        print(f"  {name:<42} {run['p50_ms']:>7} {run['p99_ms']:>7} {run['max_ms']:>7} {run['calls']:>7}")
+        print(f"  {name:<52} {run['p50_ms']:>7} {run['p99_ms']:>7} {run['max_ms']:>7} {run['calls']:>7}")
     print()
     for name, check in report["recall"].items():
         print(f"Recall@10 vs exact ({name}, {check['users']} users, seen excluded): {check['recall_at_10']} "
@@ -350,6 +379,15 @@ def main(argv=None) -> int:
         print(f"  {generate_s} s; building the index...", flush=True)
         files, retrieval, index_s = build_index(args, artifact)
         print(f"  {index_s} s: nlist {retrieval['nlist']}, nprobe {retrieval['nprobe']}", flush=True)
+        # Versions alternate between two sets of vectors, so each reload changes every answer.
+        variants = (dataclasses.replace(artifact, user_vectors=artifact.user_vectors * np.float32(1.01)), artifact)
+        # What each reload publishes: the rankings shipped (the trainer's) or left to the loader.
+        modes = ["shipped", "at load"] if args.rankings == "alternate" else [args.rankings.replace("-", " ")]
+        shipped: dict[int, tuple] = {}
+        if "shipped" in modes:
+            for number, variant in enumerate(variants):
+                print(f"  ranking every user for vector set {number} (the trainer's part)...", flush=True)
+                shipped[number] = shipped_rankings_for(variant, files, retrieval)
         users_file = work / "users.json"
         order = np.random.default_rng(args.seed).permutation(artifact.num_users)
         users_file.write_text(json.dumps([str(artifact.user_ids[u]) for u in order]))
@@ -360,9 +398,9 @@ def main(argv=None) -> int:
         sampler.start()
         versions = []
         print("Publishing version 1 (cold loader)...", flush=True)
-        version, publish_s, visible = publish_timed(root, artifact, retrieval, files, 1)
+        version, publish_s, visible = publish_version(root, artifact, retrieval, files, 1, modes[0], shipped.get(1))
         served = served_at(ours.target, version)
-        versions.append({"version": version, "publish_seconds": publish_s,
+        versions.append({"version": version, "publish_seconds": publish_s, "rankings": modes[0],
                          "publish_to_served_s": round(served - visible, 1)})
         time.sleep(2.0)
         print("Latency, precomputed rankings...", flush=True)
@@ -373,14 +411,15 @@ def main(argv=None) -> int:
 
         reload_users = work / "users-reload.json"  # other users than the cached run: no answer-cache hits
         reload_users.write_text(json.dumps([str(artifact.user_ids[u]) for u in order[::-1]]))
-        # Versions alternate between two sets of vectors, so each reload changes every answer.
-        variants = (dataclasses.replace(artifact, user_vectors=artifact.user_vectors * np.float32(1.01)), artifact)
-        during_runs, after_runs, reload_windows = [], [], []
+        during_runs: dict[str, list] = {mode: [] for mode in modes}
+        after_runs, reload_windows = [], []
         for reload in range(args.reloads):
             variant = variants[reload % 2]
-            print(f"Publishing version {reload + 2} (warm loader), one call in flight during the reload...",
-                  flush=True)
-            version, publish_s, visible = publish_timed(root, variant, retrieval, files, reload + 2)
+            mode = modes[reload % len(modes)]
+            print(f"Publishing version {reload + 2} (warm loader, rankings {mode}), one call in flight during "
+                  f"the reload...", flush=True)
+            version, publish_s, visible = publish_version(root, variant, retrieval, files, reload + 2, mode,
+                                                          shipped.get(reload % 2))
             during: dict = {}
             caller = threading.Thread(target=lambda into=during, number=reload: into.update(result=run_loadgen(
                 work, ours.target, reload_users, concurrency=1, seconds=args.reload_seconds, warmup=0.2,
@@ -388,12 +427,12 @@ def main(argv=None) -> int:
             caller.start()
             served = served_at(ours.target, version)
             caller.join()
-            versions.append({"version": version, "publish_seconds": publish_s,
+            versions.append({"version": version, "publish_seconds": publish_s, "rankings": mode,
                              "publish_to_served_s": round(served - visible, 1)})
             reload_windows.append((visible, served))
             result = during["result"]
             window_end = min(served + SWAP_TAIL_SECONDS, result["stop_at"])
-            during_runs.append({**latency_stats(result, result["measure_from"], window_end),
+            during_runs[mode].append({**latency_stats(result, result["measure_from"], window_end),
                                 "truncated": served + SWAP_TAIL_SECONDS > result["stop_at"],
                                 "error_details": result["error_details"]})
             if window_end < result["stop_at"]:  # the same run's calls after the swap: this machine without a reload
@@ -403,10 +442,14 @@ def main(argv=None) -> int:
         peaks = [sampler.window(visible, served) for visible, served in reload_windows]
         reload_peak = {key: max(peak[key] for peak in peaks) for key in peaks[0]}
         reload_peak["server_hwm_mb"] = round(sampler.server_hwm_kb / 1024, 1)
-        latency = {"precomputed rankings": _public(cached),
-                   "during the reload": _public(_over_reloads(during_runs))}
-        if any(run["truncated"] for run in during_runs):
-            latency["during the reload"]["note"] = "a reload outlasted --reload-seconds; its window was truncated"
+        latency = {"precomputed rankings": _public(cached)}
+        for mode, runs in during_runs.items():
+            if not runs:
+                continue
+            name = "during the reload" + (f", rankings {mode}" if len(modes) > 1 else "")
+            latency[name] = _public(_over_reloads(runs))
+            if any(run["truncated"] for run in runs):
+                latency[name]["note"] = "a reload outlasted --reload-seconds; its window was truncated"
         if after_runs:
             latency["same run, after the reload"] = _public(_over_reloads(after_runs))
 
@@ -438,6 +481,7 @@ def main(argv=None) -> int:
             "index": {**{k: retrieval[k] for k in ("kind", "nlist", "nprobe", "train_vectors", "build_seconds",
                                                    "calibration_recall_at_10")},
                       "files_for_version_seconds": index_s,
+                      "shipped_rankings_seconds": [entry[2] for entry in shipped.values()],
                       "file_mb": round(sum(len(b) for b in files.values()) / 2**20, 1)},
             "versions": versions,
             "memory": {"steady": steady, "reload_peak": reload_peak,

@@ -448,6 +448,21 @@ class MovieFactsRecord(_Record):
 
 
 @dataclass(frozen=True)
+class RankingsRecord(_Record):
+    """Per-user rankings the trainer computed at publish time and shipped in ``file`` (in the manifest):
+    the best ``top`` unseen movies of ``users`` users, the most active first, as the recommender would
+    rank them at load (recommender_service.shipped_rankings reads and checks them). Absent (None) from
+    versions without an index and from those published before rankings were shipped: a recommender
+    ranks those itself."""
+
+    file: str = ""
+    top: int = 0
+    users: int = 0
+    budget_bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class RefitRecord(_Record):
     """Whether the served vectors are a refit on all ratings with the evaluation run's settings."""
 
@@ -513,6 +528,8 @@ class VersionMetadata(_Record):
     movies: MovieFactsRecord | None = None
     # Recorded interactions added to the base data; None: trained on the base data alone.
     interactions: InteractionsRecord | None = None
+    # Per-user rankings computed by the trainer (versions with an index); None: ranked at load.
+    rankings: RankingsRecord | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)  # the manifest, filled in by write_version
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this release does not know, kept as read

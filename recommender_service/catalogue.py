@@ -120,3 +120,8 @@ class ServingCatalogue(UserMovieIndex):
             history_indices=history,
             movies=movies if movies is not None else MovieMetadata.none(items),
         )
+
+
+def item_norms(item_vectors: np.ndarray) -> np.ndarray:
+    """Each movie's vector norm (floored away from zero), for cosine similarity on an index backend."""
+    return np.maximum(np.linalg.norm(item_vectors, axis=1), 1e-12).astype(np.float32)

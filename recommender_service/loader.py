@@ -122,6 +122,8 @@ def serving_facts(retriever: Retriever, version: ValidatedVersion) -> dict[str, 
     """How a version is served, for GetModelStatus (prefixed, beside its held-out metrics)."""
     facts = {"serving_ann": 0.0 if retriever.top_k.exact else 1.0,
              "serving_ranked_users": float(retriever.rankings.num_users),
+             # 1: the per-user rankings were shipped by the trainer; 0: computed at load
+             "serving_rankings_shipped": version.smoke.get("rankings_shipped", 0.0),
              "serving_sessions": 0.0 if retriever.sessions is None else 1.0}
     if version.index_params is not None:
         facts.update(serving_ann_nlist=float(version.index_params.nlist),

@@ -3,7 +3,8 @@ hands to the serving process when it does (:class:`ValidatedVersion`).
 
 Availability first: a version is checked against its manifest, loaded,
 smoke-tested against its own ``serving_default`` signature, and its rankings
-are computed, all before anything is swapped. This is the TensorFlow-heavy
+are computed (or, shipped by the trainer beside an index, read and checked:
+``recommender_service.shipped_rankings``), all before anything is swapped. This is the TensorFlow-heavy
 part of loading, so it runs in a helper process
 (``recommender_service.isolation``), and what comes back is flat arrays.
 
@@ -27,7 +28,8 @@ import numpy as np
 from movierec_common import ann_index, artifact, movie_metadata, session_query
 from movierec_common.artifact import ArtifactError, FileEntry, ModelArtifact, MovieFactsRecord, VersionMetadata
 from movierec_common.model_root import join
-from recommender_service.catalogue import ServingCatalogue
+from recommender_service import shipped_rankings
+from recommender_service.catalogue import ServingCatalogue, item_norms
 from recommender_service.rankings import RANKING_BUDGET_BYTES, Rankings
 from recommender_service.retrieval import Retriever
 from recommender_service.top_k import BruteForce, FaissIVF, TopK, serving_layout
@@ -217,22 +219,25 @@ def validate_version(path: str, ranking_budget_bytes: int = RANKING_BUDGET_BYTES
     saved, module = artifact.load(path)
     encoder = read_query_encoder(metadata, saved.num_items, int(saved.item_vectors.shape[1]))
     catalogue = ServingCatalogue.from_artifact(saved, movie_metadata.read(path, metadata.movies, saved.num_items))
-    norms = None
-    if params is not None:
-        norms = np.maximum(np.linalg.norm(saved.item_vectors, axis=1), 1e-12).astype(np.float32)
+    norms = None if params is None else item_norms(saved.item_vectors)
     item_vectors = None if params is not None else serving_layout(saved.item_vectors)
     clock.lap("savedmodel")
     backend = open_backend(path, catalogue, params, item_vectors, norms)
     if isinstance(backend, FaissIVF):  # the version has an index (params)
         _check_index_holds_the_model(backend, saved)
     clock.lap("index")
-    retriever = Retriever(catalogue, backend, ranking_budget_bytes=ranking_budget_bytes, query_encoder=encoder)
+    shipped = None
+    if isinstance(backend, FaissIVF):  # rankings ship only beside an index
+        shipped = shipped_rankings.read(path, metadata.rankings, manifest, catalogue, backend, ranking_budget_bytes)
+    retriever = Retriever(catalogue, backend, rankings=shipped, ranking_budget_bytes=ranking_budget_bytes,
+                          query_encoder=encoder)
     clock.lap("rankings")
     smoke = smoke_test(retriever, saved, module)
     _session_smoke_test(retriever)
     clock.lap("smoke")
     return ValidatedVersion(catalogue=catalogue, rankings=retriever.rankings, metadata=metadata, index_params=params,
-                            item_vectors=item_vectors, item_norms=norms, smoke={**smoke, **clock.laps},
+                            item_vectors=item_vectors, item_norms=norms,
+                            smoke={**smoke, "rankings_shipped": float(shipped is not None), **clock.laps},
                             query_encoder=encoder)
 
 

@@ -35,6 +35,7 @@ from movierec_common.artifact import (
     VersionMetadata,
 )
 from movierec_common.logs import event
+from recommender_service import shipped_rankings
 from trainer_service import quality_gate
 from trainer_service.config import TrainerConfig
 from trainer_service.data import items_file_movies, load_movielens, load_ratings_files
@@ -171,12 +172,17 @@ class Job:
         self.ctx.report(phase="publishing")
         png = self.plot(trained)
         artifact, index_files, retrieval = self.index(split, served)
+        # Beside an index, every user's ranking, computed here so that loading the version costs the
+        # recommenders' serving cores nothing (recommender_service.shipped_rankings).
+        self.ctx.check_cancelled()
+        ranking_files, rankings = shipped_rankings.files_for_version(artifact, index_files, retrieval)
         # Genres and years ride beside the SavedModel, aligned with its movies (the items file's order).
         movie_files, movies = movie_metadata.files_for_version(split.data.facts)
         metadata = dataclasses.replace(self.describe(split, trained, served, refit, evaluation, retrieval),
-                                       movies=movies)
+                                       movies=movies, rankings=rankings)
         self.ctx.check_cancelled()
-        version = self.publish(artifact, metadata, {LOSS_PLOT_FILE: png, **index_files, **movie_files})
+        version = self.publish(artifact, metadata,
+                               {LOSS_PLOT_FILE: png, **index_files, **ranking_files, **movie_files})
         self.retention()
         return evaluation.result(version=version)
 

@@ -178,8 +178,9 @@ def test_bad_index_files_are_rejected_while_the_good_version_keeps_serving(ann_s
         shutil.rmtree(root / str(good + offset))
 
 
-def test_the_trainer_ships_an_index_past_its_threshold(tmp_path):
-    """``--ann-min-items`` reaches run_job: the published version carries the index and is served by it."""
+def test_the_trainer_ships_an_index_and_rankings_past_its_threshold(tmp_path):
+    """``--ann-min-items`` reaches run_job: the published version carries the index and the users'
+    rankings, and is served by them."""
     from clients import TrainerClient
     from tests.datagen import write_grouplens_files
     from tests.servers import start_trainer
@@ -195,9 +196,14 @@ def test_the_trainer_ships_an_index_past_its_threshold(tmp_path):
         assert job.state == "SUCCEEDED", job.error
         metadata = artifact.read_metadata(str(root / str(job.model_version)))
         assert metadata.retrieval["backend"] == "faiss" and ann_index.INDEX_FILE in metadata.files
+        # Every user's ranking was computed by the trainer and ships beside the index.
+        assert metadata.rankings is not None and metadata.rankings.users == 60
+        assert metadata.rankings.file in metadata.files
         with RecommenderClient(recommender.address, timeout=10) as rc:
             rc.wait_until_serving(timeout=120)
-            assert rc.model_status().metrics["serving_ann"] == 1.0
+            served = rc.model_status().metrics
+            assert served["serving_ann"] == 1.0
+            assert served["serving_rankings_shipped"] == 1.0 and served["serving_ranked_users"] == 60
             recs = rc.recommend("1", k=5)
             assert len({item.movie_id for item in recs.items}) == 5
     finally:
