@@ -218,6 +218,10 @@ def train_variant(data: LongTailData, name: str, hp: Any, seed: int, max_scores:
                               max_scores=max_scores)
     changed = {k: v for k, v in hp.as_dict().items() if v != getattr(type(hp)(), k)}
     return {"name": name, "hyperparameters": changed, "softmax": model.selection.get("softmax"),
+            # The popularity prior's exponent chosen on validation (trainer_service.popularity_prior), and
+            # each choice's validation Recall@10.
+            "popularity_prior": getattr(model.settings, "popularity_prior", 0.0),
+            "popularity_prior_validation": model.selection.get("popularity_prior", {}),
             "train_seconds": round(model.train_seconds, 1), "epochs_run": model.epochs_run,
             "best_epoch": model.best_epoch, "epochs": epochs, **_hit_at_10(metrics),
             **diagnostics(model.user_vectors, model.item_vectors, train_csr, seed)}

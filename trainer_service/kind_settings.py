@@ -32,9 +32,12 @@ class KindSettings(JsonRecord):
 
 @dataclass(frozen=True)
 class NeuralSettings(KindSettings):
-    """two_tower, two_tower_dropout, bpr: the epoch validation Recall@10 peaked at (early stopping)."""
+    """two_tower, two_tower_dropout, bpr: the epoch validation Recall@10 peaked at (early stopping),
+    and on the two-tower's sampled path the popularity prior's exponent (trainer_service.popularity_prior;
+    0: none, as before it existed)."""
 
     epochs: int
+    popularity_prior: float = 0.0
 
 
 @dataclass(frozen=True)

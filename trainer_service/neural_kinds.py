@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from movierec_common.session_query import pooled_encoder
-from trainer_service import embedding_optimizer, models
+from trainer_service import embedding_optimizer, models, popularity_prior
 from trainer_service.hyperparams import COMMON, Hyperparameters
 from trainer_service.kind_settings import NeuralSettings
 from trainer_service.model_kind import (
@@ -233,12 +233,18 @@ class NeuralKind(ModelKind[NeuralSettings]):
 
     def refit(self, run: TrainingRun, settings: NeuralSettings) -> TrainedModel:
         hp = dataclasses.replace(run.hyperparameters, epochs=max(1, int(settings.epochs)))
-        return fit_neural(self, dataclasses.replace(run, hyperparameters=hp), None)
+        return fit_neural(self, dataclasses.replace(run, hyperparameters=hp), None,
+                          popularity_gamma=settings.popularity_prior)
 
 
-def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None) -> TrainedModel:
+def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None,
+               popularity_gamma: float = 0.0) -> TrainedModel:
     """Fits on ``validation.train`` with early stopping on ``validation``, or, for a
-    refit (``validation`` None), on all of ``run.split.train`` for ``hp.epochs`` epochs."""
+    refit (``validation`` None), on all of ``run.split.train`` for ``hp.epochs`` epochs.
+
+    On the two-tower's sampled (cosine) path the movie vectors carry a popularity
+    prior (``popularity_prior``): chosen on ``validation``, or ``popularity_gamma``
+    (the evaluation run's choice) for a refit."""
     split, hp, seed = run.split, run.hyperparameters, run.seed
     strategy = run.strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
@@ -268,12 +274,20 @@ def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None) -> 
     model.fit(dataset, epochs=hp.epochs, verbose=0, callbacks=[supervisor])
     user_vectors = item_vectors = np.zeros((0, 0), dtype=np.float32)
     encoder = None
+    prior_choice: dict[str, float] = {}  # validation Recall@10 per popularity-prior gamma, when one was chosen
     if supervisor.chief:  # the other workers hold the same weights; only the chief's result is kept
         if supervisor.best_weights is not None:
             model.set_weights(supervisor.best_weights)
         # Users' full training history (validation ratings included) is what the
         # vectors should reflect for serving.
         user_vectors, item_vectors = model.export_vectors(split.train_csr())
+        if isinstance(model, models.TwoTowerModel) and model.sampled:
+            if validation is not None:
+                best_metrics = supervisor.history[supervisor.best_epoch - 1] if supervisor.best_epoch else None
+                popularity_gamma, prior_choice = popularity_prior.choose(
+                    *model.export_vectors(validation.train_csr()), validation, unscaled=best_metrics)
+            item_vectors = popularity_prior.apply(item_vectors, popularity_prior.rating_counts(split, split.train),
+                                                  popularity_gamma)
         encoder = pooled_encoder(user_vectors, item_vectors, split.train_csr(),
                                  fixed=kind.fixed_query_dims(user_vectors.shape[1]))
     best = supervisor.best_epoch
@@ -286,9 +300,11 @@ def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None) -> 
         validation_split="" if validation is None else validation.name,
         selection={**({"softmax": "sampled" if model.sampled else "full"}
                       if isinstance(model, models.TwoTowerModel) else {}),
+                   **({"popularity_prior": prior_choice} if prior_choice else {}),
                    "optimizer": optimizer.description},
         distribution={**in_process_distribution(), "num_replicas_in_sync": replicas},
-        settings=NeuralSettings(epochs=best), encoder=encoder, refit=validation is None,
+        settings=NeuralSettings(epochs=best, popularity_prior=popularity_gamma), encoder=encoder,
+        refit=validation is None,
     )
 
 

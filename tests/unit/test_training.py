@@ -278,6 +278,21 @@ def test_sampled_softmax_beats_popularity_on_a_small_synthetic_catalogue(tmp_pat
     popular = evaluate_scores(*popularity_vectors(train_csr, data.n_items), train_csr, test_csr)["recall_at_10"]
     print(f"sampled softmax Recall@10 {ours:.4f}, popularity {popular:.4f}")
     assert ours >= 1.5 * popular, (ours, popular)
+    # The popularity prior was chosen on validation: the best of its choices, applied to unit vectors.
+    from trainer_service import popularity_prior
+    from trainer_service.kind_settings import NeuralSettings
+
+    figures = model.selection["popularity_prior"]
+    gamma = model.settings.popularity_prior
+    assert set(figures) == {f"{g:g}" for g in popularity_prior.GAMMA_CHOICES}
+    assert figures[f"{gamma:g}"] == max(figures.values())
+    counts = popularity_prior.rating_counts(split, split.train)
+    np.testing.assert_allclose(np.linalg.norm(model.item_vectors, axis=1), (counts + 1) ** gamma, rtol=1e-4)
+    # A refit applies the evaluation run's choice, with the counts of all its ratings.
+    refit = train_model("two_tower", split, resolve_hyperparameters("two_tower", {"batch_size": 256}), seed=0,
+                        refit_settings=NeuralSettings(epochs=1, popularity_prior=0.2))
+    assert refit.settings == NeuralSettings(epochs=1, popularity_prior=0.2)
+    np.testing.assert_allclose(np.linalg.norm(refit.item_vectors, axis=1), (counts + 1) ** 0.2, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- the kinds' settings records
