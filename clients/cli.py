@@ -6,7 +6,8 @@ operator reaches for, so it must exercise exactly the code applications use
 presentation: tables for people, ``--json`` for scripts, a progress bar for
 training, and one-line errors with meaningful exit codes (0 ok, 1 the call
 failed, 2 bad usage, 130 interrupted) instead of tracebacks. How results read
-is ``clients.render``; the filter flags are ``clients.filter_options``.
+is ``clients.render``; the filter flags are ``clients.filter_options``, ``train``'s
+flags and the options they ask for ``clients.train_options``.
 
 Global options may come before or after the subcommand. Tokens are never
 taken on the command line (shell history, ``ps``): use ``--token-file``,
@@ -21,15 +22,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from movierec.v1 import trainer_pb2
-from movierec.v1.vocabulary import DATASET_NAMES, HOLDOUTS, MODEL_KINDS
-
 from . import render
 from .client import DEFAULT_TIMEOUT, RecommenderClient, TrainerClient
 from .errors import ConfigurationError, InvalidArgument, MovieRecError
 from .filter_options import FilterUsageError, add_filter_options, filter_from_args, id_flags, movie_id_list
 from .flags import refuse_token_flags
-from .types import HYPERPARAMETERS, Interaction, Job
+from .train_options import add_train_options, positive_int, train_options
+from .types import Interaction, Job
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -97,17 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     train = command("train", cmd_train, "queue a training job")
-    _add_train_options(train)
+    add_train_options(train)
 
     jobs = command("jobs", cmd_jobs, "list training jobs, newest first")
-    jobs.add_argument("--limit", type=_positive_int, default=50, help="at most N jobs (default 50)")
+    jobs.add_argument("--limit", type=positive_int, default=50, help="at most N jobs (default 50)")
     command("job", cmd_job, "show one training job").add_argument("job_id", metavar="ID")
     command("watch", cmd_watch, "follow a training job until it ends").add_argument("job_id", metavar="ID")
     command("cancel", cmd_cancel, "cancel a queued or running job").add_argument("job_id", metavar="ID")
 
     recommend = command("recommend", cmd_recommend, "top-k movies for a user")
     recommend.add_argument("user_id", metavar="USER_ID")
-    recommend.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
+    recommend.add_argument("-k", type=positive_int, default=10, help="number of movies (default 10)")
     recommend.add_argument(
         "--include-seen", action="store_true", help="also recommend movies the user already rated"
     )
@@ -129,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the answer that led to it (what `movierec recommend` printed), if any")
     similar = command("similar", cmd_similar, "movies similar to a movie")
     similar.add_argument("movie_id", metavar="MOVIE_ID", type=int)
-    similar.add_argument("-k", type=_positive_int, default=10, help="number of movies (default 10)")
+    similar.add_argument("-k", type=positive_int, default=10, help="number of movies (default 10)")
     _with_filter(similar)
     command("status", cmd_status, "what the recommender is serving, its genres and hidden movies (with several "
             "replicas: one healthy replica's view; give one address to ask that replica)")
@@ -137,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("versions", cmd_versions, "list the versions in the model root: metrics, pin, which recommenders "
             "serve each")
     pin = command("pin", cmd_pin, "serve this version on every recommender (rollback) until `movierec unpin`")
-    pin.add_argument("version", metavar="VERSION", type=_positive_int)
+    pin.add_argument("version", metavar="VERSION", type=positive_int)
     command("unpin", cmd_unpin, "let every recommender follow the newest valid version again")
     hide = command("hide", cmd_hide, "leave movies out of every answer of every recommender, whatever version it "
                    "serves (a licence ended, a takedown), until `movierec unhide`")
@@ -207,51 +206,6 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     refuse_token_flags(group, environment="MOVIEREC_TOKEN")
 
 
-def _add_train_options(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--model", required=True, help=f"model kind, e.g. {', '.join(MODEL_KINDS)}")
-    data = train.add_argument_group("data (paths relative to the trainer's data root; default MovieLens 100K)")
-    data.add_argument("--ratings", metavar="FILE",
-                      help="ratings in any GroupLens layout: u.data, ratings.dat or ratings.csv")
-    data.add_argument("--items", metavar="FILE",
-                      help="movies in any GroupLens layout: u.item, movies.dat or movies.csv")
-    data.add_argument("--dataset", metavar="NAME",
-                      help=f"a MovieLens release instead of files: {', '.join(DATASET_NAMES)}")
-    data.add_argument("--interactions", action="store_true",
-                      help="add the interactions recorded in the trainer's event store to this data "
-                           "(the latest per user and movie wins; movies the data does not list are left out)")
-    data.add_argument("--interactions-up-to", type=_positive_int, metavar="POSITION",
-                      help="with --interactions: only those up to this store position (default: the store's "
-                           "latest when the job starts)")
-    hp = train.add_argument_group("training (unset = the model kind's default)")
-    hp.add_argument("--epochs", type=_positive_int, help="at most N epochs (early stopping may end sooner)")
-    for name in HYPERPARAMETERS:  # one flag per proto field, so new fields need no CLI change
-        is_int = _HYPERPARAMETER_FIELDS[name].type == _HYPERPARAMETER_FIELDS[name].TYPE_INT32
-        hp.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int if is_int else float,
-                        help=_HYPERPARAMETER_HELP.get(name))
-    hp.add_argument("--seed", type=_positive_int)
-    hp.add_argument("--workers", type=_positive_int,
-                    help="data-parallel workers on Ray (at most the trainer's --workers; default: that number)")
-    ev = train.add_argument_group("evaluation and publishing")
-    ev.add_argument("--holdout", help=f"held-out split: {', '.join(HOLDOUTS)} (default random)")
-    ev.add_argument("--holdout-size", type=_positive_int, help="ratings held out per user (default 10)")
-    ev.add_argument("--min-recall", type=float, metavar="X", help="quality gate: minimum validation Recall@10")
-    ev.add_argument("--require-no-regression", action="store_true", help="refuse a model worse than the served one")
-    ev.add_argument("--require-beating-baseline", action="store_true",
-                    help="refuse a model whose validation Recall@10 is below neighbourhood popularity's")
-    ev.add_argument("--no-quality-gate", action="store_true", help="publish regardless of the default floor")
-    ev.add_argument("--no-refit", action="store_true",
-                    help="publish the evaluated model itself instead of training it again on all the data")
-    train.add_argument("--idempotency-key", metavar="KEY", help="resubmitting the same key returns the same job")
-    train.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _recent_movie_ids(text: str) -> list[int]:
     try:
         return movie_id_list(text)
@@ -300,40 +254,10 @@ def _recommender(args: argparse.Namespace) -> RecommenderClient:
 # --------------------------------------------------------------------------- commands
 
 
-_HYPERPARAMETER_FIELDS = trainer_pb2.Hyperparameters.DESCRIPTOR.fields_by_name
-_HYPERPARAMETER_HELP = {
-    "patience": "early-stopping patience in epochs",
-    "validation_size": "ratings per user carved from training data for early stopping",
-    "l2_lambda": "ease kinds: ridge penalty",
-    "blend_weight": "blended kinds: share of the neural scores",
-}
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.interactions_up_to is not None and not args.interactions:
-        raise ConfigurationError("--interactions-up-to goes with --interactions")
-    hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if getattr(args, name) is not None}
+    options = train_options(args)
     with _trainer(args) as tc:
-        job = tc.train(
-            args.model,
-            epochs=args.epochs,
-            ratings_path=args.ratings,
-            items_path=args.items,
-            dataset=args.dataset,
-            hyperparameters=hyperparameters,
-            holdout=args.holdout,
-            holdout_size=args.holdout_size,
-            seed=args.seed,
-            idempotency_key=args.idempotency_key,
-            min_validation_recall_at_10=args.min_recall,
-            require_no_regression=args.require_no_regression,
-            require_beating_baseline=args.require_beating_baseline,
-            workers=args.workers,
-            quality_gate_disabled=args.no_quality_gate,
-            refit=False if args.no_refit else None,
-            interactions=args.interactions,
-            interactions_up_to=args.interactions_up_to,
-        )
+        job = tc.train(args.model, **options)
         if args.watch:
             return _watch(tc, job, args)
     return _show(args, job, render.job_state)

@@ -16,6 +16,8 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from movierec.v1.vocabulary import NEIGHBOURHOOD_PREFIX
+
 from .types import HiddenMovies, Item, Job, ModelStatus, Pin, PublishedVersion, Versions
 
 # A note naming unknown ids shows at most this many (an --only-file may name thousands).
@@ -204,10 +206,6 @@ def publication(job: Job) -> str:
         return f"published as version {job.model_version}"
     reason = job.not_published_reason or "no reason given"
     return f"not published ({reason})"
-
-
-# The trainer reports the neighbourhood-popularity baseline's figures in baseline_metrics under this prefix.
-NEIGHBOURHOOD_PREFIX = "neighbourhood_"
 
 
 def metrics(job: Job) -> str:

@@ -3,10 +3,16 @@ and agree with the .proto files and the trainer's per-kind tables."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from movierec.v1 import recommender_pb2, trainer_pb2, vocabulary
 from movierec_common import security
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE_PACKAGES = ("clients", "trainer_service", "recommender_service", "movierec_common", "benchmarks", "protos")
 
 
 def test_job_and_version_states_are_the_protos_and_everyone_uses_them():
@@ -31,7 +37,7 @@ def test_job_and_version_states_are_the_protos_and_everyone_uses_them():
 
 
 def test_every_model_kind_has_defaults_and_exactly_one_trainer():
-    from clients import cli
+    from clients import train_options
     from trainer_service import releases, training
     from trainer_service.model_kind import ModelKind
     from trainer_service.neural_kinds import NeuralKind
@@ -44,8 +50,26 @@ def test_every_model_kind_has_defaults_and_exactly_one_trainer():
         assert isinstance(kind, NeuralKind) != kind.closed_form
     # The release table's TFDS names are exactly the names a TrainRequest may give.
     assert releases.DATASET_NAMES == vocabulary.DATASET_NAMES
-    assert cli.MODEL_KINDS is vocabulary.MODEL_KINDS and cli.HOLDOUTS is vocabulary.HOLDOUTS
-    assert cli.DATASET_NAMES is vocabulary.DATASET_NAMES
+    assert train_options.MODEL_KINDS is vocabulary.MODEL_KINDS and train_options.HOLDOUTS is vocabulary.HOLDOUTS
+    assert train_options.DATASET_NAMES is vocabulary.DATASET_NAMES
+
+
+def test_the_neighbourhood_prefix_is_defined_once_beside_the_contract():
+    from clients import render
+    from trainer_service import tensorboard_runs
+
+    # A string like this one is interned, so `is` cannot tell two definitions apart: read the source.
+    defining = {path.relative_to(ROOT).as_posix() for package in SOURCE_PACKAGES
+                for path in (ROOT / package).rglob("*.py")
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.Assign)
+                and any(isinstance(target, ast.Name) and target.id == "NEIGHBOURHOOD_PREFIX"
+                        for target in node.targets)}
+    assert defining == {"protos/movierec/v1/vocabulary.py"}
+    assert vocabulary.NEIGHBOURHOOD_PREFIX == "neighbourhood_"  # on the wire: TrainJob.baseline_metrics' keys
+    # The CLI and the trainer's TensorBoard writer read it from there (as pipeline.py does).
+    for module in (render, tensorboard_runs):
+        assert module.NEIGHBOURHOOD_PREFIX is vocabulary.NEIGHBOURHOOD_PREFIX
 
 
 @pytest.mark.parametrize("address, loopback", [

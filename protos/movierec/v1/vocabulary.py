@@ -59,3 +59,10 @@ HOLDOUTS = ("random", "last_n_per_user") + PREDEFINED_SPLITS
 # MovieLens releases a TrainRequest's dataset.name may ask for (tensorflow-datasets' names).
 DATASET_NAMES = ("movielens/100k-ratings", "movielens/1m-ratings", "movielens/20m-ratings",
                  "movielens/25m-ratings", "movielens/latest-small-ratings")
+
+# ---------------------------------------------------------------- what a job reports (TrainJob.baseline_metrics)
+
+# A job's flat baseline metrics hold popularity's figures as they are and the neighbourhood-popularity
+# baseline's under this prefix ("neighbourhood_recall_at_10"): the trainer writes them, the CLI's table and
+# the TensorBoard runs split them apart again.
+NEIGHBOURHOOD_PREFIX = "neighbourhood_"
