@@ -200,9 +200,9 @@ class Reference:
 
 def choose_ease_lambda(validation: Split) -> tuple[float, list[dict]]:
     """The grid lambda with the best validation Recall@10 (NDCG@10 breaks ties), and every candidate's metrics."""
-    from trainer_service import models  # imports TensorFlow; --help stays fast
+    from trainer_service import history_matrix, models  # imports TensorFlow; --help stays fast
 
-    held_in = models.binary_history(validation.train_csr(), validation.data.n_items)
+    held_in = history_matrix.binary_history(validation.train_csr(), validation.data.n_items)
     tried = []
     for l2_lambda in EASE_LAMBDAS:
         weights = models.ease_item_weights(held_in, l2_lambda)
@@ -214,11 +214,11 @@ def choose_ease_lambda(validation: Split) -> tuple[float, list[dict]]:
 
 def ease_reference(outer: Split, seed: int) -> Reference:
     """Chosen on each user's newest outer-train ratings and fit on all of them: the strongest simple baseline."""
-    from trainer_service import models
+    from trainer_service import history_matrix, models
 
     validation = carve_validation(outer, REFERENCE_VALIDATION_SIZE, seed, by_time=True)
     l2_lambda, tried = choose_ease_lambda(validation)
-    history = models.binary_history(outer.train_csr(), outer.data.n_items)
+    history = history_matrix.binary_history(outer.train_csr(), outer.data.n_items)
     weights = models.ease_item_weights(history, l2_lambda)
     return Reference(seed, l2_lambda, tried, history, np.ascontiguousarray(weights.T))
 

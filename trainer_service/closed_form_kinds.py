@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from movierec_common.session_query import HISTORY, Part, QueryEncoder, history_encoder, pooled_encoder
-from trainer_service import models, sequential
+from trainer_service import history_matrix, models, sequential
 from trainer_service.hyperparams import COMMON, Hyperparameters
 from trainer_service.kind_settings import (
     BlendSettings,
@@ -82,7 +82,7 @@ def select_dlae(hp: Hyperparameters, validation: Split, n_items: int, run: Train
     Returns the held-in history, the chosen held-in weights, the choice, its
     validation metrics and every candidate's metrics (for the run's record).
     """
-    held_in = models.binary_history(validation.train_csr(), n_items)
+    held_in = history_matrix.binary_history(validation.train_csr(), n_items)
     gram = models.item_gram(held_in)
     lambdas = (hp.l2_lambda,) if hp.l2_lambda > 0 else DLAE_LAMBDAS
     best: tuple[tuple[float, float], np.ndarray, DlaeSettings, dict[str, float]] | None = None
@@ -103,7 +103,7 @@ def select_dlae(hp: Hyperparameters, validation: Split, n_items: int, run: Train
 
 def dlae_weights(split: Split, choice: DlaeSettings) -> tuple[np.ndarray, np.ndarray]:
     """(binary history, DLAE weights) on all of ``split.train`` with the chosen (lambda, dropout)."""
-    history = models.binary_history(split.train_csr(), split.data.n_items)
+    history = history_matrix.binary_history(split.train_csr(), split.data.n_items)
     return history, models.dlae_item_weights(models.item_gram(history), choice.l2_lambda, choice.dlae_dropout)
 
 
@@ -117,7 +117,7 @@ class Ease(ClosedFormKind[EaseSettings]):
     def fit(self, run: TrainingRun, validation: Split) -> TrainedModel:
         run.cancel_point()
         hp = run.hyperparameters
-        held_in = models.binary_history(validation.train_csr(), run.split.data.n_items)
+        held_in = history_matrix.binary_history(validation.train_csr(), run.split.data.n_items)
         # Validation only reports on the request's lambda.
         metrics = validation_metrics(held_in, models.ease_item_weights(held_in, hp.l2_lambda).T, validation)
         run.cancel_point()
@@ -129,7 +129,7 @@ class Ease(ClosedFormKind[EaseSettings]):
 
     def _solve(self, run: TrainingRun, settings: EaseSettings, metrics: dict[str, float],
                validation: Split | None) -> TrainedModel:
-        history = models.binary_history(run.split.train_csr(), run.split.data.n_items)
+        history = history_matrix.binary_history(run.split.train_csr(), run.split.data.n_items)
         weights = models.ease_item_weights(history, settings.l2_lambda)
         return self.model(run, history, weights, metrics, settings, validation)
 

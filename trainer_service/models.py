@@ -250,14 +250,6 @@ class BPRModel(VectorModel):
         return np.hstack([users, ones]), np.hstack([items, bias])
 
 
-def binary_history(train_csr, n_items: int) -> np.ndarray:
-    """Dense 0/1 user x item matrix of training interactions."""
-    indptr, items = train_csr
-    matrix = np.zeros((len(indptr) - 1, n_items), dtype=np.float32)
-    matrix[np.repeat(np.arange(len(indptr) - 1), np.diff(indptr)), items] = 1.0
-    return matrix
-
-
 def ease_item_weights(history: np.ndarray, l2_lambda: float) -> np.ndarray:
     """EASE^R item-item weights B (zero diagonal), so that scores = history @ B.
 

@@ -35,9 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from trainer_service.evaluation import EVALUATION_MAX_SCORES, evaluate_ranking, restrict_to_users, rows_of
+from trainer_service.history_matrix import binary_history
 
-# A job's flat baseline metrics hold popularity's figures as they are and this baseline's under this prefix.
-NEIGHBOURHOOD_PREFIX = "neighbourhood_"
 # Up to this many users x movies the baseline is exact, by dense products (64 MB of float32).
 DENSE_MAX_ENTRIES = 1 << 24
 # Past it: raters kept per movie, movies kept per voting user, and co-occurrence entries expanded in all
@@ -70,13 +69,12 @@ class CoRaters:
         self.n_users = len(indptr) - 1
         self.n_items = n_items
         self.train_csr = (indptr, items)
-        owners = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(indptr))
         self.dense: np.ndarray | None = None
         if self.n_users * n_items <= DENSE_MAX_ENTRIES:
-            self.dense = np.zeros((self.n_users, n_items), dtype=np.float32)
-            self.dense[owners, items] = 1.0
+            self.dense = binary_history(train_csr, n_items)
             self.cost: np.ndarray = np.zeros(n_items)
             return
+        owners = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(indptr))
         raters_indptr = np.zeros(n_items + 1, dtype=np.int64)
         np.cumsum(np.bincount(items, minlength=n_items), out=raters_indptr[1:])
         raters = owners[np.argsort(items, kind="stable")]

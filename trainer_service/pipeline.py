@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from movierec.v1.vocabulary import NEIGHBOURHOOD_PREFIX
 from movierec_common import ann_index, movie_metadata
 from movierec_common.artifact import (
     LOSS_PLOT_FILE,
@@ -46,7 +47,7 @@ from trainer_service.job_manager import JobContext
 from trainer_service.jobs import JobRecord, JobResult
 from trainer_service.kind_settings import KindSettings
 from trainer_service.model_kind import EpochReport, TrainedModel, TrainingRun
-from trainer_service.neighbourhood_baseline import NEIGHBOURHOOD_PREFIX, evaluate_neighbourhood_popularity
+from trainer_service.neighbourhood_baseline import evaluate_neighbourhood_popularity
 from trainer_service.plots import loss_plot_png
 from trainer_service.publisher import apply_retention, publish, remove_stale_temp_folders
 from trainer_service.ratings import Ratings, Split, time_ordered_history

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from movierec_common.session_query import HISTORY, Part, QueryEncoder, recency_weights
-from trainer_service import models
+from trainer_service import history_matrix, models
 from trainer_service.evaluation import evaluate_score_rows
 from trainer_service.kind_settings import RecencyRule
 from trainer_service.ratings import Split, time_ordered_history
@@ -86,7 +86,7 @@ def fit(split: Split, l2_lambda: float, dropout: float, users: RecencyRule, visi
     """
     n_items = split.data.n_items
     indptr, items, _ = time_ordered_history(split.data, split.train)
-    binary = models.binary_history((indptr, items), n_items)
+    binary = history_matrix.binary_history((indptr, items), n_items)
     weights = models.dlae_item_weights(models.item_gram(binary), l2_lambda, dropout)
     del binary
     transitions = transition_weights(indptr, items, n_items)
@@ -165,7 +165,7 @@ def select(validation: Split, dlae_choice: tuple[float, float], cancel_point: Ca
     users = np.flatnonzero(np.diff(test_csr[0]) > 0)
     if users.size > _SELECTION_MAX_USERS:
         users = np.sort(np.random.default_rng(0).choice(users, _SELECTION_MAX_USERS, replace=False))
-    binary = models.binary_history((indptr, items), n_items)
+    binary = history_matrix.binary_history((indptr, items), n_items)
     weights = models.dlae_item_weights(models.item_gram(binary), *dlae_choice)
     del binary
     transitions = transition_weights(indptr, items, n_items)

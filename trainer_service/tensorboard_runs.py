@@ -50,10 +50,10 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from types import SimpleNamespace
 
+from movierec.v1.vocabulary import NEIGHBOURHOOD_PREFIX
 from movierec_common.logs import event
 from movierec_common.model_root import RootUnreachable, is_local, join, local_path, upload_file
 from movierec_common.tfenv import tensorflow
-from trainer_service.neighbourhood_baseline import NEIGHBOURHOOD_PREFIX
 
 log = logging.getLogger(__name__)
 

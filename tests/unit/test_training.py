@@ -119,7 +119,7 @@ def test_validation_never_uses_the_test_set(ua_split, monkeypatch):
     """The ratings train_model validates on, as index sets: carved from ua.base alone (all of it, none
     twice), disjoint from ua.test; and the validation Recall@10 the model reports is the one measured
     on them. EASE, whose validation is closed form, lets the test measure it again."""
-    from trainer_service import model_kind, models
+    from trainer_service import history_matrix, model_kind, models
 
     carved = []
     carve = model_kind.carve_validation
@@ -137,7 +137,7 @@ def test_validation_never_uses_the_test_set(ua_split, monkeypatch):
     assert np.intersect1d(validation.train, ua_split.test).size == 0
     assert np.intersect1d(validation.train, validation.test).size == 0
     np.testing.assert_array_equal(np.union1d(validation.train, validation.test), ua_split.train)
-    held_in = models.binary_history(validation.train_csr(), ua_split.data.n_items)
+    held_in = history_matrix.binary_history(validation.train_csr(), ua_split.data.n_items)
     measured = evaluate_scores(held_in, models.ease_item_weights(held_in, 300.0).T, validation.train_csr(),
                                validation.test_csr(), ks=(10, 50))
     assert model.validation_metrics["recall_at_10"] == pytest.approx(measured["recall_at_10"])
