@@ -93,15 +93,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "ann_serving.json"))
     parser.add_argument("--work-dir", default=None, help="keep the model root and logs here (default: temp, removed)")
-    parser.add_argument("--tiny", action="store_true", help="30,000 movies x 2,000 users, short runs")
+    parser.add_argument("--tiny", action="store_true",
+                        help="30,000 movies x 2,000 users, short runs, one reload (two with --rankings alternate)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.items, args.users = min(args.items, 30_000), min(args.users, 2_000)
         args.seconds, args.warmup, args.check_users = min(args.seconds, 2.0), min(args.warmup, 0.3), min(
             args.check_users, 200)
         args.ann_min_items = args.ann_min_items or 10_000
-        args.reload_seconds = min(args.reload_seconds, 20.0)
-        args.reloads = min(args.reloads, 1)
+        args.reload_seconds = min(args.reload_seconds, 6.0)  # a tiny version loads in 1-3 s
+        args.reloads = min(args.reloads, 2 if args.rankings == "alternate" else 1)
     if args.reloads < 1:
         parser.error("--reloads must be at least 1")
     return args

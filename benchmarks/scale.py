@@ -25,10 +25,14 @@ Every figure is reproducible offline: the data comes from ``movierec-synth``
   with today's defaults and with the settings before issue 20, beside global
   popularity and the cluster oracle, with the diagnostics of what the model
   recommends (the tiny run trains today's defaults only).
+* **(d) issue 20's speed and serving figures**, each from its own benchmark
+  run as a child (``benchmarks/scale_gathered.py``): the training step at a
+  million movies, p99 across reloads at a million movies with the rankings
+  shipped beside computed at load, and the session gaps on ``sequential``.
 
 Each heavy step runs in its own process so peak memory is its own. Run
 ``python benchmarks/scale.py`` (about two hours on 2 cores, half of it (c);
-``--part a``, ``b`` or ``c`` for one part, ``--tiny`` for a minute-long smoke
+``--part a``, ``b``, ``c`` or ``d`` for one part, ``--tiny`` for a minute-long smoke
 run). It prints a table and writes JSON to ``--out``.
 """
 
@@ -55,7 +59,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import long_tail  # noqa: E402
+from benchmarks import long_tail, scale_gathered  # noqa: E402
 from benchmarks.ann_serving import MemorySampler, load_seconds_from_log, start_recommender  # noqa: E402
 from benchmarks.serve import latency_stats, run_loadgen, wait_for_version  # noqa: E402
 from movierec_common.artifact import read_metadata  # noqa: E402
@@ -88,7 +92,7 @@ TARGETS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
+    parser.add_argument("--part", choices=("a", "b", "c", "d", "all"), default="all")
     parser.add_argument("--epochs-a", type=int, default=2, help="two_tower epochs at 1M movies")
     parser.add_argument("--epochs-b", type=int, default=2, help="two_tower epochs at the 25M shape")
     parser.add_argument("--epochs-c", type=int, default=long_tail.FULL_EPOCHS,
@@ -419,6 +423,8 @@ def evaluate_targets(report: dict) -> list[dict]:
         ratio = b["train"]["recall_at_10"] / max(b["train"]["popularity_recall_at_10"], 1e-9)
         add("(b) Recall@10 / popularity", round(ratio, 2), f">= {TARGETS['model_over_popularity']}",
             ratio >= TARGETS["model_over_popularity"])
+    if report.get("d"):
+        rows += scale_gathered.targets(report["d"])
     return rows
 
 
@@ -465,6 +471,8 @@ def print_report(report: dict) -> None:
         print(f"\n(c) clustered long tail: {s['clusters']:,} clusters, {s['movies']:,} movies, {s['users']:,} users, "
               f"{s['ratings']:,} ratings, {s['clusters_per_user']} clusters per user (synthetic)")
         print("  " + long_tail.format_table(c).replace("\n", "\n  "))
+    if report.get("d"):
+        scale_gathered.print_part(report["d"])
     print("\nTargets:")
     for row in report["targets"]:
         print(f"  {'PASS' if row['passed'] else 'MISS'}  {row['name']}: {row['value']} (target {row['limit']})")
@@ -501,6 +509,9 @@ def main(argv=None) -> int:
             print(json.dumps({"c": report["c"]}), flush=True)  # kept in the log should (a) fail
         if args.part in ("a", "all"):
             report["a"] = part_a(args, work, sizes["a"])
+        if args.part in ("d", "all"):
+            print("(d) the step, reload and session benchmarks...", flush=True)
+            report["d"] = scale_gathered.part_d(work, args.tiny)
         report["targets"] = evaluate_targets(report)
         report["wall_seconds"] = round(time.monotonic() - started, 1)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,13 @@ def test_tiny_scale_benchmark_trains_publishes_serves_from_the_index_and_reports
     assert c["shape"] == scale.TINY_SIZES["c"] and c["shape"]["clusters_per_user"] == 2
     assert c["cluster_oracle"]["hit_at_10"] > c["global_popularity"]["hit_at_10"]
     assert [v["name"] for v in c["variants"]] == ["default"] and c["variants"][0]["softmax"] == "sampled"
+    # (d): ann_serving's tiny run as a child: reloads with the rankings shipped and computed at load, no failed call.
+    reload = report["d"]["reload"]
+    assert [v["rankings"] for v in reload["versions"]] == ["shipped", "shipped", "at load"]
+    for mode in ("shipped", "at load"):
+        window = reload["latency"][f"during the reload, rankings {mode}"]
+        assert window["calls"] > 0 and window["errors"] == 0
     names = [row["name"] for row in report["targets"]]
-    assert len(names) == 10
+    assert len(names) == 10 + 6 and all(name.startswith("(d)") for name in names[10:])
     table = capsys.readouterr().out
     assert "recall@10 vs exact" in table and "Targets:" in table and str(out) in table
