@@ -196,6 +196,7 @@ def train_variant(data: LongTailData, name: str, hp: Any, seed: int, max_scores:
                   save_vectors: str | None = None) -> dict[str, Any]:
     """Trains one ``two_tower`` variant through ``train_model`` and measures it."""
     from movierec_common.tfenv import tensorflow
+    from trainer_service import popularity_prior
     from trainer_service.evaluation import evaluate_scores
     from trainer_service.training import train_model
 
@@ -216,12 +217,20 @@ def train_variant(data: LongTailData, name: str, hp: Any, seed: int, max_scores:
     train_csr, test_csr = data.split.train_csr(), data.split.test_csr()
     metrics = evaluate_scores(model.user_vectors, model.item_vectors, train_csr, test_csr, ks=(10,),
                               max_scores=max_scores)
+    # The same vectors with the popularity prior divided out again: the prior's own effect, same model.
+    gamma = getattr(model.settings, "popularity_prior", 0.0)
+    without = metrics
+    if gamma:
+        counts = popularity_prior.rating_counts(data.split, data.split.train)
+        without = evaluate_scores(model.user_vectors, model.item_vectors / ((counts + 1.0) ** gamma)[:, None],
+                                  train_csr, test_csr, ks=(10,), max_scores=max_scores)
     changed = {k: v for k, v in hp.as_dict().items() if v != getattr(type(hp)(), k)}
     return {"name": name, "hyperparameters": changed, "softmax": model.selection.get("softmax"),
             # The popularity prior's exponent chosen on validation (trainer_service.popularity_prior), and
             # each choice's validation Recall@10.
             "popularity_prior": getattr(model.settings, "popularity_prior", 0.0),
             "popularity_prior_validation": model.selection.get("popularity_prior", {}),
+            "hit_at_10_without_prior": round(float(without["recall_at_10"]), 4),
             "train_seconds": round(model.train_seconds, 1), "epochs_run": model.epochs_run,
             "best_epoch": model.best_epoch, "epochs": epochs, **_hit_at_10(metrics),
             **diagnostics(model.user_vectors, model.item_vectors, train_csr, seed)}
@@ -276,6 +285,10 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{v['train_seconds']:>8.1f} {v['best_epoch']:>3}/{v['epochs_run']:<2} "
                      f"{v['median_popularity_of_picks']:>7.0f} {100 * v['share_of_picks_from_less_rated_half']:>6.1f} "
                      f"{v['distinct_in_top10s']:>8} {v['norm_top1pct_median']:>7.2f}/{v['norm_median']:<7.2f}")
+        if v.get("popularity_prior"):
+            off = v["hit_at_10_without_prior"]
+            lines.append(f"{'  ' + v['name'] + ', prior off':<22} {off:>7.4f} {off / max(oracle, 1e-9):>8.3f}   "
+                         f"(the same vectors without (ratings+1)^{v['popularity_prior']:g})")
     return "\n".join(lines)
 
 

@@ -39,6 +39,10 @@ def test_tiny_long_tail_benchmark_measures_model_baselines_and_diagnostics(tmp_p
         "hit@10 / cluster oracle", "hit@10 / global popularity"]
     table = capsys.readouterr().out
     assert "cluster_oracle" in table and str(out) in table
+    if variant["popularity_prior"] == 0:
+        assert variant["hit_at_10_without_prior"] == variant["hit_at_10"]
+    else:
+        assert ", prior off" in table
 
 
 def test_cluster_oracle_recommends_the_most_rated_unseen_movies_of_the_users_clusters():
