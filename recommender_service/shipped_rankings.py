@@ -25,6 +25,12 @@ computed:
   products with the user's vector. A file that fails any of this rejects the
   version (it was written wrong); the smoke test then compares the served
   answers with the SavedModel's own signature, as for rankings computed here.
+* **Across machines.** On the trainer's own CPU and library build a shipped
+  row is bit for bit the loader's (``FaissIVF.top_k_batch`` mirrors the live
+  path's products). OpenBLAS and faiss choose their SIMD kernels by CPU, so
+  on another machine a score may differ in its last bit, and two movies whose
+  scores tie exactly may come in the other order; the check compares scores
+  within float32 tolerance for that reason.
 * **Used only where they fit.** A recommender with a smaller ranking budget
   takes the most active users' rows (a prefix of the same rule); one with a
   larger budget, or another depth, ranks at load as before. Hidden movies,

@@ -95,6 +95,28 @@ def _ranked(indices: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
     return indices[order], scores[order]
 
 
+def _ranked_head(indices: np.ndarray, scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first m of :func:`_ranked`, without sorting the rest.
+
+    A tie across the k-th place widens the live search until the first candidate left out scores below
+    the k-th, at worst to the whole catalogue: a full sort of a million candidates takes 0.19 s, this
+    2 ms (m = 101, random scores).
+    Everything scoring at least the m-th best score is kept (ties at it included) and only that is sorted,
+    so the head is the full sort's head; a NaN among the m best takes the full sort.
+    """
+    if m <= 0 or indices.size <= 4 * m:
+        order = np.lexsort((indices, -scores))[:m]
+        return indices[order], scores[order]
+    negated = -scores
+    threshold = negated[np.argpartition(negated, m - 1)[m - 1]]
+    if np.isnan(threshold):
+        ranked_indices, ranked_scores = _ranked(indices, scores)
+        return ranked_indices[:m], ranked_scores[:m]
+    head = np.flatnonzero(negated <= threshold)
+    order = head[np.lexsort((indices[head], negated[head]))][:m]
+    return indices[order], scores[order]
+
+
 # "Exclude nothing": the default of every ``exclude``, shared rather than allocated per call.
 NO_ITEMS = np.zeros(0, dtype=np.int32)
 
@@ -358,7 +380,8 @@ class FaissIVF(TopK):
         want = k + 1
         while True:
             found = self.candidates(query, want, exclude)
-            indices, scores = _ranked(found, self.vectors(found) @ query)
+            # top_k_batch reproduces this product's bits (_rescore_like_live): change both or neither.
+            indices, scores = _ranked_head(found, self.vectors(found) @ query, k + 1)
             if found.size < want or scores[k] < scores[k - 1]:
                 return indices[:k], scores[:k]
             want *= 4
@@ -379,26 +402,60 @@ class FaissIVF(TopK):
 
     def top_k_batch(self, queries: np.ndarray, k: int, exclude_indptr: np.ndarray,
                     exclude_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batched index searches, one per over-fetch size (k + seen + 1, rounded
-        up to a power of two), with seen movies filtered for the whole batch at
-        once. The rare row left short, or with a tie across the k-th place,
-        falls back to :meth:`top_k`, so a ranking computed here is the answer
-        the live path gives."""
+        """Each row's answer as :meth:`top_k` gives it, bit for bit, computed for many rows at once.
+
+        Batched index searches find each row's first k + 1 unseen candidates
+        (:meth:`_batch_candidates`); chunks of rows are then rescored and ranked
+        together exactly as the live path scores its k + 1 candidates
+        (:meth:`_rescore_like_live`). The rare row the batch cannot answer as
+        the live path would (too few candidates, a tie across the k-th place,
+        or so many seen movies that the live path excludes them inside a wider
+        search, the planner) is answered by :meth:`top_k` itself."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         batch, total = queries.shape[0], self.num_items
         k = min(k, total)
+        indices = np.zeros((batch, max(k, 0)), dtype=np.int32)
+        scores = np.zeros((batch, max(k, 0)), dtype=np.float32)
+        counts = np.zeros(batch, dtype=np.int32)
+        if k <= 0 or batch == 0:
+            return indices, scores, counts
         excluded = np.diff(exclude_indptr)
-        need = np.minimum(k, total - excluded)
-        # One past the k-th, to see whether a tie crosses the cut (see top_k).
+        planned = excluded > self.planner.large_exclude  # the live path hands these to the planner
+        candidates, found = self._batch_candidates(queries, k, exclude_indptr, exclude_indices, ~planned)
+        # The live path scores min(k + 1, unseen movies) candidates; a row that found fewer cannot be copied.
+        unsure = planned | (found < np.minimum(k + 1, total - excluded))
+        unsure |= self._rescore_like_live(queries, k, candidates, found, ~unsure, indices, scores, counts)
+        for row in np.flatnonzero(unsure).tolist():
+            answer, values = self.top_k(queries[row], k, exclude_indices[exclude_indptr[row]:exclude_indptr[row + 1]])
+            counts[row] = answer.size
+            indices[row, :answer.size] = answer
+            scores[row, :answer.size] = values
+            indices[row, answer.size:] = 0
+            scores[row, answer.size:] = 0
+        return indices, scores, counts
+
+    def _batch_candidates(self, queries: np.ndarray, k: int, exclude_indptr: np.ndarray,
+                          exclude_indices: np.ndarray, searched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates [B, k + 1] int64, found [B]): the first k + 1 unseen movies of each ``searched`` row
+        in the index's order (-1 past ``found``), the order :meth:`candidates` returns them in.
+
+        One batched index search per over-fetch size (k + seen + 1, rounded up to a power of two), with
+        seen movies filtered for the whole batch at once. Each search holds fewer queries than make
+        faiss's coarse quantizer switch from its one-query kernel to BLAS
+        (``distance_compute_blas_threshold``: queries x d at 1.15, queries in older releases): the BLAS
+        product rounds the centroid scores differently, and where the nprobe-th and the next centroid
+        nearly tie (21 of 50,000 users within 1e-6 relative at 1M movies) a batch could probe other lists than
+        the live path's one-query search."""
+        batch, total = queries.shape[0], self.num_items
+        excluded = np.diff(exclude_indptr)
         wanted = np.minimum(k + excluded + 1, min(self._max_first_fetch, total))
         fetch = np.minimum(2 ** np.ceil(np.log2(wanted)).astype(np.int64), total)
-        indices = np.zeros((batch, k), dtype=np.int32)
-        scores = np.zeros((batch, k), dtype=np.float32)
-        counts = np.zeros(batch, dtype=np.int32)
-        after = np.full(batch, -1, dtype=np.int64)  # the first unseen candidate past the k-th, -1: none found
-        for size in np.unique(fetch).tolist():
-            rows_of_size = np.flatnonzero(fetch == size)
-            chunk = max(1, (1 << 22) // size)  # bounds the label matrix at ~32 MB
+        candidates = np.full((batch, k + 1), -1, dtype=np.int64)
+        found = np.zeros(batch, dtype=np.int64)
+        one_query_kernel = max(1, (int(faiss.cvar.distance_compute_blas_threshold) - 1) // self._index.d)
+        for size in np.unique(fetch[searched]).tolist():
+            rows_of_size = np.flatnonzero(searched & (fetch == size))
+            chunk = max(1, min((1 << 22) // size, one_query_kernel))  # and the label matrix at most ~32 MB
             for start in range(0, rows_of_size.size, chunk):
                 rows = rows_of_size[start:start + chunk]
                 labels = self._search(queries[rows], size, self.nprobe)
@@ -412,31 +469,41 @@ class FaissIVF(TopK):
                     position = np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)
                     keep &= seen_keys[position] != keys
                 rank = np.cumsum(keep, axis=1)
-                take = keep & (rank <= k)
-                got = take.sum(axis=1)
+                take = keep & (rank <= k + 1)
                 r, c = np.nonzero(take)
-                indices[rows[r], rank[r, c] - 1] = labels[r, c]
-                counts[rows] = got
-                r, c = np.nonzero(keep & (rank == k + 1))
-                after[rows[r]] = labels[r, c]
-        for row in range(batch):  # exact scores, the same way the live path computes them
-            n = counts[row]
-            found = indices[row, :n].astype(np.int64)
-            found, values = _ranked(found, self.vectors(found) @ queries[row])
-            indices[row, :n] = found
-            scores[row, :n] = values
-        # Rows the batch cannot answer as the live path would: too few candidates (over-fetch was not enough),
-        # a tie across the k-th place, nothing fetched past it to tell, or so many seen movies that the live
-        # path excludes them inside a wider search (the planner).
-        unsure = np.flatnonzero((counts < need) | ((counts == k) & (after < 0) & (fetch < total))
-                                | (excluded > self.planner.large_exclude))
-        tied = np.flatnonzero((counts == k) & (after >= 0))
-        if tied.size:
-            past = np.einsum("ij,ij->i", self.vectors(after[tied]), queries[tied])
-            unsure = np.union1d(unsure, tied[past >= scores[tied, k - 1]])
-        for row in unsure.tolist():
-            found, values = self.top_k(queries[row], k, exclude_indices[exclude_indptr[row]:exclude_indptr[row + 1]])
-            counts[row] = found.size
-            indices[row, :found.size] = found
-            scores[row, :found.size] = values
-        return indices, scores, counts
+                candidates[rows[r], rank[r, c] - 1] = labels[r, c]
+                found[rows] = take.sum(axis=1)
+        return candidates, found
+
+    def _rescore_like_live(self, queries: np.ndarray, k: int, candidates: np.ndarray, found: np.ndarray,
+                           rows: np.ndarray, indices: np.ndarray, scores: np.ndarray,
+                           counts: np.ndarray) -> np.ndarray:
+        """Scores, ranks and writes the answers of the ``rows`` (a mask) from their ``found`` candidates;
+        returns the mask of rows whose k + 1 candidates tie across the k-th place (the live path widens).
+
+        Bit for bit as :meth:`top_k`: numpy's stacked matmul runs the same BLAS matrix-vector product per
+        row as ``vectors @ query`` does, and that product's float32 bits depend on the row count (OpenBLAS
+        sums the last n mod 4 rows with a tail kernel), so each row is scored over exactly the
+        candidates the live path scores: its k + 1 (or all, when fewer are unseen), in the index's order.
+        The ranking is ``_ranked``'s sort (score down, then index up), row by row."""
+        tied = np.zeros(queries.shape[0], dtype=bool)
+        d = self._index.d
+        for n in np.unique(found[rows]).tolist():
+            if n == 0:  # nothing unseen is left: the live path answers nothing too
+                continue
+            rows_of_n = np.flatnonzero(rows & (found == n))
+            chunk = max(1, (1 << 22) // (n * d))  # bounds the reconstructed vectors at ~16 MB
+            for start in range(0, rows_of_n.size, chunk):
+                block = rows_of_n[start:start + chunk]
+                ids = candidates[block, :n]
+                vectors = self._index.reconstruct_batch(ids.ravel()).reshape(block.size, n, d)
+                values = np.matmul(vectors, queries[block][:, :, None])[:, :, 0]
+                order = np.lexsort((ids, -values), axis=-1)
+                ids, values = np.take_along_axis(ids, order, 1), np.take_along_axis(values, order, 1)
+                answered = min(n, k)
+                indices[block, :answered] = ids[:, :answered]
+                scores[block, :answered] = values[:, :answered]
+                counts[block] = answered
+                if n > k:  # the live path returns only when the first candidate left out scores below the k-th
+                    tied[block] = ~(values[:, k] < values[:, k - 1])
+        return tied
