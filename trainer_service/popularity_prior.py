@@ -43,9 +43,15 @@ def apply(item_vectors: np.ndarray, counts: np.ndarray, gamma: float) -> np.ndar
 
 def choose(user_vectors: np.ndarray, item_vectors: np.ndarray, validation: Split,
            unscaled: dict[str, float] | None = None) -> tuple[float, dict[str, float]]:
-    """The gamma with the best validation Recall@10 (the lowest on a tie), and each choice's figure.
+    """The gamma with the best validation Recall@10, and the figure of each choice tried.
 
-    ``unscaled``: the validation metrics already measured for these vectors (gamma 0), reused.
+    The choices are tried in increasing order and the walk stops at the first
+    that does no better than the one before (the lower wins a tie): in every
+    set measured the figure rose to one peak and fell (long tail 0.0725,
+    0.0870, 0.0915, 0.0887; ML-25M's shape 0.1348, 0.1298, ...), and at a
+    million movies each try is a validation pass of several seconds.
+    ``unscaled``: the validation metrics already measured for these vectors
+    (gamma 0), reused.
     """
     counts = rating_counts(validation, validation.train)
     figures: dict[str, float] = {}
@@ -56,6 +62,7 @@ def choose(user_vectors: np.ndarray, item_vectors: np.ndarray, validation: Split
         else:
             score = validation_metrics(user_vectors, apply(item_vectors, counts, gamma), validation)[SELECTION_METRIC]
         figures[f"{gamma:g}"] = round(float(score), 4)
-        if score > best_score:
-            best, best_score = gamma, score
+        if score <= best_score:
+            break
+        best, best_score = gamma, score
     return best, figures
