@@ -284,8 +284,10 @@ def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None,
         if isinstance(model, models.TwoTowerModel) and model.sampled:
             if validation is not None:
                 best_metrics = supervisor.history[supervisor.best_epoch - 1] if supervisor.best_epoch else None
+                # The two-tower's vectors do not depend on the history they are exported with (its towers
+                # read ids), so these are the vectors validation measured at the best epoch.
                 popularity_gamma, prior_choice = popularity_prior.choose(
-                    *model.export_vectors(validation.train_csr()), validation, unscaled=best_metrics)
+                    user_vectors, item_vectors, validation, unscaled=best_metrics)
             item_vectors = popularity_prior.apply(item_vectors, popularity_prior.rating_counts(split, split.train),
                                                   popularity_gamma)
         encoder = pooled_encoder(user_vectors, item_vectors, split.train_csr(),
