@@ -51,7 +51,8 @@ def test_train_serve_retrain_and_hot_reload_without_failed_calls(services, movie
         # Published: a refit on every rating with the epochs evaluation chose; the metrics are the evaluation's.
         metadata = json.loads((model_root / "1" / "metadata.json").read_text())
         assert metadata["refit"]["enabled"] and done.metrics["refit"] == 1.0
-        assert metadata["refit"]["settings"] == {"epochs": done.metrics["best_epoch"]}
+        # (MovieLens 100K trains with the full softmax, which takes no popularity prior: 0.)
+        assert metadata["refit"]["settings"] == {"epochs": done.metrics["best_epoch"], "popularity_prior": 0.0}
         assert metadata["refit"]["metrics_measured_on"] == "ua.base -> ua.test"
         assert "100,000 ratings" in metadata["refit"]["trained_on"]
         assert metadata["query_encoder"]["parts"][0]["kind"] == "pooled"
