@@ -176,12 +176,12 @@ class MemorySampler(threading.Thread):
 
 def publish_version(root: str, artifact, retrieval: dict, files: dict, variant: int, mode: str,
                     shipped: tuple | None) -> tuple[int, float, float]:
-    """publish_timed with the rankings shipped (``mode`` "shipped", ``shipped`` from shipped_rankings_for)
-    or left to the loader."""
+    """publish_timed with the rankings shipped (``mode`` "shipped", ``shipped`` from
+    shipped_rankings.files_for_version) or left to the loader."""
     if mode != "shipped":
         return publish_timed(root, artifact, retrieval, files, variant)
     assert shipped is not None
-    ranking_files, record, _ = shipped
+    ranking_files, record = shipped
     return publish_timed(root, artifact, retrieval, {**files, **ranking_files}, variant, record)
 
 
@@ -203,15 +203,6 @@ def build_index(args, artifact) -> tuple[dict, dict, float]:
     if retrieval["backend"] != ann_index.BACKEND_FAISS:
         raise SystemExit(f"{args.items} movies is below the index threshold {min_items}: nothing to measure")
     return files, retrieval, round(time.monotonic() - started, 1)
-
-
-def shipped_rankings_for(artifact, files: dict, retrieval: dict) -> tuple[dict, object, float]:
-    """The rankings the trainer ships beside the index (its own code): (files, metadata record, seconds)."""
-    from recommender_service import shipped_rankings
-
-    started = time.monotonic()
-    ranking_files, record = shipped_rankings.files_for_version(artifact, files, retrieval)
-    return ranking_files, record, round(time.monotonic() - started, 1)
 
 
 def publish_timed(root: str, artifact, retrieval: dict, files: dict, variant: int,
@@ -384,11 +375,13 @@ def main(argv=None) -> int:
         variants = (dataclasses.replace(artifact, user_vectors=artifact.user_vectors * np.float32(1.01)), artifact)
         # What each reload publishes: the rankings shipped (the trainer's) or left to the loader.
         modes = ["shipped", "at load"] if args.rankings == "alternate" else [args.rankings.replace("-", " ")]
-        shipped: dict[int, tuple] = {}
+        shipped: dict[int, tuple] = {}  # vector set -> shipped_rankings.files_for_version's (files, record)
         if "shipped" in modes:
+            from recommender_service import shipped_rankings
+
             for number, variant in enumerate(variants):
                 print(f"  ranking every user for vector set {number} (the trainer's part)...", flush=True)
-                shipped[number] = shipped_rankings_for(variant, files, retrieval)
+                shipped[number] = shipped_rankings.files_for_version(variant, files, retrieval)
         users_file = work / "users.json"
         order = np.random.default_rng(args.seed).permutation(artifact.num_users)
         users_file.write_text(json.dumps([str(artifact.user_ids[u]) for u in order]))
@@ -482,7 +475,7 @@ def main(argv=None) -> int:
             "index": {**{k: retrieval[k] for k in ("kind", "nlist", "nprobe", "train_vectors", "build_seconds",
                                                    "calibration_recall_at_10")},
                       "files_for_version_seconds": index_s,
-                      "shipped_rankings_seconds": [entry[2] for entry in shipped.values()],
+                      "shipped_rankings_seconds": [record.seconds for _, record in shipped.values()],
                       "file_mb": round(sum(len(b) for b in files.values()) / 2**20, 1)},
             "versions": versions,
             "memory": {"steady": steady, "reload_peak": reload_peak,
