@@ -99,8 +99,10 @@ def _step_model(variant: str, users: int, movies: int, batch_size: int):
     tf = models.tf
     hp = resolve_hyperparameters("two_tower", {"batch_size": batch_size})
     model = models.TwoTowerModel(users, movies, hp, sampled=True)
+    plain = variant.startswith("adamw")
     optimizer = embedding_optimizer.choose(model, hp.learning_rate, hp.weight_decay, replicas=1,
-                                           min_rows=NEVER if variant.startswith("adamw") else None)
+                                           min_rows=NEVER if plain else None,
+                                           deferred_min_rows=NEVER if plain else None)
     model.compile(optimizer=optimizer.optimizer, jit_compile=not variant.endswith("-nojit"))
     rng = np.random.default_rng(0)
     n = batch_size * 64
@@ -146,8 +148,9 @@ def child_epoch(data: str, variant: str, epochs: int, batch_size: int, seed: int
     if "@" in variant:  # lazy@M: the lazy tables' learning rate is M times the run's
         variant, multiplier = variant.split("@")
         embedding_optimizer.LAZY_LEARNING_RATE_MULTIPLIER = float(multiplier)
-    if variant == "adamw":  # the old path: no lazy table, hence one step per execution too
+    if variant == "adamw":  # the old path: no lazy or deferred table, hence one step per execution too
         embedding_optimizer.SPARSE_UPDATE_MIN_ROWS = NEVER
+        embedding_optimizer.DEFERRED_UPDATE_MIN_ROWS = NEVER
     elif variant == "lazy-spe1":  # lazy updates alone, one step per execution
         neural_kinds.LARGE_RUN_STEPS_PER_EXECUTION = 1
     elif variant == "lazy-nojit":  # lazy updates and 16 steps per execution, without XLA

@@ -95,6 +95,23 @@ class VectorModel(tfrs.Model):
     def export_vectors(self, train_csr) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    @property
+    def reads_known(self) -> bool:
+        """Whether ``rows_read`` can name, before a step, every embedding row the step looks up."""
+        return False
+
+    def rows_read(self, features) -> list[tuple[Any, Any]]:
+        """``[(Embedding layer, ids)]``: the rows a training step on ``features`` looks up (when ``reads_known``)."""
+        return []
+
+    def train_step(self, inputs):
+        # Deferred embedding updates (trainer_service.embedding_optimizer) hold a row's
+        # skipped AdamW steps until it is read: apply them before the forward pass reads it.
+        bring_up_to_date = getattr(self.optimizer, "bring_up_to_date", None)
+        if bring_up_to_date is not None and self.reads_known:
+            bring_up_to_date(self.rows_read(inputs))
+        return super().train_step(inputs)
+
 
 # Past this many movies the two-tower trains with in-batch sampled softmax.
 # Measured here (3,000 synthetic users x 30 ratings, 3 epochs; ua.base for
@@ -147,6 +164,14 @@ class TwoTowerModel(VectorModel):
             # Every movie's share, for the sampling probability of uniformly drawn negatives.
             self._item_share = tf.constant(share.astype(np.float32))
         return examples
+
+    @property
+    def reads_known(self) -> bool:
+        # The full softmax reads every movie, uniform negatives are drawn inside the loss.
+        return self.sampled and not self.hp.uniform_negatives
+
+    def rows_read(self, features) -> list[tuple[Any, Any]]:
+        return [(self.user_tower.layers[0], features["user"]), (self.item_tower.layers[0], features["item"])]
 
     def _finish(self, vectors):
         # Cosine scores with a temperature stop popular movies winning on vector length alone.

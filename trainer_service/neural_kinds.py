@@ -133,6 +133,9 @@ class _Supervisor(_Callback):
         # by the global batch, so this is the global batch's mean on every worker.
         self.losses.append(self._epoch_loss_sum / max(self._epoch_batches, 1))
         self._epoch_loss_sum, self._epoch_batches = 0.0, 0
+        # Deferred tables hold AdamW's weights only once brought up to date; validation,
+        # the best weights and the export all read them after this.
+        embedding_optimizer.catch_up(self.vector_model.optimizer)
         stop = False
         if self.validation is None:  # a refit: the epoch count was chosen already
             self.best_epoch = epoch + 1
@@ -268,6 +271,8 @@ def fit_neural(kind: NeuralKind, run: TrainingRun, validation: Split | None,
     dataset = training_dataset(features, hp.batch_size, seed, shard_by_data=replicas > 1,
                                whole_batches=optimizer.lazy and LARGE_RUN_WHOLE_BATCHES)
     del features
+    with strategy.scope():
+        embedding_optimizer.build_before_training(model, optimizer, dataset)
     steps = int(np.ceil(n_examples / hp.batch_size))
     supervisor = _Supervisor(model, run, validation, steps, strategy)
     run.cancel_point()

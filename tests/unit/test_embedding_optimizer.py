@@ -86,7 +86,13 @@ def test_small_tables_and_multi_worker_runs_keep_plain_adamw():
     assert type(choice.optimizer) is tf.keras.optimizers.AdamW
     assert choice.description == "adamw(lr=0.003, weight_decay=0)"
     rows = embedding_optimizer.SPARSE_UPDATE_MIN_ROWS
-    assert rows > 162_541  # ML-25M's users and movies keep plain AdamW too (measured: lazy was worse there)
+    assert rows > 162_541  # ML-25M's users and movies are not lazy (measured: lazy was worse there) ...
+    ml25m = choose(models.TwoTowerModel(162_541, 62_423, COMMON), 0.003, 0.0, replicas=1)
+    assert ml25m.deferred  # ... but deferred, which is AdamW's own result
+    assert ml25m.description == ("deferred_adamw(embedding tables of 62423, 162541 rows; lr=0.003, weight_decay=0)"
+                                 "+adamw(rest; lr=0.003, weight_decay=0)")
+    # Negatives drawn inside the loss (BPR, uniform negatives) are reads no one can name before the step.
+    assert not choose(models.BPRModel(162_541, 62_423, COMMON), 0.003, 0.0, replicas=1).lazy
     large = models.BPRModel(500, rows, COMMON)
     lazy = choose(large, 0.003, 0.05, replicas=1)
     assert isinstance(lazy.optimizer, LazyAdamW)
@@ -152,3 +158,88 @@ def test_a_large_run_records_lazy_updates_and_steps_several_batches_per_call(tmp
     assert len(model.loss_history) == 1 and np.isfinite(model.loss_history[0])
     # Cancellation is still asked: before training, before every call of 5 steps, after the epoch.
     assert asked["n"] == 1 + -(-steps // 5) + 1
+
+
+def _deferred_against_adamw(weight_decay: float, steps: int = 40, rows: int = 12, seed: int = 3):
+    """The same sparse gradients through AdamW and through a deferred table: (adamw, deferred, optimizer)."""
+    rng = np.random.default_rng(seed)
+    layer = _table(rows)
+    dense = tf.Variable(layer.embeddings.numpy().copy())
+    other_a, other_b = tf.Variable(np.ones((2, 2), np.float32)), tf.Variable(np.ones((2, 2), np.float32))
+    adamw = tf.keras.optimizers.AdamW(learning_rate=LR, weight_decay=weight_decay, jit_compile=False)
+    deferred = LazyAdamW([], deferred_layers=[layer], learning_rate=LR, weight_decay=weight_decay,
+                         jit_compile=False)
+    for _ in range(steps):
+        # A few rows a step, some rows skipped for long stretches (rows 0-2 are drawn often, the rest rarely).
+        chosen = sorted(set(rng.choice(rows, size=3, p=np.r_[[0.25] * 3, [0.25 / (rows - 3)] * (rows - 3)])))
+        grad = rng.normal(size=(len(chosen), 3)).astype(np.float32)
+        dense_grad = rng.normal(size=(2, 2)).astype(np.float32)
+        adamw.apply_gradients([(_sparse(chosen, grad, [rows, 3]), dense), (tf.constant(dense_grad), other_a)])
+        deferred.bring_up_to_date([(layer, tf.constant(chosen))])  # as the model does before its forward pass
+        deferred.apply_gradients([(_sparse(chosen, grad, [rows, 3]), layer.embeddings),
+                                  (tf.constant(dense_grad), other_b)])
+    np.testing.assert_allclose(other_b.numpy(), other_a.numpy(), rtol=1e-6)  # the rest is plain AdamW
+    return dense.numpy(), layer, deferred
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_a_deferred_table_caught_up_holds_what_adamw_holds(weight_decay):
+    adamw, layer, optimizer = _deferred_against_adamw(weight_decay)
+    before = layer.embeddings.numpy().copy()
+    # Rows that sat out the last steps are still behind AdamW (it kept moving them by momentum).
+    assert np.abs(before - adamw).max() > 1e-3
+    optimizer.catch_up(chunk_rows=5)  # in chunks that do not divide the 12 rows
+    np.testing.assert_allclose(layer.embeddings.numpy(), adamw, rtol=2e-5, atol=2e-6)
+    # Caught up twice is caught up once: nothing moves without a step in between.
+    optimizer.catch_up()
+    np.testing.assert_allclose(layer.embeddings.numpy(), adamw, rtol=2e-5, atol=2e-6)
+
+
+def test_a_deferred_table_keeps_following_adamw_after_a_catch_up():
+    rows = 12
+    adamw, layer, optimizer = _deferred_against_adamw(0.05, steps=20)
+    optimizer.catch_up()  # mid-training, as at an epoch's end
+    dense = tf.Variable(adamw)
+    # Continue both from equal weights: AdamW's slots must equal the deferred ones after the catch-up.
+    index = optimizer._index_dict[optimizer._var_key(layer.embeddings)]
+    m, v = optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
+    grad = np.random.default_rng(9).normal(size=(2, 3)).astype(np.float32)
+    optimizer.bring_up_to_date([(layer, tf.constant([1, 7]))])
+    optimizer.apply_gradients([(_sparse([1, 7], grad, [rows, 3]), layer.embeddings)])
+    optimizer.catch_up()
+    step = 21
+    decay = 1 - LR * 0.05
+    m_next, v_next = B1 * m, B2 * v
+    m_next[[1, 7]] += (1 - B1) * grad
+    v_next[[1, 7]] += (1 - B2) * grad**2
+    alpha = LR * np.sqrt(1 - B2**step) / (1 - B1**step)
+    expected = decay * dense.numpy() - alpha * m_next / (np.sqrt(v_next) + EPS)
+    np.testing.assert_allclose(layer.embeddings.numpy(), expected, rtol=2e-5, atol=2e-6)
+
+
+def test_a_training_run_with_deferred_tables_ends_where_plain_adamw_ends(tmp_path, monkeypatch):
+    """Through train_model: the tables are built before the first trace, caught up at each epoch's end
+    (validation reads them), and the exported vectors are AdamW's."""
+    from trainer_service import neural_kinds, synth
+    from trainer_service.data import load_ratings_files
+    from trainer_service.splits import make_split
+    from trainer_service.training import resolve_hyperparameters, train_model
+
+    synth.generate(tmp_path, users=300, movies=400, ratings=4_000, seed=1)
+    split = make_split(load_ratings_files(str(tmp_path), "ratings.csv", "movies.csv"), "last_n_per_user", 1, seed=0)
+    monkeypatch.setattr(models, "SAMPLED_SOFTMAX_MIN_ITEMS", 300)
+    monkeypatch.setattr(neural_kinds, "LARGE_RUN_WHOLE_BATCHES", False)  # the same example order on both paths
+    hp = resolve_hyperparameters("two_tower", {"epochs": 2, "batch_size": 256, "patience": 2})
+
+    def run(deferred_min_rows: int):
+        monkeypatch.setattr(embedding_optimizer, "DEFERRED_UPDATE_MIN_ROWS", deferred_min_rows)
+        return train_model("two_tower", split, hp, seed=0)
+
+    deferred, plain = run(250), run(10**9)
+    assert deferred.selection["optimizer"].startswith("deferred_adamw(embedding tables of 400, 300 rows;")
+    assert plain.selection["optimizer"].startswith("adamw(")
+    assert len(deferred.validation_history) == 2
+    for ours, theirs in zip(deferred.validation_history, plain.validation_history, strict=True):
+        assert ours["recall_at_10"] == pytest.approx(theirs["recall_at_10"], abs=1e-6)
+    np.testing.assert_allclose(deferred.item_vectors, plain.item_vectors, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(deferred.user_vectors, plain.user_vectors, rtol=1e-3, atol=1e-3)
