@@ -124,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "interleave its rows with ours, plain 1-in-flight calls beside them as the floor")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.seconds_per_level = min(args.seconds_per_level, 1.0)
+        args.seconds_per_level = min(args.seconds_per_level, 0.5)
         args.warmup = min(args.warmup, 0.3)
         args.reload_versions = min(args.reload_versions, 2)
         args.reload_interval = min(args.reload_interval, 1.0)

@@ -6,6 +6,9 @@ and takes the trainer's Ray with it, and so does a SIGKILL of the trainer.
 The tests share one trainer and run in file order (the last one stops it);
 MovieLens 100K's ``ua`` split with a couple of epochs keeps the file under
 three minutes on two cores, most of it Ray's start-up of each job's workers.
+The loopback test and the killed-worker test look at the same long 2-worker
+job (one Ray start-up, not two): the first inspects it, the second kills one
+of its workers.
 """
 
 from __future__ import annotations
@@ -38,6 +41,29 @@ def ray_trainer(tmp_path_factory, movielens_dir):
     trainer = start_trainer(model_root, base, "--workers", "2", env={"MOVIELENS_DIR": str(movielens_dir)})
     yield {"trainer": trainer, "model_root": model_root, "log": base / "trainer.log"}
     trainer.terminate()
+
+
+@pytest.fixture(scope="module")
+def long_ray_job(ray_trainer):
+    """A 50-epoch 2-worker job past its first epoch (every worker and collective server up), and the versions
+    the model root held before it; whoever ends it (the killed-worker test) does, else it is cancelled here."""
+    trainer = ray_trainer["trainer"]
+    before = _versions(ray_trainer["model_root"])
+    with TrainerClient(trainer.address, timeout=30) as tc:
+        running = tc.train("two_tower", holdout="ua", epochs=50, hyperparameters={"patience": 50}, seed=SEED)
+        try:
+            for job in tc.watch_job(running.id, timeout=300):
+                if job.progress.epoch >= 1 or job.done:  # past the first epoch: every collective server is up
+                    break
+        except BaseException:
+            tc.cancel_job(running.id)
+            raise
+    yield {"id": running.id, "job": job, "versions_before": before}
+    if trainer.alive():
+        with TrainerClient(trainer.address, timeout=30) as tc:
+            if not tc.get_job(running.id).done:
+                tc.cancel_job(running.id)
+                tc.wait_for_job(running.id, timeout=120)
 
 
 def _versions(model_root: Path) -> list[str]:
@@ -141,30 +167,25 @@ def _collective_ports(log: Path, job_id: str) -> set[int]:
     raise AssertionError(f"no 'ray workers ready' line for {job_id}")
 
 
-def test_the_private_ray_listens_on_loopback_only_and_asks_for_its_token(ray_trainer):
+def test_the_private_ray_listens_on_loopback_only_and_asks_for_its_token(ray_trainer, long_ray_job):
     """During a 2-worker job, nothing in the trainer's process tree (the trainer, GCS, raylet, agents,
     actors, the Ray Train workers) listens beyond loopback but TensorFlow's collective servers, which
     TensorFlow binds on every interface; Ray's own gRPC refuses a caller without the trainer's token;
     the token is in a 0600 file, on no command line."""
     trainer = ray_trainer["trainer"]
+    job = long_ray_job["job"]
+    assert not job.done, job.error
     with TrainerClient(trainer.address, timeout=30) as tc:
-        running = tc.train("two_tower", holdout="ua", epochs=50, hyperparameters={"patience": 50}, seed=SEED)
-        try:
-            for job in tc.watch_job(running.id, timeout=300):
-                if job.progress.epoch >= 1 or job.done:  # past the first epoch: every collective server is up
-                    break
-            assert not job.done, job.error
-            tree = [psutil.Process(trainer.process.pid), *psutil.Process(trainer.process.pid).children(recursive=True)]
-            sockets = _listening(tree)
-            assert len(_train_workers(trainer.process.pid)) == 2
-        finally:
-            tc.cancel_job(running.id)
-            tc.wait_for_job(running.id, timeout=120)
+        assert not tc.get_job(long_ray_job["id"]).done  # still running while its sockets are listed
+        tree = [psutil.Process(trainer.process.pid), *psutil.Process(trainer.process.pid).children(recursive=True)]
+        sockets = _listening(tree)
+        assert len(_train_workers(trainer.process.pid)) == 2
+        assert not tc.get_job(long_ray_job["id"]).done
     titles = " ".join(title for title, _, _ in sockets)
     assert "gcs_server" in titles and "raylet" in titles and "RayTrainWorker" in titles, sockets
     # The one exception, named in the log and the README: TensorFlow's collective server in each worker
     # listens on every interface whatever its address (grpc_server_lib.cc binds "0.0.0.0:<port>").
-    collective = _collective_ports(ray_trainer["log"], running.id)
+    collective = _collective_ports(ray_trainer["log"], long_ray_job["id"])
     assert len(collective) == 2, collective
     exposed = [s for s in sockets if not _is_loopback(s[1])
                and not ("RayTrainWorker" in s[0] and s[2] in collective)]
@@ -191,20 +212,17 @@ def test_the_private_ray_listens_on_loopback_only_and_asks_for_its_token(ray_tra
             pass
 
 
-def test_killing_a_ray_worker_fails_the_job_cleanly_and_the_next_job_succeeds(ray_trainer):
+def test_killing_a_ray_worker_fails_the_job_cleanly_and_the_next_job_succeeds(ray_trainer, long_ray_job):
     trainer, model_root = ray_trainer["trainer"], ray_trainer["model_root"]
-    before = _versions(model_root)
+    before = long_ray_job["versions_before"]
     with TrainerClient(trainer.address, timeout=30) as tc:
-        doomed = tc.train("two_tower", holdout="ua", epochs=50, hyperparameters={"patience": 50}, seed=SEED)
-        for job in tc.watch_job(doomed.id, timeout=300):
-            if job.progress.epoch >= 1 or job.done:
-                break
+        job = tc.get_job(long_ray_job["id"])  # past its first epoch (the fixture waited for it)
         assert not job.done, job.error
         workers = _train_workers(trainer.process.pid)
         assert len(workers) == 2, [w.cmdline() for w in workers]
         os.kill(workers[-1].pid, signal.SIGKILL)
 
-        failed = tc.wait_for_job(doomed.id, timeout=120)
+        failed = tc.wait_for_job(long_ray_job["id"], timeout=120)
         assert failed.state == "FAILED", failed
         assert re.search(r"Ray workers failed: rank \d died", failed.error), failed.error
         assert not failed.published and failed.model_version is None
