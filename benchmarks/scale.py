@@ -115,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.batch_size = min(args.batch_size, 512)
         args.seconds, args.check_users = min(args.seconds, 2.0), min(args.check_users, 100)
     # Calls run through a whole reload: 30 s covers a million-movie version's; a tiny one loads in seconds.
-    args.reload_seconds = 15.0 if args.tiny else max(args.seconds, 30.0)
+    args.reload_seconds = 8.0 if args.tiny else max(args.seconds, 30.0)
     return args
 
 
