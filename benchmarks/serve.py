@@ -415,16 +415,6 @@ def wait_for_version(target: str, version: int, timeout: float = 120.0) -> None:
     raise RuntimeError(f"the recommender did not serve version {version} within {timeout}s")
 
 
-def first_served_after(target: str, version: int, deadline_s: float) -> float | None:
-    """When (monotonic) ``version`` or a newer one is first seen served, polling; None past the deadline."""
-    give_up = time.monotonic() + deadline_s
-    while time.monotonic() < give_up:
-        if served_version(target) >= version:
-            return time.monotonic()
-        time.sleep(0.05)
-    return None
-
-
 def served_version(target: str) -> int:
     import grpc
 
@@ -643,7 +633,11 @@ def reload_phase(args, work: Path, users_file: Path, ours: ServerProcess, base_a
             # On a saturated machine the loader, at the lowest CPU priority, can outlast the load
             # run: wait for the version rather than call it unserved (its delay then counts to
             # the moment a poll saw it, an upper bound).
-            first = first_served_after(ours.target, p["version"], RELOAD_LATE_DEADLINE_S)
+            try:
+                wait_for_version(ours.target, p["version"], RELOAD_LATE_DEADLINE_S)
+                first = time.monotonic()
+            except RuntimeError:
+                first = None
         exact = bool((ok & (versions == p["version"])).any())
         per_version.append({
             "version": p["version"],
