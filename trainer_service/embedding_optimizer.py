@@ -166,10 +166,9 @@ class LazyAdamW(_AdamW):
         rows, values = gradient.indices, gradient.values
         dtype = variable.dtype
         lr = tf.cast(self.learning_rate, dtype) * self.lazy_learning_rate_multiplier
-        step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
-        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        alpha = self._alpha(tf.cast(self.iterations + 1, dtype), dtype) * self.lazy_learning_rate_multiplier
         index = self._index_dict[self._var_key(variable)]
         m, v = self._momentums[index], self._velocities[index]
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
