@@ -21,11 +21,11 @@ rules live in the model root beside the pin, as one small document,
   writers that bypass the lease (a hand edit racing a call) are last writer
   wins: the other's change is lost, and shows as missing in ListHiddenMovies.
 * ``sequence`` grows with every change: milliseconds since the epoch, or one
-  more than the previous document's when the clock reads earlier, as the
-  pin's (``signing.pin_document``). It is not a count of changes; it orders
-  documents even across a removed or damaged file, so rules written after a
-  repair are newer than any a replica applied before it. A call that changes
-  nothing writes nothing.
+  more than the previous document's (or this process's last) when the clock
+  reads earlier or has not moved, as the pin's (``signing.next_sequence``).
+  It is not a count of changes; it orders documents even across a removed or
+  damaged file, so rules written after a repair are newer than any a replica
+  applied before it. A call that changes nothing writes nothing.
 * With publishing keys the document is signed (kind :data:`HIDDEN_KIND`), and a
   recommender holding them refuses unsigned or wrongly signed rules and
   signed rules older (by sequence) than rules it applied
@@ -212,7 +212,7 @@ def _change(root: str, movie_ids: Sequence[int], keys: signing.PublishingKeys | 
             raise HiddenListFull(f"hiding these {asked.size:,} ids would hide {ids.size:,} movies; at most "
                                  f"{MAX_HIDDEN_MOVIES:,} can be hidden ({current.movie_ids.size:,} are now): "
                                  "unhide some first")
-        rules = HiddenRules.of(ids, max(time.time_ns() // 1_000_000, current.sequence + 1))
+        rules = HiddenRules.of(ids, signing.next_sequence(current.sequence))
         root_lease.confirm(root)  # still this trainer's root: nobody else is writing the rules
         if before_write is not None:
             before_write()  # the last moment to refuse (a caller's passed deadline): raising writes nothing

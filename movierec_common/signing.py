@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -185,14 +186,30 @@ class SignedPin:
     sequence: int
 
 
-def pin_document(keys: PublishingKeys, version: int | None, previous_sequence: int = 0) -> bytes:
-    """The bytes of a signed pin (``version`` None: a signed unpin).
+_SEQUENCE_LOCK = threading.Lock()
+_last_sequence = 0
 
-    The sequence is milliseconds since the epoch, or one more than the
-    previous pin's when the clock reads earlier (a trainer moved to a machine
-    whose clock is behind), so it grows from one pin to the next.
+
+def next_sequence(previous_sequence: int = 0) -> int:
+    """A document sequence: milliseconds since the epoch, made to grow.
+
+    One more than ``previous_sequence`` (the document being replaced) when the
+    clock reads earlier, as on a trainer moved to a machine whose clock is
+    behind; and one more than the last sequence this process handed out, so two
+    documents written in one millisecond still differ. The second matters when
+    the previous document was removed: a replica that applied the removed one
+    must see the next one as newer, though nothing on disk says how new.
     """
-    sequence = max(time.time_ns() // 1_000_000, previous_sequence + 1)
+    global _last_sequence
+    with _SEQUENCE_LOCK:
+        _last_sequence = max(time.time_ns() // 1_000_000, previous_sequence + 1, _last_sequence + 1)
+        return _last_sequence
+
+
+def pin_document(keys: PublishingKeys, version: int | None, previous_sequence: int = 0) -> bytes:
+    """The bytes of a signed pin (``version`` None: a signed unpin); its sequence from :func:`next_sequence`,
+    so it grows from one pin to the next."""
+    sequence = next_sequence(previous_sequence)
     return keys.sign(PIN_KIND, {"version": version, "sequence": sequence, "updated": time.time()})
 
 

@@ -223,6 +223,17 @@ def test_an_older_signed_pin_put_back_is_not_followed_and_unpin_is_signed(tmp_pa
     assert "older" in registry.pin_problem and "not followed" in registry.pin_problem
 
 
+def test_document_sequences_grow_within_one_millisecond_and_past_a_later_previous_one():
+    # Many calls land in one millisecond: each must still be newer than the last, or rules written right after
+    # a removed document could equal (and so not replace) the ones a replica applied before the removal.
+    sequences = [signing.next_sequence() for _ in range(2_000)]
+    assert all(later > earlier for earlier, later in zip(sequences, sequences[1:], strict=False))
+    ahead = sequences[-1] + 60_000  # a previous document written by a machine whose clock is a minute ahead
+    assert signing.next_sequence(ahead) == ahead + 1
+    pins = [json.loads(signing.pin_document(keys(KEY_A), 1))["sequence"] for _ in range(3)]
+    assert pins[0] > ahead + 1 and pins[1] > pins[0] and pins[2] > pins[1]
+
+
 def test_without_keys_the_pin_is_written_and_read_as_before(tmp_path):
     root = tmp_path / "models"
     write_pin(str(root), 4)
