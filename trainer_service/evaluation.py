@@ -22,10 +22,16 @@ import numpy as np
 # Public with FULL_SORT_MAX_ITEMS so a test can take both paths on small data.
 CHUNK_SCORES = 1 << 25
 _MAX_CHUNK_USERS = 512
-# Up to this many movies a full stable sort is cheap and its tie order is the
-# reference; beyond it a partial sort finds the top k (same order, except that
-# which of several movies tied exactly at the k-th place gets in may differ).
+# Up to this many movies a full stable sort is cheap and its order is the
+# reference (best first, lower index first on ties). Beyond it the top k is
+# selected from the movies at or above a threshold (see _top_items), in the
+# same order, ties at the k-th place included.
 FULL_SORT_MAX_ITEMS = 50_000
+# _top_items' threshold is taken from every stride-th score, the stride chosen
+# to sample about this many scores per place asked for. The candidates then
+# number about k x stride: for k = 50 at a million movies a 16,129-score
+# sample and about 3,100 candidates a row.
+TOP_K_SAMPLE_PER_PLACE = 320
 _SAMPLE_SEED = 0
 # The score budget of a job's held-out evaluation: every user up to ML-25M's
 # 10^10 pairs would take minutes, so 2 x 10^9 scores (all of MovieLens 100K
@@ -43,13 +49,43 @@ def _sample_users(evaluated: np.ndarray, n_items: int, max_scores: int | None) -
 
 
 def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
-    """The k best columns per row, best first, lower index first on ties."""
-    if scores.shape[1] <= FULL_SORT_MAX_ITEMS or k >= scores.shape[1]:
+    """The k best columns per row, best first, lower index first on ties (a stable sort's order).
+
+    Past :data:`FULL_SORT_MAX_ITEMS` columns, without sorting whole rows: ``t``,
+    the k-th largest of every stride-th score of a row, is at most the row's
+    own k-th largest (a subset's k-th largest is never above the set's), so the
+    scores above ``t`` and, where those are fewer than k, the first of those
+    equal to ``t`` hold the row's top k with its ties resolved as the rule says.
+    Only these candidates are sorted. Measured at a million movies, k = 50, 33
+    rows as evaluation scores them at a time (medians of 3, two runs): 0.4-0.9
+    ms a row, against 1.6-4.6 ms for numpy's argpartition, which also let an
+    arbitrary one of several movies tied at the k-th place in, and about 3.8 ms
+    for TensorFlow's top_k, on normal scores, Zipf counts and mostly-zero rows.
+    """
+    n_rows, n_cols = scores.shape
+    if n_cols <= FULL_SORT_MAX_ITEMS or k >= n_cols:
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -values), axis=-1)
-    return np.take_along_axis(part, order, axis=1)
+    stride = max(1, n_cols // (TOP_K_SAMPLE_PER_PLACE * k))
+    sample = scores[:, ::stride]
+    place = sample.shape[1] - k
+    threshold = np.partition(sample, place, axis=1)[:, place]
+    flat = np.flatnonzero(scores > threshold[:, None])  # row-major: by row, then by column
+    rows, cols = np.divmod(flat, n_cols)
+    above = np.bincount(rows, minlength=n_rows)
+    short = np.flatnonzero(above < k)
+    if short.size:  # ties at the threshold: their first (k - above) by index complete the row
+        ties = [np.flatnonzero(scores[row] == threshold[row])[:k - above[row]] for row in short]
+        rows = np.concatenate([rows, np.repeat(short, [len(t) for t in ties])])
+        cols = np.concatenate([cols, *ties])
+        by_row_then_column = np.lexsort((cols, rows))
+        rows, cols = rows[by_row_then_column], cols[by_row_then_column]
+    # Best first within each row, a tie keeping its column order: a stable sort by score, then a stable
+    # sort of that by row (any float dtype; -0.0 and 0.0 compare equal, as in the full sort).
+    by_score = np.argsort(-scores[rows, cols], kind="stable")
+    cols = cols[by_score[np.argsort(rows[by_score], kind="stable")]]
+    # Every row has at least k candidates: its sample alone holds k scores at or above the threshold.
+    starts = np.searchsorted(rows, np.arange(n_rows))  # rows are still ascending: they lead the key
+    return cols[starts[:, None] + np.arange(k)].astype(np.int64, copy=False)
 
 
 def rows_of(indptr: np.ndarray, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

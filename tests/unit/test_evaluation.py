@@ -72,21 +72,62 @@ def test_popularity_on_ua_matches_the_calibrated_protocol(movielens_dir):
     assert chance["recall_at_10"] < 0.03
 
 
-def test_partial_sort_path_agrees_with_the_full_sort(monkeypatch):
-    """Past FULL_SORT_MAX_ITEMS a partial sort ranks; on untied scores it must give the same metrics."""
+@pytest.mark.parametrize("scores", ["untied", "tied"])
+def test_partial_sort_path_agrees_with_the_full_sort(monkeypatch, scores):
+    """Past FULL_SORT_MAX_ITEMS a partial sort ranks; it must give the full stable sort's metrics, also when
+    many movies tie (as popularity's counts do), so that which tied movie is in the top k follows the rule."""
     from trainer_service import evaluation
 
     rng = np.random.default_rng(3)
-    users = rng.standard_normal((40, 8)).astype(np.float32)
-    items = rng.standard_normal((3000, 8)).astype(np.float32)
+    if scores == "untied":
+        users = rng.standard_normal((40, 8)).astype(np.float32)
+        items = rng.standard_normal((3000, 8)).astype(np.float32)
+    else:  # small whole-number scores: hundreds of movies tie at every value, the k-th place included
+        users = np.ones((40, 1), dtype=np.float32)
+        items = rng.integers(0, 12, (3000, 1)).astype(np.float32)
     train = csr([sorted(rng.choice(3000, 20, replace=False).tolist()) for _ in range(40)])
-    test = csr([sorted(rng.choice(3000, 5, replace=False).tolist()) for _ in range(40)])
+    # Held out among the best-scored movies, so a hit depends on which of them make the top 50.
+    best = np.argsort(-(users[0] @ items.T), kind="stable")[:400]
+    test = csr([sorted(rng.choice(best, 5, replace=False).tolist()) for _ in range(40)])
     full = evaluate_scores(users, items, train, test)
     monkeypatch.setattr(evaluation, "FULL_SORT_MAX_ITEMS", 100)
     monkeypatch.setattr(evaluation, "CHUNK_SCORES", 3000 * 7)  # several chunks, one not full
     partial = evaluate_scores(users, items, train, test)
     assert partial == pytest.approx(full)
     assert full["recall_at_50"] > 0
+    every = users @ items.T
+    every[:, ::7] = -np.inf  # seen movies, as evaluation marks them
+    assert np.array_equal(evaluation._top_items(every, 50), np.argsort(-every, axis=1, kind="stable")[:, :50])
+
+
+def _rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    if kind == "normal":
+        return rng.standard_normal((7, n)).astype(np.float32)
+    if kind == "few values":  # ties everywhere, the threshold's and the k-th place's included
+        return rng.integers(0, 4, (7, n)).astype(np.float32)
+    if kind == "mostly zero":  # as neighbourhood scores: a few positive, zeros (and -0.0) tied behind them
+        rows = np.zeros((7, n), dtype=np.float32)
+        rows[:, rng.choice(n, 30)] = rng.random(30, dtype=np.float32)
+        rows[:, 1::9] = -0.0
+        return rows
+    if kind == "all equal":
+        return np.full((7, n), 2.5, dtype=np.float32)
+    rows = rng.standard_normal((7, n)).astype(np.float32)  # "mostly seen": few finite scores, -inf behind
+    rows[:, rng.random(n) < 0.995] = -np.inf
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # the neighbourhood baseline scores in float64
+@pytest.mark.parametrize("kind", ["normal", "few values", "mostly zero", "all equal", "mostly seen"])
+@pytest.mark.parametrize("k", [1, 10, 50, 299])
+def test_top_items_past_the_full_sort_keeps_the_stable_sorts_order(monkeypatch, kind, k, dtype):
+    from trainer_service import evaluation
+
+    monkeypatch.setattr(evaluation, "FULL_SORT_MAX_ITEMS", 100)
+    scores = _rows(kind, np.random.default_rng(k), 20_000).astype(dtype)
+    scores[:, 5::13] = -np.inf  # seen movies, as evaluation marks them
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(evaluation._top_items(scores, k), expected)
 
 
 def test_a_score_budget_evaluates_a_fixed_sample_of_users():
