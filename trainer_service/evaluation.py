@@ -77,14 +77,14 @@ def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
         ties = [np.flatnonzero(scores[row] == threshold[row])[:k - above[row]] for row in short]
         rows = np.concatenate([rows, np.repeat(short, [len(t) for t in ties])])
         cols = np.concatenate([cols, *ties])
-        by_row_then_column = np.lexsort((cols, rows))
-        rows, cols = rows[by_row_then_column], cols[by_row_then_column]
-    # Best first within each row, a tie keeping its column order: a stable sort by score, then a stable
-    # sort of that by row (any float dtype; -0.0 and 0.0 compare equal, as in the full sort).
+    # Within a row the candidates come in column order (those added for ties score below the others), so
+    # a stable sort by score, then a stable sort of that by row, keeps a tie's column order (any float
+    # dtype; -0.0 and 0.0 compare equal, as in the full sort).
     by_score = np.argsort(-scores[rows, cols], kind="stable")
     cols = cols[by_score[np.argsort(rows[by_score], kind="stable")]]
     # Every row has at least k candidates: its sample alone holds k scores at or above the threshold.
-    starts = np.searchsorted(rows, np.arange(n_rows))  # rows are still ascending: they lead the key
+    per_row = np.bincount(rows, minlength=n_rows)
+    starts = np.cumsum(per_row) - per_row
     return cols[starts[:, None] + np.arange(k)].astype(np.int64, copy=False)
 
 
