@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="shipped: versions carry the per-user rankings the trainer computes (the product); "
                              "at-load: the recommender's loader computes them (as before); alternate: reloads "
                              "alternate between the two, measured side by side in one run")
+    parser.add_argument("--loader-cpus", type=int, default=None,
+                        help="the recommender's --loader-cpus (default: the recommender's own, one core); "
+                             "0 lets the loader run on any core, as before")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "ann_serving.json"))
     parser.add_argument("--work-dir", default=None, help="keep the model root and logs here (default: temp, removed)")
@@ -386,7 +389,8 @@ def main(argv=None) -> int:
         order = np.random.default_rng(args.seed).permutation(artifact.num_users)
         users_file.write_text(json.dumps([str(artifact.user_ids[u]) for u in order]))
 
-        ours = start_recommender(root, work, "recommender", "--ranking-mb", str(args.ranking_mb))
+        loader_cpus = () if args.loader_cpus is None else ("--loader-cpus", str(args.loader_cpus))
+        ours = start_recommender(root, work, "recommender", "--ranking-mb", str(args.ranking_mb), *loader_cpus)
         servers.append(ours)
         sampler = MemorySampler(ours.process.pid)
         sampler.start()

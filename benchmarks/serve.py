@@ -106,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sweep the levels this many times (echo and ours interleaved); medians are reported")
     parser.add_argument("--threads", type=int, default=8, help="server worker threads (recommender and echo)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="recommender --poll-seconds")
+    parser.add_argument("--loader-cpus", type=int, default=None,
+                        help="recommender --loader-cpus (default: the recommender's own, one core; 0 = any core)")
     parser.add_argument("--reload-versions", type=int, default=10)
     parser.add_argument("--reload-interval", type=float, default=2.0)
     parser.add_argument("--steady-seconds", type=float, default=None,
@@ -910,8 +912,10 @@ def main(argv=None) -> int:
 
         print("Starting the recommender and the echo baseline...", flush=True)
         threads = ["--threads", str(args.threads)]
+        loader_cpus = [] if args.loader_cpus is None else ["--loader-cpus", str(args.loader_cpus)]
         ours = server_process("recommender", [sys.executable, "-m", "recommender_service.server", "--port", "0",
-                                      "--model-root", root, "--poll-seconds", str(args.poll_seconds), *threads],
+                                      "--model-root", root, "--poll-seconds", str(args.poll_seconds), *threads,
+                                      *loader_cpus],
                       work / "recommender.log").start()
         echo = server_process("echo", [sys.executable, str(BENCH_DIR / "echo_server.py"), "--port", "0", *threads],
                       work / "echo.log").start()

@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 # (4.1 against 1.3 ms, medians of 3 interleaved reloads on a busy machine).
 LOADER_NICENESS = 19
 LOADER_IDLE = True
+# ... and on one core, the last (launch.confine_to_last_cpus says why): left
+# free to move, the loader ran on whichever core a request thread was about to
+# wake on, which then waited for it (a tick, up to 4 ms here). A server's
+# --loader-cpus changes it; 0 lets the loader use every core.
+LOADER_CPUS = 1
 # What a loader leaves in the temp folder while it works, named after its
 # server's pid (launch.owned_prefix) so that a server killed meanwhile leaves
 # nothing the next one does not remove.
@@ -53,12 +58,17 @@ HANDOFF_PREFIX, WARM_UP_PREFIX = "movierec-handoff-", "movierec-warm-"
 
 
 def _configure_loader_process() -> None:
-    """Runs in the helper before each task: its batched index searches use every
-    core but one, which stays with the request threads even while it is busy.
+    """Runs in the helper before each task: its batched index searches use the
+    cores it is kept on, or, free to move, every core but one, which stays with
+    the request threads even while it is busy.
 
     Not in the pool's initializer, which must stay light (see launch.init_helper).
     """
-    faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    try:  # the server's cores, and those of them this helper is kept on
+        servers, mine = len(os.sched_getaffinity(os.getppid())), len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        servers = mine = os.cpu_count() or 1
+    faiss.omp_set_num_threads(mine if mine < servers else max(1, servers - 1))
 
 
 # Arrays at least this large cross from the helper as files the serving
@@ -174,9 +184,10 @@ class IsolatedLoader:
     a version with an index: this process reads the index file itself.
     """
 
-    def __init__(self, ranking_budget_bytes: int = RANKING_BUDGET_BYTES):
+    def __init__(self, ranking_budget_bytes: int = RANKING_BUDGET_BYTES, cpus: int = LOADER_CPUS):
         self._pool: ProcessPoolExecutor | None = None
         self.ranking_budget_bytes = ranking_budget_bytes
+        self.cpus = cpus  # the helper's cores: the last ``cpus`` of the server's, or every one when 0
 
     def start(self) -> None:
         """Starts the helper and warms it up in the background.
@@ -202,7 +213,7 @@ class IsolatedLoader:
             # thread: both live as long as the server, as PR_SET_PDEATHSIG requires.
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=launch.init_helper,
-                                             initargs=(os.getpid(), LOADER_NICENESS, LOADER_IDLE))
+                                             initargs=(os.getpid(), LOADER_NICENESS, LOADER_IDLE, self.cpus))
         return self._pool
 
     def __call__(self, path: str) -> ValidatedVersion:

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranking-mb", type=float, default=256.0,
                         help="memory for per-user rankings computed at load (the most active users first; "
                              "the rest are answered live); 0 = answer every call live")
+    parser.add_argument("--loader-cpus", type=int, default=None, metavar="N",
+                        help="cores the version loader (a lowest-priority helper process) may run on: the last N; "
+                             "0 = any core. Default 1: calls woken on a core where the loader runs wait for it "
+                             "(a reload's p99 at a million movies, one call in flight: see the README)")
     parser.add_argument("--answer-cache-mb", type=float, default=64.0,
                         help="memory for answers kept for repeated calls (known users, k up to 100; the least "
                              "recently used go first); 0 = keep none")
@@ -69,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--version must be a positive version number")
     if args.ranking_mb < 0:
         parser.error("--ranking-mb must not be negative")
+    if args.loader_cpus is not None and args.loader_cpus < 0:
+        parser.error("--loader-cpus must not be negative (0 = any core)")
     if args.answer_cache_mb < 0:
         parser.error("--answer-cache-mb must not be negative")
     if args.fresh_interactions_max < 1:
@@ -101,13 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     from movierec.v1 import recommender_pb2_grpc
     from recommender_service.feedback_loop import FeedbackLoop
     from recommender_service.fresh_histories import FreshHistories
-    from recommender_service.isolation import IsolatedLoader
+    from recommender_service.isolation import LOADER_CPUS, IsolatedLoader
     from recommender_service.registry import ModelRegistry
     from recommender_service.servicer import RecommenderServicer
 
     # One search thread per call: concurrency comes from the request threads.
     faiss.omp_set_num_threads(1)
-    loader = IsolatedLoader(ranking_budget_bytes=int(args.ranking_mb * 1024 * 1024))
+    loader = IsolatedLoader(ranking_budget_bytes=int(args.ranking_mb * 1024 * 1024),
+                            cpus=LOADER_CPUS if args.loader_cpus is None else args.loader_cpus)
     loader.start()
     registry = ModelRegistry(args.model_root, poll_seconds=args.poll_seconds, pinned_version=args.version,
                              cache_dir=args.cache_dir, loader=loader, publish_keys=args.publish_keys)

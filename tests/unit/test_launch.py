@@ -3,6 +3,7 @@ found and removed by the next one, and the processes a tool started are reaped b
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,3 +91,40 @@ def test_a_helper_yields_the_cpu_in_every_thread_it_runs():
     assert len(threads) == 3, run.stdout
     assert all(nice == "19" and idle == "True" for _, nice, idle in threads), run.stdout
 
+
+
+THREAD_CORES = """
+import json, os, sys, threading
+from movierec_common import launch
+
+started_before = threading.Event()
+threading.Thread(target=started_before.wait, daemon=True).start()  # a thread that exists before the call
+chosen = launch.confine_to_last_cpus(int(sys.argv[1]))
+started_after = threading.Event()
+threading.Thread(target=started_after.wait, daemon=True).start()  # one started after it
+print(json.dumps({"chosen": sorted(chosen),
+                  "threads": [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]}))
+"""
+
+
+def _cores_after_confining(count: int) -> dict:
+    run = subprocess.run([sys.executable, "-c", THREAD_CORES, str(count)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="per-thread affinity is Linux's")
+def test_a_helper_confined_to_its_last_core_keeps_every_thread_there_and_leaves_the_others_free():
+    """confine_to_last_cpus(1): the threads running already and those started later run on the last core
+    this process may use, and only there (a request thread woken elsewhere never waits for the helper);
+    0, or a count that would leave no core free, changes nothing."""
+    allowed = sorted(os.sched_getaffinity(0))
+    one = _cores_after_confining(1)
+    assert len(one["threads"]) == 3, one
+    expected = [allowed[-1]] if len(allowed) > 1 else allowed
+    if os.environ.get("CI") == "true":
+        assert len(allowed) > 1, "CI's machine has two cores: this test must see a core left free"
+    assert one["chosen"] == expected and all(cores == expected for cores in one["threads"]), one
+    for count in (0, len(allowed)):
+        unchanged = _cores_after_confining(count)
+        assert unchanged["chosen"] == allowed and all(cores == allowed for cores in unchanged["threads"]), unchanged
