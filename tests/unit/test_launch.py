@@ -92,7 +92,6 @@ def test_a_helper_yields_the_cpu_in_every_thread_it_runs():
     assert all(nice == "19" and idle == "True" for _, nice, idle in threads), run.stdout
 
 
-
 THREAD_CORES = """
 import json, os, sys, threading
 from movierec_common import launch
